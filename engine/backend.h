@@ -1,0 +1,161 @@
+// Backend: the per-device kernel table.
+//
+// An op (engine/ops/*.cpp) checks shapes, allocates its result and wires autograd; the
+// arithmetic is done by `backend(device).kernel(...)`. The CPU table (engine/cpu/) is
+// OpenBLAS plus our own loops; a GPU table implements the same interface with its own
+// kernels. Kernels take raw pointers to contiguous data on their device unless a
+// layout says otherwise, never allocate tensors, and write their outputs in full
+// (no accumulation) unless the name says so. A new op adds its kernels here, to every
+// table, and a CPU-vs-device parity test.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "engine/tensor.h"
+
+namespace polyak {
+
+constexpr int kMaxDims = 8;
+
+// Shape and element strides of a strided view, for kernels that read non-contiguous data.
+struct Layout {
+  int ndim = 0;
+  int64_t shape[kMaxDims] = {};
+  int64_t strides[kMaxDims] = {};
+};
+Layout make_layout(const Shape& shape, const Shape& strides);
+
+// out[i] = a[i] (op) b[i] over `shape`; a and b are read through their own strides,
+// where a stride of 0 broadcasts. The output is contiguous.
+struct BroadcastGeom {
+  int ndim = 0;
+  int64_t shape[kMaxDims] = {};
+  int64_t a_strides[kMaxDims] = {};
+  int64_t b_strides[kMaxDims] = {};
+};
+
+// Sum of a contiguous input over the dims flagged in `reduce`; the output is the
+// contiguous tensor of the input's shape with those dims set to 1.
+struct ReduceGeom {
+  int ndim = 0;
+  int64_t shape[kMaxDims] = {};
+  bool reduce[kMaxDims] = {};
+};
+
+// NCHW input x (N,C,H,W), weight w (K,C,R,S), output y (N,K,P,Q).
+struct Conv2dGeom {
+  int64_t N, C, H, W;
+  int64_t K, R, S;
+  int64_t stride_h, stride_w, pad_h, pad_w;
+  int64_t P, Q;
+};
+
+// NCHW input (N,C,H,W), window kh x kw, output (N,C,P,Q).
+struct Pool2dGeom {
+  int64_t N, C, H, W;
+  int64_t kh, kw, stride_h, stride_w, pad_h, pad_w;
+  int64_t P, Q;
+};
+
+// Per-channel statistics of an (N, C, HW) tensor (HW = 1 for BatchNorm1d-style input).
+struct BatchNormGeom {
+  int64_t N, C, HW;
+};
+
+enum class BinaryOp : uint8_t { Add, Sub, Mul, Div };
+enum class ScalarOp : uint8_t { Add, Mul, RSub, RDiv, Pow };  // x+s, x*s, s-x, s/x, x^s
+enum class UnaryOp : uint8_t { Neg, Exp, Log, Sqrt };
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+
+  // ---- memory ----
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void deallocate(void* ptr, size_t bytes) = 0;
+  virtual void copy_from_host(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void copy_to_host(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // within this device
+  virtual void set_zero(void* dst, size_t bytes) = 0;
+  virtual void synchronize() = 0;
+
+  // ---- elementwise (engine/cpu/elementwise.cpp) ----
+  virtual void fill(float* y, int64_t n, float value) = 0;
+  // Gathers a strided view of elements of `elem_size` bytes into contiguous dst.
+  virtual void strided_copy(void* dst, const void* src, const Layout& src_layout, size_t elem_size) = 0;
+  virtual void binary(BinaryOp op, const BroadcastGeom& geom, const float* a, const float* b, float* y) = 0;
+  virtual void scalar(ScalarOp op, int64_t n, const float* x, float s, float* y) = 0;
+  virtual void unary(UnaryOp op, int64_t n, const float* x, float* y) = 0;
+  virtual void axpy(int64_t n, float alpha, const float* x, float* y) = 0;  // y += alpha * x
+
+  // ---- reductions (engine/cpu/reduce.cpp) ----
+  virtual void reduce_sum(const ReduceGeom& geom, const float* x, float* y) = 0;
+
+  // ---- linear algebra (engine/cpu/gemm.cpp) ----
+  // Row-major C = alpha * op(A) * op(B) + beta * C, op(A): M x K, op(B): K x N.
+  virtual void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                    const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+                    float* C, int64_t ldc) = 0;
+
+  // ---- relu (engine/cpu/relu.cpp) ----
+  virtual void relu_forward(int64_t n, const float* x, float* y) = 0;
+  virtual void relu_backward(int64_t n, const float* y, const float* dy, float* dx) = 0;  // dx = dy * (y > 0)
+
+  // ---- conv2d (engine/cpu/conv2d.cpp) ----
+  virtual void conv2d_forward(const Conv2dGeom& g, const float* x, const float* w,
+                              const float* bias /*nullable*/, float* y) = 0;
+  virtual void conv2d_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) = 0;
+  virtual void conv2d_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw,
+                                      float* dbias /*nullable*/) = 0;
+
+  // ---- batchnorm (engine/cpu/batchnorm.cpp) ----
+  // Training: normalise with the batch statistics, save mean and 1/sqrt(var + eps)
+  // (biased var) for backward, and when running stats are given move them towards
+  // the batch statistics: r = (1 - f) r + f * stat, with the unbiased variance.
+  virtual void batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* gamma,
+                                       const float* beta, float eps, float factor, float* running_mean,
+                                       float* running_var, float* y, float* save_mean,
+                                       float* save_invstd) = 0;
+  virtual void batchnorm_forward_eval(const BatchNormGeom& g, const float* x, const float* gamma,
+                                      const float* beta, const float* running_mean,
+                                      const float* running_var, float eps, float* y) = 0;
+  // dgamma/dbeta may be null (no affine parameters or no gradient wanted).
+  virtual void batchnorm_backward(const BatchNormGeom& g, const float* x, const float* dy,
+                                  const float* gamma, const float* save_mean, const float* save_invstd,
+                                  float* dx, float* dgamma, float* dbeta) = 0;
+
+  // ---- pooling (engine/cpu/pool.cpp) ----
+  virtual void max_pool2d_forward(const Pool2dGeom& g, const float* x, float* y, int32_t* argmax) = 0;
+  virtual void max_pool2d_backward(const Pool2dGeom& g, const float* dy, const int32_t* argmax, float* dx) = 0;
+  // Padding counts towards the divisor (PyTorch's count_include_pad=True).
+  virtual void avg_pool2d_forward(const Pool2dGeom& g, const float* x, float* y) = 0;
+  virtual void avg_pool2d_backward(const Pool2dGeom& g, const float* dy, float* dx) = 0;
+
+  // ---- softmax and loss (engine/cpu/loss.cpp) ----
+  virtual void log_softmax_forward(int64_t rows, int64_t cols, const float* x, float* y) = 0;
+  virtual void log_softmax_backward(int64_t rows, int64_t cols, const float* y, const float* dy, float* dx) = 0;
+  // Mean over rows of the cross-entropy between softmax(logits) and the target
+  // (1 - smoothing) * onehot(label) + smoothing / cols. Writes log-probabilities for
+  // backward and the loss to loss[0]. `dloss` is the upstream gradient, on the device.
+  virtual void cross_entropy_forward(int64_t rows, int64_t cols, const float* logits, const int64_t* labels,
+                                     float smoothing, float* log_probs, float* loss) = 0;
+  virtual void cross_entropy_backward(int64_t rows, int64_t cols, const float* log_probs,
+                                      const int64_t* labels, float smoothing, const float* dloss,
+                                      float* dlogits) = 0;
+
+  // ---- dropout (engine/cpu/dropout.cpp) ----
+  // Element i is kept with probability 1 - p, decided by Philox word i of the stream
+  // that starts at block `first_block` under key `seed`, so every device drops the
+  // same elements. keep[i] is 1 or 0; y = x * keep / (1 - p).
+  virtual void dropout_forward(int64_t n, const float* x, float p, uint64_t seed, uint64_t first_block,
+                               float* y, uint8_t* keep) = 0;
+  virtual void dropout_backward(int64_t n, const float* dy, const uint8_t* keep, float p, float* dx) = 0;
+};
+
+// The table for a device. Throws if the device was not compiled in or is not present.
+Backend& backend(Device device);
+bool device_available(Device device);
+
+}  // namespace polyak

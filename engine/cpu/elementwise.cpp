@@ -1,0 +1,139 @@
+// Elementwise CPU kernels: fill, strided gather, broadcasting binary ops, scalar and
+// unary maps, axpy. All outputs may alias an input of the same layout (in-place use).
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include "engine/cpu/cpu_backend.h"
+#include "engine/parallel.h"
+
+namespace polyak {
+
+void CpuBackend::fill(float* y, int64_t n, float value) {
+  parallel_for(n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) y[i] = value;
+  });
+}
+
+namespace {
+
+// Walks the rows (all dims but the last) of a shape, keeping the offsets of up to two
+// strided operands in step with a flat row counter.
+struct RowWalker {
+  int outer_dims;
+  const int64_t* shape;
+  int64_t index[kMaxDims] = {};
+
+  // Offsets of row `row` (flat over the outer dims) under the given strides.
+  int64_t offset_of(int64_t row, const int64_t* strides) const {
+    int64_t offset = 0;
+    for (int d = outer_dims - 1; d >= 0; --d) {
+      offset += (row % shape[d]) * strides[d];
+      row /= shape[d];
+    }
+    return offset;
+  }
+};
+
+template <class T>
+void gather_rows(T* dst, const T* src, const Layout& l) {
+  const int last = l.ndim - 1;
+  const int64_t inner = l.ndim ? l.shape[last] : 1;
+  const int64_t inner_stride = l.ndim ? l.strides[last] : 1;
+  int64_t rows = 1;
+  for (int d = 0; d < last; ++d) rows *= l.shape[d];
+  const RowWalker walker{std::max(last, 0), l.shape};
+  parallel_for(rows, inner, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* s = src + walker.offset_of(r, l.strides);
+      T* d = dst + r * inner;
+      for (int64_t j = 0; j < inner; ++j) d[j] = s[j * inner_stride];
+    }
+  });
+}
+
+template <class F>
+void binary_loop(const BroadcastGeom& g, const float* a, const float* b, float* y, F op) {
+  const int last = g.ndim - 1;
+  if (g.ndim == 0) {
+    y[0] = op(a[0], b[0]);
+    return;
+  }
+  const int64_t inner = g.shape[last];
+  const int64_t as = g.a_strides[last], bs = g.b_strides[last];
+  int64_t rows = 1;
+  for (int d = 0; d < last; ++d) rows *= g.shape[d];
+  const RowWalker walker{last, g.shape};
+  parallel_for(rows, inner, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* ar = a + walker.offset_of(r, g.a_strides);
+      const float* br = b + walker.offset_of(r, g.b_strides);
+      float* yr = y + r * inner;
+      if (as == 1 && bs == 1) {
+        for (int64_t j = 0; j < inner; ++j) yr[j] = op(ar[j], br[j]);
+      } else if (as == 1 && bs == 0) {
+        const float bv = br[0];
+        for (int64_t j = 0; j < inner; ++j) yr[j] = op(ar[j], bv);
+      } else if (as == 0 && bs == 1) {
+        const float av = ar[0];
+        for (int64_t j = 0; j < inner; ++j) yr[j] = op(av, br[j]);
+      } else {
+        for (int64_t j = 0; j < inner; ++j) yr[j] = op(ar[j * as], br[j * bs]);
+      }
+    }
+  });
+}
+
+template <class F>
+void map(int64_t n, const float* x, float* y, F f) {
+  parallel_for(n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) y[i] = f(x[i]);
+  });
+}
+
+}  // namespace
+
+void CpuBackend::strided_copy(void* dst, const void* src, const Layout& layout, size_t elem_size) {
+  switch (elem_size) {
+    case 1: gather_rows(static_cast<uint8_t*>(dst), static_cast<const uint8_t*>(src), layout); break;
+    case 4: gather_rows(static_cast<uint32_t*>(dst), static_cast<const uint32_t*>(src), layout); break;
+    case 8: gather_rows(static_cast<uint64_t*>(dst), static_cast<const uint64_t*>(src), layout); break;
+    default: throw std::invalid_argument("strided_copy: unsupported element size " + std::to_string(elem_size));
+  }
+}
+
+void CpuBackend::binary(BinaryOp op, const BroadcastGeom& g, const float* a, const float* b, float* y) {
+  switch (op) {
+    case BinaryOp::Add: binary_loop(g, a, b, y, [](float u, float v) { return u + v; }); break;
+    case BinaryOp::Sub: binary_loop(g, a, b, y, [](float u, float v) { return u - v; }); break;
+    case BinaryOp::Mul: binary_loop(g, a, b, y, [](float u, float v) { return u * v; }); break;
+    case BinaryOp::Div: binary_loop(g, a, b, y, [](float u, float v) { return u / v; }); break;
+  }
+}
+
+void CpuBackend::scalar(ScalarOp op, int64_t n, const float* x, float s, float* y) {
+  switch (op) {
+    case ScalarOp::Add: map(n, x, y, [s](float v) { return v + s; }); break;
+    case ScalarOp::Mul: map(n, x, y, [s](float v) { return v * s; }); break;
+    case ScalarOp::RSub: map(n, x, y, [s](float v) { return s - v; }); break;
+    case ScalarOp::RDiv: map(n, x, y, [s](float v) { return s / v; }); break;
+    case ScalarOp::Pow: map(n, x, y, [s](float v) { return std::pow(v, s); }); break;
+  }
+}
+
+void CpuBackend::unary(UnaryOp op, int64_t n, const float* x, float* y) {
+  switch (op) {
+    case UnaryOp::Neg: map(n, x, y, [](float v) { return -v; }); break;
+    case UnaryOp::Exp: map(n, x, y, [](float v) { return std::exp(v); }); break;
+    case UnaryOp::Log: map(n, x, y, [](float v) { return std::log(v); }); break;
+    case UnaryOp::Sqrt: map(n, x, y, [](float v) { return std::sqrt(v); }); break;
+  }
+}
+
+void CpuBackend::axpy(int64_t n, float alpha, const float* x, float* y) {
+  parallel_for(n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) y[i] += alpha * x[i];
+  });
+}
+
+}  // namespace polyak

@@ -1,0 +1,104 @@
+// The differentiable ops. Each family lives in one file under engine/ops/, forward and
+// backward side by side; this header is their public face.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace polyak {
+
+class Rng;
+
+// ---- elementwise (ops/elementwise.cpp): numpy broadcasting between the operands ----
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor add_scalar(const Tensor& x, float s);
+Tensor mul_scalar(const Tensor& x, float s);
+Tensor rsub_scalar(const Tensor& x, float s);  // s - x
+Tensor rdiv_scalar(const Tensor& x, float s);  // s / x
+Tensor pow_scalar(const Tensor& x, float exponent);
+Tensor neg(const Tensor& x);
+Tensor exp(const Tensor& x);
+Tensor log(const Tensor& x);
+Tensor sqrt(const Tensor& x);
+Shape broadcast_shapes(const Shape& a, const Shape& b);
+
+inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
+inline Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
+inline Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
+inline Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
+inline Tensor operator+(const Tensor& x, float s) { return add_scalar(x, s); }
+inline Tensor operator-(const Tensor& x, float s) { return add_scalar(x, -s); }
+inline Tensor operator*(const Tensor& x, float s) { return mul_scalar(x, s); }
+inline Tensor operator/(const Tensor& x, float s) { return mul_scalar(x, 1.0f / s); }
+inline Tensor operator+(float s, const Tensor& x) { return add_scalar(x, s); }
+inline Tensor operator-(float s, const Tensor& x) { return rsub_scalar(x, s); }
+inline Tensor operator*(float s, const Tensor& x) { return mul_scalar(x, s); }
+inline Tensor operator/(float s, const Tensor& x) { return rdiv_scalar(x, s); }
+inline Tensor operator-(const Tensor& x) { return neg(x); }
+
+// ---- reductions (ops/reduce.cpp) ----
+Tensor sum(const Tensor& x);  // all elements, 0-dim result
+Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim = false);
+Tensor mean(const Tensor& x);
+Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim = false);
+
+// ---- linear algebra (ops/matmul.cpp) ----
+Tensor matmul(const Tensor& a, const Tensor& b);  // (M,K) x (K,N)
+// y = x W^T + b for x (N, in), weight (out, in), bias (out) or undefined.
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = {});
+
+// ---- convolution (ops/conv2d.cpp) ----
+struct Conv2dOptions {
+  int64_t stride = 1;
+  int64_t padding = 0;
+};
+// x (N,C,H,W), weight (K,C,R,S), bias (K) or undefined -> (N,K,P,Q).
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias = {}, Conv2dOptions options = {});
+
+// ---- batch normalisation (ops/batchnorm.cpp) ----
+struct BatchNormOptions {
+  bool training = true;
+  float eps = 1e-5f;
+  // Weight of the new batch in the running statistics; std::nullopt means a
+  // cumulative average (PyTorch's momentum=None): factor 1 / num_batches_tracked.
+  std::optional<float> momentum = 0.1f;
+};
+// x (N,C,H,W) or (N,C). weight/bias (C) may be undefined (affine=false). In training
+// mode with running stats given, they are updated in place and num_batches_tracked
+// (a 0-dim int64 tensor, may be undefined) is incremented, as in PyTorch.
+Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                  const Tensor& running_var, const Tensor& num_batches_tracked, const BatchNormOptions& options);
+
+// ---- relu (ops/relu.cpp) ----
+Tensor relu(const Tensor& x);
+
+// ---- pooling (ops/pool.cpp) ----
+struct Pool2dOptions {
+  int64_t kernel = 2;
+  int64_t stride = 0;  // 0 means equal to kernel, as in PyTorch
+  int64_t padding = 0;
+};
+Tensor max_pool2d(const Tensor& x, Pool2dOptions options);
+Tensor avg_pool2d(const Tensor& x, Pool2dOptions options);
+Tensor global_avg_pool2d(const Tensor& x);  // (N,C,H,W) -> (N,C)
+
+// ---- softmax and loss (ops/loss.cpp) ----
+Tensor log_softmax(const Tensor& x);  // over the last dim of a 2-D tensor
+// Mean softmax cross-entropy of logits (N, classes) against int64 labels (N).
+Tensor cross_entropy(const Tensor& logits, const Tensor& labels, float label_smoothing = 0.0f);
+
+// ---- dropout (ops/dropout.cpp) ----
+// Zeroes each element with probability p and scales the rest by 1/(1-p) when
+// training; the identity otherwise.
+Tensor dropout(const Tensor& x, float p, bool training, Rng& rng);
+
+// Runs backward from `root` with gradient `grad_output` (autograd.cpp).
+void run_backward(const Tensor& root, const Tensor& grad_output);
+
+}  // namespace polyak

@@ -1,0 +1,37 @@
+// Threading for CPU kernels: one OpenMP team sized by set_num_threads(). OpenBLAS is
+// kept single-threaded and is only called from inside our parallel regions or on one
+// core, so its thread pool and ours never compete for the same cores.
+#pragma once
+
+#include <cstdint>
+
+namespace polyak {
+
+// Defaults to POLYAK_THREADS, else the number of cores.
+int num_threads();
+void set_num_threads(int threads);
+
+// The size of the current team and this thread's place in it (thin wrappers, so that
+// headers need not include <omp.h>).
+int omp_team_size();
+int omp_thread_id();
+
+// Calls body(begin, end) on contiguous chunks of [0, n) across the thread team; runs
+// inline when the work (n * cost_per_item) is too small to be worth a fork.
+template <class Body>
+void parallel_for(int64_t n, int64_t cost_per_item, Body&& body) {
+  const int threads = num_threads();
+  if (threads <= 1 || n < 2 || n * cost_per_item < 32768) {
+    if (n > 0) body(int64_t{0}, n);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t team = omp_team_size();
+    const int64_t id = omp_thread_id();
+    const int64_t begin = n * id / team, end = n * (id + 1) / team;
+    if (begin < end) body(begin, end);
+  }
+}
+
+}  // namespace polyak

@@ -1,0 +1,93 @@
+// Elementwise ops: values, broadcasting, gradient checks, device parity.
+#include <doctest/doctest.h>
+
+#include "engine/ops.h"
+#include "engine/rng.h"
+#include "support/gradcheck.h"
+
+using namespace polyak;
+using polyak::testing::check_close;
+using polyak::testing::for_each_accelerator;
+using polyak::testing::gradcheck;
+
+TEST_CASE("elementwise: values of the binary ops") {
+  const Tensor a = Tensor::from_vector({1, 2, 3, 4}, {2, 2});
+  const Tensor b = Tensor::from_vector({2, 4, 8, 16}, {2, 2});
+  check_close(a + b, std::vector<float>{3, 6, 11, 20});
+  check_close(a - b, std::vector<float>{-1, -2, -5, -12});
+  check_close(a * b, std::vector<float>{2, 8, 24, 64});
+  check_close(a / b, std::vector<float>{0.5f, 0.5f, 0.375f, 0.25f});
+  check_close(a.transpose(0, 1) + b, std::vector<float>{3, 7, 10, 20});  // strided operand
+}
+
+TEST_CASE("elementwise: broadcasting as bias and per-channel ops need it") {
+  // (N,C,H,W) + (1,C,1,1): a per-channel bias.
+  const Tensor x = Tensor::zeros({2, 3, 2, 2});
+  const Tensor bias = Tensor::from_vector({1, 2, 3}, {1, 3, 1, 1});
+  const std::vector<float> y = (x + bias).to_vector<float>();
+  for (int n = 0; n < 2; ++n)
+    for (int c = 0; c < 3; ++c)
+      for (int i = 0; i < 4; ++i) CHECK(y[(n * 3 + c) * 4 + i] == c + 1);
+  // (2,3) * (3): a row vector; (2,1) - (3): outer difference.
+  check_close(Tensor::ones({2, 3}) * Tensor::from_vector({1, 2, 3}, {3}), std::vector<float>{1, 2, 3, 1, 2, 3});
+  check_close(Tensor::from_vector({10, 20}, {2, 1}) - Tensor::from_vector({1, 2, 3}, {3}),
+              std::vector<float>{9, 8, 7, 19, 18, 17});
+  CHECK(broadcast_shapes({5, 1, 4}, {3, 1}) == Shape{5, 3, 4});
+  CHECK_THROWS_AS(Tensor::ones({2, 3}) + Tensor::ones({2}), std::invalid_argument);
+  CHECK_THROWS_AS(Tensor::ones({2}) + Tensor::zeros({2}, DType::I64), std::invalid_argument);
+}
+
+TEST_CASE("elementwise: scalar and unary ops") {
+  const Tensor x = Tensor::from_vector({1, 4, 9}, {3});
+  check_close(x + 1.0f, std::vector<float>{2, 5, 10});
+  check_close(x * 2.0f, std::vector<float>{2, 8, 18});
+  check_close(10.0f - x, std::vector<float>{9, 6, 1});
+  check_close(36.0f / x, std::vector<float>{36, 9, 4});
+  check_close(pow_scalar(x, 1.5f), std::vector<float>{1, 8, 27}, 1e-5, 1e-5);
+  check_close(sqrt(x), std::vector<float>{1, 2, 3});
+  check_close(-x, std::vector<float>{-1, -4, -9});
+  check_close(log(exp(x)), std::vector<float>{1, 4, 9}, 1e-5, 1e-5);
+}
+
+TEST_CASE("elementwise: gradient checks, including broadcast operands") {
+  Rng rng(1);
+  auto a = Tensor::normal({2, 3, 4}, 0, 1, rng).requires_grad_();
+  auto b = Tensor::normal({3, 1}, 0, 1, rng).requires_grad_();
+  auto pos = Tensor::uniform({3, 1}, 0.5f, 2.0f, rng).requires_grad_();
+  gradcheck([](const std::vector<Tensor>& t) { return t[0] + t[1]; }, {a, b});
+  gradcheck([](const std::vector<Tensor>& t) { return t[0] - t[1]; }, {a, b});
+  gradcheck([](const std::vector<Tensor>& t) { return t[0] * t[1]; }, {a, b});
+  gradcheck([](const std::vector<Tensor>& t) { return t[0] / t[1]; }, {a, pos});
+  gradcheck([](const std::vector<Tensor>& t) { return t[1] / t[0]; }, {pos, a});
+}
+
+TEST_CASE("elementwise: gradient checks of scalar and unary maps") {
+  Rng rng(2);
+  auto x = Tensor::uniform({3, 4}, 0.5f, 2.0f, rng).requires_grad_();
+  gradcheck([](const std::vector<Tensor>& t) { return t[0] + 3.0f; }, {x});
+  gradcheck([](const std::vector<Tensor>& t) { return t[0] * -2.0f; }, {x});
+  gradcheck([](const std::vector<Tensor>& t) { return 1.0f - t[0]; }, {x});
+  gradcheck([](const std::vector<Tensor>& t) { return 2.0f / t[0]; }, {x});
+  gradcheck([](const std::vector<Tensor>& t) { return pow_scalar(t[0], 2.5f); }, {x});
+  gradcheck([](const std::vector<Tensor>& t) { return -t[0]; }, {x});
+  gradcheck([](const std::vector<Tensor>& t) { return exp(t[0]); }, {x});
+  gradcheck([](const std::vector<Tensor>& t) { return log(t[0]); }, {x});
+  gradcheck([](const std::vector<Tensor>& t) { return sqrt(t[0]); }, {x});
+}
+
+TEST_CASE("elementwise: CPU vs accelerator parity") {
+  for_each_accelerator([](Device device) {
+    Rng rng(3);
+    const Tensor a = Tensor::normal({4, 3, 5}, 0, 1, rng), b = Tensor::uniform({3, 1}, 0.5f, 2.0f, rng);
+    const Tensor da = a.to(device), db = b.to(device);
+    check_close((da + db).to(Device::CPU), a + b, 1e-6, 1e-6);
+    check_close((da - db).to(Device::CPU), a - b, 1e-6, 1e-6);
+    check_close((da * db).to(Device::CPU), a * b, 1e-6, 1e-6);
+    check_close((da / db).to(Device::CPU), a / b, 1e-6, 1e-5);
+    check_close(exp(da).to(Device::CPU), exp(a), 1e-6, 1e-5);
+    check_close(log(db).to(Device::CPU), log(b), 1e-6, 1e-5);
+    check_close(sqrt(db).to(Device::CPU), sqrt(b), 1e-6, 1e-5);
+    check_close(pow_scalar(db, 1.7f).to(Device::CPU), pow_scalar(b, 1.7f), 1e-6, 1e-5);
+    check_close((2.0f / db - 1.0f).to(Device::CPU), 2.0f / b - 1.0f, 1e-6, 1e-5);
+  });
+}
