@@ -1,0 +1,157 @@
+// batch_norm: normalise each channel of an (N, C, H, W) or (N, C) tensor, as PyTorch's
+// F.batch_norm and the buffers of nn.BatchNorm1d/2d.
+//
+// Training: y = gamma * (x - mean_B) / sqrt(var_B + eps) + beta with the batch mean and
+// biased variance over the M = N*H*W elements of each channel. The running statistics,
+// when given, move towards the batch: r <- (1 - f) r + f stat, using the unbiased
+// variance var_B * M / (M - 1); f = momentum, or with momentum = nullopt the cumulative
+// average f = 1 / num_batches_tracked (after its increment), so that after k batches
+// from a reset the running stats are the plain mean of the k batch statistics (how BN
+// statistics are recomputed for an averaged model).
+//
+// Evaluation: y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta, an affine
+// map per channel.
+//
+// Backward. Training (kernel batchnorm_backward), with xhat = (x - mean_B) * invstd_B:
+//   dbeta = sum(dy),  dgamma = sum(dy * xhat),
+//   dx = gamma * invstd_B / M * (M dy - sum(dy) - xhat * sum(dy * xhat)).
+// Evaluation (the statistics are constants, so only the affine map is differentiated):
+//   dx = dy * gamma * invstd_run,  dgamma = sum(dy * xhat_run),  dbeta = sum(dy),
+// built from broadcasting elementwise ops and reductions.
+#include <stdexcept>
+#include <string>
+
+#include "engine/autograd.h"
+#include "engine/backend.h"
+#include "engine/ops.h"
+
+namespace polyak {
+
+namespace {
+
+const float* nullable(const Tensor& t) { return t.defined() ? t.data<float>() : nullptr; }
+
+void check_channel_vector(const Tensor& t, const char* what, int64_t C, Device device, bool written) {
+  if (!t.defined()) return;
+  if (t.dtype() != DType::F32)
+    throw std::invalid_argument(std::string("batch_norm: ") + what + " must be float32, got " + dtype_name(t.dtype()));
+  if (t.shape() != Shape{C})
+    throw std::invalid_argument(std::string("batch_norm: ") + what + " must have shape [" + std::to_string(C) +
+                                "], got " + shape_str(t.shape()));
+  if (t.device() != device)
+    throw std::invalid_argument(std::string("batch_norm: ") + what + " is on " + device_name(t.device()) +
+                                ", input on " + device_name(device));
+  if (written && !t.is_contiguous())
+    throw std::invalid_argument(std::string("batch_norm: ") + what + " is updated in place and must be contiguous");
+}
+
+// Adds one to a 0-dim (or one-element) int64 counter and returns the new value.
+int64_t increment_counter(const Tensor& counter) {
+  if (counter.dtype() != DType::I64 || counter.numel() != 1)
+    throw std::invalid_argument("batch_norm: num_batches_tracked must be a one-element int64 tensor, got " +
+                                std::string(dtype_name(counter.dtype())) + " " + shape_str(counter.shape()));
+  if (counter.device() == Device::CPU) return ++*counter.data<int64_t>();
+  const int64_t next = counter.item<int64_t>() + 1;
+  Tensor(counter).copy_(Tensor::from_data(&next, counter.shape(), counter.device()));
+  return next;
+}
+
+}  // namespace
+
+Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                  const Tensor& running_var, const Tensor& num_batches_tracked, const BatchNormOptions& options) {
+  if (x.dtype() != DType::F32)
+    throw std::invalid_argument(std::string("batch_norm: input must be float32, got ") + dtype_name(x.dtype()));
+  if (x.dim() != 2 && x.dim() != 4)
+    throw std::invalid_argument("batch_norm: input must be (N, C) or (N, C, H, W), got " + shape_str(x.shape()));
+  const Device device = x.device();
+  const int64_t N = x.size(0), C = x.size(1);
+  const int64_t HW = x.dim() == 4 ? x.size(2) * x.size(3) : 1;
+  check_channel_vector(weight, "weight", C, device, false);
+  check_channel_vector(bias, "bias", C, device, false);
+  check_channel_vector(running_mean, "running_mean", C, device, true);
+  check_channel_vector(running_var, "running_var", C, device, true);
+  if (running_mean.defined() != running_var.defined())
+    throw std::invalid_argument("batch_norm: running_mean and running_var must be given together");
+  if (!(options.eps >= 0.0f))
+    throw std::invalid_argument("batch_norm: eps must be >= 0");
+  const bool tracking = running_mean.defined();
+  if (!options.training && !tracking)
+    throw std::invalid_argument("batch_norm: evaluation mode needs running_mean and running_var");
+  if (options.training && N * HW <= 1)
+    throw std::invalid_argument("batch_norm: training needs more than one value per channel, got input " +
+                                shape_str(x.shape()));
+  if (num_batches_tracked.defined() && num_batches_tracked.device() != device)
+    throw std::invalid_argument("batch_norm: num_batches_tracked is on another device than the input");
+
+  const BatchNormGeom geom{N, C, HW};
+  const Tensor xc = x.contiguous();
+  const Tensor wc = weight.defined() ? weight.contiguous() : Tensor();
+  const Tensor bc = bias.defined() ? bias.contiguous() : Tensor();
+  Tensor out = Tensor::empty(x.shape(), DType::F32, device);
+  Backend& be = backend(device);
+
+  if (options.training) {
+    float factor = 0.0f;
+    if (tracking) {
+      int64_t batches = 0;
+      if (num_batches_tracked.defined()) batches = increment_counter(num_batches_tracked);
+      if (options.momentum) {
+        factor = *options.momentum;
+      } else {
+        if (!num_batches_tracked.defined())
+          throw std::invalid_argument("batch_norm: momentum = nullopt (cumulative average) needs num_batches_tracked");
+        factor = 1.0f / static_cast<float>(batches);
+      }
+    }
+    Tensor save_mean = Tensor::empty({C}, DType::F32, device);
+    Tensor save_invstd = Tensor::empty({C}, DType::F32, device);
+    be.batchnorm_forward_train(geom, xc.data<float>(), nullable(wc), nullable(bc), options.eps, factor,
+                               tracking ? running_mean.data<float>() : nullptr,
+                               tracking ? running_var.data<float>() : nullptr, out.data<float>(),
+                               save_mean.data<float>(), save_invstd.data<float>());
+    if (should_record({xc, wc, bc})) {
+      record(out, "batch_norm", {xc, wc, bc},
+             [geom, input = xc.detach(), gamma = wc.defined() ? wc.detach() : Tensor(), save_mean, save_invstd,
+              want_w = wc.defined() && wc.requires_grad(),
+              want_b = bc.defined() && bc.requires_grad()](const Tensor& grad) {
+               const Tensor dy = grad.contiguous();
+               const Device dev = dy.device();
+               Tensor dx = Tensor::empty(input.shape(), DType::F32, dev);
+               Tensor dgamma = want_w ? Tensor::empty({geom.C}, DType::F32, dev) : Tensor();
+               Tensor dbeta = want_b ? Tensor::empty({geom.C}, DType::F32, dev) : Tensor();
+               backend(dev).batchnorm_backward(geom, input.data<float>(), dy.data<float>(), nullable(gamma),
+                                               save_mean.data<float>(), save_invstd.data<float>(), dx.data<float>(),
+                                               want_w ? dgamma.data<float>() : nullptr,
+                                               want_b ? dbeta.data<float>() : nullptr);
+               return std::vector<Tensor>{dx, dgamma, dbeta};
+             });
+    }
+    return out;
+  }
+
+  be.batchnorm_forward_eval(geom, xc.data<float>(), nullable(wc), nullable(bc), running_mean.data<float>(),
+                            running_var.data<float>(), options.eps, out.data<float>());
+  if (should_record({xc, wc, bc})) {
+    // Snapshot the statistics: the buffers may change (a later training step) before
+    // backward runs.
+    const Tensor mean = running_mean.detach().clone();
+    const Tensor invstd = rdiv_scalar(sqrt(add_scalar(running_var.detach(), options.eps)), 1.0f);
+    const Shape channel_shape = x.dim() == 4 ? Shape{1, C, 1, 1} : Shape{1, C};
+    const std::vector<int64_t> reduce_dims = x.dim() == 4 ? std::vector<int64_t>{0, 2, 3} : std::vector<int64_t>{0};
+    record(out, "batch_norm_eval", {xc, wc, bc},
+           [input = xc.detach(), gamma = wc.defined() ? wc.detach() : Tensor(), mean, invstd, channel_shape, reduce_dims,
+            want_x = xc.requires_grad(), want_w = wc.defined() && wc.requires_grad(),
+            want_b = bc.defined() && bc.requires_grad()](const Tensor& dy) {
+             Tensor dx, dgamma, dbeta;
+             const Tensor s = invstd.reshape(channel_shape);
+             if (want_x) dx = dy * (gamma.defined() ? gamma.reshape(channel_shape) * s : s);
+             if (want_w) dgamma = sum(dy * ((input - mean.reshape(channel_shape)) * s), reduce_dims);
+             if (want_b) dbeta = sum(dy, reduce_dims);
+             return std::vector<Tensor>{dx, dgamma, dbeta};
+           });
+  }
+  return out;
+}
+
+}  // namespace polyak

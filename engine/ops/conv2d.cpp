@@ -1,0 +1,111 @@
+// conv2d: the 2-D cross-correlation of deep learning (NCHW, groups = 1, dilation = 1).
+//
+//   y[n,k,p,q] = b[k] + sum_{c,r,s} w[k,c,r,s] * x[n, c, p*stride - pad + r, q*stride - pad + s]
+//
+// with x read as zero outside the image and P = (H + 2*pad - R) / stride + 1 (Q likewise).
+// Its gradients, given dy = dL/dy:
+//
+//   dx[n,c,h,w] = sum over the (k,p,q,r,s) with p*stride - pad + r = h, q*stride - pad + s = w
+//                 of w[k,c,r,s] * dy[n,k,p,q]            (the "transposed convolution")
+//   dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, c, p*stride - pad + r, q*stride - pad + s]
+//   db[k]       = sum_{n,p,q} dy[n,k,p,q]
+//
+// The kernels (engine/cpu/conv2d.cpp, or cuDNN on a GPU) compute them as matrix
+// products over im2col columns; this file checks shapes and wires autograd.
+#include <stdexcept>
+#include <string>
+
+#include "engine/autograd.h"
+#include "engine/backend.h"
+#include "engine/ops.h"
+
+namespace polyak {
+
+namespace {
+
+[[noreturn]] void fail(const std::string& message) { throw std::invalid_argument("conv2d: " + message); }
+
+Conv2dGeom conv2d_geometry(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dOptions& o) {
+  if (!x.defined()) fail("input is undefined");
+  if (!weight.defined()) fail("weight is undefined");
+  if (x.dim() != 4) fail("input must be 4-D (N, C, H, W), got shape " + shape_str(x.shape()));
+  if (weight.dim() != 4) fail("weight must be 4-D (K, C, R, S), got shape " + shape_str(weight.shape()));
+  if (x.dtype() != DType::F32 || weight.dtype() != DType::F32)
+    fail(std::string("input and weight must be float32, got ") + dtype_name(x.dtype()) + " and " +
+         dtype_name(weight.dtype()));
+  if (x.device() != weight.device())
+    fail(std::string("input is on ") + device_name(x.device()) + " but weight is on " + device_name(weight.device()));
+  if (o.stride < 1) fail("stride must be at least 1, got " + std::to_string(o.stride));
+  if (o.padding < 0) fail("padding must be non-negative, got " + std::to_string(o.padding));
+
+  Conv2dGeom g{};
+  g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3);
+  g.K = weight.size(0), g.R = weight.size(2), g.S = weight.size(3);
+  if (g.K < 1 || weight.size(1) < 1 || g.R < 1 || g.S < 1)
+    fail("weight shape " + shape_str(weight.shape()) + " has an empty dimension");
+  if (weight.size(1) != g.C)
+    fail("input shape " + shape_str(x.shape()) + " has " + std::to_string(g.C) + " channels but weight shape " +
+         shape_str(weight.shape()) + " expects " + std::to_string(weight.size(1)));
+  if (bias.defined()) {
+    if (bias.dtype() != DType::F32) fail(std::string("bias must be float32, got ") + dtype_name(bias.dtype()));
+    if (bias.device() != x.device())
+      fail(std::string("bias is on ") + device_name(bias.device()) + " but input is on " + device_name(x.device()));
+    if (bias.dim() != 1 || bias.size(0) != g.K)
+      fail("bias shape " + shape_str(bias.shape()) + " does not match the " + std::to_string(g.K) +
+           " output channels of weight shape " + shape_str(weight.shape()));
+  }
+  g.stride_h = g.stride_w = o.stride;
+  g.pad_h = g.pad_w = o.padding;
+  const int64_t padded_h = g.H + 2 * o.padding, padded_w = g.W + 2 * o.padding;
+  if (padded_h < g.R || padded_w < g.S)
+    fail("kernel " + std::to_string(g.R) + "x" + std::to_string(g.S) + " is larger than the padded input " +
+         std::to_string(padded_h) + "x" + std::to_string(padded_w) + " (input shape " + shape_str(x.shape()) +
+         ", padding " + std::to_string(o.padding) + ")");
+  g.P = (padded_h - g.R) / g.stride_h + 1;
+  g.Q = (padded_w - g.S) / g.stride_w + 1;
+  return g;
+}
+
+}  // namespace
+
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions options) {
+  const Conv2dGeom g = conv2d_geometry(x, weight, bias, options);
+  const Tensor xc = x.contiguous().detach();
+  const Tensor wc = weight.contiguous().detach();
+  const Tensor bc = bias.defined() ? bias.contiguous().detach() : Tensor();
+  Backend& be = backend(x.device());
+
+  Tensor out = Tensor::empty({g.N, g.K, g.P, g.Q}, DType::F32, x.device());
+  be.conv2d_forward(g, xc.data<float>(), wc.data<float>(), bc.defined() ? bc.data<float>() : nullptr,
+                    out.data<float>());
+
+  if (should_record({x, weight, bias})) {
+    const bool need_dx = x.requires_grad();
+    const bool need_dw = weight.requires_grad();
+    const bool need_db = bias.defined() && bias.requires_grad();
+    // Keep only what the wanted gradients read: dx needs w, dw needs x.
+    record(out, "conv2d", {x, weight, bias},
+           [g, need_dx, need_dw, need_db, xs = need_dw ? xc : Tensor(), ws = need_dx ? wc : Tensor()](
+               const Tensor& grad) {
+             const Tensor dy = grad.contiguous();
+             Backend& be = backend(dy.device());
+             Tensor dx, dw, db;
+             if (need_dx) {
+               dx = Tensor::empty({g.N, g.C, g.H, g.W}, DType::F32, dy.device());
+               be.conv2d_backward_data(g, dy.data<float>(), ws.data<float>(), dx.data<float>());
+             }
+             if (need_dw) {
+               dw = Tensor::empty({g.K, g.C, g.R, g.S}, DType::F32, dy.device());
+               if (need_db) db = Tensor::empty({g.K}, DType::F32, dy.device());
+               be.conv2d_backward_filter(g, xs.data<float>(), dy.data<float>(), dw.data<float>(),
+                                         need_db ? db.data<float>() : nullptr);
+             } else if (need_db) {
+               db = sum(dy, {0, 2, 3});
+             }
+             return std::vector<Tensor>{dx, dw, db};
+           });
+  }
+  return out;
+}
+
+}  // namespace polyak

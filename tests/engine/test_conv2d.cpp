@@ -1,0 +1,378 @@
+// conv2d: hand-computed values, the im2col+GEMM kernels against a direct 7-loop
+// convolution, finite-difference gradients, CPU-vs-GPU parity and shape errors.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/backend.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/ops.h"
+#include "engine/parallel.h"
+#include "engine/rng.h"
+#include "support/gradcheck.h"
+
+using namespace polyak;
+using polyak::testing::check_close;
+using polyak::testing::gradcheck;
+
+namespace {
+
+struct ConvCase {
+  int64_t N, C, H, W, K, R, S, stride, pad;
+  bool bias;
+};
+
+int64_t out_size(int64_t in, int64_t k, int64_t stride, int64_t pad) { return (in + 2 * pad - k) / stride + 1; }
+
+// The definition, one output (or gradient) element at a time, accumulated in double.
+struct NaiveConv {
+  ConvCase c;
+  int64_t P, Q;
+  explicit NaiveConv(const ConvCase& cc)
+      : c(cc), P(out_size(cc.H, cc.R, cc.stride, cc.pad)), Q(out_size(cc.W, cc.S, cc.stride, cc.pad)) {}
+
+  int64_t xi(int64_t n, int64_t ch, int64_t h, int64_t w) const { return ((n * c.C + ch) * c.H + h) * c.W + w; }
+  int64_t wi(int64_t k, int64_t ch, int64_t r, int64_t s) const { return ((k * c.C + ch) * c.R + r) * c.S + s; }
+  int64_t yi(int64_t n, int64_t k, int64_t p, int64_t q) const { return ((n * c.K + k) * P + p) * Q + q; }
+
+  // Calls f(n, k, p, q, ch, r, s, h, w) for every in-image term of the convolution sum.
+  template <class F>
+  void for_each_term(F&& f) const {
+    for (int64_t n = 0; n < c.N; ++n)
+      for (int64_t k = 0; k < c.K; ++k)
+        for (int64_t p = 0; p < P; ++p)
+          for (int64_t q = 0; q < Q; ++q)
+            for (int64_t ch = 0; ch < c.C; ++ch)
+              for (int64_t r = 0; r < c.R; ++r)
+                for (int64_t s = 0; s < c.S; ++s) {
+                  const int64_t h = p * c.stride - c.pad + r, w = q * c.stride - c.pad + s;
+                  if (h >= 0 && h < c.H && w >= 0 && w < c.W) f(n, k, p, q, ch, r, s, h, w);
+                }
+  }
+
+  std::vector<float> forward(const std::vector<float>& x, const std::vector<float>& w,
+                             const std::vector<float>& b) const {
+    std::vector<double> y(static_cast<size_t>(c.N * c.K * P * Q), 0.0);
+    for_each_term([&](auto n, auto k, auto p, auto q, auto ch, auto r, auto s, auto h, auto ww) {
+      y[yi(n, k, p, q)] += static_cast<double>(w[wi(k, ch, r, s)]) * x[xi(n, ch, h, ww)];
+    });
+    if (!b.empty())
+      for (int64_t n = 0; n < c.N; ++n)
+        for (int64_t k = 0; k < c.K; ++k)
+          for (int64_t i = 0; i < P * Q; ++i) y[yi(n, k, 0, 0) + i] += b[k];
+    return {y.begin(), y.end()};
+  }
+
+  std::vector<float> backward_data(const std::vector<float>& dy, const std::vector<float>& w) const {
+    std::vector<double> dx(static_cast<size_t>(c.N * c.C * c.H * c.W), 0.0);
+    for_each_term([&](auto n, auto k, auto p, auto q, auto ch, auto r, auto s, auto h, auto ww) {
+      dx[xi(n, ch, h, ww)] += static_cast<double>(w[wi(k, ch, r, s)]) * dy[yi(n, k, p, q)];
+    });
+    return {dx.begin(), dx.end()};
+  }
+
+  std::vector<float> backward_filter(const std::vector<float>& x, const std::vector<float>& dy) const {
+    std::vector<double> dw(static_cast<size_t>(c.K * c.C * c.R * c.S), 0.0);
+    for_each_term([&](auto n, auto k, auto p, auto q, auto ch, auto r, auto s, auto h, auto ww) {
+      dw[wi(k, ch, r, s)] += static_cast<double>(x[xi(n, ch, h, ww)]) * dy[yi(n, k, p, q)];
+    });
+    return {dw.begin(), dw.end()};
+  }
+
+  std::vector<float> backward_bias(const std::vector<float>& dy) const {
+    std::vector<double> db(static_cast<size_t>(c.K), 0.0);
+    for (int64_t n = 0; n < c.N; ++n)
+      for (int64_t k = 0; k < c.K; ++k)
+        for (int64_t i = 0; i < P * Q; ++i) db[k] += dy[yi(n, k, 0, 0) + i];
+    return {db.begin(), db.end()};
+  }
+};
+
+const std::vector<ConvCase> kCases = {
+    {1, 1, 5, 5, 1, 3, 3, 1, 0, false},   // smallest 3x3
+    {2, 3, 7, 5, 4, 3, 3, 1, 1, true},    // odd, non-square input, "same" padding
+    {3, 2, 9, 7, 5, 3, 3, 2, 1, true},    // stride 2 with padding
+    {4, 5, 6, 6, 3, 1, 1, 1, 0, true},    // 1x1: no im2col
+    {2, 4, 7, 7, 6, 1, 1, 2, 0, false},   // 1x1 stride 2: im2col path
+    {1, 3, 8, 8, 2, 5, 5, 1, 2, true},    // 5x5, padding 2
+    {5, 2, 11, 10, 3, 3, 2, 2, 0, false}, // non-square kernel
+    {2, 3, 4, 4, 2, 4, 4, 1, 0, true},    // kernel covers the whole input
+    {2, 2, 3, 3, 2, 3, 3, 3, 1, false},   // stride 3 with padding
+    {8, 16, 9, 9, 16, 3, 3, 1, 1, true},  // enough work to fork threads
+    {6, 16, 8, 8, 24, 1, 1, 1, 0, true},  // threaded 1x1
+    {7, 8, 10, 10, 8, 3, 3, 2, 1, true},  // threaded, stride 2, odd batch
+};
+
+std::string describe(const ConvCase& c) {
+  std::ostringstream out;
+  out << "N" << c.N << " C" << c.C << " " << c.H << "x" << c.W << " K" << c.K << " " << c.R << "x" << c.S
+      << " stride " << c.stride << " pad " << c.pad << (c.bias ? " bias" : "");
+  return out.str();
+}
+
+struct ConvTensors {
+  Tensor x, w, b, dy;
+};
+
+ConvTensors random_conv_tensors(const ConvCase& c, Rng& rng) {
+  const int64_t P = out_size(c.H, c.R, c.stride, c.pad), Q = out_size(c.W, c.S, c.stride, c.pad);
+  ConvTensors t;
+  t.x = Tensor::uniform({c.N, c.C, c.H, c.W}, -1.0f, 1.0f, rng);
+  t.w = Tensor::uniform({c.K, c.C, c.R, c.S}, -1.0f, 1.0f, rng);
+  if (c.bias) t.b = Tensor::uniform({c.K}, -1.0f, 1.0f, rng);
+  t.dy = Tensor::uniform({c.N, c.K, P, Q}, -1.0f, 1.0f, rng);
+  return t;
+}
+
+class ThreadsScope {
+ public:
+  explicit ThreadsScope(int threads) : saved_(num_threads()) { set_num_threads(threads); }
+  ~ThreadsScope() { set_num_threads(saved_); }
+
+ private:
+  int saved_;
+};
+
+}  // namespace
+
+TEST_SUITE("conv2d") {
+
+TEST_CASE("conv2d forward: 3x3 on a 4x4 ramp, by hand") {
+  // x[h, w] = 4h + w. With an all-ones 3x3 filter each output is the sum of its window:
+  // y[p, q] = sum_{r,s} 4(p+r) + (q+s) = 9(4p + q) + 36 + 9 = 36p + 9q + 45.
+  std::vector<float> ramp(16);
+  for (int i = 0; i < 16; ++i) ramp[i] = static_cast<float>(i);
+  const Tensor x = Tensor::from_vector(ramp, {1, 1, 4, 4});
+  const Tensor ones = Tensor::ones({1, 1, 3, 3});
+
+  SUBCASE("valid") {
+    const Tensor y = conv2d(x, ones);
+    CHECK(y.shape() == Shape{1, 1, 2, 2});
+    check_close(y, {45, 54, 81, 90});
+  }
+  SUBCASE("padding 1: border windows lose their outside taps") {
+    // y[0,0] = x[0,0] + x[0,1] + x[1,0] + x[1,1] = 0 + 1 + 4 + 5 = 10, and so on.
+    const Tensor y = conv2d(x, ones, {}, {.stride = 1, .padding = 1});
+    CHECK(y.shape() == Shape{1, 1, 4, 4});
+    check_close(y, {10, 18, 24, 18, 27, 45, 54, 39, 51, 81, 90, 63, 42, 66, 72, 50});
+  }
+  SUBCASE("stride 2, padding 1, filter 1..9, bias 0.5") {
+    // y[0,0] = 0.5 + w[1,1]*x[0,0] + w[1,2]*x[0,1] + w[2,1]*x[1,0] + w[2,2]*x[1,1]
+    //        = 0.5 + 5*0 + 6*1 + 8*4 + 9*5 = 83.5
+    std::vector<float> taps(9);
+    for (int i = 0; i < 9; ++i) taps[i] = static_cast<float>(i + 1);
+    const Tensor w = Tensor::from_vector(taps, {1, 1, 3, 3});
+    const Tensor b = Tensor::from_vector({0.5f}, {1});
+    const Tensor y = conv2d(x, w, b, {.stride = 2, .padding = 1});
+    CHECK(y.shape() == Shape{1, 1, 2, 2});
+    check_close(y, {83.5f, 178.5f, 330.5f, 528.5f});
+  }
+  SUBCASE("two filters and a bias: channels stack") {
+    // Filter 0 is all ones (the window sums above), filter 1 picks the centre tap;
+    // bias (1, -1).
+    std::vector<float> taps(18, 0.0f);
+    for (int i = 0; i < 9; ++i) taps[i] = 1.0f;
+    taps[9 + 4] = 1.0f;
+    const Tensor w = Tensor::from_vector(taps, {2, 1, 3, 3});
+    const Tensor b = Tensor::from_vector({1.0f, -1.0f}, {2});
+    const Tensor y = conv2d(x, w, b);
+    CHECK(y.shape() == Shape{1, 2, 2, 2});
+    check_close(y, {46, 55, 82, 91, 4, 5, 8, 9});
+  }
+}
+
+TEST_CASE("conv2d kernels match a direct 7-loop convolution") {
+  Rng rng(1234);
+  for (int threads : {1, 2, 3}) {
+    ThreadsScope scope(threads);
+    for (const ConvCase& c : kCases) {
+      CAPTURE(threads);
+      INFO(describe(c));
+      const NaiveConv ref(c);
+      const ConvTensors t = random_conv_tensors(c, rng);
+      const std::vector<float> xv = t.x.to_vector<float>(), wv = t.w.to_vector<float>(),
+                               dyv = t.dy.to_vector<float>();
+      const std::vector<float> bv = c.bias ? t.b.to_vector<float>() : std::vector<float>{};
+
+      Tensor x = t.x.clone(), w = t.w.clone(), b = c.bias ? t.b.clone() : Tensor();
+      x.requires_grad_();
+      w.requires_grad_();
+      if (c.bias) b.requires_grad_();
+      const Tensor y = conv2d(x, w, b, {.stride = c.stride, .padding = c.pad});
+      REQUIRE(y.shape() == Shape{c.N, c.K, ref.P, ref.Q});
+      check_close(y, ref.forward(xv, wv, bv), 1e-4, 1e-4);
+
+      y.backward(t.dy);
+      check_close(x.grad(), ref.backward_data(dyv, wv), 1e-4, 1e-4);
+      check_close(w.grad(), ref.backward_filter(xv, dyv), 1e-4, 1e-4);
+      if (c.bias) check_close(b.grad(), ref.backward_bias(dyv), 1e-4, 1e-4);
+    }
+  }
+}
+
+TEST_CASE("conv2d kernels overwrite their outputs") {
+  // Backend contract: outputs are written in full, whatever they held before.
+  const ConvCase c{3, 4, 7, 6, 5, 3, 3, 2, 1, true};
+  Rng rng(99);
+  const ConvTensors t = random_conv_tensors(c, rng);
+  const NaiveConv ref(c);
+  const Conv2dGeom g{c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.stride, c.stride, c.pad, c.pad, ref.P, ref.Q};
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  Tensor y = Tensor::full({c.N, c.K, ref.P, ref.Q}, nan);
+  Tensor dx = Tensor::full({c.N, c.C, c.H, c.W}, nan);
+  Tensor dw = Tensor::full({c.K, c.C, c.R, c.S}, nan);
+  Tensor db = Tensor::full({c.K}, nan);
+  CpuBackend& be = cpu_backend();
+  for (int repeat = 0; repeat < 2; ++repeat) {  // a second call reuses the scratch buffers
+    be.conv2d_forward(g, t.x.data<float>(), t.w.data<float>(), nullptr, y.data<float>());
+    be.conv2d_backward_data(g, t.dy.data<float>(), t.w.data<float>(), dx.data<float>());
+    be.conv2d_backward_filter(g, t.x.data<float>(), t.dy.data<float>(), dw.data<float>(), db.data<float>());
+    const std::vector<float> xv = t.x.to_vector<float>(), wv = t.w.to_vector<float>(), dyv = t.dy.to_vector<float>();
+    check_close(y, ref.forward(xv, wv, {}), 1e-4, 1e-4);
+    check_close(dx, ref.backward_data(dyv, wv), 1e-4, 1e-4);
+    check_close(dw, ref.backward_filter(xv, dyv), 1e-4, 1e-4);
+    check_close(db, ref.backward_bias(dyv), 1e-4, 1e-4);
+  }
+}
+
+TEST_CASE("conv2d computes only the gradients that are needed") {
+  Rng rng(5);
+  const ConvCase c{2, 3, 5, 5, 4, 3, 3, 1, 1, true};
+  const NaiveConv ref(c);
+  const ConvTensors t = random_conv_tensors(c, rng);
+  const std::vector<float> xv = t.x.to_vector<float>(), wv = t.w.to_vector<float>(), dyv = t.dy.to_vector<float>();
+
+  SUBCASE("input only") {
+    Tensor x = t.x.clone();
+    x.requires_grad_();
+    conv2d(x, t.w, t.b, {.stride = 1, .padding = 1}).backward(t.dy);
+    check_close(x.grad(), ref.backward_data(dyv, wv), 1e-4, 1e-4);
+    CHECK_FALSE(t.w.grad().defined());
+    CHECK_FALSE(t.b.grad().defined());
+  }
+  SUBCASE("weight only") {
+    Tensor w = t.w.clone();
+    w.requires_grad_();
+    conv2d(t.x, w, t.b, {.stride = 1, .padding = 1}).backward(t.dy);
+    check_close(w.grad(), ref.backward_filter(xv, dyv), 1e-4, 1e-4);
+    CHECK_FALSE(t.x.grad().defined());
+  }
+  SUBCASE("bias only") {
+    Tensor b = t.b.clone();
+    b.requires_grad_();
+    conv2d(t.x, t.w, b, {.stride = 1, .padding = 1}).backward(t.dy);
+    check_close(b.grad(), ref.backward_bias(dyv), 1e-4, 1e-4);
+  }
+  SUBCASE("no grad mode records nothing") {
+    Tensor w = t.w.clone();
+    w.requires_grad_();
+    NoGradGuard no_grad;
+    const Tensor y = conv2d(t.x, w, t.b, {.stride = 1, .padding = 1});
+    CHECK_FALSE(y.requires_grad());
+  }
+}
+
+TEST_CASE("conv2d accepts non-contiguous inputs") {
+  Rng rng(8);
+  // x as the transpose of a (N,C,W,H) tensor, so its H and W strides are swapped.
+  const Tensor base = Tensor::uniform({2, 3, 6, 5}, -1.0f, 1.0f, rng);
+  const Tensor x = base.transpose(2, 3);
+  const Tensor w = Tensor::uniform({4, 3, 3, 3}, -1.0f, 1.0f, rng);
+  REQUIRE_FALSE(x.is_contiguous());
+  check_close(conv2d(x, w, {}, {.stride = 1, .padding = 1}), conv2d(x.contiguous(), w, {}, {.stride = 1, .padding = 1}),
+              1e-6, 1e-6);
+}
+
+TEST_CASE("conv2d gradients match finite differences") {
+  struct GradCase {
+    const char* name;
+    ConvCase c;
+  };
+  const std::vector<GradCase> cases = {
+      {"3x3 stride 1 pad 1", {2, 3, 5, 5, 4, 3, 3, 1, 1, false}},
+      {"3x3 stride 2 pad 1, bias", {2, 2, 6, 5, 3, 3, 3, 2, 1, true}},
+      {"1x1, bias", {2, 4, 4, 3, 3, 1, 1, 1, 0, true}},
+      {"1x1 stride 2", {1, 3, 5, 5, 2, 1, 1, 2, 0, false}},
+  };
+  Rng rng(21);
+  for (const GradCase& gc : cases) {
+    INFO(std::string(gc.name));
+    const ConvCase& c = gc.c;
+    const ConvTensors t = random_conv_tensors(c, rng);
+    Tensor x = t.x, w = t.w, b = t.b;
+    x.requires_grad_();
+    w.requires_grad_();
+    std::vector<Tensor> inputs{x, w};  // gradcheck takes defined tensors only: the bias is there or not
+    if (c.bias) inputs.push_back(b.requires_grad_());
+    const Conv2dOptions options{.stride = c.stride, .padding = c.pad};
+    gradcheck(
+        [options](const std::vector<Tensor>& in) { return conv2d(in[0], in[1], in.size() > 2 ? in[2] : Tensor(), options); },
+        inputs);
+  }
+}
+
+TEST_CASE("conv2d CPU-vs-GPU parity") {
+  testing::for_each_accelerator([](Device device) {
+    Rng rng(77);
+    for (const ConvCase& c : kCases) {
+      INFO(describe(c));
+      const ConvTensors t = random_conv_tensors(c, rng);
+      const Conv2dOptions options{.stride = c.stride, .padding = c.pad};
+
+      Tensor x = t.x.clone(), w = t.w.clone(), b = c.bias ? t.b.clone() : Tensor();
+      x.requires_grad_();
+      w.requires_grad_();
+      if (c.bias) b.requires_grad_();
+      const Tensor y = conv2d(x, w, b, options);
+      y.backward(t.dy);
+
+      Tensor xd = t.x.to(device), wd = t.w.to(device), bd = c.bias ? t.b.to(device) : Tensor();
+      xd.requires_grad_();
+      wd.requires_grad_();
+      if (c.bias) bd.requires_grad_();
+      const Tensor yd = conv2d(xd, wd, bd, options);
+      CHECK(yd.device() == device);
+      yd.backward(t.dy.to(device));
+
+      // Tolerance 1e-4 absolute + 1e-4 relative: the GPU sums in another order (and
+      // cuDNN may pick Winograd or FFT algorithms).
+      check_close(yd, y, 1e-4, 1e-4);
+      check_close(xd.grad(), x.grad(), 1e-4, 1e-4);
+      check_close(wd.grad(), w.grad(), 1e-4, 1e-4);
+      if (c.bias) check_close(bd.grad(), b.grad(), 1e-4, 1e-4);
+    }
+  });
+}
+
+TEST_CASE("conv2d rejects bad shapes with clear messages") {
+  const Tensor x = Tensor::zeros({2, 3, 5, 5});
+  const Tensor w = Tensor::zeros({4, 3, 3, 3});
+  using doctest::Contains;
+  CHECK_THROWS_WITH_AS(conv2d(Tensor::zeros({3, 5, 5}), w), Contains("input must be 4-D (N, C, H, W), got shape [3, 5, 5]"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(conv2d(x, Tensor::zeros({4, 3, 3})), Contains("weight must be 4-D (K, C, R, S), got shape [4, 3, 3]"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(conv2d(x, Tensor::zeros({4, 2, 3, 3})),
+                       Contains("input shape [2, 3, 5, 5] has 3 channels but weight shape [4, 2, 3, 3] expects 2"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(conv2d(x, w, Tensor::zeros({3})),
+                       Contains("bias shape [3] does not match the 4 output channels of weight shape [4, 3, 3, 3]"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(conv2d(x, Tensor::zeros({4, 3, 7, 7}), {}, {.stride = 1, .padding = 0}),
+                       Contains("kernel 7x7 is larger than the padded input 5x5 (input shape [2, 3, 5, 5], padding 0)"),
+                       std::invalid_argument);
+  CHECK_NOTHROW(conv2d(x, Tensor::zeros({4, 3, 7, 7}), {}, {.stride = 1, .padding = 1}));
+  CHECK_THROWS_WITH_AS(conv2d(x, w, {}, {.stride = 0, .padding = 0}), Contains("stride must be at least 1, got 0"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(conv2d(x, w, {}, {.stride = 1, .padding = -1}), Contains("padding must be non-negative, got -1"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(conv2d(Tensor::zeros({2, 3, 5, 5}, DType::I32), w), Contains("must be float32"),
+                       std::invalid_argument);
+}
+
+}  // TEST_SUITE

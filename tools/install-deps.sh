@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages polyak builds with, when any is missing (run as root).
+# The CUDA toolkit is optional and is not installed here: CMake uses it when found.
+set -euo pipefail
+packages=(build-essential cmake libopenblas-dev zlib1g-dev doctest-dev libstb-dev nlohmann-json3-dev libcli11-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
