@@ -19,6 +19,8 @@ Layout make_layout(const Shape& shape, const Shape& strides) {
   return layout;
 }
 
+Layout contiguous_layout(const Shape& shape) { return make_layout(shape, contiguous_strides(shape)); }
+
 // Defined by the CUDA table when it is compiled in (engine/cuda/), else by
 // engine/cuda_absent.cpp, which reports that this build has no GPU support.
 Backend* cuda_backend();

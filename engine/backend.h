@@ -25,6 +25,7 @@ struct Layout {
   int64_t strides[kMaxDims] = {};
 };
 Layout make_layout(const Shape& shape, const Shape& strides);
+Layout contiguous_layout(const Shape& shape);
 
 // out[i] = a[i] (op) b[i] over `shape`; a and b are read through their own strides,
 // where a stride of 0 broadcasts. The output is contiguous.
@@ -83,8 +84,10 @@ class Backend {
 
   // ---- elementwise (engine/cpu/elementwise.cpp) ----
   virtual void fill(float* y, int64_t n, float value) = 0;
-  // Gathers a strided view of elements of `elem_size` bytes into contiguous dst.
-  virtual void strided_copy(void* dst, const void* src, const Layout& src_layout, size_t elem_size) = 0;
+  // Copies elements of `elem_size` bytes between two strided views of the same shape
+  // (dst's layout gives the shape). A source stride of 0 repeats (broadcasts).
+  virtual void copy_strided(void* dst, const Layout& dst_layout, const void* src, const Layout& src_layout,
+                            size_t elem_size) = 0;
   virtual void binary(BinaryOp op, const BroadcastGeom& geom, const float* a, const float* b, float* y) = 0;
   virtual void scalar(ScalarOp op, int64_t n, const float* x, float s, float* y) = 0;
   virtual void unary(UnaryOp op, int64_t n, const float* x, float* y) = 0;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "engine/tensor.h"
@@ -92,6 +93,11 @@ Tensor global_avg_pool2d(const Tensor& x);  // (N,C,H,W) -> (N,C)
 Tensor log_softmax(const Tensor& x);  // over the last dim of a 2-D tensor
 // Mean softmax cross-entropy of logits (N, classes) against int64 labels (N).
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels, float label_smoothing = 0.0f);
+
+// ---- zero padding (ops/pad.cpp) ----
+// Dim d grows by padding[d].first zeros before and padding[d].second after (dims
+// beyond padding.size() are untouched).
+Tensor pad(const Tensor& x, const std::vector<std::pair<int64_t, int64_t>>& padding);
 
 // ---- dropout (ops/dropout.cpp) ----
 // Zeroes each element with probability p and scales the rest by 1/(1-p) when

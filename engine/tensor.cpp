@@ -251,17 +251,22 @@ Tensor Tensor::flatten(int64_t start_dim) const {
   return reshape(target);
 }
 
-Tensor Tensor::slice(int64_t start, int64_t end) const {
-  if (dim() == 0 || start < 0 || end < start || end > shape()[0])
-    throw std::out_of_range("slice: rows [" + std::to_string(start) + ", " + std::to_string(end) +
-                            ") out of range for shape " + shape_str(shape()));
-  Shape s = shape();
-  s[0] = end - start;
-  Tensor out = make_view(*this, offset() + start * strides()[0], s, strides());
+Tensor Tensor::slice(int64_t start, int64_t end) const { return slice(0, start, end, 1); }
+
+Tensor Tensor::slice(int64_t dim_, int64_t start, int64_t end, int64_t step) const {
+  const int64_t d = dim_ < 0 ? dim_ + dim() : dim_;
+  if (d < 0 || d >= dim() || step < 1 || start < 0 || end < start || end > shape()[d])
+    throw std::out_of_range("slice: [" + std::to_string(start) + ":" + std::to_string(end) + ":" +
+                            std::to_string(step) + "] of dim " + std::to_string(dim_) +
+                            " out of range for shape " + shape_str(shape()));
+  Shape s = shape(), st = strides();
+  s[d] = (end - start + step - 1) / step;
+  st[d] *= step;
+  Tensor out = make_view(*this, offset() + start * strides()[d], s, st);
   if (should_record({*this})) {
-    record(out, "slice", {*this}, [full = shape(), start, end](const Tensor& g) {
+    record(out, "slice", {*this}, [full = shape(), d, start, end, step](const Tensor& g) {
       Tensor dx = Tensor::zeros(full, DType::F32, g.device());
-      dx.slice(start, end).copy_(g);
+      dx.slice(d, start, end, step).copy_(g);
       return std::vector<Tensor>{dx};
     });
   }
@@ -299,7 +304,8 @@ Tensor Tensor::transpose(int64_t dim0, int64_t dim1) const {
 Tensor Tensor::contiguous() const {
   if (is_contiguous()) return *this;
   Tensor out = empty(shape(), dtype(), device());
-  backend(device()).strided_copy(out.raw_data(), raw_data(), make_layout(shape(), strides()), dtype_size(dtype()));
+  backend(device()).copy_strided(out.raw_data(), contiguous_layout(shape()), raw_data(),
+                                 make_layout(shape(), strides()), dtype_size(dtype()));
   if (should_record({*this})) {
     record(out, "contiguous", {*this}, [](const Tensor& g) { return std::vector<Tensor>{g}; });
   }
@@ -377,13 +383,13 @@ Tensor& Tensor::copy_(const Tensor& src) {
   if (src.dtype() != dtype())
     throw std::invalid_argument(std::string("copy_: source is ") + dtype_name(src.dtype()) + ", destination " +
                                 dtype_name(dtype()));
-  require_contiguous(*this, "copy_");
   const Tensor local = src.device() == device() ? src : src.to(device());
   Backend& be = backend(device());
-  if (local.is_contiguous()) {
+  if (is_contiguous() && local.is_contiguous()) {
     be.copy(raw_data(), local.raw_data(), static_cast<size_t>(numel()) * dtype_size(dtype()));
   } else {
-    be.strided_copy(raw_data(), local.raw_data(), make_layout(local.shape(), local.strides()), dtype_size(dtype()));
+    be.copy_strided(raw_data(), make_layout(shape(), strides()), local.raw_data(),
+                    make_layout(local.shape(), local.strides()), dtype_size(dtype()));
   }
   return *this;
 }

@@ -108,6 +108,8 @@ class Tensor {
   Tensor reshape(const Shape& shape) const;  // one dim may be -1; copies if not contiguous
   Tensor flatten(int64_t start_dim = 1) const;
   Tensor slice(int64_t start, int64_t end) const;  // rows [start, end) of dim 0
+  // Every step-th index in [start, end) of `dim`: a view, like x[..., start:end:step].
+  Tensor slice(int64_t dim, int64_t start, int64_t end, int64_t step) const;
   Tensor transpose(int64_t dim0, int64_t dim1) const;
   Tensor permute(const std::vector<int64_t>& dims) const;
   Tensor contiguous() const;
@@ -121,7 +123,7 @@ class Tensor {
   // ---- in place, outside autograd (initialisation, optimisers, gradient bookkeeping) ----
   Tensor& zero_();
   Tensor& fill_(float value);
-  Tensor& copy_(const Tensor& src);             // same shape; any layout of src
+  Tensor& copy_(const Tensor& src);             // same shape; any layouts
   Tensor& add_(const Tensor& x, float alpha = 1.0f);  // this += alpha * x
   Tensor& mul_(float factor);
 

@@ -30,7 +30,8 @@ class CpuBackend final : public Backend {
 
   // elementwise.cpp
   void fill(float* y, int64_t n, float value) override;
-  void strided_copy(void* dst, const void* src, const Layout& src_layout, size_t elem_size) override;
+  void copy_strided(void* dst, const Layout& dst_layout, const void* src, const Layout& src_layout,
+                    size_t elem_size) override;
   void binary(BinaryOp op, const BroadcastGeom& geom, const float* a, const float* b, float* y) override;
   void scalar(ScalarOp op, int64_t n, const float* x, float s, float* y) override;
   void unary(UnaryOp op, int64_t n, const float* x, float* y) override;

@@ -1,4 +1,4 @@
-// Elementwise CPU kernels: fill, strided gather, broadcasting binary ops, scalar and
+// Elementwise CPU kernels: fill, strided copy, broadcasting binary ops, scalar and
 // unary maps, axpy. All outputs may alias an input of the same layout (in-place use).
 #include <cmath>
 #include <cstring>
@@ -36,18 +36,22 @@ struct RowWalker {
 };
 
 template <class T>
-void gather_rows(T* dst, const T* src, const Layout& l) {
-  const int last = l.ndim - 1;
-  const int64_t inner = l.ndim ? l.shape[last] : 1;
-  const int64_t inner_stride = l.ndim ? l.strides[last] : 1;
+void copy_rows(T* dst, const Layout& dl, const T* src, const Layout& sl) {
+  const int last = dl.ndim - 1;
+  const int64_t inner = dl.ndim ? dl.shape[last] : 1;
+  const int64_t d_inner = dl.ndim ? dl.strides[last] : 1, s_inner = dl.ndim ? sl.strides[last] : 1;
   int64_t rows = 1;
-  for (int d = 0; d < last; ++d) rows *= l.shape[d];
-  const RowWalker walker{std::max(last, 0), l.shape};
+  for (int d = 0; d < last; ++d) rows *= dl.shape[d];
+  const RowWalker walker{std::max(last, 0), dl.shape};
   parallel_for(rows, inner, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const T* s = src + walker.offset_of(r, l.strides);
-      T* d = dst + r * inner;
-      for (int64_t j = 0; j < inner; ++j) d[j] = s[j * inner_stride];
+      const T* s = src + walker.offset_of(r, sl.strides);
+      T* d = dst + walker.offset_of(r, dl.strides);
+      if (d_inner == 1 && s_inner == 1) {
+        std::memcpy(d, s, static_cast<size_t>(inner) * sizeof(T));
+      } else {
+        for (int64_t j = 0; j < inner; ++j) d[j * d_inner] = s[j * s_inner];
+      }
     }
   });
 }
@@ -93,12 +97,13 @@ void map(int64_t n, const float* x, float* y, F f) {
 
 }  // namespace
 
-void CpuBackend::strided_copy(void* dst, const void* src, const Layout& layout, size_t elem_size) {
+void CpuBackend::copy_strided(void* dst, const Layout& dst_layout, const void* src, const Layout& src_layout,
+                              size_t elem_size) {
   switch (elem_size) {
-    case 1: gather_rows(static_cast<uint8_t*>(dst), static_cast<const uint8_t*>(src), layout); break;
-    case 4: gather_rows(static_cast<uint32_t*>(dst), static_cast<const uint32_t*>(src), layout); break;
-    case 8: gather_rows(static_cast<uint64_t*>(dst), static_cast<const uint64_t*>(src), layout); break;
-    default: throw std::invalid_argument("strided_copy: unsupported element size " + std::to_string(elem_size));
+    case 1: copy_rows(static_cast<uint8_t*>(dst), dst_layout, static_cast<const uint8_t*>(src), src_layout); break;
+    case 4: copy_rows(static_cast<uint32_t*>(dst), dst_layout, static_cast<const uint32_t*>(src), src_layout); break;
+    case 8: copy_rows(static_cast<uint64_t*>(dst), dst_layout, static_cast<const uint64_t*>(src), src_layout); break;
+    default: throw std::invalid_argument("copy_strided: unsupported element size " + std::to_string(elem_size));
   }
 }
 

@@ -69,8 +69,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   if (bias.defined()) {
     // Start C from the bias repeated over rows (a stride-0 copy), then add x W^T onto
     // it with beta = 1.
-    be.strided_copy(out.raw_data(), bias.contiguous().raw_data(), make_layout({N, out_features}, {0, 1}),
-                    sizeof(float));
+    be.copy_strided(out.raw_data(), contiguous_layout({N, out_features}), bias.contiguous().raw_data(),
+                    make_layout({N, out_features}, {0, 1}), sizeof(float));
     beta = 1.0f;
   }
   be.gemm(false, true, N, out_features, in, 1.0f, xc.data<float>(), in, wc.data<float>(), in, beta, out.data<float>(),

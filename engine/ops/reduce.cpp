@@ -33,7 +33,8 @@ Tensor expand_to(const Tensor& g, const Shape& kept_shape, const Shape& full_sha
   for (size_t i = 0; i < full_shape.size(); ++i)
     if (kept_shape[i] == 1) strides[i] = 0;
   Tensor out = Tensor::empty(full_shape, DType::F32, g.device());
-  backend(g.device()).strided_copy(out.raw_data(), src.raw_data(), make_layout(full_shape, strides), sizeof(float));
+  backend(g.device()).copy_strided(out.raw_data(), contiguous_layout(full_shape), src.raw_data(),
+                                   make_layout(full_shape, strides), sizeof(float));
   return out;
 }
 
