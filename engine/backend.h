@@ -64,6 +64,13 @@ struct BatchNormGeom {
   int64_t N, C, HW;
 };
 
+// One SGD update (torch.optim.SGD semantics; see engine/optim/sgd.h).
+struct SgdHyper {
+  float lr, momentum, dampening, weight_decay;
+  bool nesterov;
+  bool first_step;  // the momentum buffer is initialised to the first direction
+};
+
 enum class BinaryOp : uint8_t { Add, Sub, Mul, Div };
 enum class ScalarOp : uint8_t { Add, Mul, RSub, RDiv, Pow };  // x+s, x*s, s-x, s/x, x^s
 enum class UnaryOp : uint8_t { Neg, Exp, Log, Sqrt };
@@ -147,6 +154,10 @@ class Backend {
   virtual void cross_entropy_backward(int64_t rows, int64_t cols, const float* log_probs,
                                       const int64_t* labels, float smoothing, const float* dloss,
                                       float* dlogits) = 0;
+
+  // ---- optimiser (engine/cpu/optim.cpp) ----
+  // One fused pass over flat parameter, gradient and momentum arenas.
+  virtual void sgd_step(const SgdHyper& h, int64_t n, float* param, const float* grad, float* momentum_buffer) = 0;
 
   // ---- dropout (engine/cpu/dropout.cpp) ----
   // Element i is kept with probability 1 - p, decided by Philox word i of the stream

@@ -1,68 +1,50 @@
-#include "models/tiny_cnn.h"
-
-#include <cmath>
-
+// TinyCnn: three conv-BN-ReLU blocks small enough to train on a CPU in seconds, for
+// tests and quick demos.
+//   conv3x3(3->16) BN ReLU maxpool2   32x32 -> 16x16
+//   conv3x3(16->32) BN ReLU maxpool2  16x16 -> 8x8
+//   conv3x3(32->64) BN ReLU           8x8
+//   global average pool -> linear(64 -> classes)
+#include "engine/nn/layers.h"
 #include "engine/ops.h"
-#include "engine/rng.h"
+#include "models/init.h"
+#include "models/resnets.h"
 
 namespace polyak::models {
 
 namespace {
-constexpr int64_t kWidths[] = {16, 32, 64};
-}
 
-TinyCnn::TinyCnn(int num_classes, Rng& rng, Device device) {
-  int64_t in = 3;
-  for (int64_t out : kWidths) {
-    ConvBnBlock block;
-    const float stddev = std::sqrt(2.0f / static_cast<float>(out * 9));  // gain sqrt(2), fan_out = out*3*3
-    block.conv_weight = Tensor::normal({out, in, 3, 3}, 0.0f, stddev, rng, device).requires_grad_();
-    block.bn_weight = Tensor::ones({out}, device).requires_grad_();
-    block.bn_bias = Tensor::zeros({out}, DType::F32, device).requires_grad_();
-    block.running_mean = Tensor::zeros({out}, DType::F32, device);
-    block.running_var = Tensor::ones({out}, device);
-    block.num_batches_tracked = Tensor::zeros({}, DType::I64, device);
-    blocks_.push_back(std::move(block));
-    in = out;
+class TinyCnn : public nn::Module {
+ public:
+  TinyCnn(int num_classes, Rng& rng) {
+    int64_t in = 3;
+    for (int i = 0; i < 3; ++i) {
+      const int64_t out = int64_t{16} << i;
+      const std::string n = std::to_string(i + 1);
+      convs_.push_back(register_module("conv" + n, std::make_shared<nn::Conv2d>(in, out, 3, rng, 1, 1, false)));
+      bns_.push_back(register_module("bn" + n, std::make_shared<nn::BatchNorm2d>(out)));
+      in = out;
+    }
+    fc_ = register_module("fc", std::make_shared<nn::Linear>(in, num_classes, rng));
+    kaiming_normal_fan_out_convs(*this, rng);
   }
-  const float bound = 1.0f / std::sqrt(static_cast<float>(in));
-  fc_weight_ = Tensor::uniform({num_classes, in}, -bound, bound, rng, device).requires_grad_();
-  fc_bias_ = Tensor::uniform({num_classes}, -bound, bound, rng, device).requires_grad_();
-}
 
-Tensor TinyCnn::forward(const Tensor& images, bool training) {
-  Tensor h = images;
-  BatchNormOptions bn;
-  bn.training = training;
-  for (size_t i = 0; i < blocks_.size(); ++i) {
-    ConvBnBlock& b = blocks_[i];
-    h = conv2d(h, b.conv_weight, {}, {.stride = 1, .padding = 1});
-    h = relu(batch_norm(h, b.bn_weight, b.bn_bias, b.running_mean, b.running_var, b.num_batches_tracked, bn));
-    if (i + 1 < blocks_.size()) h = max_pool2d(h, {.kernel = 2});
+  Tensor forward(const Tensor& x) override {
+    Tensor h = x;
+    for (size_t i = 0; i < convs_.size(); ++i) {
+      h = relu(bns_[i]->forward(convs_[i]->forward(h)));
+      if (i + 1 < convs_.size()) h = max_pool2d(h, {.kernel = 2});
+    }
+    return fc_->forward(global_avg_pool2d(h));
   }
-  return linear(global_avg_pool2d(h), fc_weight_, fc_bias_);
-}
 
-std::vector<Tensor> TinyCnn::parameters() const {
-  std::vector<Tensor> params;
-  for (const ConvBnBlock& b : blocks_) {
-    params.push_back(b.conv_weight);
-    params.push_back(b.bn_weight);
-    params.push_back(b.bn_bias);
-  }
-  params.push_back(fc_weight_);
-  params.push_back(fc_bias_);
-  return params;
-}
+ private:
+  std::vector<std::shared_ptr<nn::Conv2d>> convs_;
+  std::vector<std::shared_ptr<nn::BatchNorm2d>> bns_;
+  std::shared_ptr<nn::Linear> fc_;
+};
 
-int64_t TinyCnn::forward_macs_per_image() const {
-  int64_t macs = 0, in = 3, side = 32;
-  for (size_t i = 0; i < std::size(kWidths); ++i) {
-    macs += kWidths[i] * in * 9 * side * side;
-    in = kWidths[i];
-    if (i + 1 < std::size(kWidths)) side /= 2;
-  }
-  return macs + fc_weight_.numel();
-}
+}  // namespace
+
+std::shared_ptr<nn::Module> tiny_cnn(int num_classes, Rng& rng) { return std::make_shared<TinyCnn>(num_classes, rng); }
 
 }  // namespace polyak::models

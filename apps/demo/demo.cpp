@@ -15,7 +15,8 @@
 #include "engine/optim/sgd.h"
 #include "engine/parallel.h"
 #include "engine/rng.h"
-#include "models/tiny_cnn.h"
+#include "engine/nn/module.h"
+#include "models/registry.h"
 
 using namespace polyak;
 
@@ -27,14 +28,15 @@ std::string default_data_dir() {
 }
 
 // Top-1 accuracy and mean loss of the model (eval mode) over a whole image set.
-std::pair<double, double> evaluate(models::TinyCnn& model, const data::ImageSet& set, int64_t batch_size) {
+std::pair<double, double> evaluate(nn::Module& model, const data::ImageSet& set, int64_t batch_size) {
   NoGradGuard no_grad;
+  model.eval();
   int64_t correct = 0;
   double loss_sum = 0;
   for (int64_t begin = 0; begin < set.count; begin += batch_size) {
     std::vector<int64_t> idx(std::min(batch_size, set.count - begin));
     std::iota(idx.begin(), idx.end(), begin);
-    const Tensor logits = model.forward(data::to_tensor(set, idx), /*training=*/false);
+    const Tensor logits = model(data::to_tensor(set, idx));
     loss_sum += cross_entropy(logits, data::labels_tensor(set, idx)).item() * static_cast<double>(idx.size());
     const std::vector<float> l = logits.to_vector<float>();
     const int64_t classes = logits.size(1);
@@ -49,7 +51,7 @@ std::pair<double, double> evaluate(models::TinyCnn& model, const data::ImageSet&
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"polyak demo: train a small conv net on real CIFAR-10 with the engine core"};
+  CLI::App app{"polyak demo: train a small conv net (tiny_cnn) on real CIFAR-10 with the engine core"};
   std::string data_dir = default_data_dir();
   int epochs = 3, threads = num_threads();
   int64_t batch_size = 128, train_images = 50000;
@@ -79,12 +81,14 @@ int main(int argc, char** argv) {
               order.size(), static_cast<long long>(test.count), static_cast<long long>(batch_size), epochs, threads);
 
   Rng rng(seed);
-  models::TinyCnn model(train.num_classes, rng);
-  Sgd sgd(model.parameters(), {.lr = lr, .momentum = 0.9f, .weight_decay = 5e-4f, .nesterov = true});
+  const auto model = models::create_model("tiny_cnn", train.num_classes, rng);
+  model->pack_arenas();
+  Sgd sgd(*model, {.lr = lr, .momentum = 0.9f, .weight_decay = 5e-4f, .nesterov = true});
   const int64_t steps_per_epoch = (static_cast<int64_t>(order.size()) + batch_size - 1) / batch_size;
   for (int epoch = 1; epoch <= epochs; ++epoch) {
     for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng.below(i)]);  // Fisher-Yates
     const auto start = std::chrono::steady_clock::now();
+    model->train();
     double loss_sum = 0;
     for (int64_t step = 0; step < steps_per_epoch; ++step) {
       // Cosine decay of the learning rate over the whole run.
@@ -92,8 +96,8 @@ int main(int argc, char** argv) {
       sgd.options().lr = static_cast<float>(0.5 * lr * (1.0 + std::cos(3.14159265358979 * progress)));
       const auto first = order.begin() + step * batch_size;
       const std::vector<int64_t> idx(first, first + std::min<int64_t>(batch_size, order.end() - first));
-      sgd.zero_grad();
-      const Tensor loss = cross_entropy(model.forward(data::to_tensor(train, idx), true), data::labels_tensor(train, idx));
+      model->zero_grad();
+      const Tensor loss = cross_entropy((*model)(data::to_tensor(train, idx)), data::labels_tensor(train, idx));
       loss.backward();
       sgd.step();
       loss_sum += loss.item();
@@ -105,7 +109,7 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       }
     }
-    const auto [test_acc, test_loss] = evaluate(model, test, 500);
+    const auto [test_acc, test_loss] = evaluate(*model, test, 500);
     std::printf("\n  epoch %d: train loss %.3f, test accuracy %.2f%%, test loss %.3f\n", epoch,
                 loss_sum / static_cast<double>(steps_per_epoch), test_acc, test_loss);
   }

@@ -78,6 +78,9 @@ class CpuBackend final : public Backend {
   void cross_entropy_backward(int64_t rows, int64_t cols, const float* log_probs, const int64_t* labels,
                               float smoothing, const float* dloss, float* dlogits) override;
 
+  // optim.cpp
+  void sgd_step(const SgdHyper& h, int64_t n, float* param, const float* grad, float* momentum_buffer) override;
+
   // dropout.cpp
   void dropout_forward(int64_t n, const float* x, float p, uint64_t seed, uint64_t first_block, float* y,
                        uint8_t* keep) override;

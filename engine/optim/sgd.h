@@ -5,13 +5,18 @@
 //   b = momentum * b + (1 - dampening) * d  afterwards
 //   d = d + momentum * b  (Nesterov)   or   d = b  (classical)
 //   p = p - lr * d
+// It works on a model's flat arenas, so a step is one fused pass over memory.
 #pragma once
 
-#include <vector>
+#include <cstdint>
 
 #include "engine/tensor.h"
 
 namespace polyak {
+
+namespace nn {
+class Module;
+}
 
 struct SgdOptions {
   float lr = 0.1f;
@@ -23,19 +28,26 @@ struct SgdOptions {
 
 class Sgd {
  public:
-  Sgd(std::vector<Tensor> params, SgdOptions options);
+  // The model's arenas must be packed (nn::Module::pack_arenas).
+  Sgd(const nn::Module& model, SgdOptions options);
+  // Flat parameter and gradient tensors of the same size.
+  Sgd(Tensor params, Tensor grads, SgdOptions options);
 
-  // One update of every parameter that has a gradient, at the current options.lr.
+  // One update at the current options().lr.
   void step();
-  void zero_grad();
 
   SgdOptions& options() { return options_; }
-  const std::vector<Tensor>& momentum_buffers() const { return buffers_; }
+  const SgdOptions& options() const { return options_; }
+  // The optimiser's state, for checkpoints: the momentum buffer (meaningful once
+  // steps_taken() > 0) and the number of steps taken.
+  const Tensor& momentum_buffer() const { return momentum_buffer_; }
+  int64_t steps_taken() const { return steps_; }
+  void load_state(const Tensor& momentum_buffer, int64_t steps_taken);
 
  private:
-  std::vector<Tensor> params_;
-  std::vector<Tensor> buffers_;  // undefined until the first step
+  Tensor params_, grads_, momentum_buffer_;
   SgdOptions options_;
+  int64_t steps_ = 0;
 };
 
 }  // namespace polyak

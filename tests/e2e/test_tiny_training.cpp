@@ -8,7 +8,8 @@
 #include "engine/ops.h"
 #include "engine/optim/sgd.h"
 #include "engine/rng.h"
-#include "models/tiny_cnn.h"
+#include "engine/nn/module.h"
+#include "models/registry.h"
 #include "support/gradcheck.h"
 
 using namespace polyak;
@@ -22,10 +23,12 @@ TEST_CASE("e2e: a small conv net trained on 1,000 real CIFAR-10 images drives th
   const data::ImageSet set = data::subset(all, first);
 
   Rng rng(1);
-  models::TinyCnn model(10, rng);
-  Sgd sgd(model.parameters(), {.lr = 0.1f, .momentum = 0.9f, .weight_decay = 0.0f, .nesterov = true});
+  const auto model = models::create_model("tiny_cnn", 10, rng);
+  model->pack_arenas();
+  Sgd sgd(*model, {.lr = 0.1f, .momentum = 0.9f, .weight_decay = 0.0f, .nesterov = true});
   const auto loss_on = [&](const std::vector<int64_t>& idx, bool training) {
-    return cross_entropy(model.forward(data::to_tensor(set, idx), training), data::labels_tensor(set, idx));
+    model->train(training);
+    return cross_entropy((*model)(data::to_tensor(set, idx)), data::labels_tensor(set, idx));
   };
   float initial_loss;
   {
@@ -38,7 +41,7 @@ TEST_CASE("e2e: a small conv net trained on 1,000 real CIFAR-10 images drives th
     const int64_t begin = (step * batch) % 1000;
     if (begin == 0)
       for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng.below(i)]);
-    sgd.zero_grad();
+    model->zero_grad();
     const Tensor loss = loss_on({order.begin() + begin, order.begin() + begin + batch}, true);
     loss.backward();
     sgd.step();

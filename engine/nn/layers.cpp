@@ -1,0 +1,56 @@
+#include "engine/nn/layers.h"
+
+#include <cmath>
+
+#include "engine/rng.h"
+
+namespace polyak::nn {
+
+Conv2d::Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, Rng& rng, int64_t stride,
+               int64_t padding, bool with_bias)
+    : options{.stride = stride, .padding = padding} {
+  const float bound = 1.0f / std::sqrt(static_cast<float>(in_channels * kernel_size * kernel_size));
+  weight = register_parameter("weight",
+                              Tensor::uniform({out_channels, in_channels, kernel_size, kernel_size}, -bound, bound, rng));
+  if (with_bias) bias = register_parameter("bias", Tensor::uniform({out_channels}, -bound, bound, rng));
+}
+
+Tensor Conv2d::forward(const Tensor& x) { return conv2d(x, weight, bias, options); }
+
+BatchNorm2d::BatchNorm2d(int64_t num_features, float eps_, std::optional<float> momentum_, bool affine)
+    : eps(eps_), momentum(momentum_) {
+  if (affine) {
+    weight = register_parameter("weight", Tensor::ones({num_features}));
+    bias = register_parameter("bias", Tensor::zeros({num_features}));
+  }
+  running_mean = register_buffer("running_mean", Tensor::zeros({num_features}));
+  running_var = register_buffer("running_var", Tensor::ones({num_features}));
+  num_batches_tracked = register_buffer("num_batches_tracked", Tensor::zeros({}, DType::I64));
+}
+
+Tensor BatchNorm2d::forward(const Tensor& x) {
+  return batch_norm(x, weight, bias, running_mean, running_var, num_batches_tracked,
+                    {.training = is_training(), .eps = eps, .momentum = momentum});
+}
+
+void BatchNorm2d::reset_running_stats() {
+  running_mean.zero_();
+  running_var.fill_(1.0f);
+  num_batches_tracked.zero_();
+}
+
+Linear::Linear(int64_t in_features, int64_t out_features, Rng& rng, bool with_bias) {
+  const float bound = 1.0f / std::sqrt(static_cast<float>(in_features));
+  weight = register_parameter("weight", Tensor::uniform({out_features, in_features}, -bound, bound, rng));
+  if (with_bias) bias = register_parameter("bias", Tensor::uniform({out_features}, -bound, bound, rng));
+}
+
+Tensor Linear::forward(const Tensor& x) { return linear(x, weight, bias); }
+
+Tensor Sequential::forward(const Tensor& x) {
+  Tensor h = x;
+  for (const auto& layer : layers_) h = layer->forward(h);
+  return h;
+}
+
+}  // namespace polyak::nn

@@ -1,0 +1,114 @@
+// The standard layers, as their torch.nn namesakes (same parameter names, shapes,
+// defaults and initialisation).
+#pragma once
+
+#include <optional>
+
+#include "engine/nn/module.h"
+#include "engine/ops.h"
+
+namespace polyak {
+class Rng;
+}
+
+namespace polyak::nn {
+
+// torch.nn.Conv2d (groups = 1, dilation = 1). Initialisation as PyTorch's default:
+// weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt 5).
+class Conv2d : public Module {
+ public:
+  Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, Rng& rng, int64_t stride = 1,
+         int64_t padding = 0, bool bias = true);
+  Tensor forward(const Tensor& x) override;
+
+  Tensor weight, bias;  // (out, in, k, k), (out) or undefined
+  Conv2dOptions options;
+};
+
+// torch.nn.BatchNorm2d / BatchNorm1d (the op accepts (N,C,H,W) and (N,C)). momentum
+// std::nullopt is a cumulative average of the batch statistics, as momentum=None.
+class BatchNorm2d : public Module {
+ public:
+  explicit BatchNorm2d(int64_t num_features, float eps = 1e-5f, std::optional<float> momentum = 0.1f,
+                       bool affine = true);
+  Tensor forward(const Tensor& x) override;
+  // Running mean 0, variance 1, counter 0 (as reset_running_stats()).
+  void reset_running_stats();
+
+  Tensor weight, bias;                                      // (C), undefined if !affine
+  Tensor running_mean, running_var, num_batches_tracked;    // (C), (C), int64 scalar
+  float eps;
+  std::optional<float> momentum;
+};
+
+// torch.nn.Linear: y = x W^T + b; W, b ~ U(-1/sqrt(in), 1/sqrt(in)).
+class Linear : public Module {
+ public:
+  Linear(int64_t in_features, int64_t out_features, Rng& rng, bool bias = true);
+  Tensor forward(const Tensor& x) override;
+
+  Tensor weight, bias;
+};
+
+class ReLU : public Module {
+ public:
+  Tensor forward(const Tensor& x) override { return relu(x); }
+};
+
+class MaxPool2d : public Module {
+ public:
+  explicit MaxPool2d(Pool2dOptions options) : options(options) {}
+  Tensor forward(const Tensor& x) override { return max_pool2d(x, options); }
+  Pool2dOptions options;
+};
+
+class AvgPool2d : public Module {
+ public:
+  explicit AvgPool2d(Pool2dOptions options) : options(options) {}
+  Tensor forward(const Tensor& x) override { return avg_pool2d(x, options); }
+  Pool2dOptions options;
+};
+
+// (N,C,H,W) -> (N,C): AdaptiveAvgPool2d(1) followed by flatten.
+class GlobalAvgPool2d : public Module {
+ public:
+  Tensor forward(const Tensor& x) override { return global_avg_pool2d(x); }
+};
+
+class Flatten : public Module {
+ public:
+  Tensor forward(const Tensor& x) override { return x.flatten(1); }
+};
+
+class Identity : public Module {
+ public:
+  Tensor forward(const Tensor& x) override { return x; }
+};
+
+// Draws its masks from the Rng it is given (the run's one RNG), so a seed fixes them.
+class Dropout : public Module {
+ public:
+  Dropout(float p, Rng& rng) : p(p), rng_(&rng) {}
+  Tensor forward(const Tensor& x) override { return dropout(x, p, is_training(), *rng_); }
+  float p;
+
+ private:
+  Rng* rng_;
+};
+
+// Children named "0", "1", ... applied in order, as torch.nn.Sequential.
+class Sequential : public Module {
+ public:
+  template <class M>
+  std::shared_ptr<M> add(std::shared_ptr<M> module) {
+    layers_.push_back(module);
+    return register_module(std::to_string(layers_.size() - 1), module);
+  }
+  Tensor forward(const Tensor& x) override;
+  size_t size() const { return layers_.size(); }
+
+ private:
+  std::vector<std::shared_ptr<Module>> layers_;
+};
+
+}  // namespace polyak::nn

@@ -1,0 +1,128 @@
+// Modules: names, modes, state dicts, and the flat parameter/gradient/buffer arenas.
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "engine/nn/layers.h"
+#include "engine/ops.h"
+#include "engine/rng.h"
+#include "support/gradcheck.h"
+
+using namespace polyak;
+using polyak::testing::check_close;
+
+namespace {
+// conv -> bn -> relu -> pool -> flatten -> linear, as a Sequential.
+std::shared_ptr<nn::Sequential> small_net(Rng& rng) {
+  auto net = std::make_shared<nn::Sequential>();
+  net->add(std::make_shared<nn::Conv2d>(3, 4, 3, rng, 1, 1, false));
+  net->add(std::make_shared<nn::BatchNorm2d>(4));
+  net->add(std::make_shared<nn::ReLU>());
+  net->add(std::make_shared<nn::GlobalAvgPool2d>());
+  net->add(std::make_shared<nn::Linear>(4, 3, rng));
+  return net;
+}
+}  // namespace
+
+TEST_CASE("nn: names, order and modes follow torch.nn") {
+  Rng rng(0);
+  const auto net = small_net(rng);
+  std::vector<std::string> names;
+  for (const auto& [name, t] : net->state_dict()) names.push_back(name);
+  CHECK(names == std::vector<std::string>{"0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+                                          "1.num_batches_tracked", "4.weight", "4.bias"});
+  CHECK(net->named_parameters().size() == 5);
+  CHECK(net->named_buffers().size() == 3);
+  CHECK(net->is_training());
+  net->eval();
+  for (auto& [name, m] : net->named_modules()) CHECK(!m->is_training());
+  net->train();
+  for (auto& [name, m] : net->named_modules()) CHECK(m->is_training());
+}
+
+TEST_CASE("nn: default initialisations are PyTorch's") {
+  Rng rng(1);
+  nn::Conv2d conv(8, 16, 3, rng);
+  const float bound = 1.0f / std::sqrt(8.0f * 9.0f);
+  for (float v : conv.weight.to_vector<float>()) CHECK(std::abs(v) <= bound);
+  for (float v : conv.bias.to_vector<float>()) CHECK(std::abs(v) <= bound);
+  nn::Linear fc(100, 10, rng);
+  for (float v : fc.weight.to_vector<float>()) CHECK(std::abs(v) <= 0.1f);
+  nn::BatchNorm2d bn(5);
+  check_close(bn.weight, std::vector<float>(5, 1.0f));
+  check_close(bn.bias, std::vector<float>(5, 0.0f));
+  check_close(bn.running_var, std::vector<float>(5, 1.0f));
+  CHECK(bn.num_batches_tracked.item<int64_t>() == 0);
+}
+
+TEST_CASE("nn: arenas hold every parameter, gradient and float buffer in one allocation") {
+  Rng rng(2);
+  const auto net = small_net(rng);
+  std::vector<std::vector<float>> before;
+  for (const Tensor& p : net->parameters()) before.push_back(p.to_vector<float>());
+  net->pack_arenas();
+  const Tensor& arena = net->parameter_arena();
+  CHECK(arena.numel() == 4 * 3 * 9 + 4 + 4 + 3 * 4 + 3);
+  int64_t offset = 0;
+  const std::vector<Tensor> params = net->parameters();
+  for (size_t i = 0; i < params.size(); ++i) {
+    CHECK(params[i].storage() == arena.storage());
+    CHECK(params[i].offset() == offset);
+    CHECK(params[i].to_vector<float>() == before[i]);  // values moved intact
+    CHECK(params[i].grad().storage() == net->gradient_arena().storage());
+    offset += params[i].numel();
+  }
+  CHECK(net->buffer_arena().numel() == 8);  // running mean and var; the int64 counter stays apart
+
+  // Backward accumulates into the gradient arena; zero_grad clears it in one pass.
+  const Tensor x = Tensor::normal({2, 3, 5, 5}, 0, 1, rng);
+  sum((*net)(x)).backward();
+  const std::vector<float> g = net->gradient_arena().to_vector<float>();
+  CHECK(std::any_of(g.begin(), g.end(), [](float v) { return v != 0.0f; }));
+  net->zero_grad();
+  const std::vector<float> z = net->gradient_arena().to_vector<float>();
+  CHECK(std::all_of(z.begin(), z.end(), [](float v) { return v == 0.0f; }));
+
+  // Writing the arena writes the parameters.
+  Tensor(arena).fill_(0.5f);
+  check_close(params[0], std::vector<float>(params[0].numel(), 0.5f));
+  CHECK_THROWS_AS(net->pack_arenas(), std::logic_error);
+}
+
+TEST_CASE("nn: swapping arena storage exchanges all weights in O(1) and swaps back exactly") {
+  Rng rng(3);
+  const auto net = small_net(rng);
+  net->pack_arenas();
+  const std::vector<float> live = net->parameter_arena().to_vector<float>();
+  const Tensor other = Tensor::full(net->parameter_arena().shape(), 2.0f);
+  const Tensor x = Tensor::normal({2, 3, 5, 5}, 0, 1, rng);
+  net->eval();
+  const std::vector<float> y_live = (*net)(x).to_vector<float>();
+  nn::swap_storage_data(net->parameter_arena(), other);
+  check_close(net->parameters()[0], std::vector<float>(4 * 3 * 9, 2.0f));
+  CHECK((*net)(x).to_vector<float>() != y_live);
+  nn::swap_storage_data(net->parameter_arena(), other);
+  CHECK(net->parameter_arena().to_vector<float>() == live);
+  CHECK((*net)(x).to_vector<float>() == y_live);
+}
+
+TEST_CASE("nn: load_state_dict copies in place and names what does not fit") {
+  Rng a(4), b(5);
+  const auto src = small_net(a), dst = small_net(b);
+  dst->pack_arenas();
+  dst->load_state_dict(src->state_dict());
+  const auto s = src->state_dict(), d = dst->state_dict();
+  for (size_t i = 0; i < s.size(); ++i)
+    if (s[i].second.dtype() == DType::F32) CHECK(s[i].second.to_vector<float>() == d[i].second.to_vector<float>());
+  CHECK(dst->parameters()[0].storage() == dst->parameter_arena().storage());  // still arena views
+
+  auto missing = src->state_dict();
+  missing.pop_back();
+  CHECK_THROWS_WITH_AS(dst->load_state_dict(missing), doctest::Contains("missing '4.bias'"), std::invalid_argument);
+  auto wrong = src->state_dict();
+  wrong[0].second = Tensor::zeros({4, 3, 5, 5});
+  CHECK_THROWS_WITH_AS(dst->load_state_dict(wrong), doctest::Contains("'0.weight'"), std::invalid_argument);
+  auto extra = src->state_dict();
+  extra.emplace_back("fc.weight", Tensor::zeros({1}));
+  CHECK_THROWS_WITH_AS(dst->load_state_dict(extra), doctest::Contains("'fc.weight'"), std::invalid_argument);
+}

@@ -1,0 +1,58 @@
+// SGD against hand computation of torch.optim.SGD's update rule.
+#include <doctest/doctest.h>
+
+#include "engine/optim/sgd.h"
+#include "support/gradcheck.h"
+
+using namespace polyak;
+using polyak::testing::check_close;
+
+TEST_CASE("sgd: Nesterov momentum with weight decay, two steps by hand") {
+  // p0 = 1, lr 0.1, momentum 0.9, wd 0.01, Nesterov; gradients 0.5 then -0.2.
+  //   step 1: d = 0.5 + 0.01*1 = 0.51; b = 0.51; d = 0.51 + 0.9*0.51 = 0.969; p = 1 - 0.0969 = 0.9031
+  //   step 2: d = -0.2 + 0.01*0.9031 = -0.190969; b = 0.9*0.51 - 0.190969 = 0.268031;
+  //           d = -0.190969 + 0.9*0.268031 = 0.0502589; p = 0.9031 - 0.00502589 = 0.89807411
+  Tensor p = Tensor::from_vector({1.0f, -2.0f}, {2});
+  Tensor g = Tensor::zeros({2});
+  Sgd sgd(p, g, {.lr = 0.1f, .momentum = 0.9f, .weight_decay = 0.01f, .nesterov = true});
+  g.copy_(Tensor::from_vector({0.5f, 0.0f}, {2}));
+  sgd.step();
+  check_close(p, std::vector<float>{0.9031f, -2.0f + 0.1f * (0.02f + 0.9f * 0.02f)}, 1e-6, 1e-6);
+  g.copy_(Tensor::from_vector({-0.2f, 0.0f}, {2}));
+  sgd.step();
+  CHECK(p.to_vector<float>()[0] == doctest::Approx(0.89807411).epsilon(1e-6));
+  CHECK(sgd.steps_taken() == 2);
+  check_close(sgd.momentum_buffer().slice(0, 1), std::vector<float>{0.268031f}, 1e-6, 1e-5);
+}
+
+TEST_CASE("sgd: classical momentum with dampening, and plain SGD") {
+  // momentum 0.5, dampening 0.5, lr 1: b1 = g1 = 2 -> p = -2; b2 = 0.5*2 + 0.5*4 = 3 -> p = -5.
+  Tensor p = Tensor::zeros({1}), g = Tensor::zeros({1});
+  Sgd sgd(p, g, {.lr = 1.0f, .momentum = 0.5f, .dampening = 0.5f});
+  g.fill_(2.0f);
+  sgd.step();
+  check_close(p, std::vector<float>{-2.0f});
+  g.fill_(4.0f);
+  sgd.step();
+  check_close(p, std::vector<float>{-5.0f});
+
+  Tensor q = Tensor::ones({3}), h = Tensor::full({3}, 0.5f);
+  Sgd plain(q, h, {.lr = 0.2f});
+  plain.step();
+  check_close(q, std::vector<float>(3, 0.9f));
+}
+
+TEST_CASE("sgd: state restores exactly, bad options are refused") {
+  Tensor p = Tensor::ones({4}), g = Tensor::full({4}, 0.3f);
+  Sgd a(p, g, {.lr = 0.1f, .momentum = 0.9f, .nesterov = true});
+  a.step();
+  Tensor p2 = p.clone(), g2 = g.clone();
+  Sgd b(p2, g2, a.options());
+  b.load_state(a.momentum_buffer(), a.steps_taken());
+  a.step();
+  b.step();
+  CHECK(p.to_vector<float>() == p2.to_vector<float>());
+  CHECK_THROWS_AS(Sgd(p, g, {.momentum = 0.0f, .nesterov = true}), std::invalid_argument);
+  CHECK_THROWS_AS(Sgd(p, Tensor::zeros({3}), {}), std::invalid_argument);
+  CHECK_THROWS_AS(b.load_state(Tensor::zeros({5}), 1), std::invalid_argument);
+}
