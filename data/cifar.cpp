@@ -6,6 +6,7 @@
 // on parallel threads. Splitting records is a memcpy per image.
 #include "data/cifar.h"
 
+#include "data/normalize.h"
 #include "engine/parallel.h"
 
 #include <zlib.h>
@@ -389,33 +390,12 @@ ImageSet subset(const ImageSet& set, const std::vector<int64_t>& indices) {
 
 Tensor to_tensor(const ImageSet& set, const std::vector<int64_t>& indices, Device device) {
   check_indices(set, indices, "to_tensor");
-  const int channels = set.channels;
-  const bool normalise = !set.mean.empty();
-  if (normalise && (static_cast<int>(set.mean.size()) != channels || static_cast<int>(set.stddev.size()) != channels)) {
-    throw std::invalid_argument("to_tensor: the set has " + std::to_string(channels) + " channels but " +
-                                std::to_string(set.mean.size()) + " means and " + std::to_string(set.stddev.size()) +
-                                " standard deviations");
-  }
-  // One 256-entry table per channel: (v/255 - mean) / std for every byte value v.
-  std::vector<float> table(static_cast<size_t>(channels) * 256);
-  for (int c = 0; c < channels; ++c) {
-    for (int v = 0; v < 256; ++v) {
-      const float x = static_cast<float>(v) / 255.0f;
-      table[c * 256 + v] = normalise ? (x - set.mean[c]) / set.stddev[c] : x;
-    }
-  }
+  const Normalizer normalizer(set);
   const int64_t plane = int64_t{set.height} * set.width, size = set.image_size();
   const int64_t batch = static_cast<int64_t>(indices.size());
   std::vector<float> values(batch * size);
-  for (int64_t i = 0; i < batch; ++i) {
-    const uint8_t* src = set.image(indices[i]);
-    float* dst = values.data() + i * size;
-    for (int c = 0; c < channels; ++c) {
-      const float* t = table.data() + c * 256;
-      for (int64_t p = 0; p < plane; ++p) dst[c * plane + p] = t[src[c * plane + p]];
-    }
-  }
-  return Tensor::from_data(values.data(), {batch, channels, set.height, set.width}, device);
+  for (int64_t i = 0; i < batch; ++i) normalizer.image(set.image(indices[i]), plane, values.data() + i * size);
+  return Tensor::from_data(values.data(), {batch, set.channels, set.height, set.width}, device);
 }
 
 Tensor labels_tensor(const ImageSet& set, const std::vector<int64_t>& indices, Device device) {

@@ -17,18 +17,13 @@
 #pragma once
 
 #include <cstdint>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "data/error.h"
 #include "engine/tensor.h"
 
 namespace polyak::data {
-
-// Bad or missing input data; the message names the file and what is wrong with it.
-struct DataError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 // A set of same-sized images with one integer label each.
 struct ImageSet {

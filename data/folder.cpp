@@ -1,0 +1,187 @@
+// Image folders: list the classes and files, then decode, resize and store the images
+// on the thread team (each file fills its own slot, so the result does not depend on
+// the number of threads). The stb_image and stb_image_resize implementations of the
+// project are compiled here.
+#include "data/folder.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+
+#include "engine/parallel.h"
+
+#define STB_IMAGE_IMPLEMENTATION
+#define STB_IMAGE_RESIZE_IMPLEMENTATION
+#if __has_include(<stb/stb_image.h>)
+#include <stb/stb_image.h>
+#include <stb/stb_image_resize.h>
+#else
+#include <stb_image.h>
+#include <stb_image_resize.h>
+#endif
+
+namespace polyak::data {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool is_image_file(const fs::path& path) {
+  std::string ext = path.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".bmp";
+}
+
+std::vector<uint8_t> read_file(const fs::path& path) {
+  std::error_code ec;
+  const uintmax_t size = fs::file_size(path, ec);
+  if (ec) throw DataError("cannot read image " + path.string() + ": " + ec.message());
+  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
+  if (!file) throw DataError("cannot open image " + path.string() + ": " + std::strerror(errno));
+  std::vector<uint8_t> bytes(size);
+  if (size && std::fread(bytes.data(), 1, size, file.get()) != size) {
+    throw DataError("cannot read image " + path.string() + ": short read");
+  }
+  return bytes;
+}
+
+// Decodes one file into `dst` (3 x height x width, CHW).
+void load_one(const fs::path& path, int height, int width, uint8_t* dst) {
+  const std::vector<uint8_t> bytes = read_file(path);
+  if (bytes.empty()) throw DataError("cannot decode image " + path.string() + ": the file is empty");
+  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
+    throw DataError("cannot decode image " + path.string() + ": the file is larger than 2 GiB");
+  }
+  int w = 0, h = 0, channels_in_file = 0;
+  std::unique_ptr<stbi_uc, void (*)(void*)> decoded(
+      stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels_in_file, 3),
+      &stbi_image_free);
+  if (!decoded) {
+    const char* why = stbi_failure_reason();
+    throw DataError("cannot decode image " + path.string() + " (stb_image: " + (why ? why : "unknown error") + ")");
+  }
+  const uint8_t* hwc = decoded.get();
+  std::vector<uint8_t> resized;
+  if (w != width || h != height) {
+    resized.resize(static_cast<size_t>(height) * width * 3);
+    if (!stbir_resize_uint8(hwc, w, h, 0, resized.data(), width, height, 0, 3)) {
+      throw DataError("cannot resize image " + path.string() + " from " + std::to_string(w) + "x" + std::to_string(h) +
+                      " to " + std::to_string(width) + "x" + std::to_string(height));
+    }
+    hwc = resized.data();
+  }
+  const int64_t plane = int64_t{height} * width;
+  for (int64_t p = 0; p < plane; ++p) {
+    for (int c = 0; c < 3; ++c) dst[c * plane + p] = hwc[p * 3 + c];
+  }
+}
+
+}  // namespace
+
+ImageSet load_image_folder(const std::string& root_str, const FolderOptions& options) {
+  if (options.height < 1 || options.width < 1) {
+    throw std::invalid_argument("load_image_folder: the image size must be positive, got " +
+                                std::to_string(options.height) + "x" + std::to_string(options.width));
+  }
+  const fs::path root(root_str.empty() ? "." : root_str);
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) {
+    throw DataError("image folder " + root.string() +
+                    (fs::exists(root, ec) ? " is not a folder" : " does not exist") +
+                    " (expected root/<class name>/<images>)");
+  }
+
+  std::vector<std::string> classes = options.classes;
+  if (classes.empty()) {
+    for (const fs::directory_entry& entry : fs::directory_iterator(root)) {
+      const std::string name = entry.path().filename().string();
+      if (entry.is_directory() && !name.empty() && name[0] != '.') classes.push_back(name);
+    }
+    std::sort(classes.begin(), classes.end());
+    if (classes.empty()) {
+      throw DataError("image folder " + root.string() + " has no class subfolders (expected root/<class name>/<images>)");
+    }
+  }
+
+  std::vector<fs::path> files;
+  std::vector<int64_t> labels;
+  for (size_t k = 0; k < classes.size(); ++k) {
+    const fs::path dir = root / classes[k];
+    if (!fs::is_directory(dir, ec)) throw DataError("class folder " + dir.string() + " does not exist");
+    std::vector<fs::path> found;
+    for (const fs::directory_entry& entry : fs::directory_iterator(dir)) {
+      const std::string name = entry.path().filename().string();
+      if (entry.is_regular_file() && !name.empty() && name[0] != '.' && is_image_file(entry.path())) {
+        found.push_back(entry.path());
+      }
+    }
+    if (found.empty()) {
+      throw DataError("class folder " + dir.string() + " holds no images (.png, .jpg, .jpeg or .bmp files)");
+    }
+    std::sort(found.begin(), found.end(),
+              [](const fs::path& a, const fs::path& b) { return a.filename().string() < b.filename().string(); });
+    for (fs::path& f : found) {
+      files.push_back(std::move(f));
+      labels.push_back(static_cast<int64_t>(k));
+    }
+  }
+
+  ImageSet set;
+  set.count = static_cast<int64_t>(files.size());
+  set.channels = 3;
+  set.height = options.height;
+  set.width = options.width;
+  set.num_classes = static_cast<int>(classes.size());
+  set.class_names = classes;
+  set.labels = std::move(labels);
+  set.pixels.resize(static_cast<size_t>(set.count * set.image_size()));
+
+  // Every file on the thread team; errors are kept per file and the first in file order
+  // is thrown, so the message does not depend on the number of threads.
+  std::vector<std::string> errors(files.size());
+  parallel_for(set.count, int64_t{1} << 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      try {
+        load_one(files[i], set.height, set.width, set.pixels.data() + i * set.image_size());
+      } catch (const std::exception& e) {
+        errors[i] = e.what();
+        if (errors[i].empty()) errors[i] = "cannot load image " + files[i].string();
+      }
+    }
+  });
+  for (const std::string& error : errors) {
+    if (!error.empty()) throw DataError(error);
+  }
+
+  if (options.stats_from_data) {
+    const int64_t plane = int64_t{set.height} * set.width;
+    for (int c = 0; c < 3; ++c) {
+      uint64_t sum = 0, sum_sq = 0;  // exact: at most 255^2 * 2^40 per channel before overflow
+      for (int64_t i = 0; i < set.count; ++i) {
+        const uint8_t* p = set.image(i) + c * plane;
+        for (int64_t j = 0; j < plane; ++j) {
+          sum += p[j];
+          sum_sq += uint64_t{p[j]} * p[j];
+        }
+      }
+      const double n = static_cast<double>(set.count * plane);
+      const double mean = static_cast<double>(sum) / n / 255.0;
+      const double var = std::max(0.0, static_cast<double>(sum_sq) / n / (255.0 * 255.0) - mean * mean);
+      const double sd = std::sqrt(var);
+      set.mean.push_back(static_cast<float>(mean));
+      set.stddev.push_back(sd > 1e-6 ? static_cast<float>(sd) : 1.0f);
+    }
+  } else {
+    set.mean.assign(3, 0.5f);
+    set.stddev.assign(3, 0.5f);
+  }
+  return set;
+}
+
+}  // namespace polyak::data
