@@ -1,0 +1,55 @@
+// Checkpoints, as safetensors files.
+//
+// Every checkpoint holds the model under its PyTorch names, so a model-only file
+// (init.safetensors, model.safetensors, the kept best ones) loads into the equivalent
+// torch model with load_state_dict as it is. A training checkpoint (last.safetensors)
+// adds the state that --resume needs to continue a run exactly: the optimiser's
+// momentum buffer and other averaging state under names starting with "polyak.", and
+// in the metadata the step and epoch counters, the RNG and data-loader positions and
+// the resolved run configuration. PyTorch users drop the "polyak." keys.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "data/loader.h"
+#include "engine/io/safetensors.h"
+#include "engine/nn/module.h"
+#include "engine/optim/sgd.h"
+#include "engine/rng.h"
+
+namespace polyak::app {
+
+constexpr const char* kStatePrefix = "polyak.";
+
+struct TrainingState {
+  int64_t epoch = 0;  // completed epochs
+  int64_t step = 0;   // optimiser steps taken
+  Rng::State rng;
+  data::Loader::State loader;
+  // Running sums of the epoch in progress (a checkpoint may fall inside an epoch), so
+  // that a resumed run reports the same training loss and accuracy.
+  double epoch_loss_sum = 0;
+  int64_t epoch_correct = 0, epoch_seen = 0;
+  std::string config_json;  // the run's definition
+};
+
+void save_model(const std::string& path, const nn::Module& model,
+                const std::map<std::string, std::string>& metadata = {});
+
+// `extra` are more state tensors (their names must start with "polyak.").
+void save_training_checkpoint(const std::string& path, const nn::Module& model, const Sgd& sgd,
+                              const TrainingState& state, const std::vector<nn::NamedTensor>& extra = {});
+
+// Copies the model's tensors from any checkpoint into `model` (errors name the file
+// and the tensor that is missing or does not fit) and returns the whole file.
+io::SafetensorsFile load_model(const std::string& path, nn::Module& model);
+
+// Restores model and optimiser from a training checkpoint; returns the counters and
+// the file (for further state such as EMAs).
+TrainingState load_training_checkpoint(const std::string& path, nn::Module& model, Sgd& sgd,
+                                       io::SafetensorsFile* file = nullptr);
+
+}  // namespace polyak::app

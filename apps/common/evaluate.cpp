@@ -1,0 +1,59 @@
+#include "apps/common/evaluate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "engine/autograd.h"
+
+namespace polyak::app {
+
+Predictions predict(nn::Module& model, const data::ImageSet& set, const std::vector<int64_t>& indices,
+                    int64_t batch_size, Device device) {
+  std::vector<int64_t> all;
+  if (indices.empty()) {
+    all.resize(static_cast<size_t>(set.count));
+    std::iota(all.begin(), all.end(), 0);
+  }
+  const std::vector<int64_t>& order = indices.empty() ? all : indices;
+  const bool was_training = model.is_training();
+  model.eval();
+  NoGradGuard no_grad;
+  Predictions p;
+  p.classes = set.num_classes;
+  p.logits.reserve(order.size() * static_cast<size_t>(set.num_classes));
+  for (size_t begin = 0; begin < order.size(); begin += static_cast<size_t>(batch_size)) {
+    const std::vector<int64_t> idx(order.begin() + static_cast<int64_t>(begin),
+                                   order.begin() + static_cast<int64_t>(std::min(order.size(), begin + batch_size)));
+    const std::vector<float> logits = model(data::to_tensor(set, idx, device)).to_vector<float>();
+    p.logits.insert(p.logits.end(), logits.begin(), logits.end());
+    for (int64_t i : idx) p.labels.push_back(set.labels[i]);
+  }
+  model.train(was_training);
+  return p;
+}
+
+double top1_accuracy(const Predictions& p) {
+  if (p.count() == 0) return 0.0;
+  int64_t correct = 0;
+  for (int64_t i = 0; i < p.count(); ++i) {
+    const float* row = p.logits.data() + i * p.classes;
+    correct += std::max_element(row, row + p.classes) - row == p.labels[i];
+  }
+  return 100.0 * static_cast<double>(correct) / static_cast<double>(p.count());
+}
+
+double mean_nll(const Predictions& p) {
+  if (p.count() == 0) return 0.0;
+  double total = 0;
+  for (int64_t i = 0; i < p.count(); ++i) {
+    const float* row = p.logits.data() + i * p.classes;
+    const double top = *std::max_element(row, row + p.classes);
+    double z = 0;
+    for (int64_t c = 0; c < p.classes; ++c) z += std::exp(row[c] - top);
+    total += top + std::log(z) - row[p.labels[i]];  // -log softmax(row)[label]
+  }
+  return total / static_cast<double>(p.count());
+}
+
+}  // namespace polyak::app

@@ -1,0 +1,28 @@
+// Evaluation of a model on (a subset of) an image set: its logits for every image,
+// and the top-1 accuracy and mean negative log-likelihood derived from them.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "data/cifar.h"
+#include "engine/nn/module.h"
+
+namespace polyak::app {
+
+struct Predictions {
+  int64_t classes = 0;
+  std::vector<float> logits;    // count x classes, row-major
+  std::vector<int64_t> labels;  // count
+  int64_t count() const { return static_cast<int64_t>(labels.size()); }
+};
+
+// Runs the model in eval mode without gradients over `indices` (all images when
+// empty) in batches; restores the model's previous mode.
+Predictions predict(nn::Module& model, const data::ImageSet& set, const std::vector<int64_t>& indices,
+                    int64_t batch_size = 500, Device device = Device::CPU);
+
+double top1_accuracy(const Predictions& p);  // percent
+double mean_nll(const Predictions& p);       // natural log, mean over images
+
+}  // namespace polyak::app

@@ -1,0 +1,119 @@
+#include "apps/train/config.h"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <stdexcept>
+
+#include "apps/common/datasets.h"
+#include "engine/optim/schedule.h"
+#include "models/registry.h"
+
+namespace polyak::app {
+
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainConfig, model, dataset, data_dir, epochs, batch_size, lr, momentum,
+                                                nesterov, weight_decay, sched, warmup_epochs, milestones, gamma, seed,
+                                                threads, val_split, labels_file, label_noise, noise_type, output, resume,
+                                                init, augment, shuffle, max_steps, eval_every, train_subset)
+
+void add_train_flags(CLI::App& app, TrainConfig& c) {
+  app.add_option("--model", c.model, "architecture")->capture_default_str();
+  app.add_option("--dataset", c.dataset, "cifar10, cifar100 or folder")->capture_default_str();
+  app.add_option("--data", c.data_dir, "dataset folder (default: $POLYAK_DATA/<dataset> or ../shared/data/<dataset>)");
+  app.add_option("--epochs", c.epochs, "training epochs")->capture_default_str();
+  app.add_option("--batch-size", c.batch_size, "images per step")->capture_default_str();
+  app.add_option("--lr", c.lr, "peak learning rate")->capture_default_str();
+  app.add_option("--momentum", c.momentum, "SGD momentum")->capture_default_str();
+  app.add_flag("--nesterov,!--no-nesterov", c.nesterov, "Nesterov momentum (default on)");
+  app.add_option("--weight-decay", c.weight_decay, "L2 weight decay (default: 1e-4 ResNets, 5e-4 others)");
+  app.add_option("--sched", c.sched, "cosine, multistep or constant")->capture_default_str();
+  app.add_option("--warmup-epochs", c.warmup_epochs, "linear warm-up epochs (default: 5/200 of the run)");
+  app.add_option("--milestones", c.milestones, "multistep epochs (default: 30%,60%,80% of the run)")->delimiter(',');
+  app.add_option("--gamma", c.gamma, "multistep factor")->capture_default_str();
+  app.add_option("--seed", c.seed, "seed of initialisation, shuffling, augmentation, split and noise")->capture_default_str();
+  app.add_option("--threads", c.threads, "CPU threads (default: all cores)");
+  app.add_option("--val-split", c.val_split, "fraction of the training images held out for validation")->capture_default_str();
+  app.add_option("--labels", c.labels_file, "training labels from a file (e.g. CIFAR-N .u8: one byte per image)");
+  app.add_option("--label-noise", c.label_noise, "synthetic label-noise rate")->capture_default_str();
+  app.add_option("--noise-type", c.noise_type, "sym or asym")->capture_default_str();
+  app.add_option("--output", c.output, "run folder (default: runs/<model>_<dataset>_s<seed>)");
+  app.add_option("--resume", c.resume, "continue the run of this training checkpoint (last.safetensors)");
+  app.add_option("--init", c.init, "start from the weights of this checkpoint");
+  app.add_flag("!--no-augment", c.augment, "no random crop and flip");
+  app.add_flag("!--no-shuffle", c.shuffle, "keep the training images in order");
+  app.add_option("--max-steps", c.max_steps, "stop after this many optimiser steps (0: no limit)")->capture_default_str();
+  app.add_option("--eval-every", c.eval_every, "evaluate every N epochs")->capture_default_str();
+  app.add_option("--train-subset", c.train_subset, "use only the first N training images (0: all)")->capture_default_str();
+}
+
+void TrainConfig::resolve() {
+  if (data_dir.empty()) data_dir = default_data_dir(dataset);
+  if (weight_decay < 0) weight_decay = model.rfind("resnet", 0) == 0 ? 1e-4f : 5e-4f;
+  if (warmup_epochs < 0) warmup_epochs = 5.0f * static_cast<float>(epochs) / 200.0f;
+  if (milestones.empty() && sched == "multistep")
+    for (double f : {0.3, 0.6, 0.8}) milestones.push_back(static_cast<int>(std::lround(f * epochs)));
+  if (output.empty()) output = "runs/" + model + "_" + dataset + "_s" + std::to_string(seed);
+}
+
+namespace {
+[[noreturn]] void bad(const std::string& flag, const std::string& value, const std::string& expected) {
+  throw std::invalid_argument(flag + " " + value + ": expected " + expected);
+}
+std::string str(double v) {
+  std::ostringstream out;
+  out << v;
+  return out.str();
+}
+}  // namespace
+
+void TrainConfig::validate() const {
+  const auto& names = models::model_names();
+  if (std::find(names.begin(), names.end(), model) == names.end()) {
+    std::string known;
+    for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
+    bad("--model", model, "one of " + known);
+  }
+  if (dataset != "cifar10" && dataset != "cifar100" && dataset != "folder") bad("--dataset", dataset, "cifar10, cifar100 or folder");
+  if (epochs < 1 || epochs > 100000) bad("--epochs", std::to_string(epochs), "an integer from 1 to 100000");
+  if (batch_size < 1 || batch_size > 65536) bad("--batch-size", std::to_string(batch_size), "an integer from 1 to 65536");
+  if (!(lr > 0) || !std::isfinite(lr)) bad("--lr", str(lr), "a positive number");
+  if (!(momentum >= 0 && momentum < 1)) bad("--momentum", str(momentum), "a number in [0, 1)");
+  if (nesterov && momentum == 0) bad("--nesterov with --momentum", "0", "momentum > 0 (or --no-nesterov)");
+  if (!(weight_decay >= 0) || !std::isfinite(weight_decay)) bad("--weight-decay", str(weight_decay), "a number >= 0");
+  parse_schedule_kind(sched);
+  if (!(warmup_epochs >= 0 && warmup_epochs <= epochs)) bad("--warmup-epochs", str(warmup_epochs), "a number in [0, --epochs]");
+  for (int m : milestones)
+    if (m < 1 || m > epochs) bad("--milestones", std::to_string(m), "epochs in [1, --epochs]");
+  if (!(gamma > 0 && gamma <= 1)) bad("--gamma", str(gamma), "a number in (0, 1]");
+  if (threads < 0 || threads > 1024) bad("--threads", std::to_string(threads), "an integer from 1 to 1024 (0: all cores)");
+  if (!(val_split >= 0 && val_split < 1)) bad("--val-split", str(val_split), "a fraction in [0, 1)");
+  if (!(label_noise >= 0 && label_noise <= 1)) bad("--label-noise", str(label_noise), "a rate in [0, 1]");
+  if (noise_type != "sym" && noise_type != "asym") bad("--noise-type", noise_type, "sym or asym");
+  if (label_noise > 0 && !labels_file.empty()) bad("--label-noise with --labels", str(label_noise), "only one label source");
+  if (max_steps < 0) bad("--max-steps", std::to_string(max_steps), "an integer >= 0");
+  if (eval_every < 1) bad("--eval-every", std::to_string(eval_every), "an integer >= 1");
+  if (train_subset < 0) bad("--train-subset", std::to_string(train_subset), "an integer >= 0");
+  if (!resume.empty() && !init.empty()) bad("--init with --resume", init, "only one of them");
+}
+
+TrainConfig TrainConfig::definition() const {
+  TrainConfig d = *this;
+  d.resume.clear();
+  d.output.clear();
+  d.max_steps = 0;
+  d.threads = 0;
+  return d;
+}
+
+std::string TrainConfig::to_json() const { return nlohmann::json(*this).dump(2); }
+
+TrainConfig TrainConfig::from_json(const std::string& text) {
+  try {
+    return nlohmann::json::parse(text).get<TrainConfig>();
+  } catch (const nlohmann::json::exception& e) {
+    throw std::invalid_argument(std::string("bad run configuration: ") + e.what());
+  }
+}
+
+}  // namespace polyak::app

@@ -1,0 +1,59 @@
+// The train app's settings: every flag, its default, its check, and the resolved
+// configuration written to config.json and into every training checkpoint.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace CLI {
+class App;
+}
+
+namespace polyak::app {
+
+struct TrainConfig {
+  std::string model = "resnet20";
+  std::string dataset = "cifar10";
+  std::string data_dir;            // "" = default_data_dir(dataset)
+  int epochs = 10;
+  int64_t batch_size = 128;
+  float lr = 0.1f;
+  float momentum = 0.9f;
+  bool nesterov = true;
+  float weight_decay = -1.0f;      // < 0: the paper's default for the model (see resolve())
+  std::string sched = "cosine";
+  float warmup_epochs = -1.0f;     // < 0: 5/200 of the run, the paper's fraction
+  std::vector<int> milestones;     // multistep epochs; empty: 30%, 60%, 80% of the run
+  float gamma = 0.2f;              // multistep factor (/5)
+  uint64_t seed = 0;
+  int threads = 0;                 // 0: all cores
+  double val_split = 0.0;
+  std::string labels_file;         // CIFAR-N style label file
+  double label_noise = 0.0;
+  std::string noise_type = "sym";
+  std::string output;              // "" = runs/<model>_<dataset>_s<seed>
+  std::string resume;
+  std::string init;
+  bool augment = true;
+  bool shuffle = true;
+  int64_t max_steps = 0;           // 0: no limit
+  int eval_every = 1;
+  int64_t train_subset = 0;        // 0: all training images; else the first N (quick runs, tests)
+
+  // Fills the "auto" values (data dir, weight decay, warm-up, milestones, output).
+  void resolve();
+  // Range and consistency checks; throws std::invalid_argument naming the flag, the
+  // value and what is expected.
+  void validate() const;
+  std::string to_json() const;
+  // The settings that define the run's result, without those of one process
+  // (--resume, --max-steps, --threads, --output): what a checkpoint records.
+  TrainConfig definition() const;
+  static TrainConfig from_json(const std::string& json);
+};
+
+// Registers every flag on `app`, bound to `config`.
+void add_train_flags(CLI::App& app, TrainConfig& config);
+
+}  // namespace polyak::app
