@@ -71,6 +71,15 @@ struct SgdHyper {
   bool first_step;  // the momentum buffer is initialised to the first direction
 };
 
+// K exponential moving averages updated together: for every element i and average k,
+// average[k][i] = decay[k] * average[k][i] + (1 - decay[k]) * live[i].
+constexpr int kMaxAverages = 8;
+struct EmaUpdate {
+  int count = 0;
+  float decay[kMaxAverages] = {};
+  float* average[kMaxAverages] = {};
+};
+
 enum class BinaryOp : uint8_t { Add, Sub, Mul, Div };
 enum class ScalarOp : uint8_t { Add, Mul, RSub, RDiv, Pow };  // x+s, x*s, s-x, s/x, x^s
 enum class UnaryOp : uint8_t { Neg, Exp, Log, Sqrt };
@@ -158,6 +167,9 @@ class Backend {
   // ---- optimiser (engine/cpu/optim.cpp) ----
   // One fused pass over flat parameter, gradient and momentum arenas.
   virtual void sgd_step(const SgdHyper& h, int64_t n, float* param, const float* grad, float* momentum_buffer) = 0;
+
+  // All K averages in one pass that reads the live values once.
+  virtual void ema_update(const EmaUpdate& u, int64_t n, const float* live) = 0;
 
   // ---- dropout (engine/cpu/dropout.cpp) ----
   // Element i is kept with probability 1 - p, decided by Philox word i of the stream

@@ -80,6 +80,7 @@ class CpuBackend final : public Backend {
 
   // optim.cpp
   void sgd_step(const SgdHyper& h, int64_t n, float* param, const float* grad, float* momentum_buffer) override;
+  void ema_update(const EmaUpdate& u, int64_t n, const float* live) override;
 
   // dropout.cpp
   void dropout_forward(int64_t n, const float* x, float p, uint64_t seed, uint64_t first_block, float* y,

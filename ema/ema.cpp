@@ -1,0 +1,136 @@
+#include "ema/ema.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+#include <stdexcept>
+
+#include "engine/backend.h"
+
+namespace polyak::ema {
+
+BufferPolicy parse_buffer_policy(const std::string& name) {
+  if (name == "average") return BufferPolicy::Average;
+  if (name == "copy") return BufferPolicy::Copy;
+  throw std::invalid_argument("--ema-buffers " + name + ": expected average or copy");
+}
+
+const char* buffer_policy_name(BufferPolicy policy) { return policy == BufferPolicy::Average ? "average" : "copy"; }
+
+EmaOptions scaled_to_run(const EmaOptions& paper, int64_t total_steps) {
+  constexpr double kPaperSteps = 200.0 * 391.0;
+  const double steps = static_cast<double>(std::max<int64_t>(total_steps, 1));
+  EmaOptions scaled = paper;
+  scaled.every = std::max<int64_t>(1, std::llround(static_cast<double>(paper.every) * steps / kPaperSteps));
+  for (float& a : scaled.decays) {
+    const double one_minus = (1.0 - a) * (static_cast<double>(scaled.every) / static_cast<double>(paper.every)) *
+                             (kPaperSteps / steps);
+    a = static_cast<float>(std::clamp(1.0 - one_minus, 0.0, 0.99999));
+  }
+  return scaled;
+}
+
+EmaSet::EmaSet(nn::Module& model, EmaOptions options) : model_(model), options_(std::move(options)) {
+  if (options_.decays.empty()) throw std::invalid_argument("an EMA set needs at least one decay");
+  if (options_.decays.size() > static_cast<size_t>(kMaxAverages))
+    throw std::invalid_argument("at most " + std::to_string(kMaxAverages) + " EMA decays, got " +
+                                std::to_string(options_.decays.size()));
+  for (float a : options_.decays)
+    if (!(a > 0.0f && a < 1.0f)) throw std::invalid_argument("EMA decay " + std::to_string(a) + ": expected a number in (0, 1)");
+  if (options_.every < 1) throw std::invalid_argument("--ema-every " + std::to_string(options_.every) + ": expected >= 1");
+  for (size_t k = 0; k < size(); ++k) {
+    params_.push_back(model_.parameter_arena().clone());
+    buffers_.push_back(model_.buffer_arena().clone());
+  }
+}
+
+std::string EmaSet::name(size_t k) const {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "ema%g", static_cast<double>(decay(k)));
+  return buf;
+}
+
+float EmaSet::effective_decay(size_t k, int64_t t) const {
+  const float a = decay(k);
+  if (!options_.warmup) return a;
+  return std::min(a, static_cast<float>(t + 1) / static_cast<float>(t + 10));
+}
+
+bool EmaSet::after_step(int64_t t) {
+  if (t <= 0 || t % options_.every != 0) return false;
+  EmaUpdate params, buffers;
+  params.count = buffers.count = static_cast<int>(size());
+  for (size_t k = 0; k < size(); ++k) {
+    params.decay[k] = buffers.decay[k] = effective_decay(k, t);
+    params.average[k] = params_[k].data<float>();
+    buffers.average[k] = buffers_[k].data<float>();
+  }
+  const Tensor& live = model_.parameter_arena();
+  Backend& be = backend(live.device());
+  be.ema_update(params, live.numel(), live.data<float>());
+  const Tensor& live_buffers = model_.buffer_arena();
+  if (live_buffers.numel() > 0) {
+    if (options_.buffers == BufferPolicy::Average) {
+      be.ema_update(buffers, live_buffers.numel(), live_buffers.data<float>());
+    } else {
+      for (Tensor& b : buffers_) b.copy_(live_buffers);
+    }
+  }
+  ++updates_;
+  return true;
+}
+
+void EmaSet::swap_into_model(size_t k) {
+  nn::swap_storage_data(model_.parameter_arena(), params_.at(k));
+  if (model_.buffer_arena().numel() > 0) nn::swap_storage_data(model_.buffer_arena(), buffers_.at(k));
+}
+
+EmaSet::Use::Use(EmaSet& set, size_t k) : set_(set), k_(k) { set_.swap_into_model(k_); }
+EmaSet::Use::~Use() { set_.swap_into_model(k_); }
+
+std::vector<nn::NamedTensor> EmaSet::state_tensors() const {
+  std::vector<nn::NamedTensor> out;
+  for (size_t k = 0; k < size(); ++k) {
+    out.emplace_back("polyak.ema." + name(k) + ".params", params_[k]);
+    out.emplace_back("polyak.ema." + name(k) + ".buffers", buffers_[k]);
+  }
+  return out;
+}
+
+std::map<std::string, std::string> EmaSet::state_metadata() const {
+  std::ostringstream decays;
+  decays.precision(9);
+  for (size_t k = 0; k < size(); ++k) decays << (k ? "," : "") << decay(k);
+  return {{"polyak.ema.decays", decays.str()},
+          {"polyak.ema.every", std::to_string(options_.every)},
+          {"polyak.ema.warmup", options_.warmup ? "on" : "off"},
+          {"polyak.ema.buffers", buffer_policy_name(options_.buffers)},
+          {"polyak.ema.updates", std::to_string(updates_)}};
+}
+
+void EmaSet::load_state(const std::vector<nn::NamedTensor>& tensors, const std::map<std::string, std::string>& metadata) {
+  const std::map<std::string, std::string> mine = state_metadata();
+  for (const char* key : {"polyak.ema.decays", "polyak.ema.every", "polyak.ema.warmup", "polyak.ema.buffers"}) {
+    const auto it = metadata.find(key);
+    const std::string theirs = it == metadata.end() ? "(none)" : it->second;
+    if (theirs != mine.at(key))
+      throw std::invalid_argument(std::string("checkpoint EMA setting ") + key + " is " + theirs + ", this run has " +
+                                  mine.at(key));
+  }
+  std::map<std::string, const Tensor*> by_name;
+  for (const auto& [n, t] : tensors) by_name[n] = &t;
+  std::vector<std::pair<Tensor, const Tensor*>> copies;
+  for (const auto& [n, t] : state_tensors()) {
+    const auto it = by_name.find(n);
+    if (it == by_name.end()) throw std::invalid_argument("checkpoint has no EMA tensor '" + n + "'");
+    if (it->second->shape() != t.shape())
+      throw std::invalid_argument("checkpoint EMA tensor '" + n + "' has shape " + shape_str(it->second->shape()) +
+                                  ", expected " + shape_str(t.shape()));
+    copies.emplace_back(t, it->second);
+  }
+  for (auto& [dst, src] : copies) dst.copy_(*src);
+  updates_ = std::stoll(metadata.at("polyak.ema.updates"));
+}
+
+}  // namespace polyak::ema
