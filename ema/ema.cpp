@@ -26,8 +26,10 @@ EmaOptions scaled_to_run(const EmaOptions& paper, int64_t total_steps) {
   for (float& a : scaled.decays) {
     const double one_minus = (1.0 - a) * (static_cast<double>(scaled.every) / static_cast<double>(paper.every)) *
                              (kPaperSteps / steps);
-    a = static_cast<float>(std::clamp(1.0 - one_minus, 0.0, 0.99999));
+    a = static_cast<float>(std::clamp(1.0 - one_minus, 0.5, 0.99999));  // very short runs: at least 0.5
   }
+  // A very short run can clamp several decays to the same value: keep each once.
+  scaled.decays.erase(std::unique(scaled.decays.begin(), scaled.decays.end()), scaled.decays.end());
   return scaled;
 }
 
@@ -39,6 +41,9 @@ EmaSet::EmaSet(nn::Module& model, EmaOptions options) : model_(model), options_(
   for (float a : options_.decays)
     if (!(a > 0.0f && a < 1.0f)) throw std::invalid_argument("EMA decay " + std::to_string(a) + ": expected a number in (0, 1)");
   if (options_.every < 1) throw std::invalid_argument("--ema-every " + std::to_string(options_.every) + ": expected >= 1");
+  for (size_t k = 0; k < size(); ++k)
+    for (size_t j = 0; j < k; ++j)
+      if (name(j) == name(k)) throw std::invalid_argument("EMA decays " + name(j) + " and " + name(k) + " coincide");
   for (size_t k = 0; k < size(); ++k) {
     params_.push_back(model_.parameter_arena().clone());
     buffers_.push_back(model_.buffer_arena().clone());

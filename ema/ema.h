@@ -40,7 +40,7 @@ struct EmaOptions {
 // (78,200 steps). For a run of `total_steps`, returns T and decays that keep each
 // average's window, about T / (1 - a) steps, the same fraction of the run:
 //   T' = max(1, round(16 total / 78200)),  1 - a' = (1 - a) (T' / 16) (78200 / total).
-// A run of the paper's length gets the paper's values back.
+// A run of the paper's length gets the paper's values back; decays stay in [0.5, 0.99999].
 EmaOptions scaled_to_run(const EmaOptions& paper, int64_t total_steps);
 
 class EmaSet {

@@ -48,14 +48,15 @@ void save_model(const std::string& path, const nn::Module& model, const std::map
 }
 
 void save_training_checkpoint(const std::string& path, const nn::Module& model, const Sgd& sgd,
-                              const TrainingState& state, const std::vector<nn::NamedTensor>& extra) {
+                              const TrainingState& state, const std::vector<nn::NamedTensor>& extra,
+                              const std::map<std::string, std::string>& extra_metadata) {
   std::vector<nn::NamedTensor> tensors = model_tensors(model);
   tensors.emplace_back(std::string(kStatePrefix) + "optimizer.momentum_buffer", sgd.momentum_buffer());
   for (const auto& [name, t] : extra) {
     if (name.rfind(kStatePrefix, 0) != 0) throw std::logic_error("checkpoint state tensor '" + name + "' lacks the prefix");
     tensors.emplace_back(name, t);
   }
-  const std::map<std::string, std::string> metadata = {
+  std::map<std::string, std::string> metadata = {
       {"polyak.epoch", std::to_string(state.epoch)},
       {"polyak.step", std::to_string(state.step)},
       {"polyak.optimizer_steps", std::to_string(sgd.steps_taken())},
@@ -68,6 +69,10 @@ void save_training_checkpoint(const std::string& path, const nn::Module& model, 
       {"polyak.epoch_seen", std::to_string(state.epoch_seen)},
       {"polyak.config", state.config_json},
   };
+  for (const auto& [key, value] : extra_metadata) {
+    if (key.rfind(kStatePrefix, 0) != 0) throw std::logic_error("checkpoint metadata '" + key + "' lacks the prefix");
+    metadata[key] = value;
+  }
   io::save_safetensors(path, tensors, metadata);
 }
 

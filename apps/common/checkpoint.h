@@ -39,9 +39,10 @@ struct TrainingState {
 void save_model(const std::string& path, const nn::Module& model,
                 const std::map<std::string, std::string>& metadata = {});
 
-// `extra` are more state tensors (their names must start with "polyak.").
+// `extra` are more state tensors and metadata (their names must start with "polyak.").
 void save_training_checkpoint(const std::string& path, const nn::Module& model, const Sgd& sgd,
-                              const TrainingState& state, const std::vector<nn::NamedTensor>& extra = {});
+                              const TrainingState& state, const std::vector<nn::NamedTensor>& extra = {},
+                              const std::map<std::string, std::string>& extra_metadata = {});
 
 // Copies the model's tensors from any checkpoint into `model` (errors name the file
 // and the tensor that is missing or does not fit) and returns the whole file.

@@ -4,6 +4,8 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <cstdlib>
+#include <sstream>
 #include <stdexcept>
 
 #include "apps/common/datasets.h"
@@ -15,7 +17,9 @@ namespace polyak::app {
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainConfig, model, dataset, data_dir, epochs, batch_size, lr, momentum,
                                                 nesterov, weight_decay, sched, warmup_epochs, milestones, gamma, seed,
                                                 threads, val_split, labels_file, label_noise, noise_type, output, resume,
-                                                init, augment, shuffle, max_steps, eval_every, train_subset)
+                                                init, augment, shuffle, max_steps, eval_every, train_subset, test_subset, device,
+                                                ema_decays, ema_every, ema_warmup, ema_buffers, bn_recompute,
+                                                bn_recompute_batches)
 
 void add_train_flags(CLI::App& app, TrainConfig& c) {
   app.add_option("--model", c.model, "architecture")->capture_default_str();
@@ -45,6 +49,20 @@ void add_train_flags(CLI::App& app, TrainConfig& c) {
   app.add_option("--max-steps", c.max_steps, "stop after this many optimiser steps (0: no limit)")->capture_default_str();
   app.add_option("--eval-every", c.eval_every, "evaluate every N epochs")->capture_default_str();
   app.add_option("--train-subset", c.train_subset, "use only the first N training images (0: all)")->capture_default_str();
+  app.add_option("--test-subset", c.test_subset, "evaluate on the first N test images only (0: all)")->capture_default_str();
+  app.add_option("--device", c.device, "cpu or cuda")->capture_default_str();
+  app.add_option("--ema-decays", c.ema_decays,
+                 "EMA decays: a list (0.99,0.999), 'paper' (0.968..0.998 at T=16), 'scaled' (the paper's, scaled to "
+                 "the run's length) or 'none'")->capture_default_str();
+  app.add_option("--ema-every", c.ema_every, "EMA period T in optimiser steps (0: 16, or scaled)")->capture_default_str();
+  app.add_option_function<std::string>(
+         "--ema-warmup", [&c](const std::string& v) { c.ema_warmup = v == "on"; },
+         "decay warm-up min(a, (t+1)/(t+10)): on or off")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->default_str("on");
+  app.add_option("--ema-buffers", c.ema_buffers, "BN buffers of the averages: average or copy")->capture_default_str();
+  app.add_option("--bn-recompute", c.bn_recompute, "recompute BN statistics of the averages: none, epoch or end")->capture_default_str();
+  app.add_option("--bn-recompute-batches", c.bn_recompute_batches, "batches per recompute (0: one full pass)")->capture_default_str();
 }
 
 void TrainConfig::resolve() {
@@ -94,7 +112,40 @@ void TrainConfig::validate() const {
   if (max_steps < 0) bad("--max-steps", std::to_string(max_steps), "an integer >= 0");
   if (eval_every < 1) bad("--eval-every", std::to_string(eval_every), "an integer >= 1");
   if (train_subset < 0) bad("--train-subset", std::to_string(train_subset), "an integer >= 0");
+  if (test_subset < 0) bad("--test-subset", std::to_string(test_subset), "an integer >= 0");
   if (!resume.empty() && !init.empty()) bad("--init with --resume", init, "only one of them");
+  if (device != "cpu" && device != "cuda") bad("--device", device, "cpu or cuda");
+  (void)ema_options(1);  // parses and range-checks the decays
+  if (ema_every < 0) bad("--ema-every", std::to_string(ema_every), "an integer >= 1 (0: automatic)");
+  if (ema_buffers != "average" && ema_buffers != "copy") bad("--ema-buffers", ema_buffers, "average or copy");
+  if (bn_recompute != "none" && bn_recompute != "epoch" && bn_recompute != "end")
+    bad("--bn-recompute", bn_recompute, "none, epoch or end");
+  if (bn_recompute_batches < 0) bad("--bn-recompute-batches", std::to_string(bn_recompute_batches), "an integer >= 0");
+}
+
+std::optional<ema::EmaOptions> TrainConfig::ema_options(int64_t total_steps) const {
+  if (ema_decays == "none" || ema_decays.empty()) return std::nullopt;
+  ema::EmaOptions options;  // the paper's decays at T = 16
+  options.warmup = ema_warmup;
+  options.buffers = ema::parse_buffer_policy(ema_buffers);
+  if (ema_decays == "scaled") {
+    options = ema::scaled_to_run(options, total_steps);
+  } else if (ema_decays != "paper") {
+    options.decays.clear();
+    std::stringstream list(ema_decays);
+    std::string item;
+    while (std::getline(list, item, ',')) {
+      char* end = nullptr;
+      const float a = std::strtof(item.c_str(), &end);
+      if (item.empty() || *end != '\0' || !(a > 0.0f && a < 1.0f))
+        bad("--ema-decays", ema_decays, "decays in (0, 1) separated by commas, or paper, scaled or none");
+      options.decays.push_back(a);
+    }
+    if (options.decays.empty() || options.decays.size() > 8)
+      bad("--ema-decays", ema_decays, "1 to 8 decays");
+  }
+  if (ema_every > 0) options.every = ema_every;
+  return options;
 }
 
 TrainConfig TrainConfig::definition() const {

@@ -3,8 +3,11 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "ema/ema.h"
 
 namespace CLI {
 class App;
@@ -40,9 +43,24 @@ struct TrainConfig {
   int64_t max_steps = 0;           // 0: no limit
   int eval_every = 1;
   int64_t train_subset = 0;        // 0: all training images; else the first N (quick runs, tests)
+  int64_t test_subset = 0;         // 0: all test images; else the first N
+  std::string device = "cpu";      // cpu or cuda
+
+  // ---- weight averaging (the paper's protocol) ----
+  // "scaled": the paper's five decays with T and decays scaled to the run's length
+  // (ema::scaled_to_run); "paper": exactly 0.968..0.998 at T = 16; "none"; or a list.
+  std::string ema_decays = "scaled";
+  int64_t ema_every = 0;           // 0: 16, or scaled with "scaled"
+  bool ema_warmup = true;
+  std::string ema_buffers = "average";
+  std::string bn_recompute = "none";   // none, epoch or end
+  int64_t bn_recompute_batches = 0;    // 0: one full pass over the training split
 
   // Fills the "auto" values (data dir, weight decay, warm-up, milestones, output).
   void resolve();
+  // The averaging settings for a run of `total_steps` optimiser steps, or nullopt
+  // when averaging is off. Throws std::invalid_argument for a malformed list.
+  std::optional<ema::EmaOptions> ema_options(int64_t total_steps) const;
   // Range and consistency checks; throws std::invalid_argument naming the flag, the
   // value and what is expected.
   void validate() const;

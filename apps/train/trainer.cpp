@@ -8,11 +8,14 @@
 #include <filesystem>
 #include <fstream>
 #include <numeric>
+#include <optional>
 
 #include "apps/common/checkpoint.h"
 #include "apps/common/datasets.h"
 #include "apps/common/evaluate.h"
 #include "apps/common/progress.h"
+#include "apps/train/protocol.h"
+#include "engine/backend.h"
 #include "data/labels.h"
 #include "data/loader.h"
 #include "data/split.h"
@@ -44,43 +47,12 @@ TrainConfig resumed_config(const TrainConfig& given) {
   return config;
 }
 
-// Appends JSON rows to metrics.jsonl, flushing each so that a crash loses nothing
-// that was reported.
-class MetricsLog {
- public:
-  explicit MetricsLog(const fs::path& path) : path_(path) {}
-
-  // Drops rows of epochs after `epoch` (left by a run that stopped before its next
-  // checkpoint), so a resumed run's log equals an uninterrupted run's.
-  void keep_through_epoch(int64_t epoch) {
-    std::ifstream in(path_);
-    std::string kept, line;
-    while (std::getline(in, line))
-      if (!line.empty() && json::parse(line, nullptr, false).value("epoch", int64_t{0}) <= epoch) kept += line + "\n";
-    in.close();
-    const fs::path tmp = path_.string() + ".tmp";
-    std::ofstream(tmp, std::ios::trunc) << kept;
-    fs::rename(tmp, path_);
-  }
-
-  void start_fresh() { std::ofstream(path_, std::ios::trunc); }
-
-  void append(const json& row) {
-    std::ofstream out(path_, std::ios::app);
-    out << row.dump() << "\n";
-    out.flush();
-    if (!out) throw std::runtime_error("cannot write " + path_.string());
-  }
-
- private:
-  fs::path path_;
-};
-
-void write_text(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::trunc);
-  out << text << "\n";
-  out.flush();
-  if (!out) throw std::invalid_argument("cannot write " + path.string() + " (is the output folder writable?)");
+// Keeps the first n images of `set` (all when n is 0 or not smaller than the set).
+void keep_first(data::ImageSet& set, int64_t n) {
+  if (n <= 0 || n >= set.count) return;
+  std::vector<int64_t> first(static_cast<size_t>(n));
+  std::iota(first.begin(), first.end(), 0);
+  set = data::subset(set, first);
 }
 
 int64_t argmax_matches(const Tensor& logits, const Tensor& labels) {
@@ -116,11 +88,8 @@ int run_training(TrainConfig config) {
 
   // ---- data ----
   Datasets sets = load_datasets(config.dataset, config.data_dir);
-  if (config.train_subset > 0 && config.train_subset < sets.train.count) {
-    std::vector<int64_t> first(static_cast<size_t>(config.train_subset));
-    std::iota(first.begin(), first.end(), 0);
-    sets.train = data::subset(sets.train, first);
-  }
+  keep_first(sets.train, config.train_subset);
+  keep_first(sets.test, config.test_subset);
   const int classes = sets.train.num_classes;
   if (!config.labels_file.empty()) {
     const data::NoisyLabels labels = data::load_label_file(sets.train, config.labels_file);
@@ -139,8 +108,12 @@ int run_training(TrainConfig config) {
                                 std::to_string(split.train.size()) + " training images");
 
   // ---- model, optimiser, schedule ----
+  const Device device = config.device == "cuda" ? Device::CUDA : Device::CPU;
+  if (!device_available(device))
+    throw std::invalid_argument("--device " + config.device + ": not available (this build has no CUDA support or no GPU is present)");
   Rng rng(config.seed);
   const auto model = models::create_model(config.model, classes, rng);
+  model->to(device);
   model->pack_arenas();
   if (!config.init.empty()) load_model(config.init, *model);
   Sgd sgd(*model, {.lr = config.lr, .momentum = config.momentum, .weight_decay = config.weight_decay, .nesterov = config.nesterov});
@@ -149,6 +122,7 @@ int run_training(TrainConfig config) {
   loader_options.shuffle = config.shuffle;
   loader_options.augment = config.augment;
   loader_options.seed = config.seed;
+  loader_options.device = device;
   data::Loader loader(sets.train, split.train, loader_options);
   const int64_t steps_per_epoch = loader.batches_per_epoch();
   Schedule schedule;
@@ -159,16 +133,28 @@ int run_training(TrainConfig config) {
   schedule.gamma = config.gamma;
   for (int m : config.milestones) schedule.milestone_steps.push_back(m * steps_per_epoch);
 
+  // ---- averaging and the evaluation protocol ----
+  std::optional<ema::EmaSet> averages;
+  if (const auto options = config.ema_options(schedule.total_steps)) averages.emplace(*model, *options);
+  Protocol protocol(config, *model, averages ? &*averages : nullptr, sets, split, out_dir);
+
   MetricsLog metrics(out_dir / "metrics.jsonl");
   TrainingState state;
   if (!config.resume.empty()) {
-    state = load_training_checkpoint(config.resume, *model, sgd);
+    io::SafetensorsFile file;
+    state = load_training_checkpoint(config.resume, *model, sgd, &file);
+    if (averages) {
+      std::vector<nn::NamedTensor> tensors(file.tensors.begin(), file.tensors.end());
+      averages->load_state(tensors, file.metadata);
+    }
+    if (file.metadata.count("polyak.selection"))
+      protocol.set_selection(json::parse(file.metadata.at("polyak.selection")));
     rng.set_state(state.rng);
     metrics.keep_through_epoch(state.epoch);
     std::printf("resumed %s at epoch %lld, step %lld\n", config.resume.c_str(), static_cast<long long>(state.epoch),
                 static_cast<long long>(state.step));
   } else {
-    write_text(out_dir / "config.json", config.to_json());
+    write_file_atomically(out_dir / "config.json", config.to_json() + "\n");
     metrics.start_fresh();
     save_model((out_dir / "init.safetensors").string(), *model, {{"polyak.model", config.model}});
     state.loader = loader.state();
@@ -176,6 +162,13 @@ int run_training(TrainConfig config) {
   state.config_json = config.definition().to_json();
   loader.set_state(state.loader);
 
+  if (averages) {
+    std::printf("averaging: %zu EMAs (", averages->size());
+    for (size_t k = 0; k < averages->size(); ++k) std::printf("%s%s", k ? ", " : "", averages->name(k).c_str());
+    std::printf(") every %lld steps, warm-up %s, buffers %s, BN recompute %s\n",
+                static_cast<long long>(averages->options().every), averages->options().warmup ? "on" : "off",
+                ema::buffer_policy_name(averages->options().buffers), config.bn_recompute.c_str());
+  }
   std::printf("train: %s on %s (%lld train / %zu val / %lld test images), %lld parameters, batch %lld, %d epochs, "
               "%s lr %.3g, %d threads -> %s\n",
               config.model.c_str(), config.dataset.c_str(), static_cast<long long>(split.train.size()), split.val.size(),
@@ -210,6 +203,7 @@ int run_training(TrainConfig config) {
       loss.backward();
       sgd.step();
       ++state.step;
+      if (averages) averages->after_step(state.step);
       const int64_t b = batch->labels.numel();
       loss_sum += static_cast<double>(loss_value) * static_cast<double>(b);
       correct += argmax_matches(logits, batch->labels);
@@ -240,27 +234,21 @@ int run_training(TrainConfig config) {
       std::snprintf(buf, sizeof buf, "  lr %.4f  train loss %.3f acc %.2f%%", lr, loss_sum / std::max<int64_t>(seen, 1),
                     100.0 * static_cast<double>(correct) / static_cast<double>(std::max<int64_t>(seen, 1)));
       summary += buf;
-      if (state.epoch % config.eval_every == 0 || state.epoch == config.epochs) {
-        const std::vector<std::pair<std::string, Predictions>> evaluations = [&] {
-          std::vector<std::pair<std::string, Predictions>> out;
-          if (!split.val.empty()) out.emplace_back("val", predict(*model, sets.train, split.val));
-          if (sets.test.count) out.emplace_back("test", predict(*model, sets.test, {}));
-          return out;
-        }();
-        for (const auto& [name, p] : evaluations) {
-          json row = base;
-          row.update({{"split", name}, {"accuracy", top1_accuracy(p)}, {"loss", mean_nll(p)}, {"images", p.count()}});
-          metrics.append(row);
-          std::snprintf(buf, sizeof buf, "  %s loss %.3f acc %.2f%%", name.c_str(), mean_nll(p), top1_accuracy(p));
-          summary += buf;
-        }
-      }
+      if (state.epoch % config.eval_every == 0 || state.epoch == config.epochs)
+        summary += protocol.evaluate_epoch(state.epoch, state.step, lr, metrics);
       std::snprintf(buf, sizeof buf, "  (%.0f img/s, %s)", rate, format_duration(bar.seconds()).c_str());
       std::printf("%s%s\n", summary.c_str(), buf);
     }
-    save_training_checkpoint(last_path.string(), *model, sgd, state);
+    std::map<std::string, std::string> extra_metadata = {{"polyak.selection", protocol.selection().dump()}};
+    if (averages) extra_metadata.merge(averages->state_metadata());
+    save_training_checkpoint(last_path.string(), *model, sgd, state,
+                             averages ? averages->state_tensors() : std::vector<nn::NamedTensor>{}, extra_metadata);
   }
-  if (state.epoch >= config.epochs) save_model((out_dir / "model.safetensors").string(), *model, {{"polyak.model", config.model}});
+  if (state.epoch >= config.epochs) {
+    save_model((out_dir / "model.safetensors").string(), *model, {{"polyak.model", config.model}});
+    protocol.finish(state.epoch, state.step, schedule.lr_at(state.step - 1), metrics);
+    std::printf("report: %s/report.html (apps/report %s)\n", out_dir.string().c_str(), out_dir.string().c_str());
+  }
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
   std::printf("done in %s: %s\n", format_duration(total).c_str(), out_dir.string().c_str());
   return 0;

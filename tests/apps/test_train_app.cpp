@@ -50,11 +50,14 @@ fs::path fresh_dir(const std::string& name) {
 TEST_CASE("train app: a run stopped inside an epoch and resumed is bit-identical to the uninterrupted run") {
   const std::string data = polyak::testing::real_data_path("cifar10");
   if (data.empty()) return;
-  const std::string common = "--model tiny_cnn --epochs 3 --train-subset 1024 --val-split 0.1 --eval-every 3 --data " + data;
+  const std::string common =
+      "--model tiny_cnn --epochs 3 --train-subset 1024 --test-subset 500 --val-split 0.1 --eval-every 3 --ema-decays 0.9,0.99 "
+      "--bn-recompute epoch --bn-recompute-batches 2 --data " + data;
   const fs::path whole = fresh_dir("whole"), parts = fresh_dir("parts");
   const Result a = train(common + " --output " + whole.string());
   REQUIRE_MESSAGE(a.exit_code == 0, a.output);
-  for (const char* file : {"config.json", "metrics.jsonl", "init.safetensors", "last.safetensors", "model.safetensors"})
+  for (const char* file : {"config.json", "metrics.jsonl", "init.safetensors", "last.safetensors", "model.safetensors",
+                           "selection.json", "reliability.json", "best_acc_ema0.99.safetensors"})
     CHECK_MESSAGE(fs::exists(whole / file), file);
 
   // 8 steps per epoch: stop in the middle of epoch 2, then resume to the end.
@@ -75,6 +78,8 @@ TEST_CASE("train app: a run stopped inside an epoch and resumed is bit-identical
   }
   CHECK(x.metadata == y.metadata);
   CHECK(read_file(whole / "metrics.jsonl") == read_file(parts / "metrics.jsonl"));
+  CHECK(read_file(whole / "selection.json") == read_file(parts / "selection.json"));
+  CHECK(read_file(whole / "best_acc_ema0.99.safetensors") == read_file(parts / "best_acc_ema0.99.safetensors"));
   CHECK(read_file(whole / "last.safetensors") == read_file(parts / "last.safetensors"));
 }
 

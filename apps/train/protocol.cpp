@@ -1,0 +1,247 @@
+#include "apps/train/protocol.h"
+
+#include <fstream>
+
+#include "apps/common/checkpoint.h"
+#include "apps/common/evaluate.h"
+#include "apps/common/metrics.h"
+#include "ema/bn_recompute.h"
+#include "models/registry.h"
+
+namespace polyak::app {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+Device device_of(const TrainConfig& c) { return c.device == "cuda" ? Device::CUDA : Device::CPU; }
+
+json metric_object(const Predictions& p) {
+  return {{"accuracy", top1_accuracy(p)}, {"loss", mean_nll(p)}, {"ece", ece_equal_mass(p)}, {"ece15", ece_equal_width(p)},
+          {"images", p.count()}};
+}
+
+data::LoaderOptions recompute_loader_options(const TrainConfig& c) {
+  // The recompute passes see training batches as training does (augmented), drawn
+  // from their own seed so that they never disturb the training loader's stream.
+  data::LoaderOptions o;
+  o.batch_size = c.batch_size;
+  o.shuffle = true;
+  o.augment = c.augment;
+  o.seed = c.seed ^ 0x62e2ac0d5b1f7c4bULL;
+  o.device = device_of(c);
+  return o;
+}
+
+json reliability_json(const Predictions& p) {
+  json out;
+  for (const Binning binning : {Binning::EqualMass, Binning::EqualWidth}) {
+    const Reliability r = reliability(p, binning, binning == Binning::EqualMass ? 100 : 15);
+    json bins = json::array();
+    for (const CalibrationBin& b : r.bins)
+      bins.push_back({{"lower", b.lower}, {"upper", b.upper}, {"count", b.count}, {"confidence", b.confidence},
+                      {"accuracy", b.accuracy}});
+    out[binning_name(binning)] = {{"ece", r.ece}, {"bins", bins}};
+  }
+  return out;
+}
+
+}  // namespace
+
+void write_file_atomically(const fs::path& path, const std::string& text) {
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << text;
+    out.flush();
+    if (!out) throw std::runtime_error("cannot write " + tmp.string());
+  }
+  fs::rename(tmp, path);
+}
+
+void MetricsLog::start_fresh() { write_file_atomically(path_, ""); }
+
+void MetricsLog::keep_through_epoch(int64_t epoch) {
+  std::ifstream in(path_);
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    const json row = json::parse(line, nullptr, false);
+    if (!row.is_discarded() && row.value("epoch", int64_t{0}) <= epoch && !row.contains("phase")) kept += line + "\n";
+  }
+  write_file_atomically(path_, kept);
+}
+
+void MetricsLog::append(const json& row) {
+  std::ofstream out(path_, std::ios::app);
+  out << row.dump() << "\n";
+  out.flush();
+  if (!out) throw std::runtime_error("cannot write " + path_.string());
+}
+
+Protocol::Protocol(const TrainConfig& config, nn::Module& model, ema::EmaSet* averages, const Datasets& sets,
+                   const data::Split& split, fs::path out_dir)
+    : config_(config), model_(model), averages_(averages), sets_(sets), split_(split), out_dir_(std::move(out_dir)),
+      recompute_loader_(sets.train, split.train, recompute_loader_options(config)) {}
+
+Protocol::Evaluation Protocol::evaluate_current(const std::string& name, const std::string& bn) {
+  Evaluation e{name, bn, std::nullopt, std::nullopt};
+  const Device device = device_of(config_);
+  if (!split_.val.empty()) e.val = metric_object(predict(model_, sets_.train, split_.val, 500, device));
+  if (sets_.test.count) e.test = metric_object(predict(model_, sets_.test, {}, 500, device));
+  return e;
+}
+
+void Protocol::recompute(int64_t epoch) {
+  recompute_loader_.start_epoch(epoch);
+  ema::recompute_bn(
+      model_,
+      [this]() -> std::optional<Tensor> {
+        std::optional<data::Batch> batch = recompute_loader_.next();
+        if (!batch) return std::nullopt;
+        return batch->images;
+      },
+      config_.bn_recompute_batches);
+}
+
+void Protocol::select(const Evaluation& e, int64_t epoch) {
+  if (!e.val) return;
+  json& entry = selection_[e.model];
+  const auto improves = [&](const char* key, bool higher_is_better, const char* metric) {
+    if (!entry.contains(key)) return true;
+    const double best = entry[key]["val"][metric].get<double>(), now = (*e.val)[metric].get<double>();
+    return higher_is_better ? now > best : now < best;
+  };
+  for (const auto& [key, higher, metric] : {std::tuple{"best_acc", true, "accuracy"}, std::tuple{"best_loss", false, "loss"}}) {
+    if (!improves(key, higher, metric)) continue;
+    const std::string file = std::string(key) + "_" + e.model + ".safetensors";
+    save_model((out_dir_ / file).string(), model_,
+               {{"polyak.model", config_.model}, {"polyak.epoch", std::to_string(epoch)}, {"polyak.bn", e.bn}});
+    entry[key] = {{"epoch", epoch}, {"bn", e.bn}, {"file", file}, {"val", *e.val}};
+    if (e.test) entry[key]["test"] = *e.test;
+  }
+}
+
+void Protocol::write_selection() const { write_file_atomically(out_dir_ / "selection.json", selection_.dump(2) + "\n"); }
+
+std::string Protocol::evaluate_epoch(int64_t epoch, int64_t step, float lr, MetricsLog& log) {
+  const json base = {{"epoch", epoch}, {"step", step}, {"lr", lr}};
+  std::vector<Evaluation> evaluations;
+  const auto record = [&](const Evaluation& e, bool selectable) {
+    for (const auto& [split, metrics] : {std::pair{"val", e.val}, std::pair{"test", e.test}}) {
+      if (!metrics) continue;
+      json row = base;
+      row.update({{"model", e.model}, {"bn", e.bn}, {"split", split}});
+      row.update(*metrics);
+      log.append(row);
+    }
+    if (selectable) select(e, epoch);
+    evaluations.push_back(e);
+  };
+  record(evaluate_current("sgd", "running"), true);
+  const bool recompute_each_epoch = config_.bn_recompute == "epoch";
+  for (size_t k = 0; averages_ && k < averages_->size(); ++k) {
+    ema::EmaSet::Use use(*averages_, k);
+    record(evaluate_current(averages_->name(k), "running"), !recompute_each_epoch);
+    if (recompute_each_epoch) {
+      ema::BufferBackup keep(model_);
+      recompute(epoch);
+      record(evaluate_current(averages_->name(k), "recomputed"), true);
+    }
+  }
+  write_selection();
+
+  // Summary: SGD against the best average (by validation accuracy when there is a
+  // validation split, else by test accuracy).
+  const auto score = [](const Evaluation& e) {
+    const auto& m = e.val ? e.val : e.test;
+    return m ? (*m)["accuracy"].get<double>() : 0.0;
+  };
+  const auto test_acc = [](const Evaluation& e) { return e.test ? (*e.test)["accuracy"].get<double>() : 0.0; };
+  const Evaluation* best = nullptr;
+  for (const Evaluation& e : evaluations)
+    if (e.model != "sgd" && (!best || score(e) > score(*best))) best = &e;
+  char buf[200];
+  const Evaluation& sgd = evaluations.front();
+  if (sgd.val)
+    std::snprintf(buf, sizeof buf, "  | sgd val %.2f%% test %.2f%%", score(sgd), test_acc(sgd));
+  else
+    std::snprintf(buf, sizeof buf, "  | sgd test %.2f%%", test_acc(sgd));
+  std::string summary = buf;
+  if (best) {
+    std::snprintf(buf, sizeof buf, "  best %s (%s) %s %.2f%% test %.2f%%", best->model.c_str(), best->bn.c_str(),
+                  best->val ? "val" : "test", score(*best), test_acc(*best));
+    summary += buf;
+  }
+  return summary;
+}
+
+void Protocol::finish(int64_t epoch, int64_t step, float lr, MetricsLog& log) {
+  const Device device = device_of(config_);
+  // Recomputed evaluations of every kept model, in a separate model instance so that
+  // the live weights and the averages stay as they are.
+  if (config_.bn_recompute != "none") {
+    Rng unused(0);
+    const auto kept = models::create_model(config_.model, sets_.train.num_classes, unused);
+    kept->to(device);
+    kept->pack_arenas();
+    for (auto& [name, entry] : selection_.items()) {
+      for (const char* key : {"best_acc", "best_loss"}) {
+        if (!entry.contains(key)) continue;
+        load_model((out_dir_ / entry[key]["file"].get<std::string>()).string(), *kept);
+        recompute_loader_.start_epoch(epoch);
+        ema::recompute_bn(
+            *kept,
+            [this]() -> std::optional<Tensor> {
+              std::optional<data::Batch> batch = recompute_loader_.next();
+              if (!batch) return std::nullopt;
+              return batch->images;
+            },
+            config_.bn_recompute_batches);
+        json recomputed;
+        for (const auto& [split, set, indices] :
+             {std::tuple{"val", &sets_.train, &split_.val}, std::tuple{"test", &sets_.test, (const std::vector<int64_t>*)nullptr}}) {
+          if (indices ? indices->empty() : set->count == 0) continue;
+          const Predictions p = predict(*kept, *set, indices ? *indices : std::vector<int64_t>{}, 500, device);
+          json row = {{"epoch", epoch}, {"step", step}, {"lr", lr}, {"phase", "end"}, {"selection", key},
+                      {"selected_epoch", entry[key]["epoch"]}, {"model", name}, {"bn", "recomputed"}, {"split", split}};
+          row.update(metric_object(p));
+          log.append(row);
+          recomputed[split] = metric_object(p);
+        }
+        entry[key]["recomputed"] = recomputed;
+      }
+    }
+    write_selection();
+  }
+
+  // Reliability diagrams on the test set: SGD and the best average by validation
+  // accuracy (or test accuracy without a validation split), final weights.
+  if (sets_.test.count == 0) return;
+  json diagrams;
+  diagrams["sgd"] = reliability_json(predict(model_, sets_.test, {}, 500, device));
+  if (averages_ && averages_->size() > 0) {
+    size_t best = 0;
+    double best_score = -1;
+    for (size_t k = 0; k < averages_->size(); ++k) {
+      ema::EmaSet::Use use(*averages_, k);
+      ema::BufferBackup keep(model_);
+      if (config_.bn_recompute != "none") recompute(epoch);
+      const Predictions p = split_.val.empty() ? predict(model_, sets_.test, {}, 500, device)
+                                               : predict(model_, sets_.train, split_.val, 500, device);
+      if (top1_accuracy(p) > best_score) {
+        best_score = top1_accuracy(p);
+        best = k;
+      }
+    }
+    ema::EmaSet::Use use(*averages_, best);
+    ema::BufferBackup keep(model_);
+    if (config_.bn_recompute != "none") recompute(epoch);
+    diagrams[averages_->name(best)] = reliability_json(predict(model_, sets_.test, {}, 500, device));
+    diagrams[averages_->name(best)]["bn"] = config_.bn_recompute != "none" ? "recomputed" : "running";
+  }
+  diagrams["sgd"]["bn"] = "running";
+  write_file_atomically(out_dir_ / "reliability.json", json{{"split", "test"}, {"models", diagrams}}.dump(2) + "\n");
+}
+
+}  // namespace polyak::app

@@ -1,0 +1,86 @@
+// The paper's evaluation protocol, run after each evaluated epoch and at the end:
+//
+// - the SGD model and every EMA are evaluated on the validation split (if any) and the
+//   test set; with --bn-recompute epoch each EMA also after recomputing its BatchNorm
+//   statistics. Each evaluation is a row of metrics.jsonl: epoch, step, lr, model
+//   ("sgd", "ema0.998"), bn ("running" | "recomputed"), split, accuracy, loss, ece
+//   (100 equal-mass bins, the paper's), ece15 (15 equal-width bins), images.
+// - model selection: for every model, the epoch of best validation accuracy and the
+//   one of lowest validation loss; those weights are kept as
+//   best_acc_<model>.safetensors / best_loss_<model>.safetensors (model only, with the
+//   statistics the selection saw) and summarised in selection.json.
+// - at the end, with --bn-recompute end (or epoch), every kept model gets its BN
+//   statistics recomputed and is evaluated again (rows with "phase": "end"), and
+//   reliability.json holds the reliability diagrams of SGD and the best EMA.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "apps/common/datasets.h"
+#include "apps/train/config.h"
+#include "data/loader.h"
+#include "data/split.h"
+#include "ema/ema.h"
+
+namespace polyak::app {
+
+class MetricsLog;
+
+class Protocol {
+ public:
+  Protocol(const TrainConfig& config, nn::Module& model, ema::EmaSet* averages, const Datasets& sets,
+           const data::Split& split, std::filesystem::path out_dir);
+
+  // Evaluates every model after `epoch` (1-based, completed); appends the rows to
+  // `log`, updates the selection and its files. Returns a one-line summary.
+  std::string evaluate_epoch(int64_t epoch, int64_t step, float lr, MetricsLog& log);
+  // After training: recomputed evaluations of the kept models, reliability.json.
+  void finish(int64_t epoch, int64_t step, float lr, MetricsLog& log);
+
+  // The selection so far, for checkpoints (a resumed run continues it exactly).
+  nlohmann::json selection() const { return selection_; }
+  void set_selection(nlohmann::json selection) { selection_ = std::move(selection); }
+
+ private:
+  struct Evaluation {
+    std::string model, bn;
+    std::optional<nlohmann::json> val, test;  // metric objects
+  };
+  Evaluation evaluate_current(const std::string& name, const std::string& bn);
+  void recompute(int64_t epoch);
+  void select(const Evaluation& e, int64_t epoch);
+  void write_selection() const;
+
+  const TrainConfig& config_;
+  nn::Module& model_;
+  ema::EmaSet* averages_;
+  const Datasets& sets_;
+  const data::Split& split_;
+  std::filesystem::path out_dir_;
+  data::Loader recompute_loader_;
+  nlohmann::json selection_ = nlohmann::json::object();
+};
+
+// Appends rows to metrics.jsonl (flushing each, so a crash loses nothing reported).
+class MetricsLog {
+ public:
+  explicit MetricsLog(std::filesystem::path path) : path_(std::move(path)) {}
+  void start_fresh();
+  // Drops rows of epochs after `epoch`, left by a run that stopped before its next
+  // checkpoint, so that a resumed run's log equals an uninterrupted run's.
+  void keep_through_epoch(int64_t epoch);
+  void append(const nlohmann::json& row);
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Writes `text` to `path` through a temporary file and a rename (never half-written).
+void write_file_atomically(const std::filesystem::path& path, const std::string& text);
+
+}  // namespace polyak::app
