@@ -5,6 +5,7 @@
 #include "apps/common/checkpoint.h"
 #include "apps/common/evaluate.h"
 #include "apps/common/metrics.h"
+#include "apps/report/report.h"
 #include "ema/bn_recompute.h"
 #include "models/registry.h"
 
@@ -32,19 +33,6 @@ data::LoaderOptions recompute_loader_options(const TrainConfig& c) {
   o.seed = c.seed ^ 0x62e2ac0d5b1f7c4bULL;
   o.device = device_of(c);
   return o;
-}
-
-json reliability_json(const Predictions& p) {
-  json out;
-  for (const Binning binning : {Binning::EqualMass, Binning::EqualWidth}) {
-    const Reliability r = reliability(p, binning, binning == Binning::EqualMass ? 100 : 15);
-    json bins = json::array();
-    for (const CalibrationBin& b : r.bins)
-      bins.push_back({{"lower", b.lower}, {"upper", b.upper}, {"count", b.count}, {"confidence", b.confidence},
-                      {"accuracy", b.accuracy}});
-    out[binning_name(binning)] = {{"ece", r.ece}, {"bins", bins}};
-  }
-  return out;
 }
 
 }  // namespace
@@ -219,7 +207,7 @@ void Protocol::finish(int64_t epoch, int64_t step, float lr, MetricsLog& log) {
   // accuracy (or test accuracy without a validation split), final weights.
   if (sets_.test.count == 0) return;
   json diagrams;
-  diagrams["sgd"] = reliability_json(predict(model_, sets_.test, {}, 500, device));
+  diagrams["sgd"] = reliability_entry(predict(model_, sets_.test, {}, 500, device), "running");
   if (averages_ && averages_->size() > 0) {
     size_t best = 0;
     double best_score = -1;
@@ -237,11 +225,11 @@ void Protocol::finish(int64_t epoch, int64_t step, float lr, MetricsLog& log) {
     ema::EmaSet::Use use(*averages_, best);
     ema::BufferBackup keep(model_);
     if (config_.bn_recompute != "none") recompute(epoch);
-    diagrams[averages_->name(best)] = reliability_json(predict(model_, sets_.test, {}, 500, device));
-    diagrams[averages_->name(best)]["bn"] = config_.bn_recompute != "none" ? "recomputed" : "running";
+    diagrams[averages_->name(best)] = reliability_entry(predict(model_, sets_.test, {}, 500, device),
+                                                        config_.bn_recompute != "none" ? "recomputed" : "running");
   }
-  diagrams["sgd"]["bn"] = "running";
-  write_file_atomically(out_dir_ / "reliability.json", json{{"split", "test"}, {"models", diagrams}}.dump(2) + "\n");
+  write_file_atomically(out_dir_ / "reliability.json",
+                        json{{"split", "test"}, {"epoch", epoch}, {"models", diagrams}}.dump(2) + "\n");
 }
 
 }  // namespace polyak::app

@@ -14,6 +14,7 @@
 #include "apps/common/datasets.h"
 #include "apps/common/evaluate.h"
 #include "apps/common/progress.h"
+#include "apps/report/report.h"
 #include "apps/train/protocol.h"
 #include "engine/backend.h"
 #include "data/labels.h"
@@ -247,7 +248,9 @@ int run_training(TrainConfig config) {
   if (state.epoch >= config.epochs) {
     save_model((out_dir / "model.safetensors").string(), *model, {{"polyak.model", config.model}});
     protocol.finish(state.epoch, state.step, schedule.lr_at(state.step - 1), metrics);
-    std::printf("report: %s/report.html (apps/report %s)\n", out_dir.string().c_str(), out_dir.string().c_str());
+    const fs::path report = out_dir / "report.html";
+    write_report({out_dir.string()}, report.string());
+    std::printf("report: %s\n", report.string().c_str());
   }
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
   std::printf("done in %s: %s\n", format_duration(total).c_str(), out_dir.string().c_str());
