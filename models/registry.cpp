@@ -4,6 +4,7 @@
 #include <map>
 #include <stdexcept>
 
+#include "engine/nn/layers.h"
 #include "models/resnets.h"
 
 namespace polyak::models {
@@ -25,6 +26,14 @@ const std::map<std::string, Factory>& factories() {
   return table;
 }
 }  // namespace
+
+Tensor Classifier::forward(const Tensor& x) { return head().forward(features(x)); }
+
+Classifier& as_classifier(nn::Module& model) {
+  auto* classifier = dynamic_cast<Classifier*>(&model);
+  if (!classifier) throw std::invalid_argument("the model has no separate backbone and linear head");
+  return *classifier;
+}
 
 const std::vector<std::string>& model_names() {
   static const std::vector<std::string> names = [] {

@@ -28,8 +28,27 @@
 namespace polyak {
 class Rng;
 }
+namespace polyak::nn {
+class Linear;
+}
 
 namespace polyak::models {
+
+// Every zoo model is a backbone followed by one linear layer: forward(x) is
+// head()(features(x)). features() is what a linear probe trains a new head on (the
+// input of the last linear layer, after global pooling / flattening).
+class Classifier : public nn::Module {
+ public:
+  // (N, 3, 32, 32) images -> (N, F) features.
+  virtual Tensor features(const Tensor& x) = 0;
+  // The final linear layer (F -> classes), registered under its PyTorch name.
+  virtual nn::Linear& head() = 0;
+  Tensor forward(const Tensor& x) override;
+};
+
+// `model` as a Classifier (every model create_model() returns is one); throws
+// std::invalid_argument otherwise.
+Classifier& as_classifier(nn::Module& model);
 
 // Throws std::invalid_argument naming the unknown model and listing the known ones.
 std::shared_ptr<nn::Module> create_model(const std::string& name, int num_classes, Rng& rng);

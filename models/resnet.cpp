@@ -5,6 +5,7 @@
 #include "engine/nn/layers.h"
 #include "engine/ops.h"
 #include "models/init.h"
+#include "models/registry.h"
 #include "models/resnets.h"
 
 namespace polyak::models {
@@ -37,7 +38,7 @@ class BasicBlock : public nn::Module {
   std::shared_ptr<nn::Sequential> shortcut_;
 };
 
-class ResNet : public nn::Module {
+class ResNet : public Classifier {
  public:
   ResNet(const std::vector<int>& blocks, int num_classes, Rng& rng) {
     conv1_ = register_module("conv1", std::make_shared<nn::Conv2d>(3, 64, 3, rng, 1, 1, false));
@@ -56,11 +57,12 @@ class ResNet : public nn::Module {
     kaiming_normal_fan_out_convs(*this, rng);
   }
 
-  Tensor forward(const Tensor& x) override {
+  Tensor features(const Tensor& x) override {
     Tensor h = relu(bn1_->forward(conv1_->forward(x)));
     for (const auto& layer : layers_) h = layer->forward(h);
-    return linear_->forward(global_avg_pool2d(h));  // the 4x4 map: avg_pool2d(out, 4)
+    return global_avg_pool2d(h);  // the 4x4 map: avg_pool2d(out, 4)
   }
+  nn::Linear& head() override { return *linear_; }
 
  private:
   std::shared_ptr<nn::Conv2d> conv1_;

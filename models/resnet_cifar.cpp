@@ -9,6 +9,7 @@
 #include "engine/nn/layers.h"
 #include "engine/ops.h"
 #include "models/init.h"
+#include "models/registry.h"
 #include "models/resnets.h"
 
 namespace polyak::models {
@@ -43,7 +44,7 @@ class OptionABlock : public nn::Module {
   std::shared_ptr<nn::BatchNorm2d> bn1_, bn2_;
 };
 
-class CifarResNet : public nn::Module {
+class CifarResNet : public Classifier {
  public:
   CifarResNet(int blocks_per_stage, int num_classes, Rng& rng) {
     conv1_ = register_module("conv1", std::make_shared<nn::Conv2d>(3, 16, 3, rng, 1, 1, false));
@@ -63,11 +64,12 @@ class CifarResNet : public nn::Module {
     kaiming_normal_fan_out_convs(*this, rng);
   }
 
-  Tensor forward(const Tensor& x) override {
+  Tensor features(const Tensor& x) override {
     Tensor h = relu(bn1_->forward(conv1_->forward(x)));
     for (const auto& layer : layers_) h = layer->forward(h);
-    return linear_->forward(global_avg_pool2d(h));
+    return global_avg_pool2d(h);
   }
+  nn::Linear& head() override { return *linear_; }
 
  private:
   std::shared_ptr<nn::Conv2d> conv1_;

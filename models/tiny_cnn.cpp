@@ -7,13 +7,14 @@
 #include "engine/nn/layers.h"
 #include "engine/ops.h"
 #include "models/init.h"
+#include "models/registry.h"
 #include "models/resnets.h"
 
 namespace polyak::models {
 
 namespace {
 
-class TinyCnn : public nn::Module {
+class TinyCnn : public Classifier {
  public:
   TinyCnn(int num_classes, Rng& rng) {
     int64_t in = 3;
@@ -28,14 +29,15 @@ class TinyCnn : public nn::Module {
     kaiming_normal_fan_out_convs(*this, rng);
   }
 
-  Tensor forward(const Tensor& x) override {
+  Tensor features(const Tensor& x) override {
     Tensor h = x;
     for (size_t i = 0; i < convs_.size(); ++i) {
       h = relu(bns_[i]->forward(convs_[i]->forward(h)));
       if (i + 1 < convs_.size()) h = max_pool2d(h, {.kernel = 2});
     }
-    return fc_->forward(global_avg_pool2d(h));
+    return global_avg_pool2d(h);
   }
+  nn::Linear& head() override { return *fc_; }
 
  private:
   std::vector<std::shared_ptr<nn::Conv2d>> convs_;

@@ -3,13 +3,14 @@
 // classifier. Tensor names follow nn.Sequential indices: features.0 (conv),
 // features.1 (ReLU), ..., classifier.
 #include "engine/nn/layers.h"
+#include "models/registry.h"
 #include "models/resnets.h"
 
 namespace polyak::models {
 
 namespace {
 
-class Vgg : public nn::Module {
+class Vgg : public Classifier {
  public:
   Vgg(const std::vector<int>& config, int num_classes, Rng& rng) {
     features_ = register_module("features", std::make_shared<nn::Sequential>());
@@ -26,7 +27,8 @@ class Vgg : public nn::Module {
     classifier_ = register_module("classifier", std::make_shared<nn::Linear>(in, num_classes, rng));
   }
 
-  Tensor forward(const Tensor& x) override { return classifier_->forward(features_->forward(x).flatten(1)); }
+  Tensor features(const Tensor& x) override { return features_->forward(x).flatten(1); }
+  nn::Linear& head() override { return *classifier_; }
 
  private:
   std::shared_ptr<nn::Sequential> features_;

@@ -7,6 +7,7 @@
 #include "engine/nn/layers.h"
 #include "engine/ops.h"
 #include "models/init.h"
+#include "models/registry.h"
 #include "models/resnets.h"
 
 namespace polyak::models {
@@ -51,7 +52,7 @@ class NetworkBlock : public nn::Module {
   std::shared_ptr<nn::Sequential> layer_;
 };
 
-class WideResNet : public nn::Module {
+class WideResNet : public Classifier {
  public:
   WideResNet(int depth, int widen, int num_classes, Rng& rng) {
     const int blocks = (depth - 4) / 6;
@@ -66,11 +67,12 @@ class WideResNet : public nn::Module {
     fc_->bias.zero_();
   }
 
-  Tensor forward(const Tensor& x) override {
+  Tensor features(const Tensor& x) override {
     Tensor h = conv1_->forward(x);
     for (const auto& g : groups_) h = g->forward(h);
-    return fc_->forward(global_avg_pool2d(relu(bn1_->forward(h))));
+    return global_avg_pool2d(relu(bn1_->forward(h)));
   }
+  nn::Linear& head() override { return *fc_; }
 
  private:
   std::shared_ptr<nn::Conv2d> conv1_;

@@ -1,0 +1,307 @@
+#include "apps/eval/eval.h"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <numeric>
+#include <sstream>
+#include <stdexcept>
+
+#include "apps/common/datasets.h"
+#include "apps/common/evaluate.h"
+#include "apps/common/metrics.h"
+#include "apps/eval/checkpoint_model.h"
+#include "data/folder.h"
+#include "data/loader.h"
+#include "data/split.h"
+#include "ema/bn_recompute.h"
+#include "engine/backend.h"
+#include "engine/parallel.h"
+#include "models/registry.h"
+
+namespace polyak::app {
+
+namespace fs = std::filesystem;
+using json = nlohmann::ordered_json;
+
+void add_eval_flags(CLI::App& app, EvalConfig& c) {
+  app.add_option("checkpoints", c.checkpoints, "checkpoints to evaluate (.safetensors: model-only or training)")->required();
+  app.add_option("--model", c.model, "architecture (default: from each checkpoint's metadata)");
+  app.add_option_function<std::string>(
+         "--ema",
+         [&c](const std::string& v) {
+           c.weights.clear();
+           std::stringstream list(v);
+           std::string item;
+           while (std::getline(list, item, ',')) c.weights.push_back(item);
+         },
+         "weights to evaluate, comma-separated: sgd (the checkpoint's own), an average of a training checkpoint "
+         "(ema0.998), or all")
+      ->default_str("sgd");
+  app.add_option("--dataset", c.dataset, "cifar10, cifar100 or folder")->capture_default_str();
+  app.add_option("--data", c.data_dir, "dataset folder (default: $POLYAK_DATA/<dataset> or ../shared/data/<dataset>)");
+  app.add_option("--split", c.split, "test, val (the held-out part of the training set) or train (the rest)")->capture_default_str();
+  app.add_option("--val-split", c.val_split, "validation fraction, as the train app's (fits the temperature)")->capture_default_str();
+  app.add_option("--seed", c.seed, "seed of the validation split (and of the BN recompute batches)")->capture_default_str();
+  app.add_option("--train-subset", c.train_subset, "the first N training images, as the train app's (0: all)")->capture_default_str();
+  app.add_option("--test-subset", c.test_subset, "the first N test images (0: all)")->capture_default_str();
+  app.add_option("--bn-recompute", c.bn_recompute, "recompute BN statistics on training batches first: on or off")->capture_default_str();
+  app.add_option("--bn-recompute-batches", c.bn_recompute_batches, "batches of the recompute (0: one pass over the training split)")
+      ->capture_default_str();
+  app.add_option("--batch-size", c.batch_size, "images per recompute batch")->capture_default_str();
+  app.add_flag("!--no-augment", c.augment, "recompute on plain images instead of cropped and flipped ones");
+  app.add_option("--json", c.json, "also write the results as JSON to this file ('-': stdout, the table to stderr)");
+  app.add_option("--device", c.device, "cpu or cuda")->capture_default_str();
+  app.add_option("--threads", c.threads, "CPU threads (default: all cores)");
+}
+
+namespace {
+
+[[noreturn]] void bad(const std::string& flag, const std::string& value, const std::string& expected) {
+  throw std::invalid_argument(flag + " " + value + ": expected " + expected);
+}
+
+std::string str(double v) {
+  std::ostringstream out;
+  out << v;
+  return out.str();
+}
+
+void keep_first(data::ImageSet& set, int64_t n) {
+  if (n <= 0 || n >= set.count) return;
+  std::vector<int64_t> first(static_cast<size_t>(n));
+  std::iota(first.begin(), first.end(), 0);
+  set = data::subset(set, first);
+}
+
+// Only the parts of the dataset the evaluation needs (CIFAR's train set is 150 MB).
+Datasets load_parts(const std::string& dataset, const std::string& dir, bool train, bool test) {
+  if (dataset == "folder") return load_datasets(dataset, dir);
+  Datasets sets;
+  const auto load = [&](data::CifarSplit split) {
+    return dataset == "cifar10" ? data::load_cifar10(dir, split) : data::load_cifar100(dir, split);
+  };
+  if (train) sets.train = load(data::CifarSplit::Train);
+  if (test) sets.test = load(data::CifarSplit::Test);
+  return sets;
+}
+
+struct Row {
+  std::string checkpoint, architecture, weights, bn;
+  Predictions predictions;
+  double accuracy = 0, loss = 0, ece = 0, ece15 = 0;
+  bool calibrated = false;
+  double temperature = 1, loss_t = 0, ece_t = 0, ece15_t = 0;
+};
+
+json row_json(const Row& r) {
+  json out = {{"checkpoint", r.checkpoint}, {"architecture", r.architecture}, {"model", r.weights}, {"bn", r.bn},
+              {"accuracy", r.accuracy}, {"loss", r.loss}, {"ece", r.ece}, {"ece15", r.ece15},
+              {"images", r.predictions.count()}};
+  if (r.calibrated)
+    out["temperature_scaled"] = {{"temperature", r.temperature}, {"accuracy", r.accuracy}, {"loss", r.loss_t},
+                                 {"ece", r.ece_t}, {"ece15", r.ece15_t}};
+  return out;
+}
+
+}  // namespace
+
+void EvalConfig::validate() const {
+  if (checkpoints.empty()) bad("checkpoints", "(none)", "one or more .safetensors files");
+  for (const std::string& path : checkpoints)
+    if (!fs::is_regular_file(path)) throw std::invalid_argument("checkpoint " + path + ": no such file");
+  if (!model.empty()) {
+    const auto& names = models::model_names();
+    if (std::find(names.begin(), names.end(), model) == names.end()) {
+      std::string known;
+      for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
+      bad("--model", model, "one of " + known);
+    }
+  }
+  if (weights.empty()) bad("--ema", "(empty)", "sgd, all or average names such as ema0.998");
+  for (const std::string& w : weights)
+    if (w != "sgd" && w != "all" && (w.rfind("ema", 0) != 0 || w.size() == 3))
+      bad("--ema", w, "sgd, all or average names such as ema0.998");
+  if (dataset != "cifar10" && dataset != "cifar100" && dataset != "folder") bad("--dataset", dataset, "cifar10, cifar100 or folder");
+  if (split != "test" && split != "val" && split != "train") bad("--split", split, "test, val or train");
+  if (!(val_split >= 0 && val_split < 1)) bad("--val-split", str(val_split), "a fraction in [0, 1)");
+  if (split == "val" && val_split == 0) bad("--split", split, "a --val-split > 0 to hold a validation part out");
+  if (train_subset < 0) bad("--train-subset", std::to_string(train_subset), "an integer >= 0");
+  if (test_subset < 0) bad("--test-subset", std::to_string(test_subset), "an integer >= 0");
+  if (bn_recompute != "on" && bn_recompute != "off") bad("--bn-recompute", bn_recompute, "on or off");
+  if (bn_recompute_batches < 0) bad("--bn-recompute-batches", std::to_string(bn_recompute_batches), "an integer >= 0");
+  if (batch_size < 1 || batch_size > 65536) bad("--batch-size", std::to_string(batch_size), "an integer from 1 to 65536");
+  if (device != "cpu" && device != "cuda") bad("--device", device, "cpu or cuda");
+  if (threads < 0 || threads > 1024) bad("--threads", std::to_string(threads), "an integer from 1 to 1024 (0: all cores)");
+  if (!json.empty() && json != "-") {
+    const fs::path parent = fs::path(json).parent_path();
+    if (!parent.empty() && !fs::is_directory(parent)) bad("--json", json, "a file in an existing folder");
+  }
+}
+
+int run_eval(EvalConfig config) {
+  if (config.data_dir.empty()) config.data_dir = default_data_dir(config.dataset);
+  config.validate();
+  if (config.threads) set_num_threads(config.threads);
+  const Device device = config.device == "cuda" ? Device::CUDA : Device::CPU;
+  if (!device_available(device))
+    throw std::invalid_argument("--device " + config.device + ": not available (this build has no CUDA support or no GPU is present)");
+  // With --json - the JSON owns stdout and the table goes to stderr.
+  FILE* out = config.json == "-" ? stderr : stdout;
+
+  // ---- data: the evaluated split, the validation split, the recompute batches ----
+  const bool recompute = config.bn_recompute == "on";
+  const bool need_train = config.split != "test" || config.val_split > 0 || recompute;
+  Datasets sets = load_parts(config.dataset, config.data_dir, need_train, config.split == "test");
+  keep_first(sets.train, config.train_subset);
+  keep_first(sets.test, config.test_subset);
+  if (config.split == "test" && sets.test.count == 0)
+    throw std::invalid_argument("--data " + config.data_dir + ": no test images (a folder dataset needs test/ or val/)");
+  const int classes = need_train ? sets.train.num_classes : sets.test.num_classes;
+  data::Split split;
+  if (need_train) split = data::train_val_split(sets.train.labels, classes, config.val_split, config.seed);
+  const data::ImageSet& eval_set = config.split == "test" ? sets.test : sets.train;
+  const std::vector<int64_t>& eval_indices = config.split == "val" ? split.val : split.train;  // unused for test
+  const auto predict_split = [&](nn::Module& model) {
+    return config.split == "test" ? predict(model, sets.test, {}, 500, device) : predict(model, eval_set, eval_indices, 500, device);
+  };
+
+  std::unique_ptr<data::Loader> recompute_loader;
+  if (recompute) {
+    if (split.train.empty())
+      throw std::invalid_argument("--bn-recompute on: no training images left to recompute on (--val-split " +
+                                  str(config.val_split) + ")");
+    data::LoaderOptions o;
+    o.batch_size = std::min<int64_t>(config.batch_size, static_cast<int64_t>(split.train.size()));
+    o.shuffle = true;
+    o.augment = config.augment;
+    o.seed = config.seed ^ 0x62e2ac0d5b1f7c4bULL;
+    o.device = device;
+    recompute_loader = std::make_unique<data::Loader>(sets.train, split.train, o);
+  }
+
+  const int64_t images = config.split == "test" ? sets.test.count : static_cast<int64_t>(eval_indices.size());
+  std::fprintf(out, "eval: %s %s (%lld images, %d classes)", config.dataset.c_str(), config.split.c_str(),
+               static_cast<long long>(images), classes);
+  if (config.val_split > 0)
+    std::fprintf(out, "; temperature fitted on the validation split (%zu images, --val-split %g --seed %llu)", split.val.size(),
+                 config.val_split, static_cast<unsigned long long>(config.seed));
+  else
+    std::fprintf(out, "; temperature scaling skipped (no --val-split)");
+  if (recompute)
+    std::fprintf(out, "; BN recomputed on %s training batches of %lld",
+                 config.bn_recompute_batches ? std::to_string(config.bn_recompute_batches).c_str() : "all",
+                 static_cast<long long>(recompute_loader->options().batch_size));
+  std::fprintf(out, "\n");
+
+  // ---- every checkpoint and every set of weights ----
+  std::vector<Row> rows;
+  for (const std::string& path : config.checkpoints) {
+    CheckpointModel m = load_checkpoint_model(path, config.model, classes, device);
+    std::vector<std::string> weights;
+    for (const std::string& w : config.weights) {
+      if (w == "all") {
+        weights.push_back("sgd");
+        for (const std::string& a : checkpoint_averages(m.file)) weights.push_back(a);
+      } else {
+        weights.push_back(w);
+      }
+    }
+    std::vector<std::string> unique;
+    for (const std::string& w : weights)
+      if (std::find(unique.begin(), unique.end(), w) == unique.end()) unique.push_back(w);
+    for (const std::string& w : unique) {
+      load_weights(m, w);
+      if (recompute) {
+        recompute_loader->start_epoch(0);  // every model sees the same batches
+        ema::recompute_bn(
+            *m.model,
+            [&]() -> std::optional<Tensor> {
+              std::optional<data::Batch> batch = recompute_loader->next();
+              if (!batch) return std::nullopt;
+              return batch->images;
+            },
+            config.bn_recompute_batches);
+      }
+      Row r{path, m.architecture, w, recompute ? "recomputed" : "running", predict_split(*m.model)};
+      r.accuracy = top1_accuracy(r.predictions);
+      r.loss = mean_nll(r.predictions);
+      r.ece = ece_equal_mass(r.predictions);
+      r.ece15 = ece_equal_width(r.predictions);
+      if (config.val_split > 0) {
+        const TemperatureFit fit = fit_temperature(config.split == "val" ? r.predictions
+                                                                         : predict(*m.model, sets.train, split.val, 500, device));
+        r.calibrated = true;
+        r.temperature = fit.temperature;
+        r.loss_t = nll(r.predictions, fit.temperature);
+        r.ece_t = ece_equal_mass(r.predictions, 100, fit.temperature);
+        r.ece15_t = ece_equal_width(r.predictions, 15, fit.temperature);
+      }
+      rows.push_back(std::move(r));
+    }
+  }
+
+  // ---- table ----
+  size_t width = 10;
+  for (const Row& r : rows) width = std::max(width, r.checkpoint.size());
+  size_t wwidth = 5;
+  for (const Row& r : rows) wwidth = std::max(wwidth, r.weights.size());
+  std::fprintf(out, "%3s  %-*s  %-*s  %-10s  %-10s %7s %8s %7s %7s", "#", static_cast<int>(width), "checkpoint",
+               static_cast<int>(wwidth), "model", "arch", "bn", "acc%", "nll", "ece%", "ece15%");
+  if (config.val_split > 0) std::fprintf(out, "  | %7s %8s %7s %8s", "T", "nll(T)", "ece%(T)", "ece15(T)");
+  std::fprintf(out, "\n");
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const Row& r = rows[i];
+    std::fprintf(out, "%3zu  %-*s  %-*s  %-10s  %-10s %7.2f %8.4f %7.2f %7.2f", i + 1, static_cast<int>(width),
+                 r.checkpoint.c_str(), static_cast<int>(wwidth), r.weights.c_str(), r.architecture.c_str(), r.bn.c_str(),
+                 r.accuracy, r.loss, r.ece, r.ece15);
+    if (r.calibrated) std::fprintf(out, "  | %7.3f %8.4f %7.2f %8.2f", r.temperature, r.loss_t, r.ece_t, r.ece15_t);
+    std::fprintf(out, "\n");
+  }
+  json pairs = json::array();
+  if (rows.size() >= 2) {
+    std::fprintf(out, "pairs (raw predictions):\n%3s %3s %8s %10s\n", "a", "b", "churn%", "JS (nats)");
+    for (size_t a = 0; a < rows.size(); ++a)
+      for (size_t b = a + 1; b < rows.size(); ++b) {
+        const double c = churn(rows[a].predictions, rows[b].predictions);
+        const double js = js_divergence(rows[a].predictions, rows[b].predictions);
+        std::fprintf(out, "%3zu %3zu %8.2f %10.6f\n", a + 1, b + 1, c, js);
+        pairs.push_back({{"a", a}, {"b", b}, {"churn", c}, {"js", js}});
+      }
+  }
+
+  // ---- JSON ----
+  if (!config.json.empty()) {
+    json doc = {{"dataset", config.dataset}, {"data", config.data_dir}, {"split", config.split}, {"images", images},
+                {"classes", classes}, {"train_subset", config.train_subset}, {"test_subset", config.test_subset},
+                {"bn_recompute", recompute ? json{{"batches", config.bn_recompute_batches},
+                                                  {"batch_size", recompute_loader->options().batch_size},
+                                                  {"augment", config.augment}}
+                                           : json(nullptr)}};
+    doc["temperature_scaling"] =
+        config.val_split > 0
+            ? json{{"fitted_on", "val"}, {"val_split", config.val_split}, {"seed", config.seed}, {"images", split.val.size()}}
+            : json{{"skipped", "no --val-split"}};
+    doc["models"] = json::array();
+    for (const Row& r : rows) doc["models"].push_back(row_json(r));
+    doc["pairs"] = pairs;
+    const std::string text = doc.dump(2) + "\n";
+    if (config.json == "-") {
+      std::fputs(text.c_str(), stdout);
+    } else {
+      std::ofstream file(config.json, std::ios::trunc);
+      file << text;
+      file.flush();
+      if (!file) throw std::invalid_argument("--json " + config.json + ": cannot write the file");
+    }
+  }
+  return 0;
+}
+
+}  // namespace polyak::app

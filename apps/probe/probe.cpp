@@ -1,0 +1,332 @@
+#include "apps/probe/probe.h"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <sstream>
+#include <stdexcept>
+
+#include "apps/common/datasets.h"
+#include "apps/common/evaluate.h"
+#include "apps/common/progress.h"
+#include "apps/eval/checkpoint_model.h"
+#include "data/loader.h"
+#include "engine/autograd.h"
+#include "engine/backend.h"
+#include "engine/nn/layers.h"
+#include "engine/ops.h"
+#include "engine/optim/schedule.h"
+#include "engine/optim/sgd.h"
+#include "engine/parallel.h"
+#include "engine/rng.h"
+#include "models/registry.h"
+
+namespace polyak::app {
+
+namespace fs = std::filesystem;
+using json = nlohmann::ordered_json;
+
+void add_probe_flags(CLI::App& app, ProbeConfig& c) {
+  app.add_option("checkpoint", c.checkpoint, "checkpoint whose backbone is probed (.safetensors)")->required();
+  app.add_option("--model", c.model, "architecture (default: from the checkpoint's metadata)");
+  app.add_option("--ema", c.weights, "backbone weights: sgd (the checkpoint's own) or an average (ema0.998)")->capture_default_str();
+  app.add_option("--dataset", c.dataset, "target dataset: cifar10, cifar100 or folder")->capture_default_str();
+  app.add_option("--data", c.data_dir, "dataset folder (default: $POLYAK_DATA/<dataset> or ../shared/data/<dataset>)");
+  app.add_option("--train-subset", c.train_subset, "train on the first N training images (0: all)")->capture_default_str();
+  app.add_option("--test-subset", c.test_subset, "test on the first N test images (0: all)")->capture_default_str();
+  app.add_option("--epochs", c.epochs, "epochs of the head's training")->capture_default_str();
+  app.add_option("--batch-size", c.batch_size, "images per step")->capture_default_str();
+  app.add_option("--lr", c.lr, "learning rate")->capture_default_str();
+  app.add_option("--momentum", c.momentum, "SGD momentum")->capture_default_str();
+  app.add_flag("--nesterov,!--no-nesterov", c.nesterov, "Nesterov momentum (default on)");
+  app.add_option("--weight-decay", c.weight_decay, "L2 weight decay of the head")->capture_default_str();
+  app.add_option("--sched", c.sched, "learning-rate schedule: constant or cosine")->capture_default_str();
+  app.add_option("--seed", c.seed, "seed of the head's initialisation, shuffling and augmentation")->capture_default_str();
+  app.add_flag("--augment", c.augment, "crop and flip the training images (features recomputed every batch)");
+  app.add_option("--output", c.output, "write the trained head to this file (safetensors)");
+  app.add_option("--output-model", c.output_model, "write backbone + trained head to this file (a model checkpoint)");
+  app.add_option("--json", c.json, "also write the results as JSON to this file ('-': stdout, the table to stderr)");
+  app.add_option("--device", c.device, "cpu or cuda")->capture_default_str();
+  app.add_option("--threads", c.threads, "CPU threads (default: all cores)");
+}
+
+namespace {
+
+[[noreturn]] void bad(const std::string& flag, const std::string& value, const std::string& expected) {
+  throw std::invalid_argument(flag + " " + value + ": expected " + expected);
+}
+
+std::string str(double v) {
+  std::ostringstream out;
+  out << v;
+  return out.str();
+}
+
+void check_writable(const std::string& flag, const std::string& path) {
+  if (path.empty() || path == "-") return;
+  const fs::path parent = fs::path(path).parent_path();
+  if (!parent.empty() && !fs::is_directory(parent)) bad(flag, path, "a file in an existing folder");
+}
+
+void keep_first(data::ImageSet& set, int64_t n) {
+  if (n <= 0 || n >= set.count) return;
+  std::vector<int64_t> first(static_cast<size_t>(n));
+  std::iota(first.begin(), first.end(), 0);
+  set = data::subset(set, first);
+}
+
+// The backbone's features of every image of `set`, row-major (count x F), on the CPU.
+std::vector<float> all_features(models::Classifier& backbone, const data::ImageSet& set, Device device) {
+  NoGradGuard no_grad;
+  std::vector<float> out;
+  for (int64_t begin = 0; begin < set.count; begin += 500) {
+    std::vector<int64_t> idx(static_cast<size_t>(std::min<int64_t>(500, set.count - begin)));
+    std::iota(idx.begin(), idx.end(), begin);
+    const std::vector<float> f = backbone.features(data::to_tensor(set, idx, device)).to_vector<float>();
+    out.insert(out.end(), f.begin(), f.end());
+  }
+  return out;
+}
+
+}  // namespace
+
+void ProbeConfig::validate() const {
+  if (!fs::is_regular_file(checkpoint)) throw std::invalid_argument("checkpoint " + checkpoint + ": no such file");
+  if (!model.empty()) {
+    const auto& names = models::model_names();
+    if (std::find(names.begin(), names.end(), model) == names.end()) {
+      std::string known;
+      for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
+      bad("--model", model, "one of " + known);
+    }
+  }
+  if (weights != "sgd" && (weights.rfind("ema", 0) != 0 || weights.size() == 3))
+    bad("--ema", weights, "sgd or the name of an average such as ema0.998");
+  if (dataset != "cifar10" && dataset != "cifar100" && dataset != "folder") bad("--dataset", dataset, "cifar10, cifar100 or folder");
+  if (train_subset < 0) bad("--train-subset", std::to_string(train_subset), "an integer >= 0");
+  if (test_subset < 0) bad("--test-subset", std::to_string(test_subset), "an integer >= 0");
+  if (epochs < 1 || epochs > 100000) bad("--epochs", std::to_string(epochs), "an integer from 1 to 100000");
+  if (batch_size < 1 || batch_size > 65536) bad("--batch-size", std::to_string(batch_size), "an integer from 1 to 65536");
+  if (!(lr > 0) || !std::isfinite(lr)) bad("--lr", str(lr), "a positive number");
+  if (!(momentum >= 0 && momentum < 1)) bad("--momentum", str(momentum), "a number in [0, 1)");
+  if (nesterov && momentum == 0) bad("--nesterov with --momentum", "0", "momentum > 0 (or --no-nesterov)");
+  if (!(weight_decay >= 0) || !std::isfinite(weight_decay)) bad("--weight-decay", str(weight_decay), "a number >= 0");
+  if (sched != "constant" && sched != "cosine") bad("--sched", sched, "constant or cosine");
+  if (device != "cpu" && device != "cuda") bad("--device", device, "cpu or cuda");
+  if (threads < 0 || threads > 1024) bad("--threads", std::to_string(threads), "an integer from 1 to 1024 (0: all cores)");
+  check_writable("--output", output);
+  check_writable("--output-model", output_model);
+  check_writable("--json", json);
+}
+
+int run_probe(ProbeConfig config) {
+  if (config.data_dir.empty()) config.data_dir = default_data_dir(config.dataset);
+  config.validate();
+  if (config.threads) set_num_threads(config.threads);
+  const Device device = config.device == "cuda" ? Device::CUDA : Device::CPU;
+  if (!device_available(device))
+    throw std::invalid_argument("--device " + config.device + ": not available (this build has no CUDA support or no GPU is present)");
+  FILE* out = config.json == "-" ? stderr : stdout;
+  const auto start = std::chrono::steady_clock::now();
+
+  // ---- target data ----
+  Datasets sets = load_datasets(config.dataset, config.data_dir);
+  keep_first(sets.train, config.train_subset);
+  keep_first(sets.test, config.test_subset);
+  if (sets.test.count == 0)
+    throw std::invalid_argument("--data " + config.data_dir + ": no test images (a folder dataset needs test/ or val/)");
+  if (config.batch_size > sets.train.count)
+    throw std::invalid_argument("--batch-size " + std::to_string(config.batch_size) + ": larger than the " +
+                                std::to_string(sets.train.count) + " training images");
+  const int classes = sets.train.num_classes;
+
+  // ---- frozen backbone ----
+  CheckpointModel m = load_checkpoint_model(config.checkpoint, config.model, 0, device);
+  load_weights(m, config.weights);
+  m.model->eval();
+  models::Classifier& backbone = models::as_classifier(*m.model);
+  const int64_t feature_dim = backbone.head().weight.size(1);
+  std::string head_name;
+  for (const auto& [name, module] : m.model->named_modules())
+    if (module == &backbone.head()) head_name = name;
+
+  // ---- the new head ----
+  Rng rng(config.seed);
+  nn::Linear head(feature_dim, classes, rng);
+  head.to(device);
+  head.pack_arenas();
+  Sgd sgd(head, {.lr = config.lr, .momentum = config.momentum, .weight_decay = config.weight_decay, .nesterov = config.nesterov});
+  const int64_t n = sets.train.count;
+  const int64_t steps_per_epoch = (n + config.batch_size - 1) / config.batch_size;
+  Schedule schedule;
+  schedule.kind = parse_schedule_kind(config.sched);
+  schedule.base_lr = config.lr;
+  schedule.total_steps = config.epochs * steps_per_epoch;
+
+  std::fprintf(out,
+               "probe: %s (%s, %s weights, %lld features) -> %s: new head %lld -> %d, %lld train / %lld test images, "
+               "%d epochs, batch %lld, %s lr %g, momentum %g%s, weight decay %g, %s\n",
+               config.checkpoint.c_str(), m.architecture.c_str(), config.weights.c_str(), static_cast<long long>(feature_dim),
+               config.dataset.c_str(), static_cast<long long>(feature_dim), classes, static_cast<long long>(n),
+               static_cast<long long>(sets.test.count), config.epochs, static_cast<long long>(config.batch_size),
+               config.sched.c_str(), config.lr, config.momentum, config.nesterov ? " (Nesterov)" : "", config.weight_decay,
+               config.augment ? "augmented (features recomputed per batch)" : "no augmentation (features computed once)");
+  std::fflush(out);
+
+  // Test features once; training features once unless augmenting.
+  const std::vector<float> test_features = all_features(backbone, sets.test, device);
+  const Tensor test_x = Tensor::from_vector(test_features, {sets.test.count, feature_dim}, device);
+  std::vector<float> train_features;
+  if (!config.augment) train_features = all_features(backbone, sets.train, device);
+  std::vector<int64_t> all(static_cast<size_t>(n));
+  std::iota(all.begin(), all.end(), 0);
+  std::unique_ptr<data::Loader> loader;
+  if (config.augment) {
+    data::LoaderOptions o;
+    o.batch_size = config.batch_size;
+    o.shuffle = true;
+    o.augment = true;
+    o.seed = config.seed;
+    o.device = device;
+    loader = std::make_unique<data::Loader>(sets.train, all, o);
+  }
+
+  const auto evaluate_test = [&]() {
+    NoGradGuard no_grad;
+    Predictions p;
+    p.classes = classes;
+    p.logits = head(test_x).to_vector<float>();
+    p.labels = sets.test.labels;
+    return p;
+  };
+
+  // ---- training ----
+  std::fprintf(out, "%6s %9s %10s %9s %10s %9s\n", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc");
+  json epochs = json::array();
+  int64_t step = 0;
+  double final_accuracy = 0, final_loss = 0;
+  for (int epoch = 0; epoch < config.epochs; ++epoch) {
+    double loss_sum = 0;
+    int64_t correct = 0, seen = 0;
+    float lr = schedule.lr_at(step);
+    const auto train_step = [&](const Tensor& x, const Tensor& y) {
+      lr = schedule.lr_at(step);
+      sgd.options().lr = lr;
+      head.zero_grad();
+      const Tensor logits = head(x);
+      const Tensor loss = cross_entropy(logits, y);
+      loss.backward();
+      sgd.step();
+      ++step;
+      const int64_t b = y.numel();
+      loss_sum += static_cast<double>(loss.item()) * static_cast<double>(b);
+      const std::vector<float> l = logits.to_vector<float>();
+      const std::vector<int64_t> labels = y.to_vector<int64_t>();
+      for (int64_t i = 0; i < b; ++i) {
+        const float* row = l.data() + i * classes;
+        correct += std::max_element(row, row + classes) - row == labels[static_cast<size_t>(i)];
+      }
+      seen += b;
+    };
+    if (config.augment) {
+      loader->start_epoch(epoch);
+      while (std::optional<data::Batch> batch = loader->next()) {
+        Tensor x;
+        {
+          NoGradGuard no_grad;
+          x = backbone.features(batch->images);
+        }
+        train_step(x, batch->labels);
+      }
+    } else {
+      // The epoch's order: a Fisher-Yates shuffle seeded by (seed, epoch), as the loader's.
+      std::vector<int64_t> order = all;
+      Rng shuffle(data::Loader::derive_seed(config.seed, data::Loader::kShuffleStream, epoch, 0));
+      for (int64_t i = n - 1; i > 0; --i)
+        std::swap(order[static_cast<size_t>(i)], order[shuffle.below(static_cast<uint64_t>(i + 1))]);
+      std::vector<float> xb;
+      std::vector<int64_t> yb;
+      for (int64_t begin = 0; begin < n; begin += config.batch_size) {
+        const int64_t b = std::min(config.batch_size, n - begin);
+        xb.resize(static_cast<size_t>(b * feature_dim));
+        yb.resize(static_cast<size_t>(b));
+        for (int64_t i = 0; i < b; ++i) {
+          const int64_t j = order[static_cast<size_t>(begin + i)];
+          std::copy_n(train_features.data() + j * feature_dim, feature_dim, xb.data() + i * feature_dim);
+          yb[static_cast<size_t>(i)] = sets.train.labels[static_cast<size_t>(j)];
+        }
+        train_step(Tensor::from_vector(xb, {b, feature_dim}, device), Tensor::from_data(yb.data(), {b}, device));
+      }
+    }
+    const Predictions test = evaluate_test();
+    final_accuracy = top1_accuracy(test);
+    final_loss = mean_nll(test);
+    const double train_loss = loss_sum / static_cast<double>(seen);
+    const double train_acc = 100.0 * static_cast<double>(correct) / static_cast<double>(seen);
+    if (!std::isfinite(train_loss))
+      throw std::runtime_error("the probe diverged in epoch " + std::to_string(epoch + 1) + " (loss " + str(train_loss) +
+                               "); try a smaller --lr");
+    std::fprintf(out, "%6d %9.5f %10.4f %8.2f%% %10.4f %8.2f%%\n", epoch + 1, lr, train_loss, train_acc, final_loss,
+                 final_accuracy);
+    std::fflush(out);
+    epochs.push_back({{"epoch", epoch + 1}, {"step", step}, {"lr", lr}, {"train_loss", train_loss}, {"train_accuracy", train_acc},
+                      {"test_loss", final_loss}, {"test_accuracy", final_accuracy}});
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(out, "probe: test accuracy %.2f%%, loss %.4f after %d epochs (%s)\n", final_accuracy, final_loss, config.epochs,
+               format_duration(seconds).c_str());
+
+  // ---- outputs ----
+  const std::string prefix = head_name.empty() ? "" : head_name + ".";
+  const std::map<std::string, std::string> metadata = {
+      {"polyak.model", m.architecture},      {"polyak.probe.checkpoint", config.checkpoint},
+      {"polyak.probe.weights", config.weights}, {"polyak.probe.dataset", config.dataset},
+      {"polyak.probe.classes", std::to_string(classes)}, {"polyak.probe.test_accuracy", str(final_accuracy)}};
+  if (!config.output.empty()) {
+    std::map<std::string, std::string> head_metadata = metadata;
+    head_metadata.erase("polyak.model");  // not a whole model: eval must not take it for one
+    head_metadata["polyak.probe.architecture"] = m.architecture;
+    io::save_safetensors(config.output, {{prefix + "weight", head.weight}, {prefix + "bias", head.bias}}, head_metadata);
+    std::fprintf(out, "head: %s (%s%s, %s%s)\n", config.output.c_str(), prefix.c_str(), "weight", prefix.c_str(), "bias");
+  }
+  if (!config.output_model.empty()) {
+    std::vector<nn::NamedTensor> state;
+    for (const auto& [name, t] : m.model->state_dict()) {
+      if (name == prefix + "weight") state.emplace_back(name, head.weight);
+      else if (name == prefix + "bias") state.emplace_back(name, head.bias);
+      else state.emplace_back(name, t);
+    }
+    io::save_safetensors(config.output_model, state, metadata);
+    std::fprintf(out, "model: %s (%s, backbone + new head)\n", config.output_model.c_str(), m.architecture.c_str());
+  }
+  if (!config.json.empty()) {
+    const json doc = {{"checkpoint", config.checkpoint}, {"architecture", m.architecture}, {"model", config.weights},
+                      {"dataset", config.dataset}, {"data", config.data_dir}, {"features", feature_dim},
+                      {"classes", classes}, {"train_images", n}, {"test_images", sets.test.count},
+                      {"settings", {{"epochs", config.epochs}, {"batch_size", config.batch_size}, {"lr", config.lr},
+                                    {"momentum", config.momentum}, {"nesterov", config.nesterov},
+                                    {"weight_decay", config.weight_decay}, {"sched", config.sched}, {"seed", config.seed},
+                                    {"augment", config.augment}}},
+                      {"epochs", epochs}, {"test_accuracy", final_accuracy}, {"test_loss", final_loss},
+                      {"seconds", seconds}};
+    const std::string text = doc.dump(2) + "\n";
+    if (config.json == "-") {
+      std::fputs(text.c_str(), stdout);
+    } else {
+      std::ofstream file(config.json, std::ios::trunc);
+      file << text;
+      file.flush();
+      if (!file) throw std::invalid_argument("--json " + config.json + ": cannot write the file");
+    }
+  }
+  return 0;
+}
+
+}  // namespace polyak::app
