@@ -1,3 +1,4 @@
+#include "apps/common/cli.h"
 #include "apps/eval/eval.h"
 
 #include <CLI/CLI.hpp>
@@ -63,16 +64,6 @@ void add_eval_flags(CLI::App& app, EvalConfig& c) {
 
 namespace {
 
-[[noreturn]] void bad(const std::string& flag, const std::string& value, const std::string& expected) {
-  throw std::invalid_argument(flag + " " + value + ": expected " + expected);
-}
-
-std::string str(double v) {
-  std::ostringstream out;
-  out << v;
-  return out.str();
-}
-
 void keep_first(data::ImageSet& set, int64_t n) {
   if (n <= 0 || n >= set.count) return;
   std::vector<int64_t> first(static_cast<size_t>(n));
@@ -113,7 +104,7 @@ json row_json(const Row& r) {
 }  // namespace
 
 void EvalConfig::validate() const {
-  if (checkpoints.empty()) bad("checkpoints", "(none)", "one or more .safetensors files");
+  if (checkpoints.empty()) bad_flag("checkpoints", "(none)", "one or more .safetensors files");
   for (const std::string& path : checkpoints)
     if (!fs::is_regular_file(path)) throw std::invalid_argument("checkpoint " + path + ": no such file");
   if (!model.empty()) {
@@ -121,27 +112,27 @@ void EvalConfig::validate() const {
     if (std::find(names.begin(), names.end(), model) == names.end()) {
       std::string known;
       for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
-      bad("--model", model, "one of " + known);
+      bad_flag("--model", model, "one of " + known);
     }
   }
-  if (weights.empty()) bad("--ema", "(empty)", "sgd, all or average names such as ema0.998");
+  if (weights.empty()) bad_flag("--ema", "(empty)", "sgd, all or average names such as ema0.998");
   for (const std::string& w : weights)
     if (w != "sgd" && w != "all" && (w.rfind("ema", 0) != 0 || w.size() == 3))
-      bad("--ema", w, "sgd, all or average names such as ema0.998");
-  if (dataset != "cifar10" && dataset != "cifar100" && dataset != "folder") bad("--dataset", dataset, "cifar10, cifar100 or folder");
-  if (split != "test" && split != "val" && split != "train") bad("--split", split, "test, val or train");
-  if (!(val_split >= 0 && val_split < 1)) bad("--val-split", str(val_split), "a fraction in [0, 1)");
-  if (split == "val" && val_split == 0) bad("--split", split, "a --val-split > 0 to hold a validation part out");
-  if (train_subset < 0) bad("--train-subset", std::to_string(train_subset), "an integer >= 0");
-  if (test_subset < 0) bad("--test-subset", std::to_string(test_subset), "an integer >= 0");
-  if (bn_recompute != "on" && bn_recompute != "off") bad("--bn-recompute", bn_recompute, "on or off");
-  if (bn_recompute_batches < 0) bad("--bn-recompute-batches", std::to_string(bn_recompute_batches), "an integer >= 0");
-  if (batch_size < 1 || batch_size > 65536) bad("--batch-size", std::to_string(batch_size), "an integer from 1 to 65536");
-  if (device != "cpu" && device != "cuda") bad("--device", device, "cpu or cuda");
-  if (threads < 0 || threads > 1024) bad("--threads", std::to_string(threads), "an integer from 1 to 1024 (0: all cores)");
+      bad_flag("--ema", w, "sgd, all or average names such as ema0.998");
+  if (dataset != "cifar10" && dataset != "cifar100" && dataset != "folder") bad_flag("--dataset", dataset, "cifar10, cifar100 or folder");
+  if (split != "test" && split != "val" && split != "train") bad_flag("--split", split, "test, val or train");
+  if (!(val_split >= 0 && val_split < 1)) bad_flag("--val-split", number_str(val_split), "a fraction in [0, 1)");
+  if (split == "val" && val_split == 0) bad_flag("--split", split, "a --val-split > 0 to hold a validation part out");
+  if (train_subset < 0) bad_flag("--train-subset", std::to_string(train_subset), "an integer >= 0");
+  if (test_subset < 0) bad_flag("--test-subset", std::to_string(test_subset), "an integer >= 0");
+  if (bn_recompute != "on" && bn_recompute != "off") bad_flag("--bn-recompute", bn_recompute, "on or off");
+  if (bn_recompute_batches < 0) bad_flag("--bn-recompute-batches", std::to_string(bn_recompute_batches), "an integer >= 0");
+  if (batch_size < 1 || batch_size > 65536) bad_flag("--batch-size", std::to_string(batch_size), "an integer from 1 to 65536");
+  if (device != "cpu" && device != "cuda") bad_flag("--device", device, "cpu or cuda");
+  if (threads < 0 || threads > 1024) bad_flag("--threads", std::to_string(threads), "an integer from 1 to 1024 (0: all cores)");
   if (!json.empty() && json != "-") {
     const fs::path parent = fs::path(json).parent_path();
-    if (!parent.empty() && !fs::is_directory(parent)) bad("--json", json, "a file in an existing folder");
+    if (!parent.empty() && !fs::is_directory(parent)) bad_flag("--json", json, "a file in an existing folder");
   }
 }
 
@@ -176,7 +167,7 @@ int run_eval(EvalConfig config) {
   if (recompute) {
     if (split.train.empty())
       throw std::invalid_argument("--bn-recompute on: no training images left to recompute on (--val-split " +
-                                  str(config.val_split) + ")");
+                                  number_str(config.val_split) + ")");
     data::LoaderOptions o;
     o.batch_size = std::min<int64_t>(config.batch_size, static_cast<int64_t>(split.train.size()));
     o.shuffle = true;

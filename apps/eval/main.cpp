@@ -6,36 +6,13 @@
 // Exit codes: 0 done, 2 bad flags or input (files, data, checkpoints), 1 other errors.
 #include <CLI/CLI.hpp>
 
-#include <cstdio>
-
+#include "apps/common/cli.h"
 #include "apps/eval/eval.h"
-#include "data/error.h"
-#include "engine/io/safetensors.h"
 
 int main(int argc, char** argv) {
   using namespace polyak::app;
   CLI::App app{"polyak eval: evaluate checkpoints (accuracy, NLL, ECE, temperature scaling, churn, JS divergence)"};
   EvalConfig config;
   add_eval_flags(app, config);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);
-    return code == 0 ? 0 : 2;
-  }
-  try {
-    return run_eval(config);
-  } catch (const std::invalid_argument& e) {
-    std::fprintf(stderr, "eval: %s\n", e.what());
-    return 2;
-  } catch (const polyak::data::DataError& e) {
-    std::fprintf(stderr, "eval: %s\n", e.what());
-    return 2;
-  } catch (const polyak::io::SafetensorsError& e) {
-    std::fprintf(stderr, "eval: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "eval: %s\n", e.what());
-    return 1;
-  }
+  return run_app("eval", app, argc, argv, [&] { return run_eval(config); });
 }

@@ -6,36 +6,13 @@
 // Exit codes: 0 done, 2 bad flags or input (files, data, checkpoints), 1 other errors.
 #include <CLI/CLI.hpp>
 
-#include <cstdio>
-
+#include "apps/common/cli.h"
 #include "apps/probe/probe.h"
-#include "data/error.h"
-#include "engine/io/safetensors.h"
 
 int main(int argc, char** argv) {
   using namespace polyak::app;
   CLI::App app{"polyak probe: linear probe of a frozen checkpoint backbone on a target dataset"};
   ProbeConfig config;
   add_probe_flags(app, config);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);
-    return code == 0 ? 0 : 2;
-  }
-  try {
-    return run_probe(config);
-  } catch (const std::invalid_argument& e) {
-    std::fprintf(stderr, "probe: %s\n", e.what());
-    return 2;
-  } catch (const polyak::data::DataError& e) {
-    std::fprintf(stderr, "probe: %s\n", e.what());
-    return 2;
-  } catch (const polyak::io::SafetensorsError& e) {
-    std::fprintf(stderr, "probe: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "probe: %s\n", e.what());
-    return 1;
-  }
+  return run_app("probe", app, argc, argv, [&] { return run_probe(config); });
 }

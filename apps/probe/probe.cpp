@@ -1,3 +1,4 @@
+#include "apps/common/cli.h"
 #include "apps/probe/probe.h"
 
 #include <CLI/CLI.hpp>
@@ -59,20 +60,10 @@ void add_probe_flags(CLI::App& app, ProbeConfig& c) {
 
 namespace {
 
-[[noreturn]] void bad(const std::string& flag, const std::string& value, const std::string& expected) {
-  throw std::invalid_argument(flag + " " + value + ": expected " + expected);
-}
-
-std::string str(double v) {
-  std::ostringstream out;
-  out << v;
-  return out.str();
-}
-
 void check_writable(const std::string& flag, const std::string& path) {
   if (path.empty() || path == "-") return;
   const fs::path parent = fs::path(path).parent_path();
-  if (!parent.empty() && !fs::is_directory(parent)) bad(flag, path, "a file in an existing folder");
+  if (!parent.empty() && !fs::is_directory(parent)) bad_flag(flag, path, "a file in an existing folder");
 }
 
 void keep_first(data::ImageSet& set, int64_t n) {
@@ -104,23 +95,23 @@ void ProbeConfig::validate() const {
     if (std::find(names.begin(), names.end(), model) == names.end()) {
       std::string known;
       for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
-      bad("--model", model, "one of " + known);
+      bad_flag("--model", model, "one of " + known);
     }
   }
   if (weights != "sgd" && (weights.rfind("ema", 0) != 0 || weights.size() == 3))
-    bad("--ema", weights, "sgd or the name of an average such as ema0.998");
-  if (dataset != "cifar10" && dataset != "cifar100" && dataset != "folder") bad("--dataset", dataset, "cifar10, cifar100 or folder");
-  if (train_subset < 0) bad("--train-subset", std::to_string(train_subset), "an integer >= 0");
-  if (test_subset < 0) bad("--test-subset", std::to_string(test_subset), "an integer >= 0");
-  if (epochs < 1 || epochs > 100000) bad("--epochs", std::to_string(epochs), "an integer from 1 to 100000");
-  if (batch_size < 1 || batch_size > 65536) bad("--batch-size", std::to_string(batch_size), "an integer from 1 to 65536");
-  if (!(lr > 0) || !std::isfinite(lr)) bad("--lr", str(lr), "a positive number");
-  if (!(momentum >= 0 && momentum < 1)) bad("--momentum", str(momentum), "a number in [0, 1)");
-  if (nesterov && momentum == 0) bad("--nesterov with --momentum", "0", "momentum > 0 (or --no-nesterov)");
-  if (!(weight_decay >= 0) || !std::isfinite(weight_decay)) bad("--weight-decay", str(weight_decay), "a number >= 0");
-  if (sched != "constant" && sched != "cosine") bad("--sched", sched, "constant or cosine");
-  if (device != "cpu" && device != "cuda") bad("--device", device, "cpu or cuda");
-  if (threads < 0 || threads > 1024) bad("--threads", std::to_string(threads), "an integer from 1 to 1024 (0: all cores)");
+    bad_flag("--ema", weights, "sgd or the name of an average such as ema0.998");
+  if (dataset != "cifar10" && dataset != "cifar100" && dataset != "folder") bad_flag("--dataset", dataset, "cifar10, cifar100 or folder");
+  if (train_subset < 0) bad_flag("--train-subset", std::to_string(train_subset), "an integer >= 0");
+  if (test_subset < 0) bad_flag("--test-subset", std::to_string(test_subset), "an integer >= 0");
+  if (epochs < 1 || epochs > 100000) bad_flag("--epochs", std::to_string(epochs), "an integer from 1 to 100000");
+  if (batch_size < 1 || batch_size > 65536) bad_flag("--batch-size", std::to_string(batch_size), "an integer from 1 to 65536");
+  if (!(lr > 0) || !std::isfinite(lr)) bad_flag("--lr", number_str(lr), "a positive number");
+  if (!(momentum >= 0 && momentum < 1)) bad_flag("--momentum", number_str(momentum), "a number in [0, 1)");
+  if (nesterov && momentum == 0) bad_flag("--nesterov with --momentum", "0", "momentum > 0 (or --no-nesterov)");
+  if (!(weight_decay >= 0) || !std::isfinite(weight_decay)) bad_flag("--weight-decay", number_str(weight_decay), "a number >= 0");
+  if (sched != "constant" && sched != "cosine") bad_flag("--sched", sched, "constant or cosine");
+  if (device != "cpu" && device != "cuda") bad_flag("--device", device, "cpu or cuda");
+  if (threads < 0 || threads > 1024) bad_flag("--threads", std::to_string(threads), "an integer from 1 to 1024 (0: all cores)");
   check_writable("--output", output);
   check_writable("--output-model", output_model);
   check_writable("--json", json);
@@ -271,7 +262,7 @@ int run_probe(ProbeConfig config) {
     const double train_loss = loss_sum / static_cast<double>(seen);
     const double train_acc = 100.0 * static_cast<double>(correct) / static_cast<double>(seen);
     if (!std::isfinite(train_loss))
-      throw std::runtime_error("the probe diverged in epoch " + std::to_string(epoch + 1) + " (loss " + str(train_loss) +
+      throw std::runtime_error("the probe diverged in epoch " + std::to_string(epoch + 1) + " (loss " + number_str(train_loss) +
                                "); try a smaller --lr");
     std::fprintf(out, "%6d %9.5f %10.4f %8.2f%% %10.4f %8.2f%%\n", epoch + 1, lr, train_loss, train_acc, final_loss,
                  final_accuracy);
@@ -288,7 +279,7 @@ int run_probe(ProbeConfig config) {
   const std::map<std::string, std::string> metadata = {
       {"polyak.model", m.architecture},      {"polyak.probe.checkpoint", config.checkpoint},
       {"polyak.probe.weights", config.weights}, {"polyak.probe.dataset", config.dataset},
-      {"polyak.probe.classes", std::to_string(classes)}, {"polyak.probe.test_accuracy", str(final_accuracy)}};
+      {"polyak.probe.classes", std::to_string(classes)}, {"polyak.probe.test_accuracy", number_str(final_accuracy)}};
   if (!config.output.empty()) {
     std::map<std::string, std::string> head_metadata = metadata;
     head_metadata.erase("polyak.model");  // not a whole model: eval must not take it for one

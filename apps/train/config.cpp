@@ -1,3 +1,4 @@
+#include "apps/common/cli.h"
 #include "apps/train/config.h"
 
 #include <CLI/CLI.hpp>
@@ -74,53 +75,42 @@ void TrainConfig::resolve() {
   if (output.empty()) output = "runs/" + model + "_" + dataset + "_s" + std::to_string(seed);
 }
 
-namespace {
-[[noreturn]] void bad(const std::string& flag, const std::string& value, const std::string& expected) {
-  throw std::invalid_argument(flag + " " + value + ": expected " + expected);
-}
-std::string str(double v) {
-  std::ostringstream out;
-  out << v;
-  return out.str();
-}
-}  // namespace
-
 void TrainConfig::validate() const {
   const auto& names = models::model_names();
   if (std::find(names.begin(), names.end(), model) == names.end()) {
     std::string known;
     for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
-    bad("--model", model, "one of " + known);
+    bad_flag("--model", model, "one of " + known);
   }
-  if (dataset != "cifar10" && dataset != "cifar100" && dataset != "folder") bad("--dataset", dataset, "cifar10, cifar100 or folder");
-  if (epochs < 1 || epochs > 100000) bad("--epochs", std::to_string(epochs), "an integer from 1 to 100000");
-  if (batch_size < 1 || batch_size > 65536) bad("--batch-size", std::to_string(batch_size), "an integer from 1 to 65536");
-  if (!(lr > 0) || !std::isfinite(lr)) bad("--lr", str(lr), "a positive number");
-  if (!(momentum >= 0 && momentum < 1)) bad("--momentum", str(momentum), "a number in [0, 1)");
-  if (nesterov && momentum == 0) bad("--nesterov with --momentum", "0", "momentum > 0 (or --no-nesterov)");
-  if (!(weight_decay >= 0) || !std::isfinite(weight_decay)) bad("--weight-decay", str(weight_decay), "a number >= 0");
+  if (dataset != "cifar10" && dataset != "cifar100" && dataset != "folder") bad_flag("--dataset", dataset, "cifar10, cifar100 or folder");
+  if (epochs < 1 || epochs > 100000) bad_flag("--epochs", std::to_string(epochs), "an integer from 1 to 100000");
+  if (batch_size < 1 || batch_size > 65536) bad_flag("--batch-size", std::to_string(batch_size), "an integer from 1 to 65536");
+  if (!(lr > 0) || !std::isfinite(lr)) bad_flag("--lr", number_str(lr), "a positive number");
+  if (!(momentum >= 0 && momentum < 1)) bad_flag("--momentum", number_str(momentum), "a number in [0, 1)");
+  if (nesterov && momentum == 0) bad_flag("--nesterov with --momentum", "0", "momentum > 0 (or --no-nesterov)");
+  if (!(weight_decay >= 0) || !std::isfinite(weight_decay)) bad_flag("--weight-decay", number_str(weight_decay), "a number >= 0");
   parse_schedule_kind(sched);
-  if (!(warmup_epochs >= 0 && warmup_epochs <= epochs)) bad("--warmup-epochs", str(warmup_epochs), "a number in [0, --epochs]");
+  if (!(warmup_epochs >= 0 && warmup_epochs <= epochs)) bad_flag("--warmup-epochs", number_str(warmup_epochs), "a number in [0, --epochs]");
   for (int m : milestones)
-    if (m < 1 || m > epochs) bad("--milestones", std::to_string(m), "epochs in [1, --epochs]");
-  if (!(gamma > 0 && gamma <= 1)) bad("--gamma", str(gamma), "a number in (0, 1]");
-  if (threads < 0 || threads > 1024) bad("--threads", std::to_string(threads), "an integer from 1 to 1024 (0: all cores)");
-  if (!(val_split >= 0 && val_split < 1)) bad("--val-split", str(val_split), "a fraction in [0, 1)");
-  if (!(label_noise >= 0 && label_noise <= 1)) bad("--label-noise", str(label_noise), "a rate in [0, 1]");
-  if (noise_type != "sym" && noise_type != "asym") bad("--noise-type", noise_type, "sym or asym");
-  if (label_noise > 0 && !labels_file.empty()) bad("--label-noise with --labels", str(label_noise), "only one label source");
-  if (max_steps < 0) bad("--max-steps", std::to_string(max_steps), "an integer >= 0");
-  if (eval_every < 1) bad("--eval-every", std::to_string(eval_every), "an integer >= 1");
-  if (train_subset < 0) bad("--train-subset", std::to_string(train_subset), "an integer >= 0");
-  if (test_subset < 0) bad("--test-subset", std::to_string(test_subset), "an integer >= 0");
-  if (!resume.empty() && !init.empty()) bad("--init with --resume", init, "only one of them");
-  if (device != "cpu" && device != "cuda") bad("--device", device, "cpu or cuda");
+    if (m < 1 || m > epochs) bad_flag("--milestones", std::to_string(m), "epochs in [1, --epochs]");
+  if (!(gamma > 0 && gamma <= 1)) bad_flag("--gamma", number_str(gamma), "a number in (0, 1]");
+  if (threads < 0 || threads > 1024) bad_flag("--threads", std::to_string(threads), "an integer from 1 to 1024 (0: all cores)");
+  if (!(val_split >= 0 && val_split < 1)) bad_flag("--val-split", number_str(val_split), "a fraction in [0, 1)");
+  if (!(label_noise >= 0 && label_noise <= 1)) bad_flag("--label-noise", number_str(label_noise), "a rate in [0, 1]");
+  if (noise_type != "sym" && noise_type != "asym") bad_flag("--noise-type", noise_type, "sym or asym");
+  if (label_noise > 0 && !labels_file.empty()) bad_flag("--label-noise with --labels", number_str(label_noise), "only one label source");
+  if (max_steps < 0) bad_flag("--max-steps", std::to_string(max_steps), "an integer >= 0");
+  if (eval_every < 1) bad_flag("--eval-every", std::to_string(eval_every), "an integer >= 1");
+  if (train_subset < 0) bad_flag("--train-subset", std::to_string(train_subset), "an integer >= 0");
+  if (test_subset < 0) bad_flag("--test-subset", std::to_string(test_subset), "an integer >= 0");
+  if (!resume.empty() && !init.empty()) bad_flag("--init with --resume", init, "only one of them");
+  if (device != "cpu" && device != "cuda") bad_flag("--device", device, "cpu or cuda");
   (void)ema_options(1);  // parses and range-checks the decays
-  if (ema_every < 0) bad("--ema-every", std::to_string(ema_every), "an integer >= 1 (0: automatic)");
-  if (ema_buffers != "average" && ema_buffers != "copy") bad("--ema-buffers", ema_buffers, "average or copy");
+  if (ema_every < 0) bad_flag("--ema-every", std::to_string(ema_every), "an integer >= 1 (0: automatic)");
+  if (ema_buffers != "average" && ema_buffers != "copy") bad_flag("--ema-buffers", ema_buffers, "average or copy");
   if (bn_recompute != "none" && bn_recompute != "epoch" && bn_recompute != "end")
-    bad("--bn-recompute", bn_recompute, "none, epoch or end");
-  if (bn_recompute_batches < 0) bad("--bn-recompute-batches", std::to_string(bn_recompute_batches), "an integer >= 0");
+    bad_flag("--bn-recompute", bn_recompute, "none, epoch or end");
+  if (bn_recompute_batches < 0) bad_flag("--bn-recompute-batches", std::to_string(bn_recompute_batches), "an integer >= 0");
 }
 
 std::optional<ema::EmaOptions> TrainConfig::ema_options(int64_t total_steps) const {
@@ -138,11 +128,11 @@ std::optional<ema::EmaOptions> TrainConfig::ema_options(int64_t total_steps) con
       char* end = nullptr;
       const float a = std::strtof(item.c_str(), &end);
       if (item.empty() || *end != '\0' || !(a > 0.0f && a < 1.0f))
-        bad("--ema-decays", ema_decays, "decays in (0, 1) separated by commas, or paper, scaled or none");
+        bad_flag("--ema-decays", ema_decays, "decays in (0, 1) separated by commas, or paper, scaled or none");
       options.decays.push_back(a);
     }
     if (options.decays.empty() || options.decays.size() > 8)
-      bad("--ema-decays", ema_decays, "1 to 8 decays");
+      bad_flag("--ema-decays", ema_decays, "1 to 8 decays");
   }
   if (ema_every > 0) options.every = ema_every;
   return options;

@@ -8,12 +8,9 @@
 // Exit codes: 0 done, 2 bad flags or input data, 3 training diverged, 1 other errors.
 #include <CLI/CLI.hpp>
 
-#include <cstdio>
-
+#include "apps/common/cli.h"
 #include "apps/train/config.h"
 #include "apps/train/trainer.h"
-#include "data/error.h"
-#include "engine/io/safetensors.h"
 
 int main(int argc, char** argv) {
   using namespace polyak::app;
@@ -21,28 +18,5 @@ int main(int argc, char** argv) {
   app.set_config();  // no config files: every setting is a flag
   TrainConfig config;
   add_train_flags(app, config);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);
-    return code == 0 ? 0 : 2;
-  }
-  try {
-    return run_training(config);
-  } catch (const std::invalid_argument& e) {
-    std::fprintf(stderr, "train: %s\n", e.what());
-    return 2;
-  } catch (const polyak::data::DataError& e) {
-    std::fprintf(stderr, "train: %s\n", e.what());
-    return 2;
-  } catch (const polyak::io::SafetensorsError& e) {
-    std::fprintf(stderr, "train: %s\n", e.what());
-    return 2;
-  } catch (const TrainingDiverged& e) {
-    std::fprintf(stderr, "train: %s\n", e.what());
-    return 3;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "train: %s\n", e.what());
-    return 1;
-  }
+  return run_app("train", app, argc, argv, [&] { return run_training(config); });
 }

@@ -1,7 +1,9 @@
 // The training loop of the train app.
 #pragma once
 
-#include <stdexcept>
+#include <string>
+
+#include "apps/common/cli.h"
 
 #include "apps/train/config.h"
 
@@ -9,8 +11,8 @@ namespace polyak::app {
 
 // A non-finite loss: the message names the step, the learning rate and the last good
 // checkpoint; nothing is saved after it.
-struct TrainingDiverged : std::runtime_error {
-  using std::runtime_error::runtime_error;
+struct TrainingDiverged : AppError {
+  explicit TrainingDiverged(const std::string& what) : AppError(what, 3) {}
 };
 
 // Runs (or resumes) the training `config` describes; returns the process exit code.

@@ -1,0 +1,34 @@
+// What every app's command line shares: the error conventions and the main() frame.
+//
+// Exit codes: 0 done; 2 a bad flag or bad input (a value out of range, a missing or
+// corrupt data file or checkpoint), reported as one line naming the value and what is
+// expected; a subclass of AppError may choose its own code (the train app uses 3 for
+// a diverged run); 1 anything else.
+#pragma once
+
+#include <functional>
+#include <stdexcept>
+#include <string>
+
+namespace CLI {
+class App;
+}
+
+namespace polyak::app {
+
+// An error with its own exit code.
+struct AppError : std::runtime_error {
+  AppError(const std::string& what, int exit_code) : std::runtime_error(what), exit_code(exit_code) {}
+  int exit_code;
+};
+
+// Throws std::invalid_argument "<flag> <value>: expected <expected>".
+[[noreturn]] void bad_flag(const std::string& flag, const std::string& value, const std::string& expected);
+// A number as the user would write it ("0.1", "1e-05").
+std::string number_str(double value);
+
+// Parses the command line into `app`'s bound options, runs `body`, and turns every
+// failure into a message "<name>: <what>" on stderr and the exit code above.
+int run_app(const char* name, CLI::App& app, int argc, char** argv, const std::function<int()>& body);
+
+}  // namespace polyak::app
