@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/autograd.h"
+#include "engine/backend.h"
 #include "engine/nn/module.h"
 #include "engine/ops.h"
 #include "engine/optim/sgd.h"
@@ -23,11 +24,12 @@ namespace {
 
 // Median images/s over `windows` windows of `steps` calls of `step` each.
 template <class Step>
-double median_images_per_second(int windows, int steps, int64_t batch, Step&& step) {
+double median_images_per_second(Device device, int windows, int steps, int64_t batch, Step&& step) {
   std::vector<double> rates;
   for (int w = 0; w < windows; ++w) {
     const auto start = std::chrono::steady_clock::now();
     for (int s = 0; s < steps; ++s) step();
+    backend(device).synchronize();  // a GPU runs asynchronously: time finished work
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     rates.push_back(static_cast<double>(steps * batch) / seconds);
   }
@@ -47,17 +49,25 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "CPU threads")->capture_default_str()->check(CLI::Range(1, 256));
   app.add_option("--windows", windows, "timed windows (the median is reported)")->capture_default_str()->check(CLI::Range(1, 1000));
   app.add_option("--steps", steps, "steps per window")->capture_default_str()->check(CLI::Range(1, 1000));
+  std::string device_name = "cpu";
+  app.add_option("--device", device_name, "cpu or cuda")->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
   CLI11_PARSE(app, argc, argv);
   set_num_threads(threads);
+  const Device device = device_name == "cuda" ? Device::CUDA : Device::CPU;
+  if (!device_available(device)) {
+    std::fprintf(stderr, "bench: --device %s: not available in this build or on this machine\n", device_name.c_str());
+    return 2;
+  }
 
   Rng rng(0);
   const auto model = models::create_model(model_name, 10, rng);
+  model->to(device);
   model->pack_arenas();
   Sgd sgd(*model, {.lr = 0.01f, .momentum = 0.9f, .weight_decay = 5e-4f, .nesterov = true});
-  const Tensor images = Tensor::normal({batch, 3, 32, 32}, 0.0f, 1.0f, rng);
+  const Tensor images = Tensor::normal({batch, 3, 32, 32}, 0.0f, 1.0f, rng, device);
   std::vector<int64_t> label_values(batch);
   for (int64_t& l : label_values) l = static_cast<int64_t>(rng.below(10));
-  const Tensor labels = Tensor::from_data(label_values.data(), {batch});
+  const Tensor labels = Tensor::from_data(label_values.data(), {batch}, device);
 
   const auto train_step = [&] {
     model->zero_grad();
@@ -71,12 +81,13 @@ int main(int argc, char** argv) {
   };
   model->train();
   for (int i = 0; i < 2; ++i) train_step();  // warm-up: caches, allocator, page faults
-  const double train_rate = median_images_per_second(windows, steps, batch, train_step);
+  const double train_rate = median_images_per_second(device, windows, steps, batch, train_step);
   model->eval();
   eval_step();
-  const double eval_rate = median_images_per_second(windows, steps, batch, eval_step);
-  std::printf("model %s  batch %lld  threads %d  parameters %lld\n", model_name.c_str(), static_cast<long long>(batch),
-              threads, static_cast<long long>(model->parameter_arena().numel()));
+  const double eval_rate = median_images_per_second(device, windows, steps, batch, eval_step);
+  std::printf("model %s  batch %lld  device %s  threads %d  parameters %lld\n", model_name.c_str(),
+              static_cast<long long>(batch), device_name.c_str(), threads,
+              static_cast<long long>(model->parameter_arena().numel()));
   std::printf("  train step (fwd+bwd+sgd): %8.0f images/s\n", train_rate);
   std::printf("  eval forward            : %8.0f images/s\n", eval_rate);
   return 0;
