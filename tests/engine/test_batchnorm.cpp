@@ -281,3 +281,65 @@ TEST_CASE("batchnorm: argument errors") {
   // One value per channel is fine in evaluation.
   CHECK_NOTHROW(batch_norm(Tensor::ones({1, 2}), {}, {}, rm, rv, {}, eval));
 }
+
+TEST_CASE("batchnorm on the accelerator: large batches, a large mean, (N, C) input, the same bits twice") {
+  polyak::testing::for_each_accelerator([](Device device) {
+    Rng rng(22);
+    struct Case {
+      Shape shape;
+      float mean, stddev;
+    };
+    // 64x16x16x16: M = 16384 values per channel, summed in many segments on the GPU;
+    // mean 1000 with std 0.5: the variance must not cancel; (256, 24): HW = 1.
+    for (const Case& c : {Case{{64, 16, 16, 16}, 0.5f, 2.0f}, Case{{32, 8, 8, 8}, 1000.0f, 0.5f},
+                          Case{{256, 24}, -1.0f, 3.0f}}) {
+      CAPTURE(shape_str(c.shape));
+      const int64_t C = c.shape[1];
+      const Tensor x = Tensor::normal(c.shape, c.mean, c.stddev, rng);
+      const Tensor w = Tensor::normal({C}, 1.0f, 0.3f, rng), b = Tensor::normal({C}, 0.0f, 0.3f, rng);
+      const Tensor dy = Tensor::normal(c.shape, 0.0f, 1.0f, rng);
+      struct Result {
+        std::vector<float> y, dx, dw, db, rm, rv;
+      };
+      auto run = [&](Device dev) {
+        const Tensor xd = x.clone().to(dev).requires_grad_(), wd = w.clone().to(dev).requires_grad_(),
+                     bd = b.clone().to(dev).requires_grad_();
+        Tensor rm = Tensor::zeros({C}, DType::F32, dev), rv = Tensor::ones({C}, dev);
+        const Tensor y = batch_norm(xd, wd, bd, rm, rv, {}, {});
+        y.backward(dy.to(dev));
+        return Result{y.to_vector<float>(),      xd.grad().to_vector<float>(), wd.grad().to_vector<float>(),
+                      bd.grad().to_vector<float>(), rm.to_vector<float>(),       rv.to_vector<float>()};
+      };
+      const Result cpu = run(Device::CPU), gpu = run(device), again = run(device);
+      const auto close = [](const std::vector<float>& got, const std::vector<float>& want, double atol, double rtol) {
+        check_close(Tensor::from_vector(got, {static_cast<int64_t>(got.size())}), want, atol, rtol);
+      };
+      close(gpu.y, cpu.y, 1e-4, 1e-4);
+      close(gpu.dx, cpu.dx, 1e-4, 1e-4);
+      close(gpu.dw, cpu.dw, 1e-3, 1e-4);
+      close(gpu.db, cpu.db, 1e-3, 1e-4);
+      close(gpu.rm, cpu.rm, 1e-5, 1e-5);
+      close(gpu.rv, cpu.rv, 1e-5, 1e-4);
+      CHECK(gpu.y == again.y);
+      CHECK(gpu.dx == again.dx);
+      CHECK(gpu.dw == again.dw);
+      CHECK(gpu.rv == again.rv);
+    }
+  });
+}
+
+TEST_CASE("batchnorm gradcheck on the accelerator, training and evaluation") {
+  polyak::testing::for_each_accelerator([](Device device) {
+    Rng rng(23);
+    const Tensor x = Tensor::normal({3, 4, 2, 3}, 0.5f, 1.5f, rng).to(device).requires_grad_();
+    const Tensor w = Tensor::normal({4}, 1.0f, 0.2f, rng).to(device).requires_grad_();
+    const Tensor b = Tensor::normal({4}, 0.0f, 0.2f, rng).to(device).requires_grad_();
+    gradcheck([](const std::vector<Tensor>& in) { return batch_norm(in[0], in[1], in[2], {}, {}, {}, {}); }, {x, w, b});
+    const Tensor rm = Tensor::normal({4}, 0.0f, 0.3f, rng).to(device);
+    const Tensor rv = Tensor::uniform({4}, 0.5f, 2.0f, rng).to(device);
+    BatchNormOptions eval;
+    eval.training = false;
+    gradcheck([&](const std::vector<Tensor>& in) { return batch_norm(in[0], in[1], in[2], rm, rv, {}, eval); },
+              {x, w, b});
+  });
+}

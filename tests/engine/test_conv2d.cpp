@@ -11,6 +11,7 @@
 #include "engine/autograd.h"
 #include "engine/backend.h"
 #include "engine/cpu/cpu_backend.h"
+#include "engine/cuda/settings.h"
 #include "engine/ops.h"
 #include "engine/parallel.h"
 #include "engine/rng.h"
@@ -376,3 +377,88 @@ TEST_CASE("conv2d rejects bad shapes with clear messages") {
 }
 
 }  // TEST_SUITE
+
+namespace {
+
+// Sets a global CUDA switch for one scope.
+struct ScopedSwitch {
+  void (*set)(bool);
+  ScopedSwitch(void (*setter)(bool), bool on) : set(setter) { set(on); }
+  ~ScopedSwitch() { set(false); }
+};
+
+struct ConvResults {
+  std::vector<float> y, dx, dw, db;
+};
+
+ConvResults run_conv(const ConvCase& c, const ConvTensors& t, Device device) {
+  const Conv2dOptions options{.stride = c.stride, .padding = c.pad};
+  Tensor x = t.x.to(device), w = t.w.to(device), b = c.bias ? t.b.to(device) : Tensor();
+  x.requires_grad_();
+  w.requires_grad_();
+  if (c.bias) b.requires_grad_();
+  const Tensor y = conv2d(x, w, b, options);
+  y.backward(t.dy.to(device));
+  return {y.to_vector<float>(), x.grad().to_vector<float>(), w.grad().to_vector<float>(),
+          c.bias ? b.grad().to_vector<float>() : std::vector<float>{}};
+}
+
+}  // namespace
+
+TEST_CASE("conv2d on the accelerator: the im2col + cuBLAS fallback matches the CPU") {
+  testing::for_each_accelerator([](Device device) {
+    const ScopedSwitch fallback(set_cuda_conv_force_fallback, true);
+    Rng rng(78);
+    for (const ConvCase& c : kCases) {
+      INFO(describe(c));
+      const ConvTensors t = random_conv_tensors(c, rng);
+      const ConvResults cpu = run_conv(c, t, Device::CPU), gpu = run_conv(c, t, device);
+      check_close(Tensor::from_vector(gpu.y, {static_cast<int64_t>(gpu.y.size())}), cpu.y, 1e-4, 1e-4);
+      check_close(Tensor::from_vector(gpu.dx, {static_cast<int64_t>(gpu.dx.size())}), cpu.dx, 1e-4, 1e-4);
+      check_close(Tensor::from_vector(gpu.dw, {static_cast<int64_t>(gpu.dw.size())}), cpu.dw, 1e-4, 1e-4);
+      if (c.bias) check_close(Tensor::from_vector(gpu.db, {static_cast<int64_t>(gpu.db.size())}), cpu.db, 1e-4, 1e-4);
+    }
+  });
+}
+
+TEST_CASE("conv2d on the accelerator: deterministic mode repeats bit for bit, TF32 stays close") {
+  testing::for_each_accelerator([](Device device) {
+    Rng rng(79);
+    const ConvCase c{16, 32, 16, 16, 32, 3, 3, 1, 1, true};
+    const ConvTensors t = random_conv_tensors(c, rng);
+    {
+      const ScopedSwitch deterministic(set_cuda_deterministic, true);
+      const ConvResults first = run_conv(c, t, device), second = run_conv(c, t, device);
+      CHECK(first.y == second.y);
+      CHECK(first.dx == second.dx);
+      CHECK(first.dw == second.dw);
+      CHECK(first.db == second.db);
+    }
+    {
+      // TF32 rounds the inputs to 10 mantissa bits: close to FP32, not equal.
+      const ScopedSwitch tf32(set_cuda_tf32, true);
+      const ConvResults cpu = run_conv(c, t, Device::CPU), gpu = run_conv(c, t, device);
+      check_close(Tensor::from_vector(gpu.y, {static_cast<int64_t>(gpu.y.size())}), cpu.y, 5e-2, 1e-2);
+    }
+  });
+}
+
+TEST_CASE("conv2d gradients match finite differences on the accelerator") {
+  testing::for_each_accelerator([](Device device) {
+    Rng rng(80);
+    for (const ConvCase& c : {ConvCase{2, 3, 7, 5, 4, 3, 3, 1, 1, true}, ConvCase{3, 2, 9, 7, 5, 3, 3, 2, 1, false},
+                              ConvCase{2, 4, 7, 7, 6, 1, 1, 2, 0, true}}) {
+      INFO(describe(c));
+      const ConvTensors t = random_conv_tensors(c, rng);
+      Tensor x = t.x.to(device), w = t.w.to(device);
+      x.requires_grad_();
+      w.requires_grad_();
+      std::vector<Tensor> inputs{x, w};
+      if (c.bias) inputs.push_back(t.b.to(device).requires_grad_());
+      const Conv2dOptions options{.stride = c.stride, .padding = c.pad};
+      gradcheck([options](const std::vector<Tensor>& in) {
+        return conv2d(in[0], in[1], in.size() > 2 ? in[2] : Tensor(), options);
+      }, inputs);
+    }
+  });
+}

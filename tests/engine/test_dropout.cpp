@@ -154,3 +154,26 @@ TEST_CASE("dropout: p outside [0, 1) is rejected") {
   CHECK_THROWS_AS(dropout(x, std::numeric_limits<float>::quiet_NaN(), true, rng), std::invalid_argument);
   CHECK_THROWS_AS(dropout(x, 1.0f, false, rng), std::invalid_argument);
 }
+
+TEST_CASE("dropout on the accelerator: the CPU's mask for odd sizes and block offsets, and gradcheck") {
+  polyak::testing::for_each_accelerator([](Device device) {
+    Rng init(11);
+    for (const int64_t n : {int64_t{1}, int64_t{3}, int64_t{4}, int64_t{5}, int64_t{1001}, int64_t{1} << 18}) {
+      CAPTURE(n);
+      const Tensor x = Tensor::normal({n}, 0.0f, 1.0f, init);
+      Rng rc(5), rd(5);
+      for (int i = 0; i < 7; ++i) {  // start mid-block
+        rc.next_u32();
+        rd.next_u32();
+      }
+      const Tensor yc = dropout(x, 0.4f, true, rc), yd = dropout(x.to(device), 0.4f, true, rd);
+      CHECK(rc.state() == rd.state());
+      check_close(yd.to(Device::CPU), yc, 0, 0);
+    }
+    const Tensor x = Tensor::normal({6, 7}, 0.0f, 1.0f, init).to(device).requires_grad_();
+    gradcheck([](const std::vector<Tensor>& in) {
+      Rng rng(123);
+      return dropout(in[0], 0.3f, true, rng);
+    }, {x});
+  });
+}

@@ -91,3 +91,65 @@ TEST_CASE("elementwise: CPU vs accelerator parity") {
     check_close((2.0f / db - 1.0f).to(Device::CPU), 2.0f / b - 1.0f, 1e-6, 1e-5);
   });
 }
+
+TEST_CASE("elementwise: strided, broadcast, scalar and in-place ops on the accelerator match the CPU") {
+  for_each_accelerator([](Device device) {
+    Rng rng(14);
+    const Tensor x = Tensor::normal({2, 3, 4, 5}, 0, 1, rng), bias = Tensor::normal({1, 3, 1, 1}, 0, 1, rng);
+    const Tensor m = Tensor::normal({6, 7}, 0, 1, rng), row = Tensor::normal({7}, 0, 1, rng);
+    const Tensor col = Tensor::normal({6, 1}, 0, 1, rng), pos = Tensor::uniform({6, 7}, 0.5f, 2.0f, rng);
+    const Tensor dx = x.to(device), dbias = bias.to(device), dm = m.to(device), drow = row.to(device),
+                 dcol = col.to(device), dpos = pos.to(device);
+    // Broadcast patterns of a per-channel bias, a row vector, a column and an outer product.
+    check_close((dx + dbias).to(Device::CPU), x + bias, 0, 0);
+    check_close((dx * dbias).to(Device::CPU), x * bias, 0, 0);
+    check_close((dm - drow).to(Device::CPU), m - row, 0, 0);
+    check_close((dcol / dpos).to(Device::CPU), col / pos, 0, 0);
+    check_close((dcol * drow).to(Device::CPU), col * row, 0, 0);
+    // Non-contiguous operands and a strided copy (transpose, permute, step slices).
+    check_close((dm.transpose(0, 1) + dpos.transpose(0, 1)).to(Device::CPU), m.transpose(0, 1) + pos.transpose(0, 1), 0,
+                0);
+    check_close(dx.permute({3, 1, 0, 2}).contiguous().to(Device::CPU), x.permute({3, 1, 0, 2}).contiguous(), 0, 0);
+    check_close(dx.slice(3, 1, 5, 2).contiguous().to(Device::CPU), x.slice(3, 1, 5, 2).contiguous(), 0, 0);
+    // Scalar and unary maps.
+    check_close((dm + 0.5f).to(Device::CPU), m + 0.5f, 0, 0);
+    check_close((dm * -3.0f).to(Device::CPU), m * -3.0f, 0, 0);
+    check_close((1.5f - dm).to(Device::CPU), 1.5f - m, 0, 0);
+    check_close((-dm).to(Device::CPU), -m, 0, 0);
+    check_close(pow_scalar(dpos, -0.5f).to(Device::CPU), pow_scalar(pos, -0.5f), 1e-6, 1e-5);
+    // In place: fill_, zero_, add_ (axpy), mul_, copy_ between layouts.
+    Tensor a = m.clone(), da = dm.clone();
+    a.add_(pos, -0.25f);
+    da.add_(dpos, -0.25f);
+    check_close(da.to(Device::CPU), a, 1e-7, 1e-6);
+    a.mul_(2.0f);
+    da.mul_(2.0f);
+    check_close(da.to(Device::CPU), a, 1e-7, 1e-6);
+    Tensor t = Tensor::zeros({7, 6}, DType::F32, device);
+    t.copy_(dm.transpose(0, 1));
+    check_close(t.to(Device::CPU), m.transpose(0, 1).contiguous(), 0, 0);
+    t.fill_(2.5f);
+    check_close(t.to(Device::CPU), std::vector<float>(42, 2.5f), 0, 0);
+    t.zero_();
+    check_close(t.to(Device::CPU), std::vector<float>(42, 0.0f), 0, 0);
+  });
+}
+
+TEST_CASE("elementwise: gradient checks on the accelerator") {
+  for_each_accelerator([](Device device) {
+    Rng rng(15);
+    auto a = Tensor::normal({2, 3, 4}, 0, 1, rng).to(device).requires_grad_();
+    auto b = Tensor::normal({3, 1}, 0, 1, rng).to(device).requires_grad_();
+    auto pos = Tensor::uniform({3, 1}, 0.5f, 2.0f, rng).to(device).requires_grad_();
+    auto x = Tensor::uniform({3, 4}, 0.5f, 2.0f, rng).to(device).requires_grad_();
+    gradcheck([](const std::vector<Tensor>& t) { return t[0] + t[1]; }, {a, b});
+    gradcheck([](const std::vector<Tensor>& t) { return t[0] - t[1]; }, {a, b});
+    gradcheck([](const std::vector<Tensor>& t) { return t[0] * t[1]; }, {a, b});
+    gradcheck([](const std::vector<Tensor>& t) { return t[0] / t[1]; }, {a, pos});
+    gradcheck([](const std::vector<Tensor>& t) { return 2.0f / t[0] - 1.0f; }, {x});
+    gradcheck([](const std::vector<Tensor>& t) { return pow_scalar(t[0], 2.5f); }, {x});
+    gradcheck([](const std::vector<Tensor>& t) { return exp(t[0]); }, {x});
+    gradcheck([](const std::vector<Tensor>& t) { return log(t[0]); }, {x});
+    gradcheck([](const std::vector<Tensor>& t) { return sqrt(t[0]); }, {x});
+  });
+}

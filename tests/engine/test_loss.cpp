@@ -6,6 +6,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine/autograd.h"
@@ -179,4 +180,43 @@ TEST_CASE("cross_entropy: label and shape errors") {
   CHECK_THROWS_AS(cross_entropy(logits, labels_of({0, 1}), -0.1f), std::invalid_argument);
   CHECK_THROWS_AS(log_softmax(Tensor::zeros({2, 3, 4})), std::invalid_argument);
   CHECK_THROWS_AS(log_softmax(Tensor::zeros({3})), std::invalid_argument);
+}
+
+TEST_CASE("cross_entropy on the accelerator: bad labels throw the CPU's message, many classes, gradcheck") {
+  polyak::testing::for_each_accelerator([](Device device) {
+    const Tensor logits = known_logits().to(device);
+    auto message_of = [](auto&& call) -> std::string {
+      try {
+        call();
+      } catch (const std::out_of_range& e) {
+        return e.what();
+      }
+      return "";
+    };
+    for (const auto& [labels, row, value] : {std::tuple{std::vector<int64_t>{0, 3}, "row 1", "label 3"},
+                                             std::tuple{std::vector<int64_t>{-1, 7}, "row 0", "label -1"}}) {
+      const std::string cpu = message_of([&] { cross_entropy(known_logits(), labels_of(labels)); });
+      const std::string gpu = message_of([&] { cross_entropy(logits, labels_of(labels, device)); });
+      CHECK(gpu == cpu);
+      CHECK(gpu.find(row) != std::string::npos);
+      CHECK(gpu.find(value) != std::string::npos);
+    }
+    // After an error the next call is clean.
+    CHECK(cross_entropy(logits, labels_of({2, 0}, device)).item() ==
+          doctest::Approx(cross_entropy(known_logits(), labels_of({2, 0})).item()).epsilon(1e-6));
+
+    // 1000 classes: a warp strides over many columns; large logits stay finite.
+    Rng rng(24);
+    const Tensor big = Tensor::normal({33, 1000}, 0.0f, 30.0f, rng);
+    std::vector<int64_t> labels(33);
+    for (auto& l : labels) l = static_cast<int64_t>(rng.below(1000));
+    check_close(log_softmax(big.to(device)).to(Device::CPU), log_softmax(big), 1e-4, 1e-5);
+    CHECK(cross_entropy(big.to(device), labels_of(labels, device), 0.2f).item() ==
+          doctest::Approx(cross_entropy(big, labels_of(labels), 0.2f).item()).epsilon(1e-5));
+
+    const Tensor x = Tensor::normal({5, 4}, 0.0f, 2.0f, rng).to(device).requires_grad_();
+    const Tensor l = labels_of({2, 0, 3, 3, 1}, device);
+    gradcheck([&](const std::vector<Tensor>& in) { return cross_entropy(in[0], l, 0.1f); }, {x});
+    gradcheck([](const std::vector<Tensor>& in) { return log_softmax(in[0]); }, {x});
+  });
 }

@@ -71,3 +71,28 @@ TEST_CASE("matmul and linear: CPU vs accelerator parity") {
     check_close(matmul(m.to(device), n.to(device)).to(Device::CPU), matmul(m, n), 1e-4, 1e-4);
   });
 }
+
+TEST_CASE("matmul: transposed operands and odd sizes on the accelerator") {
+  for_each_accelerator([](Device device) {
+    Rng rng(18);
+    const Tensor a = Tensor::normal({37, 19}, 0, 1, rng), b = Tensor::normal({23, 37}, 0, 1, rng);
+    // a^T b^T: both operands are transposed views (gemm's trans flags).
+    check_close(matmul(a.to(device).transpose(0, 1), b.to(device).transpose(0, 1)).to(Device::CPU),
+                matmul(a.transpose(0, 1), b.transpose(0, 1)), 1e-4, 1e-4);
+    const Tensor v = Tensor::normal({1, 37}, 0, 1, rng);
+    check_close(matmul(v.to(device), a.to(device)).to(Device::CPU), matmul(v, a), 1e-4, 1e-4);
+  });
+}
+
+TEST_CASE("matmul and linear: gradient checks on the accelerator") {
+  for_each_accelerator([](Device device) {
+    Rng rng(19);
+    auto a = Tensor::normal({4, 5}, 0, 1, rng).to(device).requires_grad_();
+    auto b = Tensor::normal({5, 3}, 0, 1, rng).to(device).requires_grad_();
+    gradcheck([](const std::vector<Tensor>& t) { return matmul(t[0], t[1]); }, {a, b});
+    auto x = Tensor::normal({6, 5}, 0, 1, rng).to(device).requires_grad_();
+    auto w = Tensor::normal({3, 5}, 0, 1, rng).to(device).requires_grad_();
+    auto bias = Tensor::normal({3}, 0, 1, rng).to(device).requires_grad_();
+    gradcheck([](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2]); }, {x, w, bias});
+  });
+}

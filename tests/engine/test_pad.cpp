@@ -47,3 +47,12 @@ TEST_CASE("pad and strided slice: CPU vs accelerator parity") {
     check_close(f(x.to(device)).to(Device::CPU), f(x), 0, 0);
   });
 }
+
+TEST_CASE("pad and strided slice: gradient checks on the accelerator") {
+  for_each_accelerator([](Device device) {
+    Rng rng(14);
+    auto x = Tensor::normal({2, 4, 6, 6}, 0, 1, rng).to(device).requires_grad_();
+    gradcheck([](const std::vector<Tensor>& t) { return pad(t[0].slice(2, 0, 6, 2).slice(3, 0, 6, 2), {{0, 0}, {2, 2}}); },
+              {x});
+  });
+}

@@ -289,3 +289,16 @@ TEST_CASE("pool rejects bad shapes with clear messages") {
 }
 
 }  // TEST_SUITE
+
+TEST_CASE("pool gradients match finite differences on the accelerator") {
+  testing::for_each_accelerator([](Device device) {
+    Rng rng(12);
+    Tensor x = permuted_values({2, 3, 5, 5}, 0.1f, rng).to(device);
+    x.requires_grad_();
+    gradcheck([](const std::vector<Tensor>& in) { return max_pool2d(in[0], {.kernel = 3, .stride = 2, .padding = 1}); },
+              {x});
+    gradcheck([](const std::vector<Tensor>& in) { return avg_pool2d(in[0], {.kernel = 3, .stride = 2, .padding = 1}); },
+              {x});
+    gradcheck([](const std::vector<Tensor>& in) { return global_avg_pool2d(in[0]); }, {x});
+  });
+}

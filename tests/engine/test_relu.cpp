@@ -38,3 +38,13 @@ TEST_CASE("relu: CPU vs accelerator parity") {
     check_close(dx.grad().to(Device::CPU), x.grad(), 1e-6, 1e-6);
   });
 }
+
+TEST_CASE("relu: gradient check on the accelerator") {
+  for_each_accelerator([](Device device) {
+    Rng rng(11);
+    std::vector<float> values(60);
+    for (float& v : values) v = (rng.uniform() < 0.5f ? -1.0f : 1.0f) * rng.uniform(0.1f, 2.0f);
+    auto x = Tensor::from_vector(values, {3, 4, 5}, device).requires_grad_();
+    gradcheck([](const std::vector<Tensor>& t) { return relu(t[0]); }, {x});
+  });
+}

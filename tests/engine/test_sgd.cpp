@@ -1,7 +1,9 @@
 // SGD against hand computation of torch.optim.SGD's update rule.
 #include <doctest/doctest.h>
 
+#include "engine/backend.h"
 #include "engine/optim/sgd.h"
+#include "engine/rng.h"
 #include "support/gradcheck.h"
 
 using namespace polyak;
@@ -55,4 +57,48 @@ TEST_CASE("sgd: state restores exactly, bad options are refused") {
   CHECK_THROWS_AS(Sgd(p, g, {.momentum = 0.0f, .nesterov = true}), std::invalid_argument);
   CHECK_THROWS_AS(Sgd(p, Tensor::zeros({3}), {}), std::invalid_argument);
   CHECK_THROWS_AS(b.load_state(Tensor::zeros({5}), 1), std::invalid_argument);
+}
+
+TEST_CASE("sgd and ema_update on the accelerator match the CPU over several steps") {
+  polyak::testing::for_each_accelerator([](Device device) {
+    Rng rng(25);
+    const int64_t n = 100003;  // not a multiple of any block size
+    const Tensor p0 = Tensor::normal({n}, 0.0f, 1.0f, rng);
+    for (const SgdOptions& options :
+         {SgdOptions{.lr = 0.1f, .momentum = 0.9f, .weight_decay = 5e-4f, .nesterov = true},
+          SgdOptions{.lr = 0.05f, .momentum = 0.5f, .dampening = 0.3f, .weight_decay = 1e-4f},
+          SgdOptions{.lr = 0.2f}}) {
+      Tensor pc = p0.clone(), gc = Tensor::zeros({n});
+      Tensor pd = p0.to(device), gd = Tensor::zeros({n}, DType::F32, device);
+      Sgd cpu(pc, gc, options), gpu(pd, gd, options);
+      for (int step = 0; step < 3; ++step) {
+        const Tensor g = Tensor::normal({n}, 0.0f, 1.0f, rng);
+        gc.copy_(g);
+        gd.copy_(g);
+        cpu.step();
+        gpu.step();
+      }
+      check_close(pd.to(Device::CPU), pc, 1e-6, 1e-5);
+      check_close(gpu.momentum_buffer().to(Device::CPU), cpu.momentum_buffer(), 1e-6, 1e-5);
+    }
+
+    // K averages in one pass: e_k = a_k e_k + (1 - a_k) w.
+    const std::vector<float> decays = {0.968f, 0.984f, 0.992f, 0.996f, 0.998f};
+    std::vector<Tensor> cpu_avg, gpu_avg;
+    EmaUpdate uc, ud;
+    uc.count = ud.count = static_cast<int>(decays.size());
+    for (size_t k = 0; k < decays.size(); ++k) {
+      cpu_avg.push_back(Tensor::normal({n}, 0.0f, 1.0f, rng));
+      gpu_avg.push_back(cpu_avg.back().to(device));
+      uc.decay[k] = ud.decay[k] = decays[k];
+      uc.average[k] = cpu_avg[k].data<float>();
+      ud.average[k] = gpu_avg[k].data<float>();
+    }
+    for (int step = 0; step < 3; ++step) {
+      const Tensor w = Tensor::normal({n}, 0.0f, 1.0f, rng), wd = w.to(device);
+      backend(Device::CPU).ema_update(uc, n, w.data<float>());
+      backend(device).ema_update(ud, n, wd.data<float>());
+    }
+    for (size_t k = 0; k < decays.size(); ++k) check_close(gpu_avg[k].to(Device::CPU), cpu_avg[k], 1e-6, 1e-5);
+  });
 }

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "engine/backend.h"
+#include "engine/cuda/settings.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
 #include "support/gradcheck.h"
@@ -152,4 +153,50 @@ TEST_CASE("tensor: uniform and normal creation are deterministic for a seed") {
   CHECK(Tensor::normal({100}, 1.0f, 2.0f, a).to_vector<float>() == Tensor::normal({100}, 1.0f, 2.0f, b).to_vector<float>());
   const std::vector<float> u = Tensor::uniform({1000}, -2.0f, 3.0f, a).to_vector<float>();
   CHECK(std::all_of(u.begin(), u.end(), [](float v) { return v >= -2.0f && v < 3.0f; }));
+}
+
+TEST_CASE("tensor on the accelerator: copies of every dtype, views, large transfers, memory reuse") {
+  polyak::testing::for_each_accelerator([](Device device) {
+    // Round trips of every dtype, and strided copies of 1-, 4- and 8-byte elements.
+    const std::vector<uint8_t> bytes = {1, 2, 3, 4, 5, 6};
+    const std::vector<int32_t> ints = {-1, 2, -3, 4, -5, 6};
+    const std::vector<int64_t> longs = {int64_t{1} << 40, -2, 3, -4, 5, int64_t{-1} << 50};
+    const Tensor b = Tensor::from_data(bytes.data(), {2, 3}, device);
+    const Tensor i = Tensor::from_data(ints.data(), {2, 3}, device);
+    const Tensor l = Tensor::from_data(longs.data(), {2, 3}, device);
+    CHECK(b.device() == device);
+    CHECK(b.to_vector<uint8_t>() == bytes);
+    CHECK(i.to_vector<int32_t>() == ints);
+    CHECK(l.to_vector<int64_t>() == longs);
+    CHECK(b.transpose(0, 1).contiguous().to_vector<uint8_t>() == std::vector<uint8_t>{1, 4, 2, 5, 3, 6});
+    CHECK(i.transpose(0, 1).contiguous().to_vector<int32_t>() == std::vector<int32_t>{-1, 4, 2, -5, -3, 6});
+    CHECK(l.transpose(0, 1).contiguous().to_vector<int64_t>() ==
+          std::vector<int64_t>{longs[0], longs[3], longs[1], longs[4], longs[2], longs[5]});
+    CHECK(Tensor::zeros({5}, DType::I64, device).to_vector<int64_t>() == std::vector<int64_t>(5, 0));
+
+    // Views, slices of dim 0 and a copy back from a strided device view.
+    const Tensor x = Tensor::from_vector({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {3, 4});
+    const Tensor dx = x.to(device);
+    check_close(dx.slice(1, 3).to(Device::CPU), x.slice(1, 3).contiguous(), 0, 0);
+    check_close(dx.permute({1, 0}).to(Device::CPU), x.permute({1, 0}).contiguous(), 0, 0);
+    check_close(dx.reshape({2, 6}).to(Device::CPU), x.reshape({2, 6}), 0, 0);
+    Tensor host = Tensor::zeros({4, 3});
+    host.copy_(dx.transpose(0, 1));
+    check_close(host, x.transpose(0, 1).contiguous(), 0, 0);
+    CHECK(dx.to(device).storage() == dx.storage());
+
+    // More than the pinned staging ring holds at once, in both directions.
+    Rng rng(3);
+    const Tensor big = Tensor::uniform({9 << 20}, -1.0f, 1.0f, rng);  // 36 MiB
+    const Tensor dbig = big.to(device);
+    CHECK(dbig.to_vector<float>() == big.to_vector<float>());
+    CHECK(dbig.clone().to_vector<float>() == big.to_vector<float>());
+
+    // A freed block is reused for the next tensor of its size: no new device allocation.
+    (void)Tensor::empty({1000, 1000}, DType::F32, device);
+    const size_t mallocs = cuda_memory_stats().device_mallocs;
+    for (int k = 0; k < 10; ++k) (void)Tensor::empty({1000, 1000}, DType::F32, device);
+    CHECK(cuda_memory_stats().device_mallocs == mallocs);
+    CHECK(cuda_memory_stats().peak_in_use >= cuda_memory_stats().in_use);
+  });
 }

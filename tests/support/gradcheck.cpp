@@ -10,6 +10,7 @@
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
+#include "engine/cuda/settings.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
 
@@ -110,7 +111,13 @@ void check_close(const Tensor& actual, const Tensor& expected, double atol, doub
 
 void for_each_accelerator(const std::function<void(Device)>& body) {
   if (!device_available(Device::CUDA)) {
-    MESSAGE("no GPU in this build or machine: CPU-vs-GPU parity skipped");
+    // On a GPU machine (tests/gpu/run.sh sets POLYAK_REQUIRE_GPU=1) a skip would hide a
+    // broken driver or runtime behind a passing suite: fail instead.
+    const char* require = std::getenv("POLYAK_REQUIRE_GPU");
+    if (require && std::string(require) == "1") {
+      FAIL("POLYAK_REQUIRE_GPU=1 but the GPU is not available: " << cuda_unavailable_reason());
+    }
+    MESSAGE("no GPU in this build or machine: CPU-vs-GPU parity skipped (" << cuda_unavailable_reason() << ")");
     return;
   }
   body(Device::CUDA);
