@@ -1,4 +1,4 @@
-// 2-D convolution on the CPU: im2col + OpenBLAS sgemm, one image per task.
+// 2-D convolution on the CPU: im2col + sgemm (engine/cpu/sgemm.h), one image per task.
 //
 // Shapes (NCHW, groups = 1, dilation = 1): input x (N,C,H,W), weight w (K,C,R,S),
 // output y (N,K,P,Q) with P = (H + 2*pad_h - R) / stride_h + 1 (Q likewise), and
@@ -31,13 +31,12 @@
 // Scratch buffers (the column matrices, the partials) are thread_local vectors that
 // grow to the largest layer and stay: a training step reuses the same pages instead
 // of faulting in fresh memory every call.
-#include <cblas.h>
-
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "engine/cpu/cpu_backend.h"
+#include "engine/cpu/sgemm.h"
 #include "engine/parallel.h"
 
 namespace polyak {
@@ -143,7 +142,7 @@ void CpuBackend::conv2d_forward(const Conv2dGeom& g, const float* x, const float
         for (int64_t k = 0; k < g.K; ++k) std::fill(yn + k * PQ, yn + (k + 1) * PQ, bias[k]);
         beta = 1.0f;
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g.K, PQ, CRS, 1.0f, w, CRS, cols, PQ, beta, yn, PQ);
+      cpu::sgemm(false, false, g.K, PQ, CRS, 1.0f, w, CRS, cols, PQ, beta, yn, PQ);
     }
   });
 }
@@ -159,7 +158,7 @@ void CpuBackend::conv2d_backward_data(const Conv2dGeom& g, const float* dy, cons
       float* dxn = dx + n * g.C * HW;
       // dcol = W^T * dy[n]; for a pointwise conv dcol is dx[n] itself.
       float* target = pointwise ? dxn : dcol;
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CRS, PQ, g.K, 1.0f, w, CRS, dyn, PQ, 0.0f, target, PQ);
+      cpu::sgemm(true, false, CRS, PQ, g.K, 1.0f, w, CRS, dyn, PQ, 0.0f, target, PQ);
       if (!pointwise) col2im(g, dcol, dxn);
     }
   });
@@ -196,8 +195,8 @@ void CpuBackend::conv2d_backward_filter(const Conv2dGeom& g, const float* x, con
           cols = col;
         }
         // acc (K x CRS) (+)= dy[n] (K x PQ) * col^T (PQ x CRS)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g.K, CRS, PQ, 1.0f, dy + n * g.K * PQ, PQ, cols, PQ,
-                    n == n_begin ? 0.0f : 1.0f, acc, CRS);
+        cpu::sgemm(false, true, g.K, CRS, PQ, 1.0f, dy + n * g.K * PQ, PQ, cols, PQ, n == n_begin ? 0.0f : 1.0f, acc,
+                   CRS);
       }
       used[slot_begin] = n_end > n_begin;
     });

@@ -1,9 +1,9 @@
-// Matrix products through OpenBLAS. OpenBLAS itself runs on one thread; a product
-// called from outside our parallel regions is split by rows of C across the team.
-#include <cblas.h>
+// Matrix products through our sgemm (engine/cpu/sgemm.h), which runs on one thread; a
+// product called from outside our parallel regions is split by rows of C across the team.
 #include <omp.h>
 
 #include "engine/cpu/cpu_backend.h"
+#include "engine/cpu/sgemm.h"
 #include "engine/parallel.h"
 
 namespace polyak {
@@ -14,9 +14,7 @@ void CpuBackend::gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t 
     // Rows [row_begin, row_end) of op(A) start at row_begin (no transpose) or at
     // column row_begin (transpose) of A.
     const float* a = trans_a ? A + row_begin : A + row_begin * lda;
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-                static_cast<int>(row_end - row_begin), static_cast<int>(N), static_cast<int>(K), alpha, a,
-                static_cast<int>(lda), B, static_cast<int>(ldb), beta, C + row_begin * ldc, static_cast<int>(ldc));
+    cpu::sgemm(trans_a, trans_b, row_end - row_begin, N, K, alpha, a, lda, B, ldb, beta, C + row_begin * ldc, ldc);
   };
   if (M == 0 || N == 0) return;
   if (omp_in_parallel()) {

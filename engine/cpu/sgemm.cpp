@@ -1,0 +1,186 @@
+// sgemm's dispatcher, the portable scalar path, the reference loop and the per-thread
+// packing buffers. The vector paths are in sgemm_avx512.cpp and sgemm_avx2.cpp.
+#include "engine/cpu/sgemm.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include <sys/mman.h>
+
+#include "engine/cpu/sgemm_blocked.h"
+
+namespace polyak::cpu {
+
+namespace {
+
+SgemmIsa detect_isa() {
+  __builtin_cpu_init();
+  SgemmIsa best = SgemmIsa::Scalar;
+  if (sgemm_isa_available(SgemmIsa::Avx512)) {
+    best = SgemmIsa::Avx512;
+  } else if (sgemm_isa_available(SgemmIsa::Avx2)) {
+    best = SgemmIsa::Avx2;
+  }
+  const char* forced = std::getenv("POLYAK_SGEMM");
+  if (forced == nullptr || *forced == '\0') return best;
+  for (SgemmIsa isa : {SgemmIsa::Scalar, SgemmIsa::Avx2, SgemmIsa::Avx512}) {
+    if (std::strcmp(forced, sgemm_isa_name(isa)) != 0) continue;
+    if (sgemm_isa_available(isa)) return isa;
+    std::fprintf(stderr, "polyak: POLYAK_SGEMM=%s is not supported by this CPU; using %s\n", forced,
+                 sgemm_isa_name(best));
+    return best;
+  }
+  std::fprintf(stderr, "polyak: POLYAK_SGEMM=%s is not one of scalar, avx2, avx512; using %s\n", forced,
+               sgemm_isa_name(best));
+  return best;
+}
+
+SgemmIsa active_isa() {
+  static const SgemmIsa isa = detect_isa();
+  return isa;
+}
+
+// C = beta * C over an M x N block (beta == 0 writes zeros, whatever C held).
+void scale(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
+  if (beta == 1.0f) return;
+  for (int64_t i = 0; i < M; ++i) {
+    float* c = C + i * ldc;
+    if (beta == 0.0f) {
+      for (int64_t j = 0; j < N; ++j) c[j] = 0.0f;
+    } else {
+      for (int64_t j = 0; j < N; ++j) c[j] *= beta;
+    }
+  }
+}
+
+// Portable loops, for CPUs without AVX2 (C already scaled by beta): rows of C updated
+// by rows of op(B), which the compiler vectorises, or dot products when op(B) = B^T has
+// its columns along k.
+void sgemm_scalar(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                  int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; ++i) {
+    float* c = C + i * ldc;
+    if (!trans_b) {
+      for (int64_t k = 0; k < K; ++k) {
+        const float a = alpha * (trans_a ? A[k * lda + i] : A[i * lda + k]);
+        const float* b = B + k * ldb;
+        for (int64_t j = 0; j < N; ++j) c[j] += a * b[j];
+      }
+    } else {
+      for (int64_t j = 0; j < N; ++j) {
+        const float* b = B + j * ldb;
+        float sum = 0.0f;
+        for (int64_t k = 0; k < K; ++k) sum += (trans_a ? A[k * lda + i] : A[i * lda + k]) * b[k];
+        c[j] += alpha * sum;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool sgemm_isa_available(SgemmIsa isa) {
+  switch (isa) {
+    case SgemmIsa::Scalar:
+      return true;
+    case SgemmIsa::Avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case SgemmIsa::Avx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }
+  return false;
+}
+
+const char* sgemm_isa_name(SgemmIsa isa) {
+  switch (isa) {
+    case SgemmIsa::Scalar:
+      return "scalar";
+    case SgemmIsa::Avx2:
+      return "avx2";
+    case SgemmIsa::Avx512:
+      return "avx512";
+  }
+  return "?";
+}
+
+const char* sgemm_isa() { return sgemm_isa_name(active_isa()); }
+
+void sgemm(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.0f) {
+    scale(M, N, beta, C, ldc);
+    return;
+  }
+  switch (isa) {
+    case SgemmIsa::Avx512:
+      detail::sgemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+      return;
+    case SgemmIsa::Avx2:
+      detail::sgemm_avx2(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+      return;
+    case SgemmIsa::Scalar:
+      scale(M, N, beta, C, ldc);
+      sgemm_scalar(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, C, ldc);
+      return;
+  }
+}
+
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  sgemm(active_isa(), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void sgemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                     int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < N; ++j) {
+      double sum = 0.0;
+      for (int64_t k = 0; k < K; ++k) {
+        const float a = trans_a ? A[k * lda + i] : A[i * lda + k];
+        const float b = trans_b ? B[j * ldb + k] : B[k * ldb + j];
+        sum += static_cast<double>(a) * b;
+      }
+      float& c = C[i * ldc + j];
+      c = static_cast<float>(alpha * sum + (beta == 0.0f ? 0.0 : static_cast<double>(beta) * c));
+    }
+  }
+}
+
+namespace detail {
+
+float* sgemm_pack_buffer(int slot, int64_t floats) {
+  struct Buffer {
+    float* data = nullptr;
+    int64_t size = 0;
+    ~Buffer() { std::free(data); }
+  };
+  thread_local Buffer buffers[2];
+  Buffer& buffer = buffers[slot];
+  floats = std::max<int64_t>(floats, 16);  // never null
+  if (buffer.size < floats) {
+    std::free(buffer.data);
+    buffer.data = nullptr;
+    buffer.size = 0;
+    // Large buffers on 2 MB boundaries and, where the kernel allows it, in huge pages:
+    // a packed panel is read at a stride of a few KB, one TLB entry per page otherwise.
+    constexpr size_t huge = size_t{2} << 20;
+    size_t bytes = static_cast<size_t>(floats) * sizeof(float);
+    const size_t alignment = bytes >= huge ? huge : 64;
+    bytes = (bytes + alignment - 1) / alignment * alignment;
+    buffer.data = static_cast<float*>(std::aligned_alloc(alignment, bytes));
+    if (buffer.data == nullptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    if (alignment == huge) madvise(buffer.data, bytes, MADV_HUGEPAGE);
+#endif
+    buffer.size = floats;
+  }
+  return buffer.data;
+}
+
+}  // namespace detail
+
+}  // namespace polyak::cpu

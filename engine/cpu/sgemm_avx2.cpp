@@ -1,0 +1,34 @@
+// sgemm for CPUs with AVX2 and FMA (engine/cpu/sgemm_blocked.h has the method).
+// Micro-kernel 6 x 16: 12 ymm accumulators, 2 vector loads of B and 6 broadcasts of A
+// per step of k, the classic shape for 16 vector registers.
+#define POLYAK_SGEMM_TARGET __attribute__((target("avx2,fma")))
+#include "engine/cpu/sgemm_blocked.h"
+
+namespace polyak::cpu::detail {
+namespace {
+
+struct Avx2 {
+  using V = __m256;
+  static constexpr int L = 8;
+  POLYAK_SGEMM_TARGET static __m256i first(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  POLYAK_SGEMM_TARGET static V zero() { return _mm256_setzero_ps(); }
+  POLYAK_SGEMM_TARGET static V set1(float x) { return _mm256_set1_ps(x); }
+  POLYAK_SGEMM_TARGET static V load(const float* p) { return _mm256_loadu_ps(p); }
+  POLYAK_SGEMM_TARGET static V load_first(const float* p, int n) { return _mm256_maskload_ps(p, first(n)); }
+  POLYAK_SGEMM_TARGET static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  POLYAK_SGEMM_TARGET static void store_first(float* p, V v, int n) { _mm256_maskstore_ps(p, first(n), v); }
+  POLYAK_SGEMM_TARGET static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  POLYAK_SGEMM_TARGET static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+};
+
+}  // namespace
+
+POLYAK_SGEMM_TARGET void sgemm_avx2(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                                    const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                                    int64_t ldc) {
+  sgemm_blocked<Avx2, 6, 2>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+}  // namespace polyak::cpu::detail

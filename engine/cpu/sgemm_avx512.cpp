@@ -1,0 +1,33 @@
+// sgemm for CPUs with AVX-512 (engine/cpu/sgemm_blocked.h has the method). Micro-kernel
+// 8 x 48: 24 zmm accumulators, 3 vector loads of B and 8 broadcasts of A per step of k.
+// Eight rows divide the output channels of every convolution (16..512), and 48 columns
+// divide most of the filter-gradient widths C*R*S (144, 288, 576, ...).
+#define POLYAK_SGEMM_TARGET __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bw,avx512dq")))
+#include "engine/cpu/sgemm_blocked.h"
+
+namespace polyak::cpu::detail {
+namespace {
+
+struct Avx512 {
+  using V = __m512;
+  static constexpr int L = 16;
+  POLYAK_SGEMM_TARGET static __mmask16 first(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
+  POLYAK_SGEMM_TARGET static V zero() { return _mm512_setzero_ps(); }
+  POLYAK_SGEMM_TARGET static V set1(float x) { return _mm512_set1_ps(x); }
+  POLYAK_SGEMM_TARGET static V load(const float* p) { return _mm512_loadu_ps(p); }
+  POLYAK_SGEMM_TARGET static V load_first(const float* p, int n) { return _mm512_maskz_loadu_ps(first(n), p); }
+  POLYAK_SGEMM_TARGET static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  POLYAK_SGEMM_TARGET static void store_first(float* p, V v, int n) { _mm512_mask_storeu_ps(p, first(n), v); }
+  POLYAK_SGEMM_TARGET static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  POLYAK_SGEMM_TARGET static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+};
+
+}  // namespace
+
+POLYAK_SGEMM_TARGET void sgemm_avx512(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                                      const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                                      int64_t ldc) {
+  sgemm_blocked<Avx512, 8, 3>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+}  // namespace polyak::cpu::detail

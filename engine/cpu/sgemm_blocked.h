@@ -1,0 +1,318 @@
+// The blocked matrix product behind polyak::cpu::sgemm (engine/cpu/sgemm.h), shared by
+// the vector instruction sets. Each of sgemm_avx512.cpp and sgemm_avx2.cpp defines
+// POLYAK_SGEMM_TARGET (a target attribute) and a vector traits struct, then includes
+// this file: every function here carries that attribute, so those files build even
+// when the compiler's default target lacks the instructions, and the dispatcher in
+// sgemm.cpp only calls them on a CPU that has them. Everything is in an anonymous
+// namespace: the two instruction sets never share a compiled function.
+//
+// The method is Goto's (as in GotoBLAS and BLIS), with row-major roles:
+//
+//   for each slice of K of depth kc (<= KC_MAX):        beta applies in the first slice
+//     pack op(A)[:, slice] into row panels of MR rows, each stored k-major: a[k*MR + r]
+//     for each block of N of width nc (kc x nc of B about 1 MB, for the 2 MB L2):
+//       pack op(B)[slice, block] into column panels of NR columns, stored b[k*NR + j]
+//       for each row panel of A (kc x MR: stays in L1 across the loop below)
+//         for each column panel of B (streams from L2)
+//           micro-kernel: the MR x NR tile of C in registers, for k < kc
+//             acc[r][v] += broadcast(a[k*MR + r]) * b[k*NR + v*L .. + L)
+//
+// The micro-kernel holds MR x (NR / L) vector accumulators (L floats per vector) and
+// loads NR / L vectors of B plus MR broadcasts of A per step of k. The transposes are
+// done by the packing (8 x 8 blocks in AVX registers): op(A) = A needs one (its rows
+// are contiguous along k), op(B) = B^T too; the other two cases copy rows. Edges: the
+// kernel is instantiated for every smaller tile (ROWS < MR, fewer vectors), the last
+// partial vector of B is padded with zeros (lanes are independent: they only keep
+// stray values out of the arithmetic) and C is loaded and stored there under a mask.
+// A tile one vector wide takes two row panels at once, for enough accumulators.
+//
+// Packing costs a pass over the operand and pays for itself by reuse, which the small
+// products of a convolution (one image at a time) often lack. So:
+//   - with at most 4 row panels (M <= 4 * MR), full panels of op(B) = B are read in
+//     place, ldb floats apart, and only the last partial panel is packed;
+//   - when N fits in one panel (N <= NR), op(A) = A^T is read in place (its MR rows
+//     side by side along k, lda apart), and when N fits in one vector op(A) = A is
+//     too (one row of A per row of the tile).
+#pragma once
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <utility>
+
+#include "engine/cpu/sgemm.h"
+
+namespace polyak::cpu::detail {
+
+// Aligned per-thread scratch (sgemm.cpp): slot 0 holds the packed A, slot 1 the packed B.
+float* sgemm_pack_buffer(int slot, int64_t floats);
+
+void sgemm_avx512(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+void sgemm_avx2(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+}  // namespace polyak::cpu::detail
+
+#ifdef POLYAK_SGEMM_TARGET
+namespace polyak::cpu::detail {
+namespace {
+
+#define POLYAK_SGEMM_INLINE POLYAK_SGEMM_TARGET inline __attribute__((always_inline))
+
+// The transpose of an 8 x 8 block: dst[i*dst_ld + j] = src[j*src_ld + i] for i, j < 8,
+// where rows j >= rows of the source read as zeros and only the first `lanes` columns
+// of dst are written (FULL: all of both). Each 128-bit half of a register is loaded
+// from its own row (rows j and j + 4 side by side), which leaves two 4 x 4 transposes
+// within the halves: 16 shuffles for the 64 floats.
+template <bool FULL>
+POLYAK_SGEMM_INLINE void transpose_8x8(const float* src, int64_t src_ld, int rows, float* dst, int64_t dst_ld,
+                                       int lanes) {
+  __m128 row[8][2];  // [j][half]: columns 0-3 and 4-7 of source row j
+  for (int j = 0; j < 8; ++j) {
+    const bool live = FULL || j < rows;
+    row[j][0] = live ? _mm_loadu_ps(src + j * src_ld) : _mm_setzero_ps();
+    row[j][1] = live ? _mm_loadu_ps(src + j * src_ld + 4) : _mm_setzero_ps();
+  }
+  __m256 out[8];
+  for (int h = 0; h < 2; ++h) {  // source columns 4h .. 4h + 3 become dst rows 4h .. 4h + 3
+    __m256 r[4];
+    for (int j = 0; j < 4; ++j) r[j] = _mm256_insertf128_ps(_mm256_castps128_ps256(row[j][h]), row[j + 4][h], 1);
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    out[4 * h + 0] = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    out[4 * h + 1] = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    out[4 * h + 2] = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    out[4 * h + 3] = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  if (FULL || lanes == 8) {
+    for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + i * dst_ld, out[i]);
+  } else {
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int i = 0; i < 8; ++i) _mm256_maskstore_ps(dst + i * dst_ld, mask, out[i]);
+  }
+}
+
+// One row of a panel: dst[j] = src[j] for j < w, 0 for w <= j < W (for a panel of B, W a
+// multiple of L: up to w rounded up to L, as the kernel reads no further).
+template <class T, int W>
+POLYAK_SGEMM_INLINE void copy_panel_row(const float* src, int w, float* dst) {
+  constexpr int L = T::L;
+  if constexpr (W % L == 0) {
+    if (w == W) {
+      for (int v = 0; v < W / L; ++v) T::store(dst + v * L, T::load(src + v * L));
+    } else {
+      const int full = w / L, rest = w - full * L;
+      for (int v = 0; v < full; ++v) T::store(dst + v * L, T::load(src + v * L));
+      if (rest > 0) T::store(dst + full * L, T::load_first(src + full * L, rest));
+    }
+  } else if (W % 8 == 0 && w == W) {
+    for (int j = 0; j < W; j += 8) _mm256_storeu_ps(dst + j, _mm256_loadu_ps(src + j));
+  } else {
+    for (int j = 0; j < w; ++j) dst[j] = src[j];
+    for (int j = w; j < W; ++j) dst[j] = 0.0f;
+  }
+}
+
+// Panels of W columns from a source whose rows lie along k, `width` columns in all (the
+// last panel padded with zeros): panel q is dst[q*W*kc + k*W + j] = src[k*ld + q*W + j].
+// k runs outside a group of a few panels, so that each visit to a row of the source
+// (rows can be pages apart) reads a few cache lines of it, not a part of one.
+template <class T, int W>
+POLYAK_SGEMM_TARGET void pack_rows(const float* src, int64_t ld, int64_t width, int64_t kc, float* dst) {
+  constexpr int64_t GROUP = (64 + W - 1) / W;  // panels whose row segments make >= 64 floats
+  const int64_t panels = (width + W - 1) / W;
+  for (int64_t q0 = 0; q0 < panels; q0 += GROUP) {
+    const int64_t q1 = std::min(panels, q0 + GROUP);
+    for (int64_t k = 0; k < kc; ++k) {
+      for (int64_t q = q0; q < q1; ++q) {
+        const int w = static_cast<int>(std::min<int64_t>(W, width - q * W));
+        copy_panel_row<T, W>(src + k * ld + q * W, w, dst + q * W * kc + k * W);
+      }
+    }
+  }
+}
+
+// A panel of W columns whose columns lie along k in the source (a transpose):
+// dst[k*W + j] = src[j*ld + k] for j < w, 0 for w <= j < min(W, w rounded up to L),
+// k < kc. Columns past that are never read (the kernel loads whole vectors of L).
+template <int W, int L>
+POLYAK_SGEMM_TARGET void pack_transposed(const float* src, int64_t ld, int w, int64_t kc, float* dst) {
+  const int written = std::min(W, (w + L - 1) / L * L);
+  for (int j = 0; j < written; j += 8) {  // blocks of 8 columns of the panel (rows of the source)
+    const int rows = std::clamp(w - j, 0, 8), lanes = std::min(8, written - j);
+    const float* s = src + j * ld;
+    int64_t k = 0;
+    if (rows == 8 && lanes == 8) {
+      for (; k + 8 <= kc; k += 8) transpose_8x8<true>(s + k, ld, 8, dst + k * W + j, W, 8);
+    } else if (rows > 0) {
+      for (; k + 8 <= kc; k += 8) transpose_8x8<false>(s + k, ld, rows, dst + k * W + j, W, lanes);
+    }
+    for (; k < kc; ++k)
+      for (int i = 0; i < lanes; ++i) dst[k * W + j + i] = i < rows ? s[i * ld + k] : 0.0f;
+  }
+}
+
+// C tile (ROWS x (NV-1)*L + last) = alpha * A rows * B panel + beta * C tile; beta == 0
+// never reads C. B's rows of k are ldb apart. A's element (r, k) is
+//   A_ROWS false: a[(r / MR) * a_next + r % MR + k * a_step]: MR rows side by side along
+//                 k, a_step apart (packed: a_step = MR, and a tile taller than MR spans
+//                 consecutive panels, a_next apart; or op(A) = A^T read in place)
+//   A_ROWS true:  a[r * a_next + k]: rows along k (op(A) = A read in place).
+template <class T, int MR, int ROWS, int NV, bool A_ROWS>
+POLYAK_SGEMM_TARGET void micro_kernel(int64_t kc, const float* __restrict a, int64_t a_next, int64_t a_step,
+                                      const float* __restrict b, int64_t ldb, float* c, int64_t ldc, float alpha,
+                                      float beta, int last) {
+  using V = typename T::V;
+  constexpr int L = T::L;
+  V acc[ROWS][NV];
+#pragma GCC unroll 32
+  for (int r = 0; r < ROWS; ++r) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[r][v] = T::zero();
+  }
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; ++k, a += A_ROWS ? 1 : a_step, b += ldb) {
+    V bv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) bv[v] = T::load(b + v * L);
+#pragma GCC unroll 32
+    for (int r = 0; r < ROWS; ++r) {
+      const V ar = T::set1(A_ROWS ? a[r * a_next] : a[(r / MR) * a_next + r % MR]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[r][v] = T::fma(ar, bv[v], acc[r][v]);
+    }
+  }
+  const V va = T::set1(alpha);
+  if (beta == 0.0f) {
+#pragma GCC unroll 32
+    for (int r = 0; r < ROWS; ++r) {
+      float* cr = c + r * ldc;
+#pragma GCC unroll 8
+      for (int v = 0; v < NV - 1; ++v) T::store(cr + v * L, T::mul(va, acc[r][v]));
+      T::store_first(cr + (NV - 1) * L, T::mul(va, acc[r][NV - 1]), last);
+    }
+  } else {
+    const V vb = T::set1(beta);
+#pragma GCC unroll 32
+    for (int r = 0; r < ROWS; ++r) {
+      float* cr = c + r * ldc;
+#pragma GCC unroll 8
+      for (int v = 0; v < NV - 1; ++v)
+        T::store(cr + v * L, T::fma(va, acc[r][v], T::mul(vb, T::load(cr + v * L))));
+      float* ce = cr + (NV - 1) * L;
+      T::store_first(ce, T::fma(va, acc[r][NV - 1], T::mul(vb, T::load_first(ce, last))), last);
+    }
+  }
+}
+
+using KernelFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, float, float,
+                          int);
+
+// The instantiations the driver picks from: every tile of up to MR rows and NV_MAX
+// vectors on packed A, and the tiles one vector wide of up to 2 * MR rows on packed or
+// unpacked A. A tile one vector wide needs the taller shape to keep enough FMAs in
+// flight and to amortise its loads of B.
+template <class T, int MR, int NV_MAX>
+struct Kernels {
+  template <size_t... I>
+  static constexpr std::array<KernelFn, MR * NV_MAX> make_wide(std::index_sequence<I...>) {
+    return {&micro_kernel<T, MR, static_cast<int>(I / NV_MAX) + 1, static_cast<int>(I % NV_MAX) + 1, false>...};
+  }
+  template <bool A_ROWS, size_t... I>
+  static constexpr std::array<KernelFn, 2 * MR> make_narrow(std::index_sequence<I...>) {
+    return {&micro_kernel<T, MR, static_cast<int>(I) + 1, 1, A_ROWS>...};
+  }
+  static constexpr std::array<KernelFn, MR * NV_MAX> wide = make_wide(std::make_index_sequence<MR * NV_MAX>{});
+  static constexpr std::array<KernelFn, 2 * MR> narrow = make_narrow<false>(std::make_index_sequence<2 * MR>{});
+  static constexpr std::array<KernelFn, 2 * MR> narrow_rows = make_narrow<true>(std::make_index_sequence<2 * MR>{});
+};
+
+// The whole product, for K > 0 and alpha != 0 (the dispatcher handles the rest).
+template <class T, int MR, int NV_MAX>
+POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                                       const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+                                       float* C, int64_t ldc) {
+  using Table = Kernels<T, MR, NV_MAX>;
+  constexpr int L = T::L, NR = NV_MAX * L;
+  constexpr int64_t KC_MAX = 384;
+  constexpr int64_t B_BLOCK = 256 * 1024;  // floats of packed B per block: 1 MB
+
+  // Even slices of K, and even blocks of N in whole panels, avoid a thin last one.
+  const int64_t slices = (K + KC_MAX - 1) / KC_MAX;
+  const int64_t kc_max = (K + slices - 1) / slices;
+  const int64_t row_panels = (M + MR - 1) / MR;
+  const int64_t nc_limit = std::max<int64_t>(NR, B_BLOCK / kc_max / NR * NR);
+  const int64_t blocks = (N + nc_limit - 1) / nc_limit;
+  const int64_t nc_max = ((N + blocks - 1) / blocks + NR - 1) / NR * NR;
+  // Packing pays for itself by reuse. A panel of op(B) = B serves row_panels tiles:
+  // with few rows, its rows are read in place (ldb apart) instead. A panel of op(A)
+  // serves one tile when N fits one panel, and is then read in place: op(A) = A^T
+  // as it is, op(A) = A (one row of A per row of C) only by the tiles one vector wide.
+  const bool direct_b = !trans_b && row_panels <= 4;
+  const bool direct_a = trans_a ? N <= NR : N <= L;
+  float* const a_pack = sgemm_pack_buffer(0, direct_a ? 0 : row_panels * MR * kc_max);
+  float* const b_pack = sgemm_pack_buffer(1, nc_max * kc_max);
+
+  for (int64_t pc = 0; pc < K; pc += kc_max) {
+    const int64_t kc = std::min(kc_max, K - pc);
+    const float beta_slice = pc == 0 ? beta : 1.0f;
+    if (direct_a) {
+      // read in place below
+    } else if (trans_a) {
+      pack_rows<T, MR>(A + pc * lda, lda, M, kc, a_pack);  // op(A)[i][k] = A[k*lda + i]
+    } else {
+      for (int64_t p = 0; p < row_panels; ++p) {  // op(A)[i][k] = A[i*lda + k]
+        const int rows = static_cast<int>(std::min<int64_t>(MR, M - p * MR));
+        pack_transposed<MR, MR>(A + p * MR * lda + pc, lda, rows, kc, a_pack + p * MR * kc);
+      }
+    }
+    for (int64_t jc = 0; jc < N; jc += nc_max) {
+      const int64_t nc = std::min(nc_max, N - jc);
+      const int64_t full = direct_b ? nc / NR * NR : 0;  // the columns read in place
+      if (trans_b) {
+        for (int64_t j0 = 0; j0 < nc; j0 += NR) {  // op(B)[k][j] = B[j*ldb + k]
+          const int cols = static_cast<int>(std::min<int64_t>(NR, nc - j0));
+          pack_transposed<NR, L>(B + (jc + j0) * ldb + pc, ldb, cols, kc, b_pack + j0 * kc);
+        }
+      } else if (full < nc) {
+        pack_rows<T, NR>(B + pc * ldb + jc + full, ldb, nc - full, kc, b_pack + full * kc);  // op(B)[k][j] = B[k*ldb + j]
+      }
+      for (int64_t p = 0; p < row_panels; ++p) {
+        const int64_t i0 = p * MR;
+        const int rows = static_cast<int>(std::min<int64_t>(MR, M - i0));
+        for (int64_t j0 = 0; j0 < nc; j0 += NR) {
+          const int cols = static_cast<int>(std::min<int64_t>(NR, nc - j0));
+          const int vectors = (cols + L - 1) / L, last = cols - (vectors - 1) * L;
+          const float* b = j0 < full ? B + pc * ldb + jc + j0 : b_pack + j0 * kc;
+          const int64_t b_step = j0 < full ? ldb : NR;
+          float* c = C + i0 * ldc + jc + j0;
+          const float* a = a_pack + i0 * kc;  // packed: MR rows side by side along k
+          int64_t a_next = MR * kc, a_step = MR;
+          if (direct_a && trans_a) {  // in place, the same way: rows side by side, lda apart
+            a = A + pc * lda + i0, a_next = MR, a_step = lda;
+          } else if (direct_a) {  // in place, one row of A per row of C
+            a = A + i0 * lda + pc, a_next = lda, a_step = 1;
+          }
+          if (vectors > 1) {  // (never with op(A) = A in place: N <= L there)
+            Table::wide[(rows - 1) * NV_MAX + vectors - 1](kc, a, a_next, a_step, b, b_step, c, ldc, alpha,
+                                                           beta_slice, last);
+          } else if (p % 2 == 0) {  // one vector wide: two row panels per tile
+            const int tall = p + 1 < row_panels ? rows + static_cast<int>(std::min<int64_t>(MR, M - i0 - MR)) : rows;
+            const auto& narrow = direct_a && !trans_a ? Table::narrow_rows : Table::narrow;
+            narrow[tall - 1](kc, a, a_next, a_step, b, b_step, c, ldc, alpha, beta_slice, last);
+          }
+        }
+      }
+    }
+  }
+}
+
+#undef POLYAK_SGEMM_INLINE
+
+}  // namespace
+}  // namespace polyak::cpu::detail
+#endif  // POLYAK_SGEMM_TARGET

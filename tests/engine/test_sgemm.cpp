@@ -1,0 +1,146 @@
+// sgemm: every instruction set this CPU runs (avx512, avx2, scalar) against the
+// reference triple loop, over the four transpose cases, odd sizes, padded leading
+// dimensions, alpha and beta (beta = 0 over a C full of NaN), and the edge cases.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/cpu/sgemm.h"
+
+using polyak::cpu::SgemmIsa;
+
+namespace {
+
+const SgemmIsa kIsas[] = {SgemmIsa::Avx512, SgemmIsa::Avx2, SgemmIsa::Scalar};
+
+struct Case {
+  bool trans_a, trans_b;
+  int64_t M, N, K;
+  float alpha, beta;
+};
+
+std::string describe(SgemmIsa isa, const Case& c) {
+  return std::string(polyak::cpu::sgemm_isa_name(isa)) + (c.trans_a ? " T" : " N") + (c.trans_b ? "T" : "N") +
+         " M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) + " K=" + std::to_string(c.K) +
+         " alpha=" + std::to_string(c.alpha) + " beta=" + std::to_string(c.beta);
+}
+
+// Runs one case with leading dimensions padded past the minimum and checks C, including
+// that the padding columns of C are left alone. Returns false on the first mismatch.
+bool check_case(SgemmIsa isa, const Case& c, std::mt19937& gen) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t a_rows = c.trans_a ? c.K : c.M, a_cols = c.trans_a ? c.M : c.K;
+  const int64_t b_rows = c.trans_b ? c.N : c.K, b_cols = c.trans_b ? c.K : c.N;
+  const int64_t lda = a_cols + 3, ldb = b_cols + 5, ldc = c.N + 7;
+  std::vector<float> A(a_rows * lda), B(b_rows * ldb), C(c.M * ldc);
+  for (float& x : A) x = normal(gen);
+  for (float& x : B) x = normal(gen);
+  for (float& x : C) x = c.beta == 0.0f ? std::numeric_limits<float>::quiet_NaN() : normal(gen);
+  std::vector<float> expected = C;
+  polyak::cpu::sgemm_reference(c.trans_a, c.trans_b, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta,
+                               expected.data(), ldc);
+  polyak::cpu::sgemm(isa, c.trans_a, c.trans_b, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta,
+                     C.data(), ldc);
+  const double rtol = 1e-5 * static_cast<double>(std::max<int64_t>(c.K, 1));
+  for (int64_t i = 0; i < c.M; ++i) {
+    for (int64_t j = 0; j < ldc; ++j) {
+      const float got = C[i * ldc + j], want = expected[i * ldc + j];
+      const bool padding = j >= c.N;
+      const bool ok = padding ? std::isnan(want) ? std::isnan(got) : got == want
+                              : std::abs(static_cast<double>(got) - want) <= rtol * std::max(1.0, std::abs(double{want}));
+      if (!ok) {
+        FAIL_CHECK(describe(isa, c) << ": C[" << i << "][" << j << "] = " << got << ", expected " << want
+                                    << std::string(padding ? " (padding)" : ""));
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("sgemm: the instruction set in use is one this CPU has") {
+  const std::string isa = polyak::cpu::sgemm_isa();
+  bool known = false;
+  for (SgemmIsa candidate : kIsas)
+    if (isa == polyak::cpu::sgemm_isa_name(candidate)) known = polyak::cpu::sgemm_isa_available(candidate);
+  CHECK_MESSAGE(known, "sgemm_isa() = " << isa);
+  CHECK(polyak::cpu::sgemm_isa_available(SgemmIsa::Scalar));
+  MESSAGE("sgemm uses " << isa);
+}
+
+TEST_CASE("sgemm: every instruction set matches the reference on random shapes") {
+  const int64_t sizes[] = {1, 2, 3, 7, 15, 16, 17, 31, 33, 64, 100, 129, 300};
+  const float alphas[] = {1.0f, 0.5f};
+  const float betas[] = {0.0f, 1.0f, -0.5f};
+  for (SgemmIsa isa : kIsas) {
+    if (!polyak::cpu::sgemm_isa_available(isa)) {
+      MESSAGE("skipping " << polyak::cpu::sgemm_isa_name(isa) << ": not supported by this CPU");
+      continue;
+    }
+    std::mt19937 gen(42);
+    std::uniform_int_distribution<int> pick(0, static_cast<int>(std::size(sizes)) - 1);
+    int tested = 0;
+    for (int n = 0; n < 48; ++n) {
+      int64_t M, N, K;
+      do {  // keep the reference loop cheap: at most ~2.5 M multiply-adds per case
+        M = sizes[pick(gen)], N = sizes[pick(gen)], K = sizes[pick(gen)];
+      } while (M * N * K > 2500000);
+      for (int t = 0; t < 4; ++t) {
+        const Case c{(t & 1) != 0, (t & 2) != 0, M, N, K, alphas[(n + t) % 2], betas[(n + t) % 3]};
+        if (!check_case(isa, c, gen)) break;
+        ++tested;
+      }
+    }
+    CHECK(tested == 48 * 4);
+  }
+}
+
+TEST_CASE("sgemm: blocking edges (several slices of K, blocks of N, narrow and tall shapes)") {
+  // K past one slice (384) with beta != 0 applied once; N past one block of packed B;
+  // the in-place paths: few rows (op(B) = B read in place), N within one vector or one
+  // panel (op(A) read in place), tiles one vector wide spanning two row panels.
+  const Case cases[] = {
+      {false, false, 3, 1500, 700, 1.0f, -0.5f}, {true, false, 3, 1500, 700, 0.5f, 0.0f},
+      {false, true, 40, 5, 900, 1.0f, 1.0f},     {true, true, 40, 5, 900, 1.0f, 0.0f},
+      {false, false, 300, 16, 64, 1.0f, 0.0f},   {true, false, 300, 16, 64, 0.5f, 1.0f},
+      {false, false, 129, 100, 385, 1.0f, 1.0f}, {true, false, 129, 48, 385, 1.0f, -0.5f},
+      {false, true, 17, 33, 1000, 0.5f, 1.0f},   {false, false, 32, 96, 17, 1.0f, 0.0f},
+      {true, false, 27, 1024, 16, 1.0f, 0.0f},   {false, true, 16, 27, 1024, 1.0f, 1.0f},
+      {false, false, 64, 64, 576, 1.0f, 0.0f},   {true, false, 576, 64, 64, 1.0f, 0.0f},
+      {false, true, 64, 576, 64, 1.0f, 1.0f},    {false, false, 9, 1, 50, 1.0f, 0.0f},
+  };
+  for (SgemmIsa isa : kIsas) {
+    if (!polyak::cpu::sgemm_isa_available(isa)) continue;
+    std::mt19937 gen(7);
+    for (const Case& c : cases) check_case(isa, c, gen);
+  }
+}
+
+TEST_CASE("sgemm: empty products, K = 0 and alpha = 0 only scale C by beta") {
+  for (SgemmIsa isa : kIsas) {
+    if (!polyak::cpu::sgemm_isa_available(isa)) continue;
+    const std::string name = polyak::cpu::sgemm_isa_name(isa);
+    CAPTURE(name);
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    const std::vector<float> A(6, nan), B(6, nan);
+    std::vector<float> C{1, 2, 3, 4};
+    polyak::cpu::sgemm(isa, false, false, 2, 2, 0, 1.0f, A.data(), 1, B.data(), 2, -2.0f, C.data(), 2);
+    CHECK(C == std::vector<float>{-2, -4, -6, -8});
+    polyak::cpu::sgemm(isa, false, false, 2, 2, 3, 0.0f, A.data(), 3, B.data(), 2, 0.5f, C.data(), 2);
+    CHECK(C == std::vector<float>{-1, -2, -3, -4});
+    C.assign(4, nan);
+    polyak::cpu::sgemm(isa, false, false, 2, 2, 0, 1.0f, A.data(), 1, B.data(), 2, 0.0f, C.data(), 2);
+    CHECK(C == std::vector<float>{0, 0, 0, 0});
+    C.assign(4, 5.0f);
+    polyak::cpu::sgemm(isa, true, true, 0, 2, 3, 1.0f, A.data(), 1, B.data(), 3, 0.0f, C.data(), 2);
+    polyak::cpu::sgemm(isa, true, true, 2, 0, 3, 1.0f, A.data(), 2, B.data(), 3, 0.0f, C.data(), 2);
+    CHECK(C == std::vector<float>{5, 5, 5, 5});
+  }
+}
