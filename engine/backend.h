@@ -2,7 +2,7 @@
 //
 // An op (engine/ops/*.cpp) checks shapes, allocates its result and wires autograd; the
 // arithmetic is done by `backend(device).kernel(...)`. The CPU table (engine/cpu/) is
-// OpenBLAS plus our own loops; a GPU table implements the same interface with its own
+// our own SGEMM and loops; the CUDA table (engine/cuda/) is cuBLAS, cuDNN and our own
 // kernels. Kernels take raw pointers to contiguous data on their device unless a
 // layout says otherwise, never allocate tensors, and write their outputs in full
 // (no accumulation) unless the name says so. A new op adds its kernels here, to every

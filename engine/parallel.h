@@ -1,6 +1,7 @@
-// Threading for CPU kernels: one OpenMP team sized by set_num_threads(). OpenBLAS is
-// kept single-threaded and is only called from inside our parallel regions or on one
-// core, so its thread pool and ours never compete for the same cores.
+// Threading for CPU kernels: one OpenMP team sized by set_num_threads(). Our SGEMM runs
+// single-threaded inside these regions, and OpenBLAS (linked, used only as a reference
+// by apps/bench/sgemm_bench) is kept single-threaded, so no second thread pool ever
+// competes for the cores.
 #pragma once
 
 #include <cstdint>

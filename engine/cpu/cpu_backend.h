@@ -1,4 +1,5 @@
-// The CPU kernel table: OpenBLAS for matrix products, our own loops (OpenMP across the
+// The CPU kernel table: our own SGEMM (engine/cpu/sgemm.h, AVX-512 or AVX2 chosen at
+// run time) for matrix products and convolutions, our own loops (OpenMP across the
 // cores) for everything else. Each family of kernels is defined in its own file here,
 // named as in engine/backend.h.
 #pragma once
