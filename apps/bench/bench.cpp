@@ -1,12 +1,15 @@
 // bench: throughput of the engine on a model of the zoo at a given batch size:
-// training step (forward, backward, SGD update) and evaluation forward, in images/s,
-// as the median of several timed windows after a warm-up. Random inputs: this
-// measures compute, not data loading. Never run as a timed test.
+// training step (forward, backward, SGD update) and evaluation forward in images/s,
+// the update of K = 5 EMAs in microseconds and as a share of a step, and a BN-recompute
+// pass (train-mode forward without gradients) in microseconds per image; each the
+// median of several timed windows after a warm-up. Random inputs: this measures
+// compute, not data loading. Never run as a timed test.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <vector>
 
 #include "engine/autograd.h"
@@ -16,6 +19,8 @@
 #include "engine/optim/sgd.h"
 #include "engine/parallel.h"
 #include "engine/rng.h"
+#include "ema/bn_recompute.h"
+#include "ema/ema.h"
 #include "models/registry.h"
 
 using namespace polyak;
@@ -85,10 +90,30 @@ int main(int argc, char** argv) {
   model->eval();
   eval_step();
   const double eval_rate = median_images_per_second(device, windows, steps, batch, eval_step);
+  // The five EMAs updated every step (T = 1: the worst case), and a BN-recompute pass.
+  ema::EmaSet averages(*model, {});
+  int64_t t = 0;
+  const double ema_updates_per_second = median_images_per_second(device, windows, steps * 10, 1, [&] {
+    averages.after_step(++t * averages.options().every);
+  });
+  const double ema_us = 1e6 / ema_updates_per_second;
+  const double step_us = 1e6 * static_cast<double>(batch) / train_rate;
+  const double recompute_rate = median_images_per_second(device, windows, steps, batch, [&] {
+    bool given = false;
+    ema::recompute_bn(*model, [&]() -> std::optional<Tensor> {
+      if (given) return std::nullopt;
+      given = true;
+      return images;
+    });
+  });
+
   std::printf("model %s  batch %lld  device %s  threads %d  parameters %lld\n", model_name.c_str(),
               static_cast<long long>(batch), device_name.c_str(), threads,
               static_cast<long long>(model->parameter_arena().numel()));
   std::printf("  train step (fwd+bwd+sgd): %8.0f images/s\n", train_rate);
   std::printf("  eval forward            : %8.0f images/s\n", eval_rate);
+  std::printf("  5-EMA update            : %8.0f us  (%.2f%% of a training step of %.0f us)\n", ema_us,
+              100.0 * ema_us / step_us, step_us);
+  std::printf("  BN recompute pass       : %8.1f us per image  (%.0f images/s)\n", 1e6 / recompute_rate, recompute_rate);
   return 0;
 }

@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <fstream>
 #include <sstream>
 
 #include "data/error.h"
@@ -18,6 +19,17 @@ std::string number_str(double value) {
   std::ostringstream out;
   out << value;
   return out.str();
+}
+
+void write_output(const std::string& flag, const std::string& target, const std::string& text) {
+  if (target == "-") {
+    std::fputs(text.c_str(), stdout);
+    return;
+  }
+  std::ofstream file(target, std::ios::trunc);
+  file << text;
+  file.flush();
+  if (!file) throw std::invalid_argument(flag + " " + target + ": cannot write the file");
 }
 
 int run_app(const char* name, CLI::App& app, int argc, char** argv, const std::function<int()>& body) {

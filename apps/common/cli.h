@@ -27,6 +27,10 @@ struct AppError : std::runtime_error {
 // A number as the user would write it ("0.1", "1e-05").
 std::string number_str(double value);
 
+// Writes `text` to standard output when `target` is "-", else to the file `target`;
+// a failed write is std::invalid_argument naming `flag` and the file.
+void write_output(const std::string& flag, const std::string& target, const std::string& text);
+
 // Parses the command line into `app`'s bound options, runs `body`, and turns every
 // failure into a message "<name>: <what>" on stderr and the exit code above.
 int run_app(const char* name, CLI::App& app, int argc, char** argv, const std::function<int()>& body);

@@ -282,15 +282,7 @@ int run_eval(EvalConfig config) {
     doc["models"] = json::array();
     for (const Row& r : rows) doc["models"].push_back(row_json(r));
     doc["pairs"] = pairs;
-    const std::string text = doc.dump(2) + "\n";
-    if (config.json == "-") {
-      std::fputs(text.c_str(), stdout);
-    } else {
-      std::ofstream file(config.json, std::ios::trunc);
-      file << text;
-      file.flush();
-      if (!file) throw std::invalid_argument("--json " + config.json + ": cannot write the file");
-    }
+    write_output("--json", config.json, doc.dump(2) + "\n");
   }
   return 0;
 }

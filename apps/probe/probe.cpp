@@ -307,15 +307,7 @@ int run_probe(ProbeConfig config) {
                                     {"augment", config.augment}}},
                       {"epochs", epochs}, {"test_accuracy", final_accuracy}, {"test_loss", final_loss},
                       {"seconds", seconds}};
-    const std::string text = doc.dump(2) + "\n";
-    if (config.json == "-") {
-      std::fputs(text.c_str(), stdout);
-    } else {
-      std::ofstream file(config.json, std::ios::trunc);
-      file << text;
-      file.flush();
-      if (!file) throw std::invalid_argument("--json " + config.json + ": cannot write the file");
-    }
+    write_output("--json", config.json, doc.dump(2) + "\n");
   }
   return 0;
 }
