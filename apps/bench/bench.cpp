@@ -14,6 +14,7 @@
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
+#include "engine/cuda/settings.h"
 #include "engine/nn/module.h"
 #include "engine/ops.h"
 #include "engine/optim/sgd.h"
@@ -56,8 +57,13 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps, "steps per window")->capture_default_str()->check(CLI::Range(1, 1000));
   std::string device_name = "cpu";
   app.add_option("--device", device_name, "cpu or cuda")->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
+  bool tf32 = false, deterministic = false;
+  app.add_flag("--tf32", tf32, "GPU: TF32 tensor-core math (default: exact FP32)");
+  app.add_flag("--deterministic", deterministic, "GPU: only deterministic cuDNN algorithms");
   CLI11_PARSE(app, argc, argv);
   set_num_threads(threads);
+  set_cuda_tf32(tf32);
+  set_cuda_deterministic(deterministic);
   const Device device = device_name == "cuda" ? Device::CUDA : Device::CPU;
   if (!device_available(device)) {
     std::fprintf(stderr, "bench: --device %s: not available in this build or on this machine\n", device_name.c_str());
@@ -115,5 +121,11 @@ int main(int argc, char** argv) {
   std::printf("  5-EMA update            : %8.0f us  (%.2f%% of a training step of %.0f us)\n", ema_us,
               100.0 * ema_us / step_us, step_us);
   std::printf("  BN recompute pass       : %8.1f us per image  (%.0f images/s)\n", 1e6 / recompute_rate, recompute_rate);
+  if (device == Device::CUDA) {
+    const CudaMemoryStats memory = cuda_memory_stats();
+    std::printf("  peak device memory      : %8.1f MiB in use, %.1f MiB reserved (%s%s)\n",
+                static_cast<double>(memory.peak_in_use) / (1 << 20), static_cast<double>(memory.peak_reserved) / (1 << 20),
+                tf32 ? "TF32" : "FP32", deterministic ? ", deterministic" : "");
+  }
   return 0;
 }

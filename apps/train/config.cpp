@@ -18,7 +18,7 @@ namespace polyak::app {
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainConfig, model, dataset, data_dir, epochs, batch_size, lr, momentum,
                                                 nesterov, weight_decay, sched, warmup_epochs, milestones, gamma, seed,
                                                 threads, val_split, labels_file, label_noise, noise_type, output, resume,
-                                                init, augment, shuffle, max_steps, eval_every, train_subset, test_subset, device,
+                                                init, augment, shuffle, max_steps, eval_every, train_subset, test_subset, device, tf32, deterministic,
                                                 ema_decays, ema_every, ema_warmup, ema_buffers, bn_recompute,
                                                 bn_recompute_batches)
 
@@ -52,6 +52,8 @@ void add_train_flags(CLI::App& app, TrainConfig& c) {
   app.add_option("--train-subset", c.train_subset, "use only the first N training images (0: all)")->capture_default_str();
   app.add_option("--test-subset", c.test_subset, "evaluate on the first N test images only (0: all)")->capture_default_str();
   app.add_option("--device", c.device, "cpu or cuda")->capture_default_str();
+  app.add_flag("--tf32", c.tf32, "GPU: TF32 tensor-core math for products and convolutions (default: exact FP32)");
+  app.add_flag("--deterministic", c.deterministic, "GPU: only deterministic cuDNN algorithms (bit-identical reruns)");
   app.add_option("--ema-decays", c.ema_decays,
                  "EMA decays: a list (0.99,0.999), 'paper' (0.968..0.998 at T=16), 'scaled' (the paper's, scaled to "
                  "the run's length) or 'none'")->capture_default_str();

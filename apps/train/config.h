@@ -45,6 +45,8 @@ struct TrainConfig {
   int64_t train_subset = 0;        // 0: all training images; else the first N (quick runs, tests)
   int64_t test_subset = 0;         // 0: all test images; else the first N
   std::string device = "cpu";      // cpu or cuda
+  bool tf32 = false;               // TF32 tensor-core math on the GPU (off: exact FP32)
+  bool deterministic = false;      // only deterministic cuDNN algorithms
 
   // ---- weight averaging (the paper's protocol) ----
   // "scaled": the paper's five decays with T and decays scaled to the run's length

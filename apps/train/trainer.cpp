@@ -17,6 +17,7 @@
 #include "apps/report/report.h"
 #include "apps/train/protocol.h"
 #include "engine/backend.h"
+#include "engine/cuda/settings.h"
 #include "data/labels.h"
 #include "data/loader.h"
 #include "data/split.h"
@@ -112,6 +113,8 @@ int run_training(TrainConfig config) {
   const Device device = config.device == "cuda" ? Device::CUDA : Device::CPU;
   if (!device_available(device))
     throw std::invalid_argument("--device " + config.device + ": not available (this build has no CUDA support or no GPU is present)");
+  set_cuda_tf32(config.tf32);
+  set_cuda_deterministic(config.deterministic);
   Rng rng(config.seed);
   const auto model = models::create_model(config.model, classes, rng);
   model->to(device);
