@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "data/error.h"
+#include "engine/backend.h"
 #include "engine/io/safetensors.h"
 
 namespace polyak::app {
@@ -19,6 +20,14 @@ std::string number_str(double value) {
   std::ostringstream out;
   out << value;
   return out.str();
+}
+
+Device device_from_flag(const std::string& value) {
+  if (value != "cpu" && value != "cuda") bad_flag("--device", value, "cpu or cuda");
+  const Device device = value == "cuda" ? Device::CUDA : Device::CPU;
+  if (!device_available(device))
+    throw std::invalid_argument("--device " + value + ": not available (this build has no CUDA support or no GPU is present)");
+  return device;
 }
 
 void write_output(const std::string& flag, const std::string& target, const std::string& text) {

@@ -10,6 +10,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/tensor.h"
+
 namespace CLI {
 class App;
 }
@@ -26,6 +28,10 @@ struct AppError : std::runtime_error {
 [[noreturn]] void bad_flag(const std::string& flag, const std::string& value, const std::string& expected);
 // A number as the user would write it ("0.1", "1e-05").
 std::string number_str(double value);
+
+// The device a --device value names ("cpu" or "cuda"); std::invalid_argument when it
+// is neither, or when this build or machine has no such device.
+Device device_from_flag(const std::string& value);
 
 // Writes `text` to standard output when `target` is "-", else to the file `target`;
 // a failed write is std::invalid_argument naming `flag` and the file.

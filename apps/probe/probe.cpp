@@ -121,9 +121,7 @@ int run_probe(ProbeConfig config) {
   if (config.data_dir.empty()) config.data_dir = default_data_dir(config.dataset);
   config.validate();
   if (config.threads) set_num_threads(config.threads);
-  const Device device = config.device == "cuda" ? Device::CUDA : Device::CPU;
-  if (!device_available(device))
-    throw std::invalid_argument("--device " + config.device + ": not available (this build has no CUDA support or no GPU is present)");
+  const Device device = device_from_flag(config.device);
   FILE* out = config.json == "-" ? stderr : stdout;
   const auto start = std::chrono::steady_clock::now();
 

@@ -3,6 +3,7 @@
 #include <fstream>
 
 #include "apps/common/checkpoint.h"
+#include "apps/common/cli.h"
 #include "apps/common/evaluate.h"
 #include "apps/common/metrics.h"
 #include "apps/report/report.h"
@@ -16,7 +17,7 @@ using nlohmann::json;
 
 namespace {
 
-Device device_of(const TrainConfig& c) { return c.device == "cuda" ? Device::CUDA : Device::CPU; }
+Device device_of(const TrainConfig& c) { return device_from_flag(c.device); }
 
 json metric_object(const Predictions& p) {
   return {{"accuracy", top1_accuracy(p)}, {"loss", mean_nll(p)}, {"ece", ece_equal_mass(p)}, {"ece15", ece_equal_width(p)},

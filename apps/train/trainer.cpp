@@ -110,9 +110,7 @@ int run_training(TrainConfig config) {
                                 std::to_string(split.train.size()) + " training images");
 
   // ---- model, optimiser, schedule ----
-  const Device device = config.device == "cuda" ? Device::CUDA : Device::CPU;
-  if (!device_available(device))
-    throw std::invalid_argument("--device " + config.device + ": not available (this build has no CUDA support or no GPU is present)");
+  const Device device = device_from_flag(config.device);
   set_cuda_tf32(config.tf32);
   set_cuda_deterministic(config.deterministic);
   Rng rng(config.seed);

@@ -15,29 +15,14 @@
 
 #include "data/cifar.h"
 #include "support/gradcheck.h"
+#include "support/temp_dir.h"
 
 namespace fs = std::filesystem;
 using namespace polyak;
 using namespace polyak::data;
+using polyak::testing::TempDir;
 
 namespace {
-
-// A fresh folder under the system temp dir, removed with everything in it at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
-    path = fs::temp_directory_path() /
-           ("polyak_cifar_test_" + std::to_string(stamp) + "_" + std::to_string(counter++));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string str() const { return path.string(); }
-};
 
 uint8_t synthetic_pixel(int record, int byte) { return static_cast<uint8_t>((record * 37 + byte * 13 + byte / 97) & 255); }
 

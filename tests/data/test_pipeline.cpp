@@ -32,27 +32,14 @@
 #include "data/loader.h"
 #include "data/split.h"
 #include "support/gradcheck.h"
+#include "support/temp_dir.h"
 
 namespace fs = std::filesystem;
 using namespace polyak;
 using namespace polyak::data;
+using polyak::testing::TempDir;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
-    path = fs::temp_directory_path() /
-           ("polyak_pipeline_test_" + std::to_string(stamp) + "_" + std::to_string(counter++));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 void write_file(const fs::path& path, const std::vector<uint8_t>& bytes) {
   std::ofstream out(path, std::ios::binary);
