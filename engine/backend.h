@@ -108,6 +108,9 @@ class Backend {
   virtual void scalar(ScalarOp op, int64_t n, const float* x, float s, float* y) = 0;
   virtual void unary(UnaryOp op, int64_t n, const float* x, float* y) = 0;
   virtual void axpy(int64_t n, float alpha, const float* x, float* y) = 0;  // y += alpha * x
+  // *counter += 1 where the counter lives (BN's num_batches_tracked), so that a step
+  // never waits for the device just to count.
+  virtual void increment_counter(int64_t* counter) = 0;
 
   // ---- reductions (engine/cpu/reduce.cpp) ----
   virtual void reduce_sum(const ReduceGeom& geom, const float* x, float* y) = 0;

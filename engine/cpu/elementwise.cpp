@@ -141,4 +141,6 @@ void CpuBackend::axpy(int64_t n, float alpha, const float* x, float* y) {
   });
 }
 
+void CpuBackend::increment_counter(int64_t* counter) { ++*counter; }
+
 }  // namespace polyak

@@ -87,6 +87,7 @@ class CudaBackend final : public Backend {
   void scalar(ScalarOp op, int64_t n, const float* x, float s, float* y) override;
   void unary(UnaryOp op, int64_t n, const float* x, float* y) override;
   void axpy(int64_t n, float alpha, const float* x, float* y) override;
+  void increment_counter(int64_t* counter) override;
 
   // reduce.cu
   void reduce_sum(const ReduceGeom& geom, const float* x, float* y) override;

@@ -84,6 +84,8 @@ __global__ void axpy_kernel(int64_t n, float alpha, const float* x, float* y) {
   POLYAK_GRID_LOOP(i, n) y[i] += alpha * x[i];
 }
 
+__global__ void increment_counter_kernel(int64_t* counter) { ++*counter; }
+
 template <class T>
 void launch_copy(cudaStream_t stream, void* dst, const void* src, const Strided2& g, int64_t n) {
   T* d = static_cast<T*>(dst);
@@ -154,6 +156,11 @@ void CudaBackend::unary(UnaryOp op, int64_t n, const float* x, float* y) {
 void CudaBackend::axpy(int64_t n, float alpha, const float* x, float* y) {
   if (n <= 0) return;
   axpy_kernel<<<grid_for(n), kThreads, 0, stream_>>>(n, alpha, x, y);
+  POLYAK_CUDA_LAUNCHED();
+}
+
+void CudaBackend::increment_counter(int64_t* counter) {
+  increment_counter_kernel<<<1, 1, 0, stream_>>>(counter);
   POLYAK_CUDA_LAUNCHED();
 }
 

@@ -45,15 +45,10 @@ void check_channel_vector(const Tensor& t, const char* what, int64_t C, Device d
     throw std::invalid_argument(std::string("batch_norm: ") + what + " is updated in place and must be contiguous");
 }
 
-// Adds one to a 0-dim (or one-element) int64 counter and returns the new value.
-int64_t increment_counter(const Tensor& counter) {
+void check_counter(const Tensor& counter) {
   if (counter.dtype() != DType::I64 || counter.numel() != 1)
     throw std::invalid_argument("batch_norm: num_batches_tracked must be a one-element int64 tensor, got " +
                                 std::string(dtype_name(counter.dtype())) + " " + shape_str(counter.shape()));
-  if (counter.device() == Device::CPU) return ++*counter.data<int64_t>();
-  const int64_t next = counter.item<int64_t>() + 1;
-  Tensor(counter).copy_(Tensor::from_data(&next, counter.shape(), counter.device()));
-  return next;
 }
 
 }  // namespace
@@ -94,14 +89,18 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
   if (options.training) {
     float factor = 0.0f;
     if (tracking) {
-      int64_t batches = 0;
-      if (num_batches_tracked.defined()) batches = increment_counter(num_batches_tracked);
+      if (num_batches_tracked.defined()) {
+        check_counter(num_batches_tracked);
+        be.increment_counter(num_batches_tracked.data<int64_t>());
+      }
       if (options.momentum) {
         factor = *options.momentum;
       } else {
+        // The cumulative average needs the count itself: the only case that reads the
+        // counter back (a device sync), and it happens in BN recompute, not in training.
         if (!num_batches_tracked.defined())
           throw std::invalid_argument("batch_norm: momentum = nullopt (cumulative average) needs num_batches_tracked");
-        factor = 1.0f / static_cast<float>(batches);
+        factor = 1.0f / static_cast<float>(num_batches_tracked.item<int64_t>());
       }
     }
     Tensor save_mean = Tensor::empty({C}, DType::F32, device);
