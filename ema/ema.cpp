@@ -21,14 +21,12 @@ const char* buffer_policy_name(BufferPolicy policy) { return policy == BufferPol
 EmaOptions scaled_to_run(const EmaOptions& paper, int64_t total_steps) {
   constexpr double kPaperSteps = 200.0 * 391.0;
   const double steps = static_cast<double>(std::max<int64_t>(total_steps, 1));
-  EmaOptions scaled = paper;
-  scaled.every = std::max<int64_t>(1, std::llround(static_cast<double>(paper.every) * steps / kPaperSteps));
+  EmaOptions scaled = paper;  // T stays: see the header for why
   for (float& a : scaled.decays) {
-    const double one_minus = (1.0 - a) * (static_cast<double>(scaled.every) / static_cast<double>(paper.every)) *
-                             (kPaperSteps / steps);
+    const double one_minus = (1.0 - a) * (kPaperSteps / steps);
     a = static_cast<float>(std::clamp(1.0 - one_minus, 0.5, 0.99999));  // very short runs: at least 0.5
   }
-  // A very short run can clamp several decays to the same value: keep each once.
+  // A short run can clamp several decays to the same value: keep each once.
   scaled.decays.erase(std::unique(scaled.decays.begin(), scaled.decays.end()), scaled.decays.end());
   return scaled;
 }

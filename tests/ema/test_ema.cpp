@@ -139,16 +139,26 @@ TEST_CASE("ema: state survives a checkpoint round trip exactly; other settings a
   CHECK_THROWS_AS(ema::EmaSet(*net, {.decays = {0.9f}, .every = 0}), std::invalid_argument);
 }
 
-TEST_CASE("ema: scaling the paper's schedule to a shorter run keeps the windows' fraction") {
+TEST_CASE("ema: scaling the paper's schedule to a shorter run keeps the windows' and the warm-up's fractions") {
   const ema::EmaOptions paper;
   const ema::EmaOptions same = ema::scaled_to_run(paper, 200 * 391);
   CHECK(same.every == 16);
   for (size_t k = 0; k < paper.decays.size(); ++k) CHECK(same.decays[k] == doctest::Approx(paper.decays[k]));
-  const ema::EmaOptions short_run = ema::scaled_to_run(paper, 10 * 391);  // 10 epochs: T = 1
-  CHECK(short_run.every == 1);
-  // window T/(1-a): 16 / 0.002 = 8000 of 78,200 steps; 1 / (1 - a') = 400 of 3,910.
-  CHECK(1.0 / (1.0 - short_run.decays[4]) == doctest::Approx(400.0).epsilon(1e-3));
-  CHECK(short_run.decays[0] == doctest::Approx(0.96).epsilon(1e-4));
+
+  const int64_t steps = 10 * 391;  // 10 epochs: 20 times shorter
+  const ema::EmaOptions short_run = ema::scaled_to_run(paper, steps);
+  CHECK(short_run.every == 16);
+  // window T/(1-a): 16 / 0.002 = 8000 of 78,200 steps; 16 / (1 - a') = 400 of 3,910.
+  CHECK(16.0 / (1.0 - short_run.decays.back()) == doctest::Approx(400.0).epsilon(1e-3));
+  // 1 - 0.032 * 20 < 0.5: the fastest is clamped; the others keep their order.
+  REQUIRE(short_run.decays.size() == 5);
+  CHECK(short_run.decays[0] == 0.5f);
+  for (size_t k = 1; k < short_run.decays.size(); ++k) CHECK(short_run.decays[k] > short_run.decays[k - 1]);
+  // The warm-up (t+1)/(t+10) reaches a at t = (10a - 1)/(1 - a): 4,490 of 78,200 steps
+  // (5.7%) for the paper's 0.998, and the same fraction of the short run.
+  auto warmup_end = [](double a) { return (10.0 * a - 1.0) / (1.0 - a); };
+  CHECK(warmup_end(short_run.decays.back()) / steps ==
+        doctest::Approx(warmup_end(paper.decays.back()) / (200.0 * 391.0)).epsilon(0.05));
 }
 
 TEST_CASE("bn recompute: running statistics become the exact statistics of each BN input over the batches") {
