@@ -1,4 +1,5 @@
-// 2-D convolution on the CPU: im2col + sgemm (engine/cpu/sgemm.h), one image per task.
+// 2-D convolution on the CPU: matrix products on our sgemm (engine/cpu/sgemm.h), one
+// image per task, by one of two algorithms (engine/cpu/conv2d.h).
 //
 // Shapes (NCHW, groups = 1, dilation = 1): input x (N,C,H,W), weight w (K,C,R,S),
 // output y (N,K,P,Q) with P = (H + 2*pad_h - R) / stride_h + 1 (Q likewise), and
@@ -31,15 +32,35 @@
 // Scratch buffers (the column matrices, the partials) are thread_local vectors that
 // grow to the largest layer and stay: a training step reuses the same pages instead
 // of faulting in fresh memory every call.
+//
+// Shifted rows: im2col without the column matrix, for stride 1. Pad the image with
+// zeros into xp (C, Hp, Wp), Hp = H + 2 ph, Wp = W + 2 pw, and number the output pixels
+// on the padded width, j = p * Wp + q. Then
+//
+//   col[(c, r, s), j] = xp[c, p + r, q + s] = xp[c * Hp * Wp + r * Wp + s + j]
+//
+// so row (c, r, s) of the column matrix is xp itself, shifted by c*Hp*Wp + r*Wp + s: the
+// product reads it through a table of row offsets (sgemm_indirect_b), and its packing of
+// B is the only copy. The columns q >= Q of each output row wrap into the next row of
+// xp; they are computed and dropped ((Wp - Q) / Wp of the work: 6% at 32x32, 20% at 8x8).
+//
+//   forward          y'[n] (K x P*Wp)  = W (K x CRS) * col, then y[n] = the columns q < Q
+//   backward data    a stride-1 convolution is its own adjoint up to flipping the filter:
+//                    dx[n, c, h, w] = sum_{k,r,s} w[k, c, R-1-r, S-1-s] * dyp[k, h + r, w + s]
+//                    on dy padded by R-1-ph rows and S-1-pw columns: the forward of dy with
+//                    the filter w~[c, k, r, s] = w[k, c, R-1-r, S-1-s] (needs ph < R, pw < S)
+//   backward filter  dW (K x CRS) += dy' (K x P*Wp) * col^T, where dy' is dy[n] spread onto
+//                    the padded width with zeros in the dropped columns
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
+#include "engine/cpu/conv2d.h"
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cpu/sgemm.h"
 #include "engine/parallel.h"
 
-namespace polyak {
+namespace polyak::cpu {
 
 namespace {
 
@@ -121,57 +142,114 @@ void col2im(const Conv2dGeom& g, const float* col, float* dx) {
 
 int64_t gemm_cost(const Conv2dGeom& g) { return std::max<int64_t>(1, g.K * g.C * g.R * g.S * g.P * g.Q); }
 
-}  // namespace
+// ---- shifted rows
 
-void CpuBackend::conv2d_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias, float* y) {
-  const int64_t CRS = g.C * g.R * g.S, PQ = g.P * g.Q, HW = g.H * g.W;
-  const bool pointwise = is_pointwise(g);
+// A zero-padded image and the row offsets of its implicit column matrix.
+struct ShiftedRows {
+  int64_t C, H, W;      // the image
+  int64_t pad_h, pad_w;
+  int64_t R, S;         // the filter taps
+  int64_t Hp, Wp, P;    // padded size; output rows
+  std::vector<int64_t> offsets;  // row (c, r, s) of the column matrix starts at xp + offsets[(c*R + r)*S + s]
+
+  ShiftedRows(int64_t C_, int64_t H_, int64_t W_, int64_t pad_h_, int64_t pad_w_, int64_t R_, int64_t S_)
+      : C(C_), H(H_), W(W_), pad_h(pad_h_), pad_w(pad_w_), R(R_), S(S_), Hp(H + 2 * pad_h), Wp(W + 2 * pad_w),
+        P(Hp - R + 1), offsets(static_cast<size_t>(C * R * S)) {
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s) offsets[static_cast<size_t>((c * R + r) * S + s)] = (c * Hp + r) * Wp + s;
+  }
+  int64_t columns() const { return P * Wp; }
+  // The last row's dropped columns read S - 1 floats past the image: zeros.
+  int64_t padded_size() const { return C * Hp * Wp + S - 1; }
+
+  // xp = x (C, H, W) with the zero border and tail, written in full.
+  void pad(const float* x, float* xp) const {
+    for (int64_t c = 0; c < C; ++c) {
+      float* plane = xp + c * Hp * Wp;
+      std::fill(plane, plane + pad_h * Wp, 0.0f);
+      for (int64_t h = 0; h < H; ++h) {
+        float* row = plane + (pad_h + h) * Wp;
+        std::fill(row, row + pad_w, 0.0f);
+        std::copy(x + (c * H + h) * W, x + (c * H + h + 1) * W, row + pad_w);
+        std::fill(row + pad_w + W, row + Wp, 0.0f);
+      }
+      std::fill(plane + (pad_h + H) * Wp, plane + Hp * Wp, 0.0f);
+    }
+    std::fill(xp + C * Hp * Wp, xp + padded_size(), 0.0f);
+  }
+
+  // out (M x P*Wp) = weights (M x CRS) * col.
+  void product(int64_t M, const float* weights, const float* xp, float* out) const {
+    const int64_t CRS = C * R * S;
+    sgemm_indirect_b(false, false, M, columns(), CRS, 1.0f, weights, CRS, xp, offsets.data(), 0.0f, out, columns());
+  }
+
+  // y (M, P, Q) = the columns q < Q of wide (M x P*Wp), plus bias[m] where given.
+  void drop_wrapped(int64_t M, int64_t Q, const float* wide, const float* bias, float* y) const {
+    for (int64_t m = 0; m < M; ++m) {
+      const float b = bias ? bias[m] : 0.0f;
+      for (int64_t p = 0; p < P; ++p) {
+        const float* in = wide + (m * P + p) * Wp;
+        float* out = y + (m * P + p) * Q;
+        for (int64_t q = 0; q < Q; ++q) out[q] = in[q] + b;
+      }
+    }
+  }
+};
+
+// The geometry of the forward's column matrix and that of the backward data's, whose
+// image is dy (K, P, Q) padded by R-1-ph, S-1-pw (see the top of the file).
+ShiftedRows forward_rows(const Conv2dGeom& g) { return {g.C, g.H, g.W, g.pad_h, g.pad_w, g.R, g.S}; }
+ShiftedRows backward_data_rows(const Conv2dGeom& g) {
+  return {g.K, g.P, g.Q, g.R - 1 - g.pad_h, g.S - 1 - g.pad_w, g.R, g.S};
+}
+
+void shifted_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias, float* y) {
+  const ShiftedRows rows = forward_rows(g);
   parallel_for(g.N, gemm_cost(g), [&](int64_t begin, int64_t end) {
-    thread_local std::vector<float> col_buffer;
-    float* col = pointwise ? nullptr : scratch(col_buffer, CRS * PQ);
+    thread_local std::vector<float> image_buffer, wide_buffer;
+    float* xp = scratch(image_buffer, rows.padded_size());
+    float* wide = scratch(wide_buffer, g.K * rows.columns());
     for (int64_t n = begin; n < end; ++n) {
-      const float* xn = x + n * g.C * HW;
-      float* yn = y + n * g.K * PQ;
-      const float* cols = xn;  // a pointwise conv's image is its own column matrix
-      if (!pointwise) {
-        im2col(g, xn, col);
-        cols = col;
-      }
-      float beta = 0.0f;
-      if (bias) {
-        for (int64_t k = 0; k < g.K; ++k) std::fill(yn + k * PQ, yn + (k + 1) * PQ, bias[k]);
-        beta = 1.0f;
-      }
-      cpu::sgemm(false, false, g.K, PQ, CRS, 1.0f, w, CRS, cols, PQ, beta, yn, PQ);
+      rows.pad(x + n * g.C * g.H * g.W, xp);
+      rows.product(g.K, w, xp, wide);
+      rows.drop_wrapped(g.K, g.Q, wide, bias, y + n * g.K * g.P * g.Q);
     }
   });
 }
 
-void CpuBackend::conv2d_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
-  const int64_t CRS = g.C * g.R * g.S, PQ = g.P * g.Q, HW = g.H * g.W;
-  const bool pointwise = is_pointwise(g);
+void shifted_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
+  const ShiftedRows rows = backward_data_rows(g);
+  const int64_t RS = g.R * g.S;
+  // w~[c, k, r, s] = w[k, c, R-1-r, S-1-s]: (C x K*R*S), for the product's A.
+  thread_local std::vector<float> flipped_buffer;
+  float* const flipped = scratch(flipped_buffer, g.C * g.K * RS);
+  for (int64_t k = 0; k < g.K; ++k)
+    for (int64_t c = 0; c < g.C; ++c)
+      for (int64_t i = 0; i < RS; ++i) flipped[(c * g.K + k) * RS + i] = w[(k * g.C + c) * RS + RS - 1 - i];
   parallel_for(g.N, gemm_cost(g), [&](int64_t begin, int64_t end) {
-    thread_local std::vector<float> col_buffer;
-    float* dcol = pointwise ? nullptr : scratch(col_buffer, CRS * PQ);
+    thread_local std::vector<float> image_buffer, wide_buffer;
+    float* dyp = scratch(image_buffer, rows.padded_size());
+    float* wide = scratch(wide_buffer, g.C * rows.columns());
     for (int64_t n = begin; n < end; ++n) {
-      const float* dyn = dy + n * g.K * PQ;
-      float* dxn = dx + n * g.C * HW;
-      // dcol = W^T * dy[n]; for a pointwise conv dcol is dx[n] itself.
-      float* target = pointwise ? dxn : dcol;
-      cpu::sgemm(true, false, CRS, PQ, g.K, 1.0f, w, CRS, dyn, PQ, 0.0f, target, PQ);
-      if (!pointwise) col2im(g, dcol, dxn);
+      rows.pad(dy + n * g.K * g.P * g.Q, dyp);
+      rows.product(g.C, flipped, dyp, wide);
+      rows.drop_wrapped(g.C, g.W, wide, nullptr, dx + n * g.C * g.H * g.W);
     }
   });
 }
 
-void CpuBackend::conv2d_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw,
-                                        float* dbias) {
-  const int64_t CRS = g.C * g.R * g.S, PQ = g.P * g.Q, HW = g.H * g.W, KCRS = g.K * CRS;
-  const bool pointwise = is_pointwise(g);
+// ---- the filter gradient: a sum over images
 
-  // One slot per thread (at most one per image); a slot's partial dW sums its images.
-  // parallel_for hands each thread a contiguous run of slots; the run accumulates
-  // into the partial of its first slot, and `used` marks the partials that hold data.
+// dw = sum over images of accumulate(n, ...) (K x CRS each). One slot per thread (at
+// most one per image); parallel_for hands each thread a contiguous run of slots, the
+// run accumulates into the partial of its first slot (accumulate(n, acc, first):
+// first = overwrite acc), and the partials are then added in slot order, so the sum
+// is the same on every run with the same thread count.
+template <class Accumulate>
+void sum_over_images(const Conv2dGeom& g, float* dw, Accumulate&& accumulate) {
+  const int64_t KCRS = g.K * g.C * g.R * g.S;
   const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(num_threads(), g.N));
   // The partials belong to the calling thread; the workers reach them through this
   // pointer (naming a thread_local inside the parallel body would give each worker its own).
@@ -183,21 +261,9 @@ void CpuBackend::conv2d_backward_filter(const Conv2dGeom& g, const float* x, con
 
   if (g.N > 0) {
     parallel_for(slots, gemm_cost(g) * g.N / slots, [&](int64_t slot_begin, int64_t slot_end) {
-      thread_local std::vector<float> col_buffer;
-      float* col = pointwise ? nullptr : scratch(col_buffer, CRS * PQ);
       float* acc = partials[slot_begin].data();
       const int64_t n_begin = g.N * slot_begin / slots, n_end = g.N * slot_end / slots;
-      for (int64_t n = n_begin; n < n_end; ++n) {
-        const float* xn = x + n * g.C * HW;
-        const float* cols = xn;
-        if (!pointwise) {
-          im2col(g, xn, col);
-          cols = col;
-        }
-        // acc (K x CRS) (+)= dy[n] (K x PQ) * col^T (PQ x CRS)
-        cpu::sgemm(false, true, g.K, CRS, PQ, 1.0f, dy + n * g.K * PQ, PQ, cols, PQ, n == n_begin ? 0.0f : 1.0f, acc,
-                   CRS);
-      }
+      for (int64_t n = n_begin; n < n_end; ++n) accumulate(n, acc, n == n_begin);
       used[slot_begin] = n_end > n_begin;
     });
   }
@@ -216,21 +282,167 @@ void CpuBackend::conv2d_backward_filter(const Conv2dGeom& g, const float* x, con
       for (int64_t i = begin; i < end; ++i) dw[i] += src[i];
     }
   });
+}
 
-  if (dbias) {
-    parallel_for(g.K, g.N * PQ, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) {
-        double total = 0.0;
-        for (int64_t n = 0; n < g.N; ++n) {
-          const float* row = dy + (n * g.K + k) * PQ;
-          float partial = 0.0f;
-          for (int64_t i = 0; i < PQ; ++i) partial += row[i];
-          total += partial;
-        }
-        dbias[k] = static_cast<float>(total);
+// dbias[k] = sum over n, p, q of dy[n, k, p, q]
+void bias_gradient(const Conv2dGeom& g, const float* dy, float* dbias) {
+  const int64_t PQ = g.P * g.Q;
+  parallel_for(g.K, g.N * PQ, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      double total = 0.0;
+      for (int64_t n = 0; n < g.N; ++n) {
+        const float* row = dy + (n * g.K + k) * PQ;
+        float partial = 0.0f;
+        for (int64_t i = 0; i < PQ; ++i) partial += row[i];
+        total += partial;
       }
-    });
+      dbias[k] = static_cast<float>(total);
+    }
+  });
+}
+
+void shifted_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw) {
+  const ShiftedRows rows = forward_rows(g);
+  const int64_t CRS = g.C * g.R * g.S, columns = rows.columns();
+  sum_over_images(g, dw, [&](int64_t n, float* acc, bool first) {
+    thread_local std::vector<float> image_buffer, spread_buffer;
+    float* xp = scratch(image_buffer, rows.padded_size());
+    float* spread = scratch(spread_buffer, g.K * columns);
+    rows.pad(x + n * g.C * g.H * g.W, xp);
+    // dy' (K x P*Wp): dy[n] with zeros in the dropped columns, which keeps their
+    // wrapped-around image values out of the sum.
+    const float* dyn = dy + n * g.K * g.P * g.Q;
+    for (int64_t k = 0; k < g.K; ++k)
+      for (int64_t p = 0; p < g.P; ++p) {
+        float* out = spread + (k * g.P + p) * rows.Wp;
+        std::copy(dyn + (k * g.P + p) * g.Q, dyn + (k * g.P + p + 1) * g.Q, out);
+        std::fill(out + g.Q, out + rows.Wp, 0.0f);
+      }
+    // acc (K x CRS) (+)= dy' (K x P*Wp) * col^T (P*Wp x CRS)
+    sgemm_indirect_b(false, true, g.K, CRS, columns, 1.0f, spread, columns, xp, rows.offsets.data(),
+                     first ? 0.0f : 1.0f, acc, CRS);
+  });
+}
+
+// ---- im2col
+
+void im2col_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias, float* y) {
+  const int64_t CRS = g.C * g.R * g.S, PQ = g.P * g.Q, HW = g.H * g.W;
+  const bool pointwise = is_pointwise(g);
+  parallel_for(g.N, gemm_cost(g), [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> col_buffer;
+    float* col = pointwise ? nullptr : scratch(col_buffer, CRS * PQ);
+    for (int64_t n = begin; n < end; ++n) {
+      const float* xn = x + n * g.C * HW;
+      float* yn = y + n * g.K * PQ;
+      const float* cols = xn;  // a pointwise conv's image is its own column matrix
+      if (!pointwise) {
+        im2col(g, xn, col);
+        cols = col;
+      }
+      float beta = 0.0f;
+      if (bias) {
+        for (int64_t k = 0; k < g.K; ++k) std::fill(yn + k * PQ, yn + (k + 1) * PQ, bias[k]);
+        beta = 1.0f;
+      }
+      sgemm(false, false, g.K, PQ, CRS, 1.0f, w, CRS, cols, PQ, beta, yn, PQ);
+    }
+  });
+}
+
+void im2col_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
+  const int64_t CRS = g.C * g.R * g.S, PQ = g.P * g.Q, HW = g.H * g.W;
+  const bool pointwise = is_pointwise(g);
+  parallel_for(g.N, gemm_cost(g), [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> col_buffer;
+    float* dcol = pointwise ? nullptr : scratch(col_buffer, CRS * PQ);
+    for (int64_t n = begin; n < end; ++n) {
+      const float* dyn = dy + n * g.K * PQ;
+      float* dxn = dx + n * g.C * HW;
+      // dcol = W^T * dy[n]; for a pointwise conv dcol is dx[n] itself.
+      float* target = pointwise ? dxn : dcol;
+      sgemm(true, false, CRS, PQ, g.K, 1.0f, w, CRS, dyn, PQ, 0.0f, target, PQ);
+      if (!pointwise) col2im(g, dcol, dxn);
+    }
+  });
+}
+
+void im2col_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw) {
+  const int64_t CRS = g.C * g.R * g.S, PQ = g.P * g.Q, HW = g.H * g.W;
+  const bool pointwise = is_pointwise(g);
+  sum_over_images(g, dw, [&](int64_t n, float* acc, bool first) {
+    thread_local std::vector<float> col_buffer;
+    const float* cols = x + n * g.C * HW;
+    if (!pointwise) {
+      float* col = scratch(col_buffer, CRS * PQ);
+      im2col(g, cols, col);
+      cols = col;
+    }
+    // acc (K x CRS) (+)= dy[n] (K x PQ) * col^T (PQ x CRS)
+    sgemm(false, true, g.K, CRS, PQ, 1.0f, dy + n * g.K * PQ, PQ, cols, PQ, first ? 0.0f : 1.0f, acc, CRS);
+  });
+}
+
+}  // namespace
+
+bool conv_supports(ConvAlgorithm algorithm, const Conv2dGeom& g) {
+  switch (algorithm) {
+    case ConvAlgorithm::Im2col:
+      return true;
+    case ConvAlgorithm::ShiftedRows:
+      return g.stride_h == 1 && g.stride_w == 1 && g.pad_h < g.R && g.pad_w < g.S;
   }
+  return false;
+}
+
+ConvAlgorithm conv_algorithm(const Conv2dGeom& g) {
+  // A pointwise convolution's image is already its column matrix: nothing to save.
+  if (!is_pointwise(g) && conv_supports(ConvAlgorithm::ShiftedRows, g)) return ConvAlgorithm::ShiftedRows;
+  return ConvAlgorithm::Im2col;
+}
+
+void conv2d_forward(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* w, const float* bias,
+                    float* y) {
+  if (algorithm == ConvAlgorithm::ShiftedRows) {
+    shifted_forward(g, x, w, bias, y);
+  } else {
+    im2col_forward(g, x, w, bias, y);
+  }
+}
+
+void conv2d_backward_data(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
+  if (algorithm == ConvAlgorithm::ShiftedRows) {
+    shifted_backward_data(g, dy, w, dx);
+  } else {
+    im2col_backward_data(g, dy, w, dx);
+  }
+}
+
+void conv2d_backward_filter(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* dy, float* dw,
+                            float* dbias) {
+  if (algorithm == ConvAlgorithm::ShiftedRows) {
+    shifted_backward_filter(g, x, dy, dw);
+  } else {
+    im2col_backward_filter(g, x, dy, dw);
+  }
+  if (dbias) bias_gradient(g, dy, dbias);
+}
+
+}  // namespace polyak::cpu
+
+namespace polyak {
+
+void CpuBackend::conv2d_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias, float* y) {
+  cpu::conv2d_forward(cpu::conv_algorithm(g), g, x, w, bias, y);
+}
+
+void CpuBackend::conv2d_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
+  cpu::conv2d_backward_data(cpu::conv_algorithm(g), g, dy, w, dx);
+}
+
+void CpuBackend::conv2d_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw,
+                                        float* dbias) {
+  cpu::conv2d_backward_filter(cpu::conv_algorithm(g), g, x, dy, dw, dbias);
 }
 
 }  // namespace polyak

@@ -56,8 +56,31 @@ void copy_rows(T* dst, const Layout& dl, const T* src, const Layout& sl) {
   });
 }
 
+// The same iteration with adjacent dims merged wherever both operands step through them
+// as through one (the output is contiguous): a same-shape add becomes one flat row
+// instead of N*C*H rows of W, each placed by a division per dim.
+BroadcastGeom merge_dims(const BroadcastGeom& g) {
+  BroadcastGeom m;
+  for (int d = 0; d < g.ndim; ++d) {
+    const bool mergeable = m.ndim > 0 && m.a_strides[m.ndim - 1] == g.a_strides[d] * g.shape[d] &&
+                           m.b_strides[m.ndim - 1] == g.b_strides[d] * g.shape[d];
+    if (mergeable) {
+      m.shape[m.ndim - 1] *= g.shape[d];
+      m.a_strides[m.ndim - 1] = g.a_strides[d];
+      m.b_strides[m.ndim - 1] = g.b_strides[d];
+    } else {
+      m.shape[m.ndim] = g.shape[d];
+      m.a_strides[m.ndim] = g.a_strides[d];
+      m.b_strides[m.ndim] = g.b_strides[d];
+      ++m.ndim;
+    }
+  }
+  return m;
+}
+
 template <class F>
-void binary_loop(const BroadcastGeom& g, const float* a, const float* b, float* y, F op) {
+void binary_loop(const BroadcastGeom& geom, const float* a, const float* b, float* y, F op) {
+  const BroadcastGeom g = merge_dims(geom);
   const int last = g.ndim - 1;
   if (g.ndim == 0) {
     y[0] = op(a[0], b[0]);
@@ -68,7 +91,8 @@ void binary_loop(const BroadcastGeom& g, const float* a, const float* b, float* 
   int64_t rows = 1;
   for (int d = 0; d < last; ++d) rows *= g.shape[d];
   const RowWalker walker{last, g.shape};
-  parallel_for(rows, inner, [&](int64_t begin, int64_t end) {
+  // Pointers captured by value: see engine/cpu/relu.cpp.
+  parallel_for(rows, inner, [&g, &walker, a, b, y, inner, as, bs, op](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float* ar = a + walker.offset_of(r, g.a_strides);
       const float* br = b + walker.offset_of(r, g.b_strides);
@@ -90,7 +114,7 @@ void binary_loop(const BroadcastGeom& g, const float* a, const float* b, float* 
 
 template <class F>
 void map(int64_t n, const float* x, float* y, F f) {
-  parallel_for(n, 1, [&](int64_t b, int64_t e) {
+  parallel_for(n, 1, [x, y, f](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) y[i] = f(x[i]);
   });
 }
@@ -136,7 +160,7 @@ void CpuBackend::unary(UnaryOp op, int64_t n, const float* x, float* y) {
 }
 
 void CpuBackend::axpy(int64_t n, float alpha, const float* x, float* y) {
-  parallel_for(n, 1, [&](int64_t b, int64_t e) {
+  parallel_for(n, 1, [alpha, x, y](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) y[i] += alpha * x[i];
   });
 }

@@ -60,18 +60,18 @@ void scale(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
 // by rows of op(B), which the compiler vectorises, or dot products when op(B) = B^T has
 // its columns along k.
 void sgemm_scalar(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                  int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc) {
+                  int64_t lda, const detail::RowMap& B, float* C, int64_t ldc) {
   for (int64_t i = 0; i < M; ++i) {
     float* c = C + i * ldc;
     if (!trans_b) {
       for (int64_t k = 0; k < K; ++k) {
         const float a = alpha * (trans_a ? A[k * lda + i] : A[i * lda + k]);
-        const float* b = B + k * ldb;
+        const float* b = B(k);
         for (int64_t j = 0; j < N; ++j) c[j] += a * b[j];
       }
     } else {
       for (int64_t j = 0; j < N; ++j) {
-        const float* b = B + j * ldb;
+        const float* b = B(j);
         float sum = 0.0f;
         for (int64_t k = 0; k < K; ++k) sum += (trans_a ? A[k * lda + i] : A[i * lda + k]) * b[k];
         c[j] += alpha * sum;
@@ -108,8 +108,12 @@ const char* sgemm_isa_name(SgemmIsa isa) {
 
 const char* sgemm_isa() { return sgemm_isa_name(active_isa()); }
 
-void sgemm(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+namespace {
+
+// Every entry point: B's rows ldb apart, or at the offsets b_rows.
+void sgemm_any(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+               const float* A, int64_t lda, const float* B, int64_t ldb, const int64_t* b_rows, float beta, float* C,
+               int64_t ldc) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) {
     scale(M, N, beta, C, ldc);
@@ -117,21 +121,39 @@ void sgemm(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64
   }
   switch (isa) {
     case SgemmIsa::Avx512:
-      detail::sgemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+      detail::sgemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, b_rows, beta, C, ldc);
       return;
     case SgemmIsa::Avx2:
-      detail::sgemm_avx2(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+      detail::sgemm_avx2(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, b_rows, beta, C, ldc);
       return;
     case SgemmIsa::Scalar:
       scale(M, N, beta, C, ldc);
-      sgemm_scalar(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, C, ldc);
+      sgemm_scalar(trans_a, trans_b, M, N, K, alpha, A, lda, detail::RowMap{B, ldb, b_rows}, C, ldc);
       return;
   }
 }
 
+}  // namespace
+
+void sgemm(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  sgemm_any(isa, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, nullptr, beta, C, ldc);
+}
+
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  sgemm(active_isa(), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  sgemm_any(active_isa(), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, nullptr, beta, C, ldc);
+}
+
+void sgemm_indirect_b(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                      const float* A, int64_t lda, const float* B, const int64_t* b_rows, float beta, float* C,
+                      int64_t ldc) {
+  sgemm_any(isa, trans_a, trans_b, M, N, K, alpha, A, lda, B, 0, b_rows, beta, C, ldc);
+}
+
+void sgemm_indirect_b(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                      int64_t lda, const float* B, const int64_t* b_rows, float beta, float* C, int64_t ldc) {
+  sgemm_any(active_isa(), trans_a, trans_b, M, N, K, alpha, A, lda, B, 0, b_rows, beta, C, ldc);
 }
 
 void sgemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,

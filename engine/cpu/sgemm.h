@@ -33,6 +33,17 @@ const char* sgemm_isa_name(SgemmIsa isa);
 void sgemm(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
            int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// The product with B given by the offsets of its stored rows: row i of B (B is K x N, or
+// N x K with trans_b) starts at B + b_rows[i] instead of B + i * ldb. A convolution's
+// im2col matrix is such a B without being materialised: on a zero-padded image, its row
+// of filter tap (c, r, s) is the image shifted by c * H * W + r * W + s
+// (engine/cpu/conv2d.cpp).
+void sgemm_indirect_b(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                      const float* A, int64_t lda, const float* B, const int64_t* b_rows, float beta, float* C,
+                      int64_t ldc);
+void sgemm_indirect_b(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                      int64_t lda, const float* B, const int64_t* b_rows, float beta, float* C, int64_t ldc);
+
 // The definition as a plain triple loop (sums in double), the reference of the tests.
 void sgemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                      int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);

@@ -26,9 +26,9 @@ struct Avx2 {
 }  // namespace
 
 POLYAK_SGEMM_TARGET void sgemm_avx2(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                                    const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-                                    int64_t ldc) {
-  sgemm_blocked<Avx2, 6, 2>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+                                    const float* A, int64_t lda, const float* B, int64_t ldb, const int64_t* b_rows,
+                                    float beta, float* C, int64_t ldc) {
+  sgemm_blocked<Avx2, 6, 2>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, b_rows, beta, C, ldc);
 }
 
 }  // namespace polyak::cpu::detail

@@ -29,7 +29,8 @@
 // Packing costs a pass over the operand and pays for itself by reuse, which the small
 // products of a convolution (one image at a time) often lack. So:
 //   - with at most 4 row panels (M <= 4 * MR), full panels of op(B) = B are read in
-//     place, ldb floats apart, and only the last partial panel is packed;
+//     place, ldb floats apart (or through the row offsets of sgemm_indirect_b), and
+//     only the last partial panel is packed;
 //   - when N fits in one panel (N <= NR), op(A) = A^T is read in place (its MR rows
 //     side by side along k, lda apart), and when N fits in one vector op(A) = A is
 //     too (one row of A per row of the tile).
@@ -49,10 +50,19 @@ namespace polyak::cpu::detail {
 // Aligned per-thread scratch (sgemm.cpp): slot 0 holds the packed A, slot 1 the packed B.
 float* sgemm_pack_buffer(int slot, int64_t floats);
 
+// b_rows: null, or the offsets of B's stored rows (sgemm_indirect_b in sgemm.h).
 void sgemm_avx512(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+                  int64_t lda, const float* B, int64_t ldb, const int64_t* b_rows, float beta, float* C, int64_t ldc);
 void sgemm_avx2(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+                int64_t lda, const float* B, int64_t ldb, const int64_t* b_rows, float beta, float* C, int64_t ldc);
+
+// The stored rows of an operand: row i at base + i * ld, or at base + offsets[i].
+struct RowMap {
+  const float* base;
+  int64_t ld;
+  const int64_t* offsets;  // null: evenly spaced
+  const float* operator()(int64_t i) const { return base + (offsets ? offsets[i] : i * ld); }
+};
 
 }  // namespace polyak::cpu::detail
 
@@ -62,19 +72,19 @@ namespace {
 
 #define POLYAK_SGEMM_INLINE POLYAK_SGEMM_TARGET inline __attribute__((always_inline))
 
-// The transpose of an 8 x 8 block: dst[i*dst_ld + j] = src[j*src_ld + i] for i, j < 8,
+// The transpose of an 8 x 8 block: dst[i*dst_ld + j] = src[j][k + i] for i, j < 8,
 // where rows j >= rows of the source read as zeros and only the first `lanes` columns
 // of dst are written (FULL: all of both). Each 128-bit half of a register is loaded
 // from its own row (rows j and j + 4 side by side), which leaves two 4 x 4 transposes
 // within the halves: 16 shuffles for the 64 floats.
 template <bool FULL>
-POLYAK_SGEMM_INLINE void transpose_8x8(const float* src, int64_t src_ld, int rows, float* dst, int64_t dst_ld,
+POLYAK_SGEMM_INLINE void transpose_8x8(const float* const* src, int64_t k, int rows, float* dst, int64_t dst_ld,
                                        int lanes) {
   __m128 row[8][2];  // [j][half]: columns 0-3 and 4-7 of source row j
   for (int j = 0; j < 8; ++j) {
     const bool live = FULL || j < rows;
-    row[j][0] = live ? _mm_loadu_ps(src + j * src_ld) : _mm_setzero_ps();
-    row[j][1] = live ? _mm_loadu_ps(src + j * src_ld + 4) : _mm_setzero_ps();
+    row[j][0] = live ? _mm_loadu_ps(src[j] + k) : _mm_setzero_ps();
+    row[j][1] = live ? _mm_loadu_ps(src[j] + k + 4) : _mm_setzero_ps();
   }
   __m256 out[8];
   for (int h = 0; h < 2; ++h) {  // source columns 4h .. 4h + 3 become dst rows 4h .. 4h + 3
@@ -117,54 +127,57 @@ POLYAK_SGEMM_INLINE void copy_panel_row(const float* src, int w, float* dst) {
 }
 
 // Panels of W columns from a source whose rows lie along k, `width` columns in all (the
-// last panel padded with zeros): panel q is dst[q*W*kc + k*W + j] = src[k*ld + q*W + j].
+// last panel padded with zeros): panel q is dst[q*W*kc + k*W + j] = src(k0 + k)[col0 + q*W + j].
 // k runs outside a group of a few panels, so that each visit to a row of the source
 // (rows can be pages apart) reads a few cache lines of it, not a part of one.
 template <class T, int W>
-POLYAK_SGEMM_TARGET void pack_rows(const float* src, int64_t ld, int64_t width, int64_t kc, float* dst) {
+POLYAK_SGEMM_TARGET void pack_rows(const RowMap& src, int64_t k0, int64_t col0, int64_t width, int64_t kc, float* dst) {
   constexpr int64_t GROUP = (64 + W - 1) / W;  // panels whose row segments make >= 64 floats
   const int64_t panels = (width + W - 1) / W;
   for (int64_t q0 = 0; q0 < panels; q0 += GROUP) {
     const int64_t q1 = std::min(panels, q0 + GROUP);
     for (int64_t k = 0; k < kc; ++k) {
+      const float* row = src(k0 + k) + col0;
       for (int64_t q = q0; q < q1; ++q) {
         const int w = static_cast<int>(std::min<int64_t>(W, width - q * W));
-        copy_panel_row<T, W>(src + k * ld + q * W, w, dst + q * W * kc + k * W);
+        copy_panel_row<T, W>(row + q * W, w, dst + q * W * kc + k * W);
       }
     }
   }
 }
 
 // A panel of W columns whose columns lie along k in the source (a transpose):
-// dst[k*W + j] = src[j*ld + k] for j < w, 0 for w <= j < min(W, w rounded up to L),
-// k < kc. Columns past that are never read (the kernel loads whole vectors of L).
+// dst[k*W + j] = src(j0 + j)[k0 + k] for j < w, 0 for w <= j < min(W, w rounded up to
+// L), k < kc. Columns past that are never read (the kernel loads whole vectors of L).
 template <int W, int L>
-POLYAK_SGEMM_TARGET void pack_transposed(const float* src, int64_t ld, int w, int64_t kc, float* dst) {
+POLYAK_SGEMM_TARGET void pack_transposed(const RowMap& src, int64_t j0, int64_t k0, int w, int64_t kc, float* dst) {
   const int written = std::min(W, (w + L - 1) / L * L);
   for (int j = 0; j < written; j += 8) {  // blocks of 8 columns of the panel (rows of the source)
     const int rows = std::clamp(w - j, 0, 8), lanes = std::min(8, written - j);
-    const float* s = src + j * ld;
+    const float* s[8];
+    for (int i = 0; i < rows; ++i) s[i] = src(j0 + j + i) + k0;
     int64_t k = 0;
     if (rows == 8 && lanes == 8) {
-      for (; k + 8 <= kc; k += 8) transpose_8x8<true>(s + k, ld, 8, dst + k * W + j, W, 8);
+      for (; k + 8 <= kc; k += 8) transpose_8x8<true>(s, k, 8, dst + k * W + j, W, 8);
     } else if (rows > 0) {
-      for (; k + 8 <= kc; k += 8) transpose_8x8<false>(s + k, ld, rows, dst + k * W + j, W, lanes);
+      for (; k + 8 <= kc; k += 8) transpose_8x8<false>(s, k, rows, dst + k * W + j, W, lanes);
     }
     for (; k < kc; ++k)
-      for (int i = 0; i < lanes; ++i) dst[k * W + j + i] = i < rows ? s[i * ld + k] : 0.0f;
+      for (int i = 0; i < lanes; ++i) dst[k * W + j + i] = i < rows ? s[i][k] : 0.0f;
   }
 }
 
 // C tile (ROWS x (NV-1)*L + last) = alpha * A rows * B panel + beta * C tile; beta == 0
-// never reads C. B's rows of k are ldb apart. A's element (r, k) is
+// never reads C. B's row k is at b + k * ldb, or with B_TABLE at b + b_rows[k]. A's
+// element (r, k) is
 //   A_ROWS false: a[(r / MR) * a_next + r % MR + k * a_step]: MR rows side by side along
 //                 k, a_step apart (packed: a_step = MR, and a tile taller than MR spans
 //                 consecutive panels, a_next apart; or op(A) = A^T read in place)
 //   A_ROWS true:  a[r * a_next + k]: rows along k (op(A) = A read in place).
-template <class T, int MR, int ROWS, int NV, bool A_ROWS>
+template <class T, int MR, int ROWS, int NV, bool A_ROWS, bool B_TABLE>
 POLYAK_SGEMM_TARGET void micro_kernel(int64_t kc, const float* __restrict a, int64_t a_next, int64_t a_step,
-                                      const float* __restrict b, int64_t ldb, float* c, int64_t ldc, float alpha,
-                                      float beta, int last) {
+                                      const float* __restrict b, int64_t ldb, const int64_t* __restrict b_rows,
+                                      float* c, int64_t ldc, float alpha, float beta, int last) {
   using V = typename T::V;
   constexpr int L = T::L;
   V acc[ROWS][NV];
@@ -175,10 +188,11 @@ POLYAK_SGEMM_TARGET void micro_kernel(int64_t kc, const float* __restrict a, int
     for (int v = 0; v < NV; ++v) acc[r][v] = T::zero();
   }
 #pragma GCC unroll 2
-  for (int64_t k = 0; k < kc; ++k, a += A_ROWS ? 1 : a_step, b += ldb) {
+  for (int64_t k = 0; k < kc; ++k, a += A_ROWS ? 1 : a_step, b += B_TABLE ? 0 : ldb) {
+    const float* bk = B_TABLE ? b + b_rows[k] : b;
     V bv[NV];
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) bv[v] = T::load(b + v * L);
+    for (int v = 0; v < NV; ++v) bv[v] = T::load(bk + v * L);
 #pragma GCC unroll 32
     for (int r = 0; r < ROWS; ++r) {
       const V ar = T::set1(A_ROWS ? a[r * a_next] : a[(r / MR) * a_next + r % MR]);
@@ -209,33 +223,38 @@ POLYAK_SGEMM_TARGET void micro_kernel(int64_t kc, const float* __restrict a, int
   }
 }
 
-using KernelFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, float, float,
-                          int);
+using KernelFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, const int64_t*, float*,
+                          int64_t, float, float, int);
 
 // The instantiations the driver picks from: every tile of up to MR rows and NV_MAX
-// vectors on packed A, and the tiles one vector wide of up to 2 * MR rows on packed or
-// unpacked A. A tile one vector wide needs the taller shape to keep enough FMAs in
-// flight and to amortise its loads of B.
+// vectors on packed A (wide_table: B read in place through its row offsets), and the
+// tiles one vector wide of up to 2 * MR rows on packed or unpacked A. A tile one vector
+// wide needs the taller shape to keep enough FMAs in flight and to amortise its loads of
+// B. (B is read in place only in whole panels, which are never one vector wide.)
 template <class T, int MR, int NV_MAX>
 struct Kernels {
-  template <size_t... I>
+  template <bool B_TABLE, size_t... I>
   static constexpr std::array<KernelFn, MR * NV_MAX> make_wide(std::index_sequence<I...>) {
-    return {&micro_kernel<T, MR, static_cast<int>(I / NV_MAX) + 1, static_cast<int>(I % NV_MAX) + 1, false>...};
+    return {&micro_kernel<T, MR, static_cast<int>(I / NV_MAX) + 1, static_cast<int>(I % NV_MAX) + 1, false,
+                          B_TABLE>...};
   }
   template <bool A_ROWS, size_t... I>
   static constexpr std::array<KernelFn, 2 * MR> make_narrow(std::index_sequence<I...>) {
-    return {&micro_kernel<T, MR, static_cast<int>(I) + 1, 1, A_ROWS>...};
+    return {&micro_kernel<T, MR, static_cast<int>(I) + 1, 1, A_ROWS, false>...};
   }
-  static constexpr std::array<KernelFn, MR * NV_MAX> wide = make_wide(std::make_index_sequence<MR * NV_MAX>{});
+  static constexpr std::array<KernelFn, MR * NV_MAX> wide = make_wide<false>(std::make_index_sequence<MR * NV_MAX>{});
+  static constexpr std::array<KernelFn, MR * NV_MAX> wide_table =
+      make_wide<true>(std::make_index_sequence<MR * NV_MAX>{});
   static constexpr std::array<KernelFn, 2 * MR> narrow = make_narrow<false>(std::make_index_sequence<2 * MR>{});
   static constexpr std::array<KernelFn, 2 * MR> narrow_rows = make_narrow<true>(std::make_index_sequence<2 * MR>{});
 };
 
-// The whole product, for K > 0 and alpha != 0 (the dispatcher handles the rest).
+// The whole product, for K > 0 and alpha != 0 (the dispatcher handles the rest). With
+// b_rows, B's stored rows are at B + b_rows[i].
 template <class T, int MR, int NV_MAX>
 POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                                       const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
-                                       float* C, int64_t ldc) {
+                                       const float* A, int64_t lda, const float* B, int64_t ldb,
+                                       const int64_t* b_rows, float beta, float* C, int64_t ldc) {
   using Table = Kernels<T, MR, NV_MAX>;
   constexpr int L = T::L, NR = NV_MAX * L;
   constexpr int64_t KC_MAX = 384;
@@ -253,6 +272,7 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
   // serves one tile when N fits one panel, and is then read in place: op(A) = A^T
   // as it is, op(A) = A (one row of A per row of C) only by the tiles one vector wide.
   const bool direct_b = !trans_b && row_panels <= 4;
+  const RowMap a_rows{A, lda, nullptr}, b_map{B, ldb, b_rows};
   const bool direct_a = trans_a ? N <= NR : N <= L;
   float* const a_pack = sgemm_pack_buffer(0, direct_a ? 0 : row_panels * MR * kc_max);
   float* const b_pack = sgemm_pack_buffer(1, nc_max * kc_max);
@@ -263,11 +283,11 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
     if (direct_a) {
       // read in place below
     } else if (trans_a) {
-      pack_rows<T, MR>(A + pc * lda, lda, M, kc, a_pack);  // op(A)[i][k] = A[k*lda + i]
+      pack_rows<T, MR>(a_rows, pc, 0, M, kc, a_pack);  // op(A)[i][k] = A[k*lda + i]
     } else {
       for (int64_t p = 0; p < row_panels; ++p) {  // op(A)[i][k] = A[i*lda + k]
         const int rows = static_cast<int>(std::min<int64_t>(MR, M - p * MR));
-        pack_transposed<MR, MR>(A + p * MR * lda + pc, lda, rows, kc, a_pack + p * MR * kc);
+        pack_transposed<MR, MR>(a_rows, p * MR, pc, rows, kc, a_pack + p * MR * kc);
       }
     }
     for (int64_t jc = 0; jc < N; jc += nc_max) {
@@ -276,10 +296,10 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
       if (trans_b) {
         for (int64_t j0 = 0; j0 < nc; j0 += NR) {  // op(B)[k][j] = B[j*ldb + k]
           const int cols = static_cast<int>(std::min<int64_t>(NR, nc - j0));
-          pack_transposed<NR, L>(B + (jc + j0) * ldb + pc, ldb, cols, kc, b_pack + j0 * kc);
+          pack_transposed<NR, L>(b_map, jc + j0, pc, cols, kc, b_pack + j0 * kc);
         }
       } else if (full < nc) {
-        pack_rows<T, NR>(B + pc * ldb + jc + full, ldb, nc - full, kc, b_pack + full * kc);  // op(B)[k][j] = B[k*ldb + j]
+        pack_rows<T, NR>(b_map, pc, jc + full, nc - full, kc, b_pack + full * kc);  // op(B)[k][j] = B(k)[j]
       }
       for (int64_t p = 0; p < row_panels; ++p) {
         const int64_t i0 = p * MR;
@@ -287,8 +307,10 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
         for (int64_t j0 = 0; j0 < nc; j0 += NR) {
           const int cols = static_cast<int>(std::min<int64_t>(NR, nc - j0));
           const int vectors = (cols + L - 1) / L, last = cols - (vectors - 1) * L;
-          const float* b = j0 < full ? B + pc * ldb + jc + j0 : b_pack + j0 * kc;
-          const int64_t b_step = j0 < full ? ldb : NR;
+          const bool in_place = j0 < full;
+          const float* b = !in_place ? b_pack + j0 * kc : b_rows ? B + jc + j0 : B + pc * ldb + jc + j0;
+          const int64_t b_step = in_place ? ldb : NR;
+          const int64_t* b_table = in_place && b_rows ? b_rows + pc : nullptr;
           float* c = C + i0 * ldc + jc + j0;
           const float* a = a_pack + i0 * kc;  // packed: MR rows side by side along k
           int64_t a_next = MR * kc, a_step = MR;
@@ -298,12 +320,13 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
             a = A + i0 * lda + pc, a_next = lda, a_step = 1;
           }
           if (vectors > 1) {  // (never with op(A) = A in place: N <= L there)
-            Table::wide[(rows - 1) * NV_MAX + vectors - 1](kc, a, a_next, a_step, b, b_step, c, ldc, alpha,
-                                                           beta_slice, last);
+            const auto& wide = b_table ? Table::wide_table : Table::wide;
+            wide[(rows - 1) * NV_MAX + vectors - 1](kc, a, a_next, a_step, b, b_step, b_table, c, ldc, alpha,
+                                                    beta_slice, last);
           } else if (p % 2 == 0) {  // one vector wide: two row panels per tile
             const int tall = p + 1 < row_panels ? rows + static_cast<int>(std::min<int64_t>(MR, M - i0 - MR)) : rows;
             const auto& narrow = direct_a && !trans_a ? Table::narrow_rows : Table::narrow;
-            narrow[tall - 1](kc, a, a_next, a_step, b, b_step, c, ldc, alpha, beta_slice, last);
+            narrow[tall - 1](kc, a, a_next, a_step, b, b_step, nullptr, c, ldc, alpha, beta_slice, last);
           }
         }
       }

@@ -1,0 +1,25 @@
+// The CPU convolution algorithms (engine/cpu/conv2d.cpp has the math), callable one by
+// one so that the tests can hold the fast one against the reference on any shape. The
+// backend's conv2d kernels use shifted rows where it applies, im2col elsewhere.
+#pragma once
+
+#include "engine/backend.h"
+
+namespace polyak::cpu {
+
+enum class ConvAlgorithm {
+  Im2col,       // the reference: im2col + sgemm, col2im for the data gradient; every geometry
+  ShiftedRows,  // implicit im2col on a zero-padded image; stride 1 with padding < the kernel size
+};
+
+bool conv_supports(ConvAlgorithm algorithm, const Conv2dGeom& g);
+// The algorithm the backend uses for g.
+ConvAlgorithm conv_algorithm(const Conv2dGeom& g);
+
+void conv2d_forward(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* w,
+                    const float* bias /*nullable*/, float* y);
+void conv2d_backward_data(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w, float* dx);
+void conv2d_backward_filter(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* dy, float* dw,
+                            float* dbias /*nullable*/);
+
+}  // namespace polyak::cpu

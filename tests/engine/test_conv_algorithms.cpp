@@ -1,0 +1,176 @@
+// The fast CPU convolution (shifted rows: implicit im2col on a zero-padded image)
+// against the im2col reference on random shapes: odd sizes, channels that are not
+// multiples of the vector width, batch 1 and 3, 1x1 to 5x5 filters, padding 0 to R-1,
+// 1 to 3 threads; its results repeat bit for bit. And the indirect-B product it rests
+// on (sgemm_indirect_b) against the reference product, on every instruction set.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/cpu/conv2d.h"
+#include "engine/cpu/sgemm.h"
+#include "engine/parallel.h"
+
+using namespace polyak;
+using cpu::ConvAlgorithm;
+using cpu::SgemmIsa;
+
+namespace {
+
+std::vector<float> random_vector(int64_t n, std::mt19937& gen) {
+  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = uniform(gen);
+  return v;
+}
+
+std::string describe(const Conv2dGeom& g) {
+  std::ostringstream out;
+  out << "N" << g.N << " C" << g.C << " " << g.H << "x" << g.W << " K" << g.K << " " << g.R << "x" << g.S << " pad "
+      << g.pad_h << "," << g.pad_w;
+  return out.str();
+}
+
+// |got - want| <= tol * max(1, |want|) elementwise; reports the first mismatch.
+void check_near(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!(std::abs(got[i] - want[i]) <= 1e-4f * std::max(1.0f, std::abs(want[i])))) {
+      FAIL_CHECK(what << ": element " << i << " = " << got[i] << ", reference " << want[i]);
+      return;
+    }
+  }
+}
+
+class ThreadsScope {
+ public:
+  explicit ThreadsScope(int threads) : saved_(num_threads()) { set_num_threads(threads); }
+  ~ThreadsScope() { set_num_threads(saved_); }
+
+ private:
+  int saved_;
+};
+
+struct ConvOutputs {
+  std::vector<float> y, dx, dw, db;
+};
+
+ConvOutputs run(ConvAlgorithm algorithm, const Conv2dGeom& g, const std::vector<float>& x,
+                const std::vector<float>& w, const std::vector<float>& b, const std::vector<float>& dy) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();  // the kernels must overwrite every element
+  ConvOutputs out{std::vector<float>(dy.size(), nan), std::vector<float>(x.size(), nan),
+                  std::vector<float>(w.size(), nan), std::vector<float>(b.size(), nan)};
+  cpu::conv2d_forward(algorithm, g, x.data(), w.data(), b.data(), out.y.data());
+  cpu::conv2d_backward_data(algorithm, g, dy.data(), w.data(), out.dx.data());
+  cpu::conv2d_backward_filter(algorithm, g, x.data(), dy.data(), out.dw.data(), out.db.data());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("conv algorithms: shifted rows covers stride 1 with padding below the filter size") {
+  const Conv2dGeom same{2, 16, 32, 32, 16, 3, 3, 1, 1, 1, 1, 32, 32};
+  CHECK(cpu::conv_supports(ConvAlgorithm::ShiftedRows, same));
+  CHECK(cpu::conv_algorithm(same) == ConvAlgorithm::ShiftedRows);
+  const Conv2dGeom strided{2, 16, 32, 32, 32, 3, 3, 2, 2, 1, 1, 16, 16};
+  CHECK_FALSE(cpu::conv_supports(ConvAlgorithm::ShiftedRows, strided));
+  CHECK(cpu::conv_algorithm(strided) == ConvAlgorithm::Im2col);
+  const Conv2dGeom wide_pad{1, 2, 5, 5, 2, 3, 3, 1, 1, 3, 3, 9, 9};
+  CHECK_FALSE(cpu::conv_supports(ConvAlgorithm::ShiftedRows, wide_pad));
+  const Conv2dGeom pointwise{2, 8, 6, 6, 8, 1, 1, 1, 1, 0, 0, 6, 6};
+  CHECK(cpu::conv_supports(ConvAlgorithm::ShiftedRows, pointwise));
+  CHECK(cpu::conv_algorithm(pointwise) == ConvAlgorithm::Im2col);  // its image is its column matrix already
+}
+
+TEST_CASE("conv algorithms: shifted rows matches im2col on random shapes, repeatably") {
+  std::mt19937 gen(2024);
+  const int64_t batches[] = {1, 3}, channels[] = {1, 3, 5, 16, 17, 20, 33}, sizes[] = {1, 2, 5, 7, 8, 11, 16};
+  const int64_t filters[] = {1, 2, 3, 5};
+  auto pick = [&gen](const auto& options) {
+    return options[std::uniform_int_distribution<size_t>(0, std::size(options) - 1)(gen)];
+  };
+  int tested = 0;
+  for (int trial = 0; trial < 60; ++trial) {
+    Conv2dGeom g{};
+    g.N = pick(batches), g.C = pick(channels), g.K = pick(channels);
+    g.H = pick(sizes), g.W = pick(sizes), g.R = pick(filters), g.S = pick(filters);
+    g.stride_h = g.stride_w = 1;
+    g.pad_h = std::uniform_int_distribution<int64_t>(0, g.R - 1)(gen);
+    g.pad_w = std::uniform_int_distribution<int64_t>(0, g.S - 1)(gen);
+    g.P = g.H + 2 * g.pad_h - g.R + 1, g.Q = g.W + 2 * g.pad_w - g.S + 1;
+    if (g.P < 1 || g.Q < 1) continue;
+    REQUIRE(cpu::conv_supports(ConvAlgorithm::ShiftedRows, g));
+    const int threads = 1 + trial % 3;
+    ThreadsScope scope(threads);
+    INFO(describe(g) << ", " << threads << " threads");
+    const std::vector<float> x = random_vector(g.N * g.C * g.H * g.W, gen);
+    const std::vector<float> w = random_vector(g.K * g.C * g.R * g.S, gen), b = random_vector(g.K, gen);
+    const std::vector<float> dy = random_vector(g.N * g.K * g.P * g.Q, gen);
+    const ConvOutputs want = run(ConvAlgorithm::Im2col, g, x, w, b, dy);
+    const ConvOutputs got = run(ConvAlgorithm::ShiftedRows, g, x, w, b, dy);
+    check_near(got.y, want.y, "forward");
+    check_near(got.dx, want.dx, "backward data");
+    check_near(got.dw, want.dw, "backward filter");
+    check_near(got.db, want.db, "bias gradient");
+    const ConvOutputs again = run(ConvAlgorithm::ShiftedRows, g, x, w, b, dy);
+    CHECK(again.y == got.y);
+    CHECK(again.dx == got.dx);
+    CHECK(again.dw == got.dw);
+    ++tested;
+  }
+  CHECK(tested >= 40);
+}
+
+TEST_CASE("conv algorithms: the ResNet-20 layer shapes, threaded") {
+  std::mt19937 gen(7);
+  ThreadsScope scope(2);
+  for (const int64_t channels : {16, 32, 64}) {
+    const int64_t size = 512 / channels;  // 32x32, 16x16, 8x8
+    const Conv2dGeom g{3, channels, size, size, channels, 3, 3, 1, 1, 1, 1, size, size};
+    INFO(describe(g));
+    const std::vector<float> x = random_vector(g.N * g.C * g.H * g.W, gen), w = random_vector(g.K * g.C * 9, gen),
+                             dy = random_vector(g.N * g.K * g.P * g.Q, gen);
+    const ConvOutputs want = run(ConvAlgorithm::Im2col, g, x, w, {}, dy);
+    const ConvOutputs got = run(ConvAlgorithm::ShiftedRows, g, x, w, {}, dy);
+    check_near(got.y, want.y, "forward");
+    check_near(got.dx, want.dx, "backward data");
+    check_near(got.dw, want.dw, "backward filter");
+  }
+}
+
+TEST_CASE("sgemm_indirect_b: rows at arbitrary offsets match the product on the gathered matrix") {
+  std::mt19937 gen(5);
+  const int64_t sizes[] = {1, 3, 8, 17, 48, 50, 100, 400};
+  for (SgemmIsa isa : {SgemmIsa::Avx512, SgemmIsa::Avx2, SgemmIsa::Scalar}) {
+    if (!cpu::sgemm_isa_available(isa)) continue;
+    for (int trial = 0; trial < 24; ++trial) {
+      const bool trans_a = trial % 2 == 1, trans_b = trial % 4 >= 2;
+      const int64_t M = sizes[trial % 8], N = sizes[(trial * 3 + 1) % 8], K = sizes[(trial * 5 + 2) % 8];
+      const float beta = trial % 3 == 0 ? 0.0f : 0.5f;
+      INFO(cpu::sgemm_isa_name(isa) << " trans_a " << trans_a << " trans_b " << trans_b << " M" << M << " N" << N
+                                     << " K" << K << " beta " << beta);
+      // B's stored rows (rows x cols) at random, overlapping offsets into one buffer.
+      const int64_t rows = trans_b ? N : K, cols = trans_b ? K : N;
+      const std::vector<float> pool = random_vector(cols + 300, gen);
+      std::vector<int64_t> offsets(static_cast<size_t>(rows));
+      for (int64_t& o : offsets) o = std::uniform_int_distribution<int64_t>(0, 300)(gen);
+      std::vector<float> gathered(static_cast<size_t>(rows * cols));
+      for (int64_t i = 0; i < rows; ++i)
+        std::copy(pool.begin() + offsets[i], pool.begin() + offsets[i] + cols, gathered.begin() + i * cols);
+      const std::vector<float> A = random_vector(M * K, gen), C0 = random_vector(M * N, gen);
+      std::vector<float> want = C0, got = C0;
+      cpu::sgemm_reference(trans_a, trans_b, M, N, K, 1.0f, A.data(), trans_a ? M : K, gathered.data(), cols, beta,
+                           want.data(), N);
+      cpu::sgemm_indirect_b(isa, trans_a, trans_b, M, N, K, 1.0f, A.data(), trans_a ? M : K, pool.data(),
+                            offsets.data(), beta, got.data(), N);
+      check_near(got, want, "C");
+    }
+  }
+}
