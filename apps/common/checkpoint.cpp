@@ -1,8 +1,14 @@
 #include "apps/common/checkpoint.h"
 
+#include <nlohmann/json.hpp>
+
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <stdexcept>
+
+#include "engine/nn/layers.h"
+#include "models/registry.h"
 
 namespace polyak::app {
 
@@ -10,17 +16,19 @@ namespace {
 
 std::vector<nn::NamedTensor> model_tensors(const nn::Module& model) { return model.state_dict(); }
 
-int64_t metadata_int(const io::SafetensorsFile& file, const std::string& key) {
+// `fallback` serves keys that older checkpoints lack; without one a missing key is an error.
+int64_t metadata_int(const io::SafetensorsFile& file, const std::string& key, std::optional<int64_t> fallback = {}) {
   const auto it = file.metadata.find(key);
+  if (it == file.metadata.end() && fallback) return *fallback;
   if (it == file.metadata.end())
-    throw std::runtime_error(file.path + ": not a training checkpoint (no '" + key + "' in its metadata)");
+    throw std::invalid_argument(file.path + ": not a training checkpoint (no '" + key + "' in its metadata)");
   try {
     size_t used = 0;
     const long long value = std::stoll(it->second, &used);
     if (used != it->second.size()) throw std::invalid_argument("trailing characters");
     return value;
   } catch (const std::exception&) {
-    throw std::runtime_error(file.path + ": metadata '" + key + "' is not an integer: '" + it->second + "'");
+    throw std::invalid_argument(file.path + ": metadata '" + key + "' is not an integer: '" + it->second + "'");
   }
 }
 
@@ -33,11 +41,11 @@ std::string hex_double(double value) {
 
 double metadata_double(const io::SafetensorsFile& file, const std::string& key) {
   const auto it = file.metadata.find(key);
-  if (it == file.metadata.end()) throw std::runtime_error(file.path + ": no '" + key + "' in its metadata");
+  if (it == file.metadata.end()) throw std::invalid_argument(file.path + ": no '" + key + "' in its metadata");
   char* end = nullptr;
   const double value = std::strtod(it->second.c_str(), &end);
   if (it->second.empty() || *end != '\0')
-    throw std::runtime_error(file.path + ": metadata '" + key + "' is not a number: '" + it->second + "'");
+    throw std::invalid_argument(file.path + ": metadata '" + key + "' is not a number: '" + it->second + "'");
   return value;
 }
 
@@ -67,6 +75,8 @@ void save_training_checkpoint(const std::string& path, const nn::Module& model, 
       {"polyak.epoch_loss_sum", hex_double(state.epoch_loss_sum)},
       {"polyak.epoch_correct", std::to_string(state.epoch_correct)},
       {"polyak.epoch_seen", std::to_string(state.epoch_seen)},
+      {"polyak.epoch_skipped", std::to_string(state.epoch_skipped)},
+      {"polyak.consecutive_skips", std::to_string(state.consecutive_skips)},
       {"polyak.config", state.config_json},
   };
   for (const auto& [key, value] : extra_metadata) {
@@ -76,15 +86,51 @@ void save_training_checkpoint(const std::string& path, const nn::Module& model, 
   io::save_safetensors(path, tensors, metadata);
 }
 
-io::SafetensorsFile load_model(const std::string& path, nn::Module& model) {
+std::string checkpoint_architecture(const io::SafetensorsFile& file) {
+  if (const auto it = file.metadata.find("polyak.model"); it != file.metadata.end()) return it->second;
+  if (const auto it = file.metadata.find("polyak.config"); it != file.metadata.end()) {
+    const nlohmann::json config = nlohmann::json::parse(it->second, nullptr, false);
+    if (config.is_object() && config.contains("model") && config["model"].is_string()) return config["model"];
+  }
+  return "";
+}
+
+std::string head_weight_name(nn::Module& model) {
+  auto* classifier = dynamic_cast<models::Classifier*>(&model);
+  if (!classifier) return "";
+  const nn::Module* head = &classifier->head();
+  for (const auto& [name, module] : model.named_modules())
+    if (module == head) return name.empty() ? "weight" : name + ".weight";
+  return "";
+}
+
+int64_t checkpoint_classes(const io::SafetensorsFile& file, nn::Module& model) {
+  const std::string head_weight = head_weight_name(model);
+  if (head_weight.empty() || !file.contains(head_weight) || file.at(head_weight).dim() != 2) return -1;
+  return file.at(head_weight).size(0);
+}
+
+io::SafetensorsFile load_model(const std::string& path, nn::Module& model, const std::string& architecture) {
   io::SafetensorsFile file = io::load_safetensors(path);
+  const std::string recorded = checkpoint_architecture(file);
+  // A clearer message than a shape mismatch for the common mistake: another dataset.
+  const int64_t trained_for = checkpoint_classes(file, model);
+  if (auto* classifier = dynamic_cast<models::Classifier*>(&model); classifier && trained_for >= 0) {
+    const int64_t classes = classifier->head().weight.size(0);
+    if (trained_for != classes)
+      throw std::invalid_argument(path + ": " + (recorded.empty() ? "a model" : "a " + recorded) + " for " +
+                                  std::to_string(trained_for) + " classes, but the dataset has " + std::to_string(classes));
+  }
   std::vector<nn::NamedTensor> state;
   for (const auto& [name, t] : file.tensors)
     if (name.rfind(kStatePrefix, 0) != 0) state.emplace_back(name, t);
   try {
     model.load_state_dict(state);
   } catch (const std::invalid_argument& e) {
-    throw std::runtime_error(path + ": does not fit the model: " + e.what());
+    if (!recorded.empty() && !architecture.empty() && recorded != architecture)
+      throw std::invalid_argument(path + ": holds a " + recorded + " (from its metadata), not a " + architecture + ": " +
+                                  e.what());
+    throw std::invalid_argument(path + ": does not fit the model: " + e.what());
   }
   return file;
 }
@@ -101,13 +147,15 @@ TrainingState load_training_checkpoint(const std::string& path, nn::Module& mode
   state.epoch_loss_sum = metadata_double(file, "polyak.epoch_loss_sum");
   state.epoch_correct = metadata_int(file, "polyak.epoch_correct");
   state.epoch_seen = metadata_int(file, "polyak.epoch_seen");
+  state.epoch_skipped = metadata_int(file, "polyak.epoch_skipped", 0);
+  state.consecutive_skips = metadata_int(file, "polyak.consecutive_skips", 0);
   state.config_json = file.metadata.count("polyak.config") ? file.metadata.at("polyak.config") : "";
   const std::string momentum = std::string(kStatePrefix) + "optimizer.momentum_buffer";
-  if (!file.contains(momentum)) throw std::runtime_error(path + ": not a training checkpoint (no '" + momentum + "')");
+  if (!file.contains(momentum)) throw std::invalid_argument(path + ": not a training checkpoint (no '" + momentum + "')");
   try {
     sgd.load_state(file.at(momentum).to(sgd.momentum_buffer().device()), metadata_int(file, "polyak.optimizer_steps"));
   } catch (const std::invalid_argument& e) {
-    throw std::runtime_error(path + ": optimiser state does not fit: " + e.what());
+    throw std::invalid_argument(path + ": optimiser state does not fit: " + e.what());
   }
   if (out) *out = std::move(file);
   return state;

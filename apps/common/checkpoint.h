@@ -33,6 +33,9 @@ struct TrainingState {
   // that a resumed run reports the same training loss and accuracy.
   double epoch_loss_sum = 0;
   int64_t epoch_correct = 0, epoch_seen = 0;
+  // Steps skipped for a non-finite loss or gradient (--on-nonfinite skip): in the epoch
+  // in progress, and in a row up to now.
+  int64_t epoch_skipped = 0, consecutive_skips = 0;
   std::string config_json;  // the run's definition
 };
 
@@ -44,9 +47,21 @@ void save_training_checkpoint(const std::string& path, const nn::Module& model, 
                               const TrainingState& state, const std::vector<nn::NamedTensor>& extra = {},
                               const std::map<std::string, std::string>& extra_metadata = {});
 
-// Copies the model's tensors from any checkpoint into `model` (errors name the file
-// and the tensor that is missing or does not fit) and returns the whole file.
-io::SafetensorsFile load_model(const std::string& path, nn::Module& model);
+// The architecture a checkpoint's metadata names ("polyak.model" in model-only files,
+// the "model" of the run configuration "polyak.config" in training checkpoints), or "".
+std::string checkpoint_architecture(const io::SafetensorsFile& file);
+// The name of the weight of `model`'s classifier head ("fc.weight"), "" for a model
+// without a separate head.
+std::string head_weight_name(nn::Module& model);
+// The class count `file` was trained for: the rows of its tensor named as the weight
+// of `model`'s classifier head; -1 when it has no such 2-D tensor.
+int64_t checkpoint_classes(const io::SafetensorsFile& file, nn::Module& model);
+
+// Copies the model's tensors from any checkpoint into `model` and returns the whole
+// file. Throws std::invalid_argument naming the file and what does not fit: the class
+// count, or the first tensor that is missing, extra or of another shape (with the
+// architecture the file's metadata records, when that is not `architecture`).
+io::SafetensorsFile load_model(const std::string& path, nn::Module& model, const std::string& architecture = "");
 
 // Restores model and optimiser from a training checkpoint; returns the counters and
 // the file (for further state such as EMAs).

@@ -2,12 +2,18 @@
 
 #include <CLI/CLI.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
-#include <fstream>
+#include <cstring>
+#include <filesystem>
 #include <sstream>
 
 #include "data/error.h"
 #include "engine/backend.h"
+#include "engine/io/atomic_file.h"
 #include "engine/io/safetensors.h"
 
 namespace polyak::app {
@@ -30,15 +36,52 @@ Device device_from_flag(const std::string& value) {
   return device;
 }
 
+namespace {
+
+// Why no file can be written in the existing folder `dir` (strerror), or "" when one can.
+// A real file is created, written and removed: permissions, read-only mounts, quotas
+// and a full disk all show here, before hours of work are lost to them.
+std::string unwritable_reason(const std::string& dir) {
+  const std::string probe = (std::filesystem::path(dir) / (".polyak-write-test." + std::to_string(::getpid()))).string();
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return std::strerror(errno);
+  int err = ::write(fd, "polyak\n", 7) == 7 ? 0 : errno ? errno : EIO;
+  if (::close(fd) != 0 && !err) err = errno;
+  ::unlink(probe.c_str());
+  return err ? std::strerror(err) : "";
+}
+
+}  // namespace
+
+void prepare_output_folder(const std::string& flag, const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) throw std::invalid_argument(flag + " " + dir + ": cannot create the folder: " + ec.message());
+  if (!std::filesystem::is_directory(dir, ec)) throw std::invalid_argument(flag + " " + dir + ": not a folder");
+  if (const std::string why = unwritable_reason(dir); !why.empty())
+    throw std::invalid_argument(flag + " " + dir + ": cannot write in the folder: " + why);
+}
+
+void check_output_file(const std::string& flag, const std::string& path) {
+  if (path.empty() || path == "-") return;
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty() && !std::filesystem::is_directory(parent)) bad_flag(flag, path, "a file in an existing folder");
+  if (std::filesystem::is_directory(path)) bad_flag(flag, path, "a file name, not a folder");
+  const std::string dir = parent.empty() ? "." : parent.string();
+  if (const std::string why = unwritable_reason(dir); !why.empty())
+    throw std::invalid_argument(flag + " " + path + ": cannot write in its folder " + dir + ": " + why);
+}
+
 void write_output(const std::string& flag, const std::string& target, const std::string& text) {
   if (target == "-") {
     std::fputs(text.c_str(), stdout);
     return;
   }
-  std::ofstream file(target, std::ios::trunc);
-  file << text;
-  file.flush();
-  if (!file) throw std::invalid_argument(flag + " " + target + ": cannot write the file");
+  try {
+    io::write_file_atomically(target, text);
+  } catch (const io::FileWriteError& e) {
+    throw io::FileWriteError(target, flag + ": " + e.detail());
+  }
 }
 
 int run_app(const char* name, CLI::App& app, int argc, char** argv, const std::function<int()>& body) {
@@ -60,6 +103,8 @@ int run_app(const char* name, CLI::App& app, int argc, char** argv, const std::f
     return fail(e, 2);
   } catch (const data::DataError& e) {
     return fail(e, 2);
+  } catch (const io::SafetensorsWriteError& e) {
+    return fail(e, 1);
   } catch (const io::SafetensorsError& e) {
     return fail(e, 2);
   } catch (const std::exception& e) {

@@ -1,9 +1,10 @@
 // What every app's command line shares: the error conventions and the main() frame.
 //
 // Exit codes: 0 done; 2 a bad flag or bad input (a value out of range, a missing or
-// corrupt data file or checkpoint), reported as one line naming the value and what is
-// expected; a subclass of AppError may choose its own code (the train app uses 3 for
-// a diverged run); 1 anything else.
+// corrupt data file or checkpoint, an output folder that cannot be written), reported
+// as one line naming the value and what is expected; a subclass of AppError may choose
+// its own code (the train app uses 3 for a diverged run); 1 anything else, e.g. a disk
+// that fills up during a run (the message names the file and the system's reason).
 #pragma once
 
 #include <functional>
@@ -33,8 +34,17 @@ std::string number_str(double value);
 // is neither, or when this build or machine has no such device.
 Device device_from_flag(const std::string& value);
 
-// Writes `text` to standard output when `target` is "-", else to the file `target`;
-// a failed write is std::invalid_argument naming `flag` and the file.
+// Creates the folder `dir` (with its parents) when needed and checks that a file can be
+// created and written in it; std::invalid_argument naming `flag`, the folder and the
+// system's reason otherwise. Output flags are checked so before any work is done.
+void prepare_output_folder(const std::string& flag, const std::string& dir);
+// For an output file flag ("-": standard output, or "": none, pass): its folder must
+// exist and be writable, as above.
+void check_output_file(const std::string& flag, const std::string& path);
+
+// Writes `text` to standard output when `target` is "-", else atomically to the file
+// `target`; io::FileWriteError naming `flag`, the file and the system's reason when the
+// write fails.
 void write_output(const std::string& flag, const std::string& target, const std::string& text);
 
 // Parses the command line into `app`'s bound options, runs `body`, and turns every

@@ -1,11 +1,8 @@
 #include "apps/eval/checkpoint_model.h"
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <stdexcept>
 
-#include "engine/nn/layers.h"
 #include "engine/rng.h"
 #include "models/registry.h"
 
@@ -15,23 +12,7 @@ namespace {
 
 constexpr const char* kEmaPrefix = "polyak.ema.";
 
-// The dotted name of `target` inside `model` ("fc", "linear", "classifier").
-std::string module_name(nn::Module& model, const nn::Module* target) {
-  for (const auto& [name, module] : model.named_modules())
-    if (module == target) return name;
-  return "";
-}
-
 }  // namespace
-
-std::string checkpoint_architecture(const io::SafetensorsFile& file) {
-  if (const auto it = file.metadata.find("polyak.model"); it != file.metadata.end()) return it->second;
-  if (const auto it = file.metadata.find("polyak.config"); it != file.metadata.end()) {
-    const nlohmann::json config = nlohmann::json::parse(it->second, nullptr, false);
-    if (config.is_object() && config.contains("model") && config["model"].is_string()) return config["model"];
-  }
-  return "";
-}
 
 std::vector<std::string> checkpoint_averages(const io::SafetensorsFile& file) {
   std::vector<std::string> names;
@@ -63,14 +44,11 @@ CheckpointModel load_checkpoint_model(const std::string& path, const std::string
   Rng unused(0);
   m.model = models::create_model(m.architecture, classes > 0 ? classes : 2, unused);
   // The class count the checkpoint was trained for, from its head's weight.
-  auto& classifier = models::as_classifier(*m.model);
-  const std::string head = module_name(*m.model, &classifier.head());
-  const std::string head_weight = head.empty() ? "weight" : head + ".weight";
-  int64_t trained_for = -1;
-  if (m.file.contains(head_weight) && m.file.at(head_weight).dim() == 2) trained_for = m.file.at(head_weight).size(0);
+  const int64_t trained_for = checkpoint_classes(m.file, *m.model);
   if (classes <= 0) {
     if (trained_for < 2)
-      throw std::invalid_argument(path + ": does not fit a " + m.architecture + ": no 2-D tensor '" + head_weight + "'");
+      throw std::invalid_argument(path + ": does not fit a " + m.architecture + ": no 2-D tensor '" +
+                                  head_weight_name(*m.model) + "'");
     if (trained_for != 2) m.model = models::create_model(m.architecture, static_cast<int>(trained_for), unused);
   } else if (trained_for >= 0 && trained_for != classes) {
     // A clearer message than a shape mismatch for the common mistake: another dataset.

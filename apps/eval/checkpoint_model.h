@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/common/checkpoint.h"
 #include "engine/io/safetensors.h"
 #include "engine/nn/module.h"
 
@@ -28,8 +29,6 @@ struct CheckpointModel {
   io::SafetensorsFile file;           // the whole checkpoint (tensors on the CPU)
 };
 
-// The architecture a checkpoint's metadata names, or "" when it names none.
-std::string checkpoint_architecture(const io::SafetensorsFile& file);
 // The averages a training checkpoint holds ("ema0.968", ...), in the order of its tensors.
 std::vector<std::string> checkpoint_averages(const io::SafetensorsFile& file);
 

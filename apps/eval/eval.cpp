@@ -130,10 +130,7 @@ void EvalConfig::validate() const {
   if (batch_size < 1 || batch_size > 65536) bad_flag("--batch-size", std::to_string(batch_size), "an integer from 1 to 65536");
   if (device != "cpu" && device != "cuda") bad_flag("--device", device, "cpu or cuda");
   if (threads < 0 || threads > 1024) bad_flag("--threads", std::to_string(threads), "an integer from 1 to 1024 (0: all cores)");
-  if (!json.empty() && json != "-") {
-    const fs::path parent = fs::path(json).parent_path();
-    if (!parent.empty() && !fs::is_directory(parent)) bad_flag("--json", json, "a file in an existing folder");
-  }
+  check_output_file("--json", json);
 }
 
 int run_eval(EvalConfig config) {

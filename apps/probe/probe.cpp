@@ -60,12 +60,6 @@ void add_probe_flags(CLI::App& app, ProbeConfig& c) {
 
 namespace {
 
-void check_writable(const std::string& flag, const std::string& path) {
-  if (path.empty() || path == "-") return;
-  const fs::path parent = fs::path(path).parent_path();
-  if (!parent.empty() && !fs::is_directory(parent)) bad_flag(flag, path, "a file in an existing folder");
-}
-
 void keep_first(data::ImageSet& set, int64_t n) {
   if (n <= 0 || n >= set.count) return;
   std::vector<int64_t> first(static_cast<size_t>(n));
@@ -112,9 +106,9 @@ void ProbeConfig::validate() const {
   if (sched != "constant" && sched != "cosine") bad_flag("--sched", sched, "constant or cosine");
   if (device != "cpu" && device != "cuda") bad_flag("--device", device, "cpu or cuda");
   if (threads < 0 || threads > 1024) bad_flag("--threads", std::to_string(threads), "an integer from 1 to 1024 (0: all cores)");
-  check_writable("--output", output);
-  check_writable("--output-model", output_model);
-  check_writable("--json", json);
+  check_output_file("--output", output);
+  check_output_file("--output-model", output_model);
+  check_output_file("--json", json);
 }
 
 int run_probe(ProbeConfig config) {
@@ -124,6 +118,16 @@ int run_probe(ProbeConfig config) {
   const Device device = device_from_flag(config.device);
   FILE* out = config.json == "-" ? stderr : stdout;
   const auto start = std::chrono::steady_clock::now();
+
+  // ---- frozen backbone (first: a checkpoint that does not fit fails before the data is read) ----
+  CheckpointModel m = load_checkpoint_model(config.checkpoint, config.model, 0, device);
+  load_weights(m, config.weights);
+  m.model->eval();
+  models::Classifier& backbone = models::as_classifier(*m.model);
+  const int64_t feature_dim = backbone.head().weight.size(1);
+  std::string head_name;
+  for (const auto& [name, module] : m.model->named_modules())
+    if (module == &backbone.head()) head_name = name;
 
   // ---- target data ----
   Datasets sets = load_datasets(config.dataset, config.data_dir);
@@ -135,16 +139,6 @@ int run_probe(ProbeConfig config) {
     throw std::invalid_argument("--batch-size " + std::to_string(config.batch_size) + ": larger than the " +
                                 std::to_string(sets.train.count) + " training images");
   const int classes = sets.train.num_classes;
-
-  // ---- frozen backbone ----
-  CheckpointModel m = load_checkpoint_model(config.checkpoint, config.model, 0, device);
-  load_weights(m, config.weights);
-  m.model->eval();
-  models::Classifier& backbone = models::as_classifier(*m.model);
-  const int64_t feature_dim = backbone.head().weight.size(1);
-  std::string head_name;
-  for (const auto& [name, module] : m.model->named_modules())
-    if (module == &backbone.head()) head_name = name;
 
   // ---- the new head ----
   Rng rng(config.seed);

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <sstream>
 #include <stdexcept>
 
@@ -18,7 +19,8 @@ namespace polyak::app {
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainConfig, model, dataset, data_dir, epochs, batch_size, lr, momentum,
                                                 nesterov, weight_decay, sched, warmup_epochs, milestones, gamma, seed,
                                                 threads, val_split, labels_file, label_noise, noise_type, output, resume,
-                                                init, augment, shuffle, max_steps, eval_every, train_subset, test_subset, device, tf32, deterministic,
+                                                init, augment, shuffle, max_steps, save_every, on_nonfinite, max_skips,
+                                                eval_every, train_subset, test_subset, device, tf32, deterministic,
                                                 ema_decays, ema_every, ema_warmup, ema_buffers, bn_recompute,
                                                 bn_recompute_batches)
 
@@ -48,6 +50,14 @@ void add_train_flags(CLI::App& app, TrainConfig& c) {
   app.add_flag("!--no-augment", c.augment, "no random crop and flip");
   app.add_flag("!--no-shuffle", c.shuffle, "keep the training images in order");
   app.add_option("--max-steps", c.max_steps, "stop after this many optimiser steps (0: no limit)")->capture_default_str();
+  app.add_option("--save-every", c.save_every,
+                 "also write the checkpoint last.safetensors every N optimiser steps (0: at the end of each epoch only)")
+      ->capture_default_str();
+  app.add_option("--on-nonfinite", c.on_nonfinite,
+                 "a non-finite loss or gradient: stop (exit code 3) or skip the step (no update, a warning)")
+      ->capture_default_str();
+  app.add_option("--max-skips", c.max_skips, "with --on-nonfinite skip: stop after more than N skipped steps in a row")
+      ->capture_default_str();
   app.add_option("--eval-every", c.eval_every, "evaluate every N epochs")->capture_default_str();
   app.add_option("--train-subset", c.train_subset, "use only the first N training images (0: all)")->capture_default_str();
   app.add_option("--test-subset", c.test_subset, "evaluate on the first N test images only (0: all)")->capture_default_str();
@@ -57,7 +67,7 @@ void add_train_flags(CLI::App& app, TrainConfig& c) {
   app.add_option("--ema-decays", c.ema_decays,
                  "EMA decays: a list (0.99,0.999), 'paper' (0.968..0.998 at T=16), 'scaled' (the paper's, scaled to "
                  "the run's length) or 'none'")->capture_default_str();
-  app.add_option("--ema-every", c.ema_every, "EMA period T in optimiser steps (0: 16, or scaled)")->capture_default_str();
+  app.add_option("--ema-every", c.ema_every, "EMA period T in optimiser steps (0: 16)")->capture_default_str();
   app.add_option_function<std::string>(
          "--ema-warmup", [&c](const std::string& v) { c.ema_warmup = v == "on"; },
          "decay warm-up min(a, (t+1)/(t+10)): on or off")
@@ -102,13 +112,17 @@ void TrainConfig::validate() const {
   if (noise_type != "sym" && noise_type != "asym") bad_flag("--noise-type", noise_type, "sym or asym");
   if (label_noise > 0 && !labels_file.empty()) bad_flag("--label-noise with --labels", number_str(label_noise), "only one label source");
   if (max_steps < 0) bad_flag("--max-steps", std::to_string(max_steps), "an integer >= 0");
+  if (save_every < 0) bad_flag("--save-every", std::to_string(save_every), "an integer >= 0 (0: at epoch ends only)");
+  if (on_nonfinite != "stop" && on_nonfinite != "skip") bad_flag("--on-nonfinite", on_nonfinite, "stop or skip");
+  if (max_skips < 1 || max_skips > 1000000) bad_flag("--max-skips", std::to_string(max_skips), "an integer from 1 to 1000000");
   if (eval_every < 1) bad_flag("--eval-every", std::to_string(eval_every), "an integer >= 1");
   if (train_subset < 0) bad_flag("--train-subset", std::to_string(train_subset), "an integer >= 0");
   if (test_subset < 0) bad_flag("--test-subset", std::to_string(test_subset), "an integer >= 0");
   if (!resume.empty() && !init.empty()) bad_flag("--init with --resume", init, "only one of them");
+  if (!init.empty() && !std::filesystem::is_regular_file(init)) throw std::invalid_argument("--init " + init + ": no such file");
   if (device != "cpu" && device != "cuda") bad_flag("--device", device, "cpu or cuda");
   (void)ema_options(1);  // parses and range-checks the decays
-  if (ema_every < 0) bad_flag("--ema-every", std::to_string(ema_every), "an integer >= 1 (0: automatic)");
+  if (ema_every < 0) bad_flag("--ema-every", std::to_string(ema_every), "an integer >= 1 (0: 16)");
   if (ema_buffers != "average" && ema_buffers != "copy") bad_flag("--ema-buffers", ema_buffers, "average or copy");
   if (bn_recompute != "none" && bn_recompute != "epoch" && bn_recompute != "end")
     bad_flag("--bn-recompute", bn_recompute, "none, epoch or end");

@@ -41,6 +41,11 @@ struct TrainConfig {
   bool augment = true;
   bool shuffle = true;
   int64_t max_steps = 0;           // 0: no limit
+  int64_t save_every = 0;          // also write last.safetensors every N steps (0: at epoch ends only)
+  // A non-finite loss or gradient: "stop" the run (exit code 3), or "skip" the step,
+  // stopping after more than max_skips skipped steps in a row.
+  std::string on_nonfinite = "stop";
+  int64_t max_skips = 10;
   int eval_every = 1;
   int64_t train_subset = 0;        // 0: all training images; else the first N (quick runs, tests)
   int64_t test_subset = 0;         // 0: all test images; else the first N
@@ -68,7 +73,9 @@ struct TrainConfig {
   void validate() const;
   std::string to_json() const;
   // The settings that define the run's result, without those of one process
-  // (--resume, --max-steps, --threads, --output): what a checkpoint records.
+  // (--resume, --max-steps, --threads, --output): what a checkpoint records. It keeps
+  // --save-every, which does not change the result, so that a resumed run goes on
+  // saving as often.
   TrainConfig definition() const;
   static TrainConfig from_json(const std::string& json);
 };

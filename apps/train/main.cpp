@@ -3,9 +3,15 @@
 //   config.json        every setting, resolved
 //   metrics.jsonl      one JSON object per epoch and evaluated model/split
 //   init.safetensors   the weights before the first step (model only)
-//   last.safetensors   the latest training checkpoint (model + state for --resume)
+//   last.safetensors   the latest training checkpoint (model + state for --resume),
+//                      written at each epoch's end and every --save-every steps
 //   model.safetensors  the final weights (model only), when training completes
-// Exit codes: 0 done, 2 bad flags or input data, 3 training diverged, 1 other errors.
+// Every file is replaced atomically, so a run killed at any moment resumes from the last
+// complete checkpoint (--resume <run>/last.safetensors) to the same result, bit for bit.
+// Exit codes: 0 done, 2 bad flags or input data (or an output folder that cannot be
+// written), 3 training diverged (a non-finite loss, gradient or weight; see
+// --on-nonfinite), 1 other errors (e.g. a disk that fills up: the message names the
+// file, and the previous checkpoint stays intact).
 #include <CLI/CLI.hpp>
 
 #include "apps/common/cli.h"

@@ -1,5 +1,10 @@
 #include "apps/train/protocol.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 
 #include "apps/common/checkpoint.h"
@@ -8,6 +13,7 @@
 #include "apps/common/metrics.h"
 #include "apps/report/report.h"
 #include "ema/bn_recompute.h"
+#include "engine/io/atomic_file.h"
 #include "models/registry.h"
 
 namespace polyak::app {
@@ -38,18 +44,7 @@ data::LoaderOptions recompute_loader_options(const TrainConfig& c) {
 
 }  // namespace
 
-void write_file_atomically(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) throw std::runtime_error("cannot write " + tmp.string());
-  }
-  fs::rename(tmp, path);
-}
-
-void MetricsLog::start_fresh() { write_file_atomically(path_, ""); }
+void MetricsLog::start_fresh() { io::write_file_atomically(path_.string(), ""); }
 
 void MetricsLog::keep_through_epoch(int64_t epoch) {
   std::ifstream in(path_);
@@ -58,14 +53,22 @@ void MetricsLog::keep_through_epoch(int64_t epoch) {
     const json row = json::parse(line, nullptr, false);
     if (!row.is_discarded() && row.value("epoch", int64_t{0}) <= epoch && !row.contains("phase")) kept += line + "\n";
   }
-  write_file_atomically(path_, kept);
+  io::write_file_atomically(path_.string(), kept);
 }
 
 void MetricsLog::append(const json& row) {
-  std::ofstream out(path_, std::ios::app);
-  out << row.dump() << "\n";
-  out.flush();
-  if (!out) throw std::runtime_error("cannot write " + path_.string());
+  // The line goes out in one write() (more only on a short write): a run killed
+  // meanwhile leaves at most a partial last line, which keep_through_epoch drops.
+  const std::string line = row.dump() + "\n";
+  const int fd = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  int err = fd < 0 ? errno : 0;
+  for (std::string_view rest = line; fd >= 0 && !err && !rest.empty();) {
+    const ssize_t n = ::write(fd, rest.data(), rest.size());
+    if (n < 0 && errno != EINTR) err = errno;
+    if (n > 0) rest.remove_prefix(static_cast<size_t>(n));
+  }
+  if (fd >= 0 && ::close(fd) != 0 && !err) err = errno;
+  if (err) throw io::FileWriteError(path_.string(), std::string("cannot append a row: ") + std::strerror(err));
 }
 
 Protocol::Protocol(const TrainConfig& config, nn::Module& model, ema::EmaSet* averages, const Datasets& sets,
@@ -111,7 +114,9 @@ void Protocol::select(const Evaluation& e, int64_t epoch) {
   }
 }
 
-void Protocol::write_selection() const { write_file_atomically(out_dir_ / "selection.json", selection_.dump(2) + "\n"); }
+void Protocol::write_selection() const {
+  io::write_file_atomically((out_dir_ / "selection.json").string(), selection_.dump(2) + "\n");
+}
 
 std::string Protocol::evaluate_epoch(int64_t epoch, int64_t step, float lr, MetricsLog& log) {
   const json base = {{"epoch", epoch}, {"step", step}, {"lr", lr}};
@@ -229,8 +234,8 @@ void Protocol::finish(int64_t epoch, int64_t step, float lr, MetricsLog& log) {
     diagrams[averages_->name(best)] = reliability_entry(predict(model_, sets_.test, {}, 500, device),
                                                         config_.bn_recompute != "none" ? "recomputed" : "running");
   }
-  write_file_atomically(out_dir_ / "reliability.json",
-                        json{{"split", "test"}, {"epoch", epoch}, {"models", diagrams}}.dump(2) + "\n");
+  io::write_file_atomically((out_dir_ / "reliability.json").string(),
+                            json{{"split", "test"}, {"epoch", epoch}, {"models", diagrams}}.dump(2) + "\n");
 }
 
 }  // namespace polyak::app

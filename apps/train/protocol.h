@@ -66,7 +66,8 @@ class Protocol {
   nlohmann::json selection_ = nlohmann::json::object();
 };
 
-// Appends rows to metrics.jsonl (flushing each, so a crash loses nothing reported).
+// Appends rows to metrics.jsonl (each written at once, so a crash loses nothing reported;
+// a failed write is io::FileWriteError naming the file and the system's reason).
 class MetricsLog {
  public:
   explicit MetricsLog(std::filesystem::path path) : path_(std::move(path)) {}
@@ -79,8 +80,5 @@ class MetricsLog {
  private:
   std::filesystem::path path_;
 };
-
-// Writes `text` to `path` through a temporary file and a rename (never half-written).
-void write_file_atomically(const std::filesystem::path& path, const std::string& text);
 
 }  // namespace polyak::app

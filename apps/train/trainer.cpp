@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
@@ -18,6 +20,7 @@
 #include "apps/train/protocol.h"
 #include "engine/backend.h"
 #include "engine/cuda/settings.h"
+#include "engine/io/atomic_file.h"
 #include "data/labels.h"
 #include "data/loader.h"
 #include "data/split.h"
@@ -36,6 +39,7 @@ namespace {
 // The configuration a --resume continues: the checkpoint's, with only the settings
 // that do not change the result taken from the command line.
 TrainConfig resumed_config(const TrainConfig& given) {
+  if (!fs::is_regular_file(given.resume)) throw std::invalid_argument("--resume " + given.resume + ": no such file");
   const io::SafetensorsFile file = io::load_safetensors(given.resume);
   const auto it = file.metadata.find("polyak.config");
   if (it == file.metadata.end())
@@ -44,6 +48,7 @@ TrainConfig resumed_config(const TrainConfig& given) {
   config.resume = given.resume;
   if (given.threads) config.threads = given.threads;
   config.max_steps = given.max_steps;
+  if (given.save_every) config.save_every = given.save_every;
   config.output = given.output.empty() ? fs::path(given.resume).parent_path().string() : given.output;
   if (config.output.empty()) config.output = ".";
   return config;
@@ -69,6 +74,60 @@ int64_t argmax_matches(const Tensor& logits, const Tensor& labels) {
   return correct;
 }
 
+// Whether every value of the flat float tensor `t` is finite. On the CPU one scan; on a
+// GPU one reduction without a copy to the host: x * 0 is 0 for a finite x and NaN for
+// an infinite or NaN one, so the sum is NaN exactly when some value is not finite (and,
+// unlike a plain sum of the values, it cannot overflow).
+bool all_finite(const Tensor& t) {
+  if (t.device() == Device::CPU) {
+    const float* v = t.data<float>();
+    return std::all_of(v, v + t.numel(), [](float x) { return std::isfinite(x); });
+  }
+  return std::isfinite(sum(mul_scalar(t, 0.0f)).item());
+}
+
+// The first parameter (PyTorch's order and name) whose values, or gradient values, are
+// not all finite; "" when there is none.
+std::string first_nonfinite(const nn::Module& model, bool gradients) {
+  if (all_finite(gradients ? model.gradient_arena() : model.parameter_arena())) return "";
+  for (const auto& [name, p] : model.named_parameters())
+    if (!all_finite((gradients ? p.grad() : p).contiguous())) return name;
+  return "?";
+}
+
+// What is not finite in the step just computed ("" when all is well): the loss, or a
+// gradient.
+std::string nonfinite_part(float loss, const nn::Module& model) {
+  if (!std::isfinite(loss)) return "the loss is " + number_str(loss);
+  const std::string name = first_nonfinite(model, true);
+  return name.empty() ? "" : "the gradient of " + name + " is not finite";
+}
+
+// The model's buffers (BatchNorm statistics and counters), kept before a step that may
+// be skipped: the forward pass of a batch whose loss is not finite may already have
+// made them NaN.
+std::vector<Tensor> copy_buffers(const nn::Module& model) {
+  std::vector<Tensor> copies;
+  for (const auto& [name, b] : model.named_buffers()) copies.push_back(b.clone());
+  return copies;
+}
+
+void restore_buffers(const nn::Module& model, const std::vector<Tensor>& copies) {
+  size_t i = 0;
+  for (const auto& [name, b] : model.named_buffers()) Tensor(b).copy_(copies.at(i++));
+}
+
+// Test hook: with POLYAK_FAULT_STOP_AT_STEP=N the process stops itself (SIGSTOP) right
+// after optimiser step N, before anything of that step is saved, so that a test can
+// kill it (SIGKILL) at exactly that point; see tests/apps/test_crash_resume.cpp.
+void fault_stop_at(int64_t step) {
+  static const int64_t stop_at = [] {
+    const char* value = std::getenv("POLYAK_FAULT_STOP_AT_STEP");
+    return value ? std::atoll(value) : 0;
+  }();
+  if (step == stop_at) std::raise(SIGSTOP);
+}
+
 }  // namespace
 
 int run_training(TrainConfig config) {
@@ -80,9 +139,9 @@ int run_training(TrainConfig config) {
 
   // ---- output folder: checked before any work, so a bad path fails at once ----
   const fs::path out_dir(config.output);
-  std::error_code ec;
-  fs::create_directories(out_dir, ec);
-  if (ec) throw std::invalid_argument("--output " + config.output + ": cannot create the folder: " + ec.message());
+  prepare_output_folder("--output", config.output);
+  for (const std::string& name : io::remove_stale_temp_files(config.output))
+    std::printf("removed %s, left by an interrupted write\n", (out_dir / name).string().c_str());
   const fs::path last_path = out_dir / "last.safetensors";
   if (config.resume.empty() && fs::exists(last_path))
     throw std::invalid_argument("--output " + config.output + " already holds a run (" + last_path.string() +
@@ -117,7 +176,13 @@ int run_training(TrainConfig config) {
   const auto model = models::create_model(config.model, classes, rng);
   model->to(device);
   model->pack_arenas();
-  if (!config.init.empty()) load_model(config.init, *model);
+  if (!config.init.empty()) {
+    try {
+      load_model(config.init, *model, config.model);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(std::string("--init ") + e.what());
+    }
+  }
   Sgd sgd(*model, {.lr = config.lr, .momentum = config.momentum, .weight_decay = config.weight_decay, .nesterov = config.nesterov});
   data::LoaderOptions loader_options;
   loader_options.batch_size = config.batch_size;
@@ -142,9 +207,13 @@ int run_training(TrainConfig config) {
 
   MetricsLog metrics(out_dir / "metrics.jsonl");
   TrainingState state;
+  std::string saved_path;  // the last good checkpoint, and its step
+  int64_t saved_step = 0;
   if (!config.resume.empty()) {
     io::SafetensorsFile file;
     state = load_training_checkpoint(config.resume, *model, sgd, &file);
+    saved_path = config.resume;
+    saved_step = state.step;
     if (averages) {
       std::vector<nn::NamedTensor> tensors(file.tensors.begin(), file.tensors.end());
       averages->load_state(tensors, file.metadata);
@@ -156,7 +225,7 @@ int run_training(TrainConfig config) {
     std::printf("resumed %s at epoch %lld, step %lld\n", config.resume.c_str(), static_cast<long long>(state.epoch),
                 static_cast<long long>(state.step));
   } else {
-    write_file_atomically(out_dir / "config.json", config.to_json() + "\n");
+    io::write_file_atomically((out_dir / "config.json").string(), config.to_json() + "\n");
     metrics.start_fresh();
     save_model((out_dir / "init.safetensors").string(), *model, {{"polyak.model", config.model}});
     state.loader = loader.state();
@@ -178,6 +247,27 @@ int run_training(TrainConfig config) {
               static_cast<long long>(config.batch_size), config.epochs, config.sched.c_str(), config.lr, num_threads(),
               config.output.c_str());
 
+  // The error of a run stopped at `step` by a non-finite `what`.
+  const auto diverged = [&](int64_t step, const std::string& what, int64_t epoch, float lr) {
+    return TrainingDiverged(
+        "training diverged at step " + std::to_string(step) + " (epoch " + std::to_string(epoch + 1) + ", lr " +
+        number_str(lr) + "): " + what + "; stopped without saving; the last good checkpoint is " +
+        (saved_path.empty() ? std::string("none (none was written yet)")
+                            : saved_path + " (step " + std::to_string(saved_step) + ")"));
+  };
+  // The checkpoint of where the run stands: after epoch state.epoch, or inside the
+  // next one with the loader's position and the epoch's running sums.
+  const auto save_checkpoint = [&] {
+    state.loader = loader.state();
+    state.rng = rng.state();
+    std::map<std::string, std::string> extra_metadata = {{"polyak.selection", protocol.selection().dump()}};
+    if (averages) extra_metadata.merge(averages->state_metadata());
+    save_training_checkpoint(last_path.string(), *model, sgd, state,
+                             averages ? averages->state_tensors() : std::vector<nn::NamedTensor>{}, extra_metadata);
+    saved_path = last_path.string();
+    saved_step = state.step;
+  };
+
   bool stopped = false;
   while (!stopped && loader.state().epoch < config.epochs) {
     const int64_t epoch = loader.state().epoch;
@@ -185,66 +275,87 @@ int run_training(TrainConfig config) {
     ProgressBar bar("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(config.epochs),
                     steps_per_epoch - loader.state().next_batch, config.batch_size);
     // A run resumed inside an epoch continues that epoch's sums.
-    const bool continuing = loader.state().next_batch > 0;
-    double loss_sum = continuing ? state.epoch_loss_sum : 0;
-    int64_t seen = continuing ? state.epoch_seen : 0, correct = continuing ? state.epoch_correct : 0, done = 0;
+    if (loader.state().next_batch == 0) {
+      state.epoch_loss_sum = 0;
+      state.epoch_correct = state.epoch_seen = state.epoch_skipped = 0;
+    }
+    int64_t done = 0;
     float lr = schedule.lr_at(state.step);
     while (auto batch = loader.next()) {
       lr = schedule.lr_at(state.step);
       sgd.options().lr = lr;
       model->zero_grad();
+      std::vector<Tensor> buffers_before;
+      if (config.on_nonfinite == "skip") buffers_before = copy_buffers(*model);
       const Tensor logits = (*model)(batch->images);
       const Tensor loss = cross_entropy(logits, batch->labels);
       const float loss_value = loss.item();
-      if (!std::isfinite(loss_value)) {
-        throw TrainingDiverged("training diverged at step " + std::to_string(state.step + 1) + " (epoch " +
-                               std::to_string(epoch + 1) + ", lr " + std::to_string(lr) + "): the loss is " +
-                               std::to_string(loss_value) + "; nothing was saved after it; the last good checkpoint is " +
-                               (fs::exists(last_path) ? last_path.string() : std::string("none (no epoch completed)")));
+      if (std::isfinite(loss_value)) loss.backward();
+      if (const std::string bad = nonfinite_part(loss_value, *model); !bad.empty()) {
+        if (config.on_nonfinite == "stop") throw diverged(state.step + 1, bad, epoch, lr);
+        if (++state.consecutive_skips > config.max_skips)
+          throw diverged(state.step + 1, bad + ", " + std::to_string(config.max_skips) + " steps in a row (--max-skips)",
+                         epoch, lr);
+        // Skipped: no update of the weights, the momentum or the averages, and the BN
+        // statistics as before the batch. The step still counts (the batch is used up,
+        // and the schedule stays on the epochs' grid), and the epoch's loss and accuracy
+        // leave the batch out.
+        restore_buffers(*model, buffers_before);
+        std::printf("warning: step %lld (epoch %lld, lr %s) skipped: %s (%lld in a row)\n",
+                    static_cast<long long>(state.step + 1), static_cast<long long>(epoch + 1), number_str(lr).c_str(),
+                    bad.c_str(), static_cast<long long>(state.consecutive_skips));
+        ++state.epoch_skipped;
+        ++state.step;
+      } else {
+        state.consecutive_skips = 0;
+        sgd.step();
+        // A finite loss and gradient can still step to weights that overflow; that
+        // cannot be skipped (the old weights are gone), so it always stops the run.
+        if (const std::string name = first_nonfinite(*model, false); !name.empty())
+          throw diverged(state.step + 1, "the update made " + name + " non-finite", epoch, lr);
+        ++state.step;
+        if (averages) averages->after_step(state.step);
+        const int64_t b = batch->labels.numel();
+        state.epoch_loss_sum += static_cast<double>(loss_value) * static_cast<double>(b);
+        state.epoch_correct += argmax_matches(logits, batch->labels);
+        state.epoch_seen += b;
       }
-      loss.backward();
-      sgd.step();
-      ++state.step;
-      if (averages) averages->after_step(state.step);
-      const int64_t b = batch->labels.numel();
-      loss_sum += static_cast<double>(loss_value) * static_cast<double>(b);
-      correct += argmax_matches(logits, batch->labels);
-      seen += b;
-      bar.update(++done, loss_sum / static_cast<double>(seen), 100.0 * static_cast<double>(correct) / static_cast<double>(seen));
+      const double seen = static_cast<double>(std::max<int64_t>(state.epoch_seen, 1));
+      bar.update(++done, state.epoch_loss_sum / seen, 100.0 * static_cast<double>(state.epoch_correct) / seen);
+      fault_stop_at(state.step);
       if (config.max_steps && state.step >= config.max_steps) {
         stopped = true;
         break;
       }
+      // Mid-epoch checkpoints; the one of the epoch's last batch follows its evaluation.
+      if (config.save_every && state.step % config.save_every == 0 && loader.state().next_batch < steps_per_epoch)
+        save_checkpoint();
     }
     const double rate = bar.finish();
     if (loader.state().next_batch >= steps_per_epoch) loader.start_epoch(epoch + 1);  // stopped on the last batch
-    const bool epoch_complete = loader.state().epoch == epoch + 1;
-    state.loader = loader.state();
-    state.rng = rng.state();
-    state.epoch_loss_sum = epoch_complete ? 0 : loss_sum;
-    state.epoch_correct = epoch_complete ? 0 : correct;
-    state.epoch_seen = epoch_complete ? 0 : seen;
-    if (epoch_complete) {
+    if (loader.state().epoch == epoch + 1) {
       state.epoch = epoch + 1;
+      const double seen = static_cast<double>(state.epoch_seen);
+      const double accuracy = seen > 0 ? 100.0 * static_cast<double>(state.epoch_correct) / seen : 0.0;
+      const double loss = seen > 0 ? state.epoch_loss_sum / seen : 0.0;
       const json base = {{"epoch", state.epoch}, {"step", state.step}, {"lr", lr}, {"model", "sgd"}, {"bn", "running"}};
       json train_row = base;
-      train_row.update({{"split", "train"}, {"accuracy", seen ? 100.0 * static_cast<double>(correct) / static_cast<double>(seen) : 0.0},
-                        {"loss", seen ? loss_sum / static_cast<double>(seen) : 0.0}, {"images", seen}});
+      train_row.update({{"split", "train"}, {"accuracy", accuracy}, {"loss", loss}, {"images", state.epoch_seen},
+                        {"skipped", state.epoch_skipped}});
       metrics.append(train_row);
       std::string summary = "epoch " + std::to_string(state.epoch) + "/" + std::to_string(config.epochs);
       char buf[160];
-      std::snprintf(buf, sizeof buf, "  lr %.4f  train loss %.3f acc %.2f%%", lr, loss_sum / std::max<int64_t>(seen, 1),
-                    100.0 * static_cast<double>(correct) / static_cast<double>(std::max<int64_t>(seen, 1)));
+      std::snprintf(buf, sizeof buf, "  lr %.4f  train loss %.3f acc %.2f%%", lr, loss, accuracy);
       summary += buf;
+      if (state.epoch_skipped) summary += "  (" + std::to_string(state.epoch_skipped) + " steps skipped)";
       if (state.epoch % config.eval_every == 0 || state.epoch == config.epochs)
         summary += protocol.evaluate_epoch(state.epoch, state.step, lr, metrics);
       std::snprintf(buf, sizeof buf, "  (%.0f img/s, %s)", rate, format_duration(bar.seconds()).c_str());
       std::printf("%s%s\n", summary.c_str(), buf);
+      state.epoch_loss_sum = 0;
+      state.epoch_correct = state.epoch_seen = state.epoch_skipped = 0;
     }
-    std::map<std::string, std::string> extra_metadata = {{"polyak.selection", protocol.selection().dump()}};
-    if (averages) extra_metadata.merge(averages->state_metadata());
-    save_training_checkpoint(last_path.string(), *model, sgd, state,
-                             averages ? averages->state_tensors() : std::vector<nn::NamedTensor>{}, extra_metadata);
+    save_checkpoint();
   }
   if (state.epoch >= config.epochs) {
     save_model((out_dir / "model.safetensors").string(), *model, {{"polyak.model", config.model}});

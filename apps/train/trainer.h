@@ -9,8 +9,10 @@
 
 namespace polyak::app {
 
-// A non-finite loss: the message names the step, the learning rate and the last good
-// checkpoint; nothing is saved after it.
+// A non-finite loss or gradient (with --on-nonfinite stop, or after more than --max-skips
+// skipped steps in a row) or a weight that an update made non-finite: the message names
+// the step, the epoch, the learning rate, what was not finite (a parameter by its
+// PyTorch name) and the last good checkpoint; nothing is saved after it.
 struct TrainingDiverged : AppError {
   explicit TrainingDiverged(const std::string& what) : AppError(what, 3) {}
 };

@@ -1,16 +1,15 @@
 // safetensors reader and writer; the format and the layout rules are in safetensors.h.
 #include "engine/io/safetensors.h"
 
-#include <fcntl.h>
+#include "engine/io/atomic_file.h"
+
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -127,52 +126,6 @@ std::string make_header(const std::string& path, const std::vector<OutTensor>& o
   header += '}';
   header.append((8 - header.size() % 8) % 8, ' ');
   return header;
-}
-
-// Owns the temporary file until it has been renamed: closes it and removes it otherwise.
-class TempFile {
- public:
-  explicit TempFile(std::string name) : name_(std::move(name)) {}
-  TempFile(const TempFile&) = delete;
-  TempFile& operator=(const TempFile&) = delete;
-  ~TempFile() {
-    if (file_) std::fclose(file_);
-    if (!committed_) ::unlink(name_.c_str());
-  }
-  const std::string& name() const { return name_; }
-  FILE*& file() { return file_; }
-  void commit() { committed_ = true; }
-
- private:
-  std::string name_;
-  FILE* file_ = nullptr;
-  bool committed_ = false;
-};
-
-void write_all(const std::string& path, TempFile& tmp, const void* data, size_t bytes, const std::string& what) {
-  if (bytes == 0) return;
-  errno = 0;
-  if (std::fwrite(data, 1, bytes, tmp.file()) != bytes) {
-    const int err = errno ? errno : EIO;
-    throw SafetensorsError(path, system_error("cannot write " + what + " to " + tmp.name(), err));
-  }
-}
-
-// After the rename the new file is in place; this makes the rename itself durable.
-void sync_directory(const std::string& path) {
-  std::filesystem::path dir = std::filesystem::path(path).parent_path();
-  if (dir.empty()) dir = ".";
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) {
-    throw SafetensorsError(path, system_error("file written, but cannot open its directory " + dir.string() +
-                                                  " to sync it", errno));
-  }
-  if (::fsync(fd) != 0 && errno != EINVAL && errno != EROFS) {  // some file systems cannot sync directories
-    const int err = errno;
-    ::close(fd);
-    throw SafetensorsError(path, system_error("file written, but syncing its directory " + dir.string() + " failed", err));
-  }
-  ::close(fd);
 }
 
 // ------------------------------------------------------------------------- reading
@@ -435,25 +388,14 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
   });
   const std::string header = make_header(path, order, metadata);
 
-  TempFile tmp(path + ".tmp." + std::to_string(::getpid()));
-  tmp.file() = std::fopen(tmp.name().c_str(), "wb");
-  if (!tmp.file()) throw SafetensorsError(path, system_error("cannot create " + tmp.name(), errno));
   const uint64_t header_len = header.size();  // little-endian, as the host
-  write_all(path, tmp, &header_len, sizeof header_len, "the header length");
-  write_all(path, tmp, header.data(), header.size(), "the header");
-  for (const OutTensor& t : order) {
-    write_all(path, tmp, t.host.raw_data(), t.bytes, "tensor " + quote(*t.name));
+  std::vector<std::string_view> pieces = {{reinterpret_cast<const char*>(&header_len), sizeof header_len}, header};
+  for (const OutTensor& t : order) pieces.emplace_back(static_cast<const char*>(t.host.raw_data()), t.bytes);
+  try {
+    write_file_atomically(path, pieces);
+  } catch (const FileWriteError& e) {
+    throw SafetensorsWriteError(path, e.detail());
   }
-  if (std::fflush(tmp.file()) != 0) throw SafetensorsError(path, system_error("cannot write " + tmp.name(), errno));
-  if (::fsync(::fileno(tmp.file())) != 0) throw SafetensorsError(path, system_error("cannot sync " + tmp.name(), errno));
-  FILE* f = tmp.file();
-  tmp.file() = nullptr;
-  if (std::fclose(f) != 0) throw SafetensorsError(path, system_error("cannot close " + tmp.name(), errno));
-  if (std::rename(tmp.name().c_str(), path.c_str()) != 0) {
-    throw SafetensorsError(path, system_error("cannot rename " + tmp.name() + " over it", errno));
-  }
-  tmp.commit();
-  sync_directory(path);
 }
 
 SafetensorsFile load_safetensors(const std::string& path) {

@@ -12,10 +12,10 @@
 // and by name within a dtype, their data in that same order (which keeps every tensor
 // aligned to its element size).
 //
-// Writes are atomic: the bytes go to `path.tmp.<pid>` beside the target, are flushed and
-// fsync'ed, and the temporary file is renamed over `path` (then the directory is
-// fsync'ed). A failed save removes the temporary file and leaves any file already at
-// `path` as it was.
+// Writes are atomic (engine/io/atomic_file.h): the bytes go to `path.tmp.<pid>` beside
+// the target, are fsync'ed, and the temporary file is renamed over `path` (then the
+// directory is fsync'ed). A failed save removes the temporary file and leaves any file
+// already at `path` as it was.
 //
 // The reader validates the whole header before it allocates a tensor, so a damaged or
 // hostile file gives a SafetensorsError naming the file and the problem, never a crash
@@ -42,6 +42,13 @@ class SafetensorsError : public std::runtime_error {
   std::string path_;
 };
 
+// A save that failed at the system level (a full disk, a missing folder): the message
+// names the file and the system's reason. Unlike a damaged file it is no bad input.
+class SafetensorsWriteError : public SafetensorsError {
+ public:
+  using SafetensorsError::SafetensorsError;
+};
+
 struct SafetensorsFile {
   std::string path;                                     // where it was read from
   std::vector<std::pair<std::string, Tensor>> tensors;  // in the order of their data, on the CPU
@@ -53,8 +60,8 @@ struct SafetensorsFile {
 };
 
 // Tensors may live on any device and be non-contiguous views. Names must be unique and
-// must not be "__metadata__". Throws SafetensorsError (naming the path, and for system
-// errors strerror(errno)) on any failure.
+// must not be "__metadata__". Throws SafetensorsError naming the path on any failure:
+// SafetensorsWriteError, with strerror(errno), when the system refuses the write.
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
