@@ -1,131 +1,245 @@
 // bench: throughput of the engine on a model of the zoo at a given batch size:
 // training step (forward, backward, SGD update) and evaluation forward in images/s,
-// the update of K = 5 EMAs in microseconds and as a share of a step, and a BN-recompute
-// pass (train-mode forward without gradients) in microseconds per image; each the
-// median of several timed windows after a warm-up. Random inputs: this measures
-// compute, not data loading. Never run as a timed test.
+// the update of K = 5 EMAs in microseconds and as a share of a step, a BN-recompute
+// pass (train-mode forward without gradients) in microseconds per image, and the peak
+// RSS; at each thread count of --threads. Random inputs: this measures compute, not
+// data loading. Never run as a timed test.
+//
+//   bench --model resnet20 --threads 1,2
+//   bench --model resnet18 --compare-torch --json out.json
+//
+// Every configuration runs in a child process of its own (this binary with --worker,
+// or apps/bench/torch_ref.py), one at a time, so its peak RSS is its own. With
+// --compare-torch the same model and recipe run in PyTorch, with its default allocator
+// and with tcmalloc preloaded (as PyTorch is usually deployed), alternated with ours
+// over --rounds rounds whose order rotates, and the table compares the medians.
+//
+// --json FILE writes every number:
+//   {model, batch_size, device, weight_decay, windows, steps, rounds, threads: [..],
+//    pytorch: {python, tcmalloc: path or null, torch_version}   (with --compare-torch)
+//    runs: [{round, implementation, threads, parameters, train_images_per_s: [per window],
+//            eval_images_per_s: [..], ema_update_us: [..], bn_recompute_us_per_image: [..],
+//            peak_rss_kib, (polyak on a GPU) peak_device_mib: {in_use, reserved}}, ..],
+//    summary: [see summary.h], ratios: [see summary.h]}
 #include <CLI/CLI.hpp>
 
-#include <algorithm>
-#include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <optional>
-#include <vector>
+#include <stdexcept>
 
-#include "engine/autograd.h"
-#include "engine/backend.h"
-#include "engine/cuda/settings.h"
-#include "engine/nn/module.h"
-#include "engine/ops.h"
-#include "engine/optim/sgd.h"
+#include "apps/bench/child.h"
+#include "apps/bench/measure.h"
+#include "apps/bench/summary.h"
+#include "apps/common/cli.h"
 #include "engine/parallel.h"
-#include "engine/rng.h"
-#include "ema/bn_recompute.h"
-#include "ema/ema.h"
 #include "models/registry.h"
 
 using namespace polyak;
+using namespace polyak::bench;
 
 namespace {
 
-// Median images/s over `windows` windows of `steps` calls of `step` each.
-template <class Step>
-double median_images_per_second(Device device, int windows, int steps, int64_t batch, Step&& step) {
-  std::vector<double> rates;
-  for (int w = 0; w < windows; ++w) {
-    const auto start = std::chrono::steady_clock::now();
-    for (int s = 0; s < steps; ++s) step();
-    backend(device).synchronize();  // a GPU runs asynchronously: time finished work
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    rates.push_back(static_cast<double>(steps * batch) / seconds);
+struct Options {
+  Settings settings;  // settings.threads: each of `threads` in turn
+  std::string device_name = "cpu";
+  std::vector<int> threads = {1, 2};
+  int rounds = 0;  // 0: 3 with --compare-torch, else 1
+  bool compare_torch = false, worker = false;
+  std::optional<float> weight_decay;
+  std::string python, torch_script = POLYAK_TORCH_REF, tcmalloc, json_path;
+};
+
+// The weight decay `train` uses by default for `model` (apps/train/config.cpp): the
+// value changes no timing, but the recipe is the one we train with.
+float train_default_weight_decay(const std::string& model) { return model.rfind("resnet", 0) == 0 ? 1e-4f : 5e-4f; }
+
+// An implementation the rounds alternate: how to start one of its runs.
+struct Implementation {
+  std::string name;
+  std::vector<std::string> command;  // without the per-configuration flags
+  ChildOptions child;
+};
+
+// The flags both workers (ours and torch_ref.py) take for one configuration.
+std::vector<std::string> configuration_flags(const Settings& s, const std::string& device_name) {
+  std::vector<std::string> flags = {"--model", s.model,
+                                    "--batch-size", std::to_string(s.batch),
+                                    "--threads", std::to_string(s.threads),
+                                    "--windows", std::to_string(s.windows),
+                                    "--steps", std::to_string(s.steps),
+                                    "--weight-decay", app::number_str(s.weight_decay),
+                                    "--device", device_name};
+  if (s.tf32) flags.push_back("--tf32");
+  if (s.deterministic) flags.push_back("--deterministic");
+  return flags;
+}
+
+// The first of the candidates that has torch installed. Looked up, not imported: an
+// import takes seconds, and the runs report the version anyway.
+std::string find_torch_python(const std::string& chosen) {
+  const std::vector<std::string> candidates =
+      chosen.empty() ? std::vector<std::string>{"/usr/bin/python3", "python3"} : std::vector<std::string>{chosen};
+  ChildOptions quiet;
+  quiet.quiet = true;
+  for (const std::string& python : candidates) {
+    try {
+      const std::string has_torch = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)";
+      if (run_child({python, "-c", has_torch}, quiet).exit_code == 0) return python;
+    } catch (const std::runtime_error&) {  // no such program: try the next
+    }
   }
-  std::sort(rates.begin(), rates.end());
-  return rates[rates.size() / 2];
+  if (!chosen.empty()) throw std::invalid_argument("--python " + chosen + ": has no torch");
+  throw std::invalid_argument("--compare-torch: no Python with torch (tried /usr/bin/python3, python3); "
+                              "name one with --python");
+}
+
+// Debian's libtcmalloc-minimal4, or "" when it is not installed.
+std::string find_tcmalloc() {
+  for (const char* dir : {"/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
+                          "/usr/local/lib"}) {
+    const std::filesystem::path library = std::filesystem::path(dir) / "libtcmalloc_minimal.so.4";
+    if (std::filesystem::exists(library)) return library.string();
+  }
+  return "";
+}
+
+Run run_once(const Implementation& implementation, const Settings& settings, const std::string& device_name,
+             int round) {
+  std::vector<std::string> command = implementation.command;
+  for (const std::string& flag : configuration_flags(settings, device_name)) command.push_back(flag);
+  const ChildResult result = run_child(command, implementation.child);
+  const std::string what = implementation.name + " with --threads " + std::to_string(settings.threads);
+  if (result.exit_code != 0)
+    throw std::runtime_error(what + " failed (exit code " + std::to_string(result.exit_code) + ")");
+  nlohmann::ordered_json numbers = nlohmann::ordered_json::parse(result.output, nullptr, false);
+  if (numbers.is_discarded() || !numbers.is_object()) throw std::runtime_error(what + ": its output is not JSON");
+  const bool wants_tcmalloc = implementation.name == "pytorch+tcmalloc";
+  if (numbers.contains("tcmalloc") && numbers["tcmalloc"] != wants_tcmalloc)
+    throw std::runtime_error(what + ": tcmalloc " + (wants_tcmalloc ? "did not load" : "is preloaded already"));
+  return {round, implementation.name, std::move(numbers)};
+}
+
+int run_bench(Options& o) {
+  o.settings.device = app::device_from_flag(o.device_name);
+  o.settings.weight_decay = o.weight_decay.value_or(train_default_weight_decay(o.settings.model));
+  if (o.worker) {
+    if (o.threads.size() != 1) app::bad_flag("--worker --threads", std::to_string(o.threads.size()) + " values", "one");
+    o.settings.threads = o.threads[0];
+    std::printf("%s\n", measure_polyak(o.settings).dump().c_str());
+    return 0;
+  }
+  app::check_output_file("--json", o.json_path);  // before minutes of measuring, not after
+  const int rounds = o.rounds > 0 ? o.rounds : o.compare_torch ? 3 : 1;
+  nlohmann::ordered_json report = {{"model", o.settings.model},
+                                   {"batch_size", o.settings.batch},
+                                   {"device", o.device_name},
+                                   {"weight_decay", std::stod(app::number_str(o.settings.weight_decay))},
+                                   {"windows", o.settings.windows},
+                                   {"steps", o.settings.steps},
+                                   {"rounds", rounds},
+                                   {"threads", o.threads}};
+
+  // This very binary, even if it is rebuilt meanwhile.
+  std::vector<Implementation> implementations = {{"polyak", {"/proc/self/exe", "--worker"}, {}}};
+  if (o.compare_torch) {
+    if (!std::filesystem::exists(o.torch_script))
+      throw std::invalid_argument("--torch-script " + o.torch_script + ": no such file");
+    if (!o.tcmalloc.empty() && !std::filesystem::exists(o.tcmalloc))
+      throw std::invalid_argument("--tcmalloc " + o.tcmalloc + ": no such file");
+    const std::string tcmalloc = o.tcmalloc.empty() ? find_tcmalloc() : o.tcmalloc;
+    const std::string python = find_torch_python(o.python);
+    report["pytorch"] = {{"python", python}, {"tcmalloc", nullptr}};
+    if (tcmalloc.empty()) {
+      std::fprintf(stderr, "bench: libtcmalloc_minimal.so.4 not found (Debian: apt-get install libtcmalloc-minimal4); "
+                           "PyTorch runs only with its default allocator\n");
+    } else {
+      report["pytorch"]["tcmalloc"] = tcmalloc;
+      ChildOptions preload;
+      preload.environment = {"LD_PRELOAD=" + tcmalloc};
+      implementations.push_back({"pytorch+tcmalloc", {python, o.torch_script}, preload});
+    }
+    implementations.push_back({"pytorch", {python, o.torch_script}, {}});
+  }
+
+  // Alternated runs; the order rotates from round to round, so that no implementation
+  // always runs first (or right after a given other) when the clock drifts.
+  std::vector<Run> runs;
+  const size_t n = implementations.size();
+  for (int round = 0; round < rounds; ++round) {
+    for (const int threads : o.threads) {
+      for (size_t i = 0; i < n; ++i) {
+        const Implementation& implementation = implementations[(i + static_cast<size_t>(round)) % n];
+        Settings settings = o.settings;
+        settings.threads = threads;
+        runs.push_back(run_once(implementation, settings, o.device_name, round + 1));
+        const nlohmann::ordered_json& numbers = runs.back().numbers;
+        if (numbers.contains("torch_version")) report["pytorch"]["torch_version"] = numbers["torch_version"];
+        std::fprintf(stderr, "round %d/%d  threads %d  %-16s  train %.0f img/s (median of %zu windows)\n", round + 1,
+                     rounds, threads, implementation.name.c_str(),
+                     summarize({runs.back()}, o.settings.batch)[0]["train_images_per_s"].get<double>(),
+                     numbers["train_images_per_s"].size());
+      }
+    }
+  }
+
+  const nlohmann::ordered_json summary = summarize(runs, o.settings.batch);
+  const nlohmann::ordered_json compared = ratios(summary);
+  std::printf("bench %s  batch %lld  device %s  parameters %lld  weight decay %g\n", o.settings.model.c_str(),
+              static_cast<long long>(o.settings.batch), o.device_name.c_str(),
+              runs.front().numbers.at("parameters").get<long long>(), o.settings.weight_decay);
+  std::printf("medians of %d round(s) x %d windows of %d steps, after warm-up; each run in its own process%s\n", rounds,
+              o.settings.windows, o.settings.steps, o.compare_torch ? ", implementations alternated" : "");
+  if (o.compare_torch)
+    std::printf("PyTorch %s (%s)\n", report["pytorch"]["torch_version"].get<std::string>().c_str(),
+                report["pytorch"]["python"].get<std::string>().c_str());
+  std::printf("%s", table(summary, compared).c_str());
+
+  if (!o.json_path.empty()) {
+    nlohmann::ordered_json& all_runs = report["runs"] = nlohmann::ordered_json::array();
+    for (const Run& run : runs) {
+      nlohmann::ordered_json entry = {{"round", run.round}, {"implementation", run.implementation}};
+      entry.update(run.numbers);
+      all_runs.push_back(entry);
+    }
+    report["summary"] = summary;
+    report["ratios"] = compared;
+    app::write_output("--json", o.json_path, report.dump(2) + "\n");
+  }
+  return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"polyak bench: training and evaluation throughput"};
-  std::string model_name = "resnet20";
-  int64_t batch = 128;
-  int threads = num_threads(), windows = 5, steps = 5;
-  app.add_option("--model", model_name, "model name")->capture_default_str()->check(CLI::IsMember(models::model_names()));
-  app.add_option("--batch-size", batch, "images per step")->capture_default_str()->check(CLI::Range(1, 4096));
-  app.add_option("--threads", threads, "CPU threads")->capture_default_str()->check(CLI::Range(1, 256));
-  app.add_option("--windows", windows, "timed windows (the median is reported)")->capture_default_str()->check(CLI::Range(1, 1000));
-  app.add_option("--steps", steps, "steps per window")->capture_default_str()->check(CLI::Range(1, 1000));
-  std::string device_name = "cpu";
-  app.add_option("--device", device_name, "cpu or cuda")->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
-  bool tf32 = false, deterministic = false;
-  app.add_flag("--tf32", tf32, "GPU: TF32 tensor-core math (default: exact FP32)");
-  app.add_flag("--deterministic", deterministic, "GPU: only deterministic cuDNN algorithms");
-  CLI11_PARSE(app, argc, argv);
-  set_num_threads(threads);
-  set_cuda_tf32(tf32);
-  set_cuda_deterministic(deterministic);
-  const Device device = device_name == "cuda" ? Device::CUDA : Device::CPU;
-  if (!device_available(device)) {
-    std::fprintf(stderr, "bench: --device %s: not available in this build or on this machine\n", device_name.c_str());
-    return 2;
-  }
-
-  Rng rng(0);
-  const auto model = models::create_model(model_name, 10, rng);
-  model->to(device);
-  model->pack_arenas();
-  Sgd sgd(*model, {.lr = 0.01f, .momentum = 0.9f, .weight_decay = 5e-4f, .nesterov = true});
-  const Tensor images = Tensor::normal({batch, 3, 32, 32}, 0.0f, 1.0f, rng, device);
-  std::vector<int64_t> label_values(batch);
-  for (int64_t& l : label_values) l = static_cast<int64_t>(rng.below(10));
-  const Tensor labels = Tensor::from_data(label_values.data(), {batch}, device);
-
-  const auto train_step = [&] {
-    model->zero_grad();
-    const Tensor loss = cross_entropy((*model)(images), labels);
-    loss.backward();
-    sgd.step();
-  };
-  const auto eval_step = [&] {
-    NoGradGuard no_grad;
-    (void)(*model)(images);
-  };
-  model->train();
-  for (int i = 0; i < 2; ++i) train_step();  // warm-up: caches, allocator, page faults
-  const double train_rate = median_images_per_second(device, windows, steps, batch, train_step);
-  model->eval();
-  eval_step();
-  const double eval_rate = median_images_per_second(device, windows, steps, batch, eval_step);
-  // The five EMAs updated every step (T = 1: the worst case), and a BN-recompute pass.
-  ema::EmaSet averages(*model, {});
-  int64_t t = 0;
-  const double ema_updates_per_second = median_images_per_second(device, windows, steps * 10, 1, [&] {
-    averages.after_step(++t * averages.options().every);
+  CLI::App app{"polyak bench: training and evaluation throughput, 5-EMA update, BN recompute, peak RSS"};
+  Options o;
+  Settings& s = o.settings;
+  s.model = "resnet20";
+  app.add_option("--model", s.model, "model name")->capture_default_str()->check(CLI::IsMember(models::model_names()));
+  app.add_option("--batch-size", s.batch, "images per step")->capture_default_str()->check(CLI::Range(1, 4096));
+  app.add_option("--threads", o.threads, "CPU thread counts, each measured (default 1,2; on a GPU: the cores)")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 256));
+  app.add_option("--windows", s.windows, "timed windows per run (the median is reported)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  app.add_option("--steps", s.steps, "steps per window")->capture_default_str()->check(CLI::Range(1, 1000));
+  app.add_option("--rounds", o.rounds, "rounds of runs (default 3 with --compare-torch, else 1)")
+      ->check(CLI::Range(1, 100));
+  app.add_option("--weight-decay", o.weight_decay, "SGD weight decay (default: train's, 1e-4 ResNets, 5e-4 others)")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--device", o.device_name, "cpu or cuda")->capture_default_str();
+  app.add_flag("--tf32", s.tf32, "GPU: TF32 tensor-core math (default: exact FP32)");
+  app.add_flag("--deterministic", s.deterministic, "GPU: only deterministic cuDNN algorithms");
+  app.add_flag("--compare-torch", o.compare_torch, "also run the same model and recipe in PyTorch, and compare");
+  app.add_option("--python", o.python, "Python that can import torch (default: /usr/bin/python3, else python3)");
+  app.add_option("--torch-script", o.torch_script, "the PyTorch reference script")->capture_default_str();
+  app.add_option("--tcmalloc", o.tcmalloc, "libtcmalloc_minimal.so.4 to preload into PyTorch (default: found)");
+  app.add_option("--json", o.json_path, "write every measured number to this file (- for stdout)");
+  app.add_flag("--worker", o.worker, "measure one configuration in this process, print it as JSON")->group("");
+  return app::run_app("bench", app, argc, argv, [&] {
+    if (app.count("--threads") == 0 && o.device_name == "cuda") o.threads = {num_threads()};
+    return run_bench(o);
   });
-  const double ema_us = 1e6 / ema_updates_per_second;
-  const double step_us = 1e6 * static_cast<double>(batch) / train_rate;
-  const double recompute_rate = median_images_per_second(device, windows, steps, batch, [&] {
-    bool given = false;
-    ema::recompute_bn(*model, [&]() -> std::optional<Tensor> {
-      if (given) return std::nullopt;
-      given = true;
-      return images;
-    });
-  });
-
-  std::printf("model %s  batch %lld  device %s  threads %d  parameters %lld\n", model_name.c_str(),
-              static_cast<long long>(batch), device_name.c_str(), threads,
-              static_cast<long long>(model->parameter_arena().numel()));
-  std::printf("  train step (fwd+bwd+sgd): %8.0f images/s\n", train_rate);
-  std::printf("  eval forward            : %8.0f images/s\n", eval_rate);
-  std::printf("  5-EMA update            : %8.0f us  (%.2f%% of a training step of %.0f us)\n", ema_us,
-              100.0 * ema_us / step_us, step_us);
-  std::printf("  BN recompute pass       : %8.1f us per image  (%.0f images/s)\n", 1e6 / recompute_rate, recompute_rate);
-  if (device == Device::CUDA) {
-    const CudaMemoryStats memory = cuda_memory_stats();
-    std::printf("  peak device memory      : %8.1f MiB in use, %.1f MiB reserved (%s%s)\n",
-                static_cast<double>(memory.peak_in_use) / (1 << 20), static_cast<double>(memory.peak_reserved) / (1 << 20),
-                tf32 ? "TF32" : "FP32", deterministic ? ", deterministic" : "");
-  }
-  return 0;
 }
