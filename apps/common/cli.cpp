@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <sstream>
@@ -26,6 +27,33 @@ std::string number_str(double value) {
   std::ostringstream out;
   out << value;
   return out.str();
+}
+
+bool is_utf8(std::string_view text) {
+  // A lead byte 110xxxxx, 1110xxxx or 11110xxx starts a sequence of 2, 3 or 4 bytes whose
+  // other bytes are 10xxxxxx; the code point must need that many bytes (no overlong form).
+  constexpr uint32_t kSmallest[] = {0, 0x80, 0x800, 0x10000};
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    size_t more = 0;
+    uint32_t code = lead;
+    if (lead >= 0x80) {
+      if ((lead & 0xE0) == 0xC0) more = 1, code = lead & 0x1F;
+      else if ((lead & 0xF0) == 0xE0) more = 2, code = lead & 0x0F;
+      else if ((lead & 0xF8) == 0xF0) more = 3, code = lead & 0x07;
+      else return false;
+      if (text.size() - i <= more) return false;
+      for (size_t k = 1; k <= more; ++k) {
+        const auto next = static_cast<unsigned char>(text[i + k]);
+        if ((next & 0xC0) != 0x80) return false;
+        code = (code << 6) | (next & 0x3F);
+      }
+      if (code < kSmallest[more] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return false;
+    }
+    i += more + 1;
+  }
+  return true;
 }
 
 Device device_from_flag(const std::string& value) {

@@ -10,6 +10,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 #include "engine/tensor.h"
 
@@ -29,6 +30,10 @@ struct AppError : std::runtime_error {
 [[noreturn]] void bad_flag(const std::string& flag, const std::string& value, const std::string& expected);
 // A number as the user would write it ("0.1", "1e-05").
 std::string number_str(double value);
+// Whether `text` is well-formed UTF-8 (no stray continuation bytes, overlong forms,
+// surrogates or code points past U+10FFFF). Paths that go into a JSON file must be:
+// JSON text is Unicode, and a Linux path may be any bytes.
+bool is_utf8(std::string_view text);
 
 // The device a --device value names ("cpu" or "cuda"); std::invalid_argument when it
 // is neither, or when this build or machine has no such device.

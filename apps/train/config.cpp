@@ -88,6 +88,9 @@ void TrainConfig::resolve() {
 }
 
 void TrainConfig::validate() const {
+  for (const auto& [flag, path] : {std::pair<const char*, const std::string&>{"--data", data_dir}, {"--labels", labels_file},
+                                   {"--output", output}, {"--resume", resume}, {"--init", init}})
+    if (!is_utf8(path)) bad_flag(flag, path, "a path in UTF-8 (the run's configuration is stored as JSON)");
   const auto& names = models::model_names();
   if (std::find(names.begin(), names.end(), model) == names.end()) {
     std::string known;

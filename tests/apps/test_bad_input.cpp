@@ -89,6 +89,9 @@ TEST_CASE("train, eval, probe: each bad flag or input gets exit code 2 and one l
       {POLYAK_TRAIN_BIN, "--model resnet19 --output " + out, "--model resnet19: expected one of"},
       {POLYAK_TRAIN_BIN, "--dataset mnist --output " + out, "--dataset mnist: expected cifar10, cifar100 or folder"},
       {POLYAK_TRAIN_BIN, "--bogus-flag 3" + train, "--bogus-flag"},
+      // found by fuzz_train_flags: a path that is not UTF-8 cannot go into config.json
+      {POLYAK_TRAIN_BIN, "--model tiny_cnn --max-steps 1 --data " + data + " --output " + out + "\xf9",
+       "--output " + out + "\xf9: expected a path in UTF-8"},
       // train: data and files
       {POLYAK_TRAIN_BIN, "--batch-size 600" + small + train, "--batch-size 600: larger than the 512 training images"},
       {POLYAK_TRAIN_BIN, "--model tiny_cnn --data /nonexistent/cifar --output " + out, "/nonexistent/cifar"},
