@@ -11,8 +11,10 @@
 
 #include "engine/io/safetensors.h"
 #include "support/gradcheck.h"
+#include "support/temp_dir.h"
 
 namespace fs = std::filesystem;
+using polyak::testing::read_file;
 
 namespace {
 
@@ -30,13 +32,6 @@ Result train(const std::string& args) {
   std::stringstream text;
   text << in.rdbuf();
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, text.str()};
-}
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
 }
 
 fs::path fresh_dir(const std::string& name) {

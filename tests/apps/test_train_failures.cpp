@@ -22,17 +22,11 @@
 #include "support/temp_dir.h"
 
 namespace fs = std::filesystem;
+using polyak::testing::read_file;
 using polyak::testing::ChildResult;
 using polyak::testing::run_child;
 
 namespace {
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 bool has_temp_files(const fs::path& dir) {
   for (const auto& entry : fs::directory_iterator(dir))

@@ -1,10 +1,12 @@
 // A fresh folder under the system temp dir for a test, removed with everything in it
-// when the object goes out of scope.
+// when the object goes out of scope; and the bytes of a file a test compares.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 namespace polyak::testing {
@@ -26,5 +28,13 @@ struct TempDir {
   TempDir& operator=(const TempDir&) = delete;
   std::string str() const { return path.string(); }
 };
+
+// The whole file as bytes ("" when it cannot be read).
+inline std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
 
 }  // namespace polyak::testing
