@@ -19,6 +19,12 @@
 
 #define STB_IMAGE_IMPLEMENTATION
 #define STB_IMAGE_RESIZE_IMPLEMENTATION
+// stb_image detects the format from the bytes, not the file name: without these, a file
+// named .png holding a GIF, PSD, PIC, PNM, HDR or TGA would reach decoders we never
+// meant to expose (and which have had memory-safety bugs). Only what is_image_file admits.
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_PNG
+#define STBI_ONLY_BMP
 #if __has_include(<stb/stb_image.h>)
 #include <stb/stb_image.h>
 #include <stb/stb_image_resize.h>
@@ -51,12 +57,63 @@ std::vector<uint8_t> read_file(const fs::path& path) {
   return bytes;
 }
 
+// True when stb_image can read a Huffman table with more than 256 codes from `bytes`.
+// The stb_image of Debian 12 (2022-09) builds such a table without checking the count
+// (stbi__build_huffman writes past its 257-entry size array; found by fuzzing, fixed
+// upstream in 2023), so the loader must refuse these files before stb_image sees them.
+//
+// The walk visits every marker stb_image can act on, in order: between segments stb_image
+// skips non-0xFF bytes one at a time until it finds a marker, and inside entropy-coded
+// data it stops at the first 0xFF that is not a stuffed zero or a restart marker, so
+// stepping byte by byte and jumping over each segment by its length reaches a superset of
+// the DHT segments stb_image parses. A DHT segment (length L) holds tables of 17 + n
+// bytes: class/id, 16 code counts per code length, then n = sum of the counts symbols.
+// Past the end of the file stb_image reads zeros, and so does this walk.
+bool has_oversized_jpeg_huffman_table(const std::vector<uint8_t>& bytes) {
+  const size_t size = bytes.size();
+  auto byte_at = [&](size_t i) -> unsigned { return i < size ? bytes[i] : 0u; };
+  size_t pos = 0;
+  while (pos < size && bytes[pos] == 0xFF) ++pos;
+  if (pos == 0 || byte_at(pos) != 0xD8) return false;  // no SOI: stb_image will not decode it as JPEG
+  ++pos;
+  while (pos < size) {
+    if (bytes[pos] != 0xFF) {
+      ++pos;
+      continue;
+    }
+    while (pos < size && bytes[pos] == 0xFF) ++pos;  // fill bytes
+    if (pos >= size) break;
+    const unsigned marker = bytes[pos++];
+    const bool standalone = marker == 0x00 || marker == 0x01 || marker == 0xD8 || (marker >= 0xD0 && marker <= 0xD7);
+    if (standalone) continue;
+    if (marker == 0xD9) break;  // end of image: stb_image stops here
+    const size_t length = byte_at(pos) << 8 | byte_at(pos + 1);
+    if (marker != 0xC4) {
+      pos += std::max<size_t>(length, 2);
+      continue;
+    }
+    pos += 2;
+    for (long remaining = static_cast<long>(length) - 2; remaining > 0;) {
+      size_t codes = 0;
+      for (size_t i = 1; i <= 16; ++i) codes += byte_at(pos + i);
+      if (codes > 256) return true;
+      pos += 17 + codes;
+      remaining -= static_cast<long>(17 + codes);
+    }
+  }
+  return false;
+}
+
 // Decodes one file into `dst` (3 x height x width, CHW).
 void load_one(const fs::path& path, int height, int width, uint8_t* dst) {
   const std::vector<uint8_t> bytes = read_file(path);
   if (bytes.empty()) throw DataError("cannot decode image " + path.string() + ": the file is empty");
   if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
     throw DataError("cannot decode image " + path.string() + ": the file is larger than 2 GiB");
+  }
+  if (has_oversized_jpeg_huffman_table(bytes)) {
+    throw DataError("cannot decode image " + path.string() +
+                    ": corrupt JPEG (a Huffman table declares more than 256 codes)");
   }
   int w = 0, h = 0, channels_in_file = 0;
   std::unique_ptr<stbi_uc, void (*)(void*)> decoded(

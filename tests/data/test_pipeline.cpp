@@ -754,6 +754,42 @@ TEST_CASE("image folder: classes sorted by name, files by name, resized to 32x32
   CHECK(std::abs(int{small.image(1)[1 * 60 + 3 * 10 + 4]} - colour[1]) <= 1);
 }
 
+TEST_CASE("image folder: JPEGs decode; a Huffman table of more than 256 codes and non-admitted formats are refused") {
+  TempDir dir;
+  fs::create_directories(dir.path / "a");
+  const fs::path jpeg = dir.path / "a" / "photo.jpg";
+  const uint8_t colour[3] = {200, 40, 90};
+  REQUIRE(stbi_write_jpg(jpeg.c_str(), 16, 16, 3,
+                         rgb_image(16, 16, [&](int, int, int c) { return colour[c]; }).data(), 95) != 0);
+  FolderOptions options;
+  options.height = 16;
+  options.width = 16;
+  const ImageSet set = load_image_folder(dir.path.string(), options);
+  REQUIRE(set.count == 1);
+  for (int c = 0; c < 3; ++c) CHECK(std::abs(int{set.image(0)[c * 256 + 100]} - colour[c]) <= 4);
+
+  // Raise the first code-length count of the first Huffman table so that the table
+  // declares more than 256 codes: stb_image of Debian 12 would write past its arrays.
+  const std::string written = polyak::testing::read_file(jpeg);
+  std::vector<uint8_t> bytes(written.begin(), written.end());
+  const size_t dht = written.find("\xFF\xC4");
+  REQUIRE(dht != std::string::npos);
+  bytes[dht + 5] = 0xFF;  // marker (2), length (2), class/id (1), then the 16 counts
+  bytes[dht + 6] = 0xFF;
+  write_file(jpeg, bytes);
+  std::string msg = data_error([&] { load_image_folder(dir.path.string(), options); });
+  CHECK(contains(msg, "photo.jpg"));
+  CHECK(contains(msg, "Huffman table"));
+
+  // A GIF under a .png name: stb_image sniffs the format from the bytes, and the loader
+  // is built with the JPEG, PNG and BMP decoders only.
+  fs::remove(jpeg);
+  const std::string gif = "GIF89a\x01\x00\x01\x00\x00\x00\x00;";
+  write_file(dir.path / "a" / "disguised.png", std::vector<uint8_t>(gif.begin(), gif.end()));
+  msg = data_error([&] { load_image_folder(dir.path.string(), options); });
+  CHECK(contains(msg, "disguised.png"));
+}
+
 TEST_CASE("image folder: a corrupt image, an empty or missing class folder name the culprit") {
   TempDir dir;
   fs::create_directories(dir.path / "a");
