@@ -459,7 +459,8 @@ std::string selection_table(const std::vector<RunData>& runs) {
   std::set<std::string> extra;
   for (const Group& g : groups)
     for (const json& r : g.rows)
-      for (const auto& [k, v] : r.items()) {
+      for (const auto& item : r.items()) {
+        const std::string& k = item.key();
         const bool known =
             std::any_of(known_columns().begin(), known_columns().end(), [&](const Column& c) { return c.key == k; });
         const bool metric = k.rfind("val_", 0) == 0 || k.rfind("test_", 0) == 0 || k.rfind("recomputed_", 0) == 0;

@@ -102,7 +102,9 @@ TEST_CASE("train app: killed at seeded random steps and inside file writes, resu
   }
   std::set<std::string> left_before;  // temporary files of the previous kill
   std::string log;
-  for (auto [hook, value] : plan) {
+  for (const auto& step : plan) {
+    const std::string& hook = step.first;
+    int value = step.second;
     const bool resume = fs::exists(killed / "last.safetensors");
     const std::vector<std::string> args =
         resume ? std::vector<std::string>{"--resume", (killed / "last.safetensors").string()} : fresh(killed);

@@ -291,8 +291,8 @@ TEST_CASE("eval and probe: bad flags and inputs get one clear line and exit code
       {POLYAK_PROBE_BIN, model + " --bogus", "bogus"},
   };
   for (const auto& [binary, flags, message] : cases) {
-    CAPTURE(binary);
-    CAPTURE(flags);
+    const std::string command = std::string(binary) + " " + flags;  // (clang 14 cannot capture a structured binding)
+    CAPTURE(command);
     const Result r = run(binary, flags);
     CHECK(r.exit_code == 2);
     CHECK_MESSAGE(r.output.find(message) != std::string::npos, r.output);

@@ -93,7 +93,8 @@ TEST_CASE("train app: bad flags and inputs get one clear line and exit code 2") 
       {"--bogus-flag 3", "bogus-flag"},
   };
   for (const auto& [flags, message] : cases) {
-    CAPTURE(flags);
+    const std::string& shown = flags;  // (clang 14 cannot capture a structured binding)
+    CAPTURE(shown);
     const Result r = train(flags + base);
     CHECK(r.exit_code == 2);
     CHECK_MESSAGE(r.output.find(message) != std::string::npos, r.output);

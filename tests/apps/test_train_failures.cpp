@@ -37,7 +37,8 @@ bool has_temp_files(const fs::path& dir) {
 void check_all_finite(const fs::path& checkpoint) {
   for (const auto& [name, t] : polyak::io::load_safetensors(checkpoint.string()).tensors) {
     if (t.dtype() != polyak::DType::F32) continue;
-    CAPTURE(name);
+    const std::string& tensor = name;  // (clang 14 cannot capture a structured binding)
+    CAPTURE(tensor);
     for (float v : t.to_vector<float>()) REQUIRE(std::isfinite(v));
   }
 }

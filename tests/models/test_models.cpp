@@ -39,10 +39,10 @@ TEST_CASE("models: parameter counts match the reference implementations") {
       {"resnet20", 269722},   {"resnet32", 464154},    {"resnet56", 853018},  {"resnet18", 11173962},
       {"resnet34", 21282122}, {"wrn28_10", 36479194}, {"vgg16", 14719818},
   };
-  for (const auto& [name, count] : expected) {
+  for (const auto& model : expected) {
     Rng rng(0);
-    CAPTURE(name);
-    CHECK(count_parameters(*models::create_model(name, 10, rng)) == count);
+    CAPTURE(model.first);
+    CHECK(count_parameters(*models::create_model(model.first, 10, rng)) == model.second);
   }
   Rng rng(0);
   CHECK(count_parameters(*models::create_model("resnet18", 100, rng)) == 11173962 + 90 * 512 + 90);
