@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 namespace polyak {
 
@@ -31,7 +32,12 @@ void parallel_for(int64_t n, int64_t cost_per_item, Body&& body) {
     const int64_t team = omp_team_size();
     const int64_t id = omp_thread_id();
     const int64_t begin = n * id / team, end = n * (id + 1) / team;
-    if (begin < end) body(begin, end);
+    // Each thread calls its own copy of the body. The region reaches `body` through a
+    // pointer, so for all the compiler knows a store through the kernel's output could
+    // change the body's captured pointers: it would reload them on every element and
+    // give up vectorising. A copy whose address never escapes cannot be aliased.
+    std::decay_t<Body> local = body;
+    if (begin < end) local(begin, end);
   }
 }
 
