@@ -24,10 +24,26 @@ bool should_record(std::initializer_list<Tensor> inputs) {
   return false;
 }
 
+namespace {
+
+Edge edge_to(const Tensor& input) {
+  if (!input.defined() || !input.requires_grad()) return {};
+  if (input.grad_fn()) return {input.grad_fn(), Tensor()};
+  return {nullptr, input};
+}
+
+// The identity of an edge's target: the gradient that reaches it is summed under it.
+const void* target(const Edge& edge) {
+  return edge.producer ? static_cast<const void*>(edge.producer.get()) : edge.leaf.impl();
+}
+
+}  // namespace
+
 void record(const Tensor& output, const char* name, std::vector<Tensor> inputs, BackwardFn backward) {
   auto node = std::make_shared<Node>();
   node->name = name;
-  node->inputs = std::move(inputs);
+  node->edges.reserve(inputs.size());
+  for (const Tensor& input : inputs) node->edges.push_back(edge_to(input));
   node->backward = std::move(backward);
   TensorImpl* impl = output.impl();
   impl->grad_fn = std::move(node);
@@ -45,27 +61,35 @@ Tensor sum_to_shape(const Tensor& grad, const Shape& shape) {
 
 namespace {
 
-// Reverse topological order of the tensors that reach `root` through recorded nodes,
-// by an iterative depth-first search (deep nets would overflow a recursive one). The
-// handles keep every tensor alive until the walk is over, even once the graph that
-// owned it has been freed.
-std::vector<Tensor> reverse_topological_order(const Tensor& root) {
-  std::vector<Tensor> order;
-  std::unordered_set<TensorImpl*> visited{root.impl()};
-  std::vector<std::pair<Tensor, size_t>> stack{{root, 0}};
+// Reverse topological order of the nodes and leaves that reach `root`, by an iterative
+// depth-first search (deep nets would overflow a recursive one). The edges keep every
+// node alive until the walk is over, even once the graph that owned it has been freed.
+std::vector<Edge> reverse_topological_order(const Edge& root) {
+  std::vector<Edge> order;
+  std::unordered_set<const void*> visited{target(root)};
+  std::vector<std::pair<Edge, size_t>> stack{{root, 0}};
   while (!stack.empty()) {
-    const Node* node = stack.back().first.grad_fn().get();
+    const Node* node = stack.back().first.producer.get();
     const size_t next_input = stack.back().second++;
-    if (node && next_input < node->inputs.size()) {
-      const Tensor& input = node->inputs[next_input];
-      if (input.defined() && input.requires_grad() && visited.insert(input.impl()).second)
-        stack.emplace_back(input, 0);
+    if (node && next_input < node->edges.size()) {
+      const Edge& input = node->edges[next_input];
+      if (input.defined() && visited.insert(target(input)).second) stack.emplace_back(input, 0);
       continue;
     }
     order.push_back(std::move(stack.back().first));
     stack.pop_back();
   }
   return {order.rbegin(), order.rend()};
+}
+
+// Frees a node's closure, the tensors it saved and its edges. The node stays as a
+// marker, so that a second backward() through it reports the mistake instead of
+// silently treating intermediate results as leaves.
+void release(Node& node) {
+  node.backward = nullptr;
+  node.edges.clear();
+  node.edges.shrink_to_fit();
+  node.released = true;
 }
 
 void accumulate_into_leaf(TensorImpl* leaf, const Tensor& grad) {
@@ -85,41 +109,33 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
     throw std::invalid_argument("backward(): gradient shape " + shape_str(grad_output.shape()) +
                                 " does not match tensor shape " + shape_str(root.shape()));
   NoGradGuard no_grad;
-  const std::vector<Tensor> order = reverse_topological_order(root);
-  std::unordered_map<TensorImpl*, Tensor> pending{{root.impl(), grad_output}};
-  for (const Tensor& tensor : order) {
-    TensorImpl* impl = tensor.impl();
-    auto it = pending.find(impl);
+  const Edge start = edge_to(root);
+  const std::vector<Edge> order = reverse_topological_order(start);
+  std::unordered_map<const void*, Tensor> pending{{target(start), grad_output}};
+  for (const Edge& edge : order) {
+    auto it = pending.find(target(edge));
     if (it == pending.end()) continue;  // no gradient flowed here
     Tensor grad = std::move(it->second);
     pending.erase(it);
-    Node* node = impl->grad_fn.get();
+    Node* node = edge.producer.get();
     if (!node) {
-      accumulate_into_leaf(impl, grad);
+      accumulate_into_leaf(edge.leaf.impl(), grad);
       continue;
     }
     if (node->released)
       throw std::logic_error(std::string("backward(): the graph through '") + node->name +
                              "' was already freed by an earlier backward()");
     std::vector<Tensor> input_grads = node->backward(grad);
-    for (size_t i = 0; i < node->inputs.size(); ++i) {
+    grad = Tensor();  // spent: its buffer can serve the next node
+    for (size_t i = 0; i < node->edges.size(); ++i) {
       if (!node->needs_grad(i) || !input_grads[i].defined()) continue;
-      TensorImpl* input = node->inputs[i].impl();
-      Tensor& slot = pending[input];
+      Tensor& slot = pending[target(node->edges[i])];
       slot = slot.defined() ? add(slot, input_grads[i]) : input_grads[i];
     }
+    release(*node);  // its saved activations go now, not at the end of the walk
   }
-  // Free the graph: closures and saved tensors go now; the nodes stay as markers so
-  // that a second backward() through them reports the mistake instead of silently
-  // treating intermediate results as leaves.
-  for (const Tensor& tensor : order) {
-    if (Node* node = tensor.grad_fn().get()) {
-      node->backward = nullptr;
-      node->inputs.clear();
-      node->inputs.shrink_to_fit();
-      node->released = true;
-    }
-  }
+  for (const Edge& edge : order)
+    if (edge.producer) release(*edge.producer);  // the nodes no gradient reached
 }
 
 }  // namespace polyak

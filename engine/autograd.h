@@ -1,13 +1,19 @@
 // Autograd: a dynamic tape as small as micrograd's.
 //
 // Every differentiable op that sees an input requiring a gradient (while grad mode is
-// on) hangs a Node on its result: the inputs, and a closure that maps the gradient of
-// the result to the gradients of the inputs (the chain rule for that op, written in
-// the op's file next to its forward). Tensor::backward() orders the graph
-// topologically once, walks it in reverse, sums the gradients that reach each tensor,
-// stores them in the leaves' .grad (adding to what is there, so gradients accumulate
-// across calls), and then frees the graph: every closure and the tensors it saved
-// are released.
+// on) hangs a Node on its result: one edge per input, saying where that input's
+// gradient goes, and a closure that maps the gradient of the result to the gradients
+// of the inputs (the chain rule for that op, written in the op's file next to its
+// forward). Tensor::backward() orders the graph topologically once, walks it in
+// reverse, sums the gradients that reach each node, stores them in the leaves' .grad
+// (adding to what is there, so gradients accumulate across calls), and then frees the
+// graph: every closure and the tensors it saved are released.
+//
+// An edge names the node that produced the input, not the input itself: the graph
+// holds on to no intermediate result, only to what the closures save. A result nobody
+// saves (a BN output that only feeds a ReLU, which keeps its own output) is freed as
+// soon as the forward code drops it, so a ResNet step holds half the activations it
+// would if every node kept its inputs.
 //
 // Rule for op authors: a closure may capture its op's output only as output.detach(),
 // never the output itself, or the output would own its own node through the closure.
@@ -15,6 +21,7 @@
 
 #include <functional>
 #include <initializer_list>
+#include <memory>
 #include <vector>
 
 #include "engine/tensor.h"
@@ -25,13 +32,23 @@ namespace polyak {
 // where that input needs none).
 using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output)>;
 
+struct Node;
+
+// Where the gradient of one input of a node goes: to the node that produced the input,
+// or into the .grad of a leaf; neither when the input needs no gradient.
+struct Edge {
+  std::shared_ptr<Node> producer;
+  Tensor leaf;
+  bool defined() const { return producer || leaf.defined(); }
+};
+
 struct Node {
   const char* name;             // op name, for error messages
-  std::vector<Tensor> inputs;   // in the order BackwardFn returns their gradients
+  std::vector<Edge> edges;      // one per input, in the order BackwardFn returns their gradients
   BackwardFn backward;
   bool released = false;        // set once backward has run and the graph was freed
 
-  bool needs_grad(size_t input) const { return inputs[input].defined() && inputs[input].requires_grad(); }
+  bool needs_grad(size_t input) const { return edges[input].defined(); }
 };
 
 bool grad_enabled();

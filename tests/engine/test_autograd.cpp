@@ -75,6 +75,22 @@ TEST_CASE("autograd: backward frees the graph and its saved tensors") {
   CHECK_THROWS_AS(loss.backward(), std::logic_error);
 }
 
+TEST_CASE("autograd: the graph keeps only what the closures save, not every intermediate result") {
+  // y = relu(w * 3): relu keeps its output, and w * 3 saves nothing of its own, so the
+  // product is freed as soon as the forward code drops it.
+  Tensor w = Tensor::from_vector({1, -2, 3}, {3}).requires_grad_();
+  std::weak_ptr<Storage> product;
+  Tensor loss;
+  {
+    const Tensor tripled = w * 3.0f;
+    product = tripled.storage();
+    loss = sum(relu(tripled));
+  }
+  CHECK(product.expired());
+  loss.backward();
+  check_close(w.grad(), std::vector<float>{3, 0, 3});
+}
+
 TEST_CASE("autograd: leaves that do not require grad get none; shape errors are clear") {
   Tensor a = Tensor::from_vector({1, 2}, {2}).requires_grad_();
   const Tensor b = Tensor::from_vector({3, 4}, {2});
