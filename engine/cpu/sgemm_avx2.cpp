@@ -21,6 +21,11 @@ struct Avx2 {
   POLYAK_SGEMM_TARGET static void store_first(float* p, V v, int n) { _mm256_maskstore_ps(p, first(n), v); }
   POLYAK_SGEMM_TARGET static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   POLYAK_SGEMM_TARGET static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  POLYAK_SGEMM_TARGET static float sum_lanes(V v) {
+    const __m128 quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    return _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
+  }
 };
 
 }  // namespace
@@ -28,6 +33,10 @@ struct Avx2 {
 POLYAK_SGEMM_TARGET void sgemm_avx2(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                                     const float* A, int64_t lda, const float* B, int64_t ldb, const int64_t* b_rows,
                                     float beta, float* C, int64_t ldc) {
+  if (dot_products_pay(trans_a, trans_b, K)) {  // tiles of 3 x 3: 9 accumulators, 6 loads per step
+    sgemm_dot<Avx2, 3, 3>(M, N, K, alpha, A, lda, RowMap{B, ldb, b_rows}, beta, C, ldc);
+    return;
+  }
   sgemm_blocked<Avx2, 6, 2>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, b_rows, beta, C, ldc);
 }
 

@@ -20,6 +20,16 @@ struct Avx512 {
   POLYAK_SGEMM_TARGET static void store_first(float* p, V v, int n) { _mm512_mask_storeu_ps(p, first(n), v); }
   POLYAK_SGEMM_TARGET static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   POLYAK_SGEMM_TARGET static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  // The halves through the masked extract: _mm512_reduce_add_ps and the plain casts
+  // use an undefined register that GCC 12 reports as maybe uninitialised.
+  POLYAK_SGEMM_TARGET static float sum_lanes(V v) {
+    const __m512d d = _mm512_castps_pd(v);
+    const __m256 half = _mm256_add_ps(_mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, d, 0)),
+                                      _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, d, 1)));
+    const __m128 quad = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
+    const __m128 pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    return _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
+  }
 };
 
 }  // namespace
@@ -27,6 +37,10 @@ struct Avx512 {
 POLYAK_SGEMM_TARGET void sgemm_avx512(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                                       const float* A, int64_t lda, const float* B, int64_t ldb, const int64_t* b_rows,
                                       float beta, float* C, int64_t ldc) {
+  if (dot_products_pay(trans_a, trans_b, K)) {  // tiles of 4 x 5: 20 accumulators, 9 loads per step
+    sgemm_dot<Avx512, 4, 5>(M, N, K, alpha, A, lda, RowMap{B, ldb, b_rows}, beta, C, ldc);
+    return;
+  }
   sgemm_blocked<Avx512, 8, 3>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, b_rows, beta, C, ldc);
 }
 

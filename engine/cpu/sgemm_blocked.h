@@ -334,6 +334,76 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
   }
 }
 
+// ---- dot products: C = alpha * A * B^T + beta * C, both operands' rows along k
+//
+// With op(A) = A and op(B) = B^T, every element of C is the dot product of a row of A
+// and a row of B, both contiguous. The blocked method above would first transpose B
+// into panels, a full pass over it; when the sum is long, reading both rows in place is
+// cheaper: an RA x RB tile of C is kept as RA * RB vector accumulators, each summing L
+// products per step of k, and the L lanes of each are added up once at the end. A
+// convolution's filter gradient is such a product, its B the column matrix (one row of
+// P*Q pixels per filter tap), which is where the transposes cost most.
+
+// Whether the dot-product kernels beat packing for op(A) op(B) with a sum of K terms:
+// the lanes' final sums (about 2 log2(L) operations per element of C) must be small
+// against the K / L fused multiply-adds of each element.
+inline bool dot_products_pay(bool trans_a, bool trans_b, int64_t K) { return !trans_a && trans_b && K >= 256; }
+
+// acc[i][j] += a[i][k .. k + lanes) * b[j][k .. k + lanes), lane by lane.
+template <class T, int RA, int RB>
+POLYAK_SGEMM_INLINE void dot_step(typename T::V (&acc)[RA][RB], const float* const* a, const float* const* b, int64_t k,
+                                  int lanes) {
+  using V = typename T::V;
+  V av[RA], bv[RB];
+#pragma GCC unroll 8
+  for (int i = 0; i < RA; ++i) av[i] = lanes == T::L ? T::load(a[i] + k) : T::load_first(a[i] + k, lanes);
+#pragma GCC unroll 8
+  for (int j = 0; j < RB; ++j) bv[j] = lanes == T::L ? T::load(b[j] + k) : T::load_first(b[j] + k, lanes);
+#pragma GCC unroll 8
+  for (int i = 0; i < RA; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < RB; ++j) acc[i][j] = T::fma(av[i], bv[j], acc[i][j]);
+}
+
+// One tile: c[i*ldc + j] (i < rows, j < cols) = alpha * dot(a[i], b[j]) + beta * c.
+// Rows past the edge of C are given as repeats of the last one: computed, not stored.
+template <class T, int RA, int RB>
+POLYAK_SGEMM_TARGET void dot_tile(int64_t K, const float* const* a, const float* const* b, float* c, int64_t ldc,
+                                  int rows, int cols, float alpha, float beta) {
+  typename T::V acc[RA][RB];
+#pragma GCC unroll 8
+  for (int i = 0; i < RA; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < RB; ++j) acc[i][j] = T::zero();
+  int64_t k = 0;
+  for (; k + T::L <= K; k += T::L) dot_step<T, RA, RB>(acc, a, b, k, T::L);
+  if (k < K) dot_step<T, RA, RB>(acc, a, b, k, static_cast<int>(K - k));
+  for (int i = 0; i < rows; ++i)
+    for (int j = 0; j < cols; ++j) {
+      float& out = c[i * ldc + j];
+      const float sum = alpha * T::sum_lanes(acc[i][j]);
+      out = beta == 0.0f ? sum : sum + beta * out;
+    }
+}
+
+// The whole product, tile by tile: a column of tiles shares its RB rows of B, which stay
+// in cache while the rows of A go by.
+template <class T, int RA, int RB>
+POLYAK_SGEMM_TARGET void sgemm_dot(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                                   const RowMap& B, float beta, float* C, int64_t ldc) {
+  for (int64_t j0 = 0; j0 < N; j0 += RB) {
+    const int cols = static_cast<int>(std::min<int64_t>(RB, N - j0));
+    const float* b[RB];
+    for (int j = 0; j < RB; ++j) b[j] = B(j0 + std::min(j, cols - 1));
+    for (int64_t i0 = 0; i0 < M; i0 += RA) {
+      const int rows = static_cast<int>(std::min<int64_t>(RA, M - i0));
+      const float* a[RA];
+      for (int i = 0; i < RA; ++i) a[i] = A + (i0 + std::min(i, rows - 1)) * lda;
+      dot_tile<T, RA, RB>(K, a, b, C + i0 * ldc + j0, ldc, rows, cols, alpha, beta);
+    }
+  }
+}
+
 #undef POLYAK_SGEMM_INLINE
 
 }  // namespace

@@ -147,30 +147,36 @@ TEST_CASE("conv algorithms: the ResNet-20 layer shapes, threaded") {
 
 TEST_CASE("sgemm_indirect_b: rows at arbitrary offsets match the product on the gathered matrix") {
   std::mt19937 gen(5);
+  const auto check = [&](SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float beta) {
+    INFO(cpu::sgemm_isa_name(isa) << " trans_a " << trans_a << " trans_b " << trans_b << " M" << M << " N" << N
+                                   << " K" << K << " beta " << beta);
+    // B's stored rows (rows x cols) at random, overlapping offsets into one buffer.
+    const int64_t rows = trans_b ? N : K, cols = trans_b ? K : N;
+    const std::vector<float> pool = random_vector(cols + 300, gen);
+    std::vector<int64_t> offsets(static_cast<size_t>(rows));
+    for (int64_t& o : offsets) o = std::uniform_int_distribution<int64_t>(0, 300)(gen);
+    std::vector<float> gathered(static_cast<size_t>(rows * cols));
+    for (int64_t i = 0; i < rows; ++i)
+      std::copy(pool.begin() + offsets[i], pool.begin() + offsets[i] + cols, gathered.begin() + i * cols);
+    const std::vector<float> A = random_vector(M * K, gen), C0 = random_vector(M * N, gen);
+    std::vector<float> want = C0, got = C0;
+    cpu::sgemm_reference(trans_a, trans_b, M, N, K, 1.0f, A.data(), trans_a ? M : K, gathered.data(), cols, beta,
+                         want.data(), N);
+    cpu::sgemm_indirect_b(isa, trans_a, trans_b, M, N, K, 1.0f, A.data(), trans_a ? M : K, pool.data(),
+                          offsets.data(), beta, got.data(), N);
+    check_near(got, want, "C");
+  };
   const int64_t sizes[] = {1, 3, 8, 17, 48, 50, 100, 400};
   for (SgemmIsa isa : {SgemmIsa::Avx512, SgemmIsa::Avx2, SgemmIsa::Scalar}) {
     if (!cpu::sgemm_isa_available(isa)) continue;
     for (int trial = 0; trial < 24; ++trial) {
-      const bool trans_a = trial % 2 == 1, trans_b = trial % 4 >= 2;
-      const int64_t M = sizes[trial % 8], N = sizes[(trial * 3 + 1) % 8], K = sizes[(trial * 5 + 2) % 8];
-      const float beta = trial % 3 == 0 ? 0.0f : 0.5f;
-      INFO(cpu::sgemm_isa_name(isa) << " trans_a " << trans_a << " trans_b " << trans_b << " M" << M << " N" << N
-                                     << " K" << K << " beta " << beta);
-      // B's stored rows (rows x cols) at random, overlapping offsets into one buffer.
-      const int64_t rows = trans_b ? N : K, cols = trans_b ? K : N;
-      const std::vector<float> pool = random_vector(cols + 300, gen);
-      std::vector<int64_t> offsets(static_cast<size_t>(rows));
-      for (int64_t& o : offsets) o = std::uniform_int_distribution<int64_t>(0, 300)(gen);
-      std::vector<float> gathered(static_cast<size_t>(rows * cols));
-      for (int64_t i = 0; i < rows; ++i)
-        std::copy(pool.begin() + offsets[i], pool.begin() + offsets[i] + cols, gathered.begin() + i * cols);
-      const std::vector<float> A = random_vector(M * K, gen), C0 = random_vector(M * N, gen);
-      std::vector<float> want = C0, got = C0;
-      cpu::sgemm_reference(trans_a, trans_b, M, N, K, 1.0f, A.data(), trans_a ? M : K, gathered.data(), cols, beta,
-                           want.data(), N);
-      cpu::sgemm_indirect_b(isa, trans_a, trans_b, M, N, K, 1.0f, A.data(), trans_a ? M : K, pool.data(),
-                            offsets.data(), beta, got.data(), N);
-      check_near(got, want, "C");
+      check(isa, trial % 2 == 1, trial % 4 >= 2, sizes[trial % 8], sizes[(trial * 3 + 1) % 8],
+            sizes[(trial * 5 + 2) % 8], trial % 3 == 0 ? 0.0f : 0.5f);
     }
+    // A filter gradient's product (A * B^T with a long sum, read as dot products), with
+    // tiles cut at every edge: the rows of A and of B, and the lanes of the sum.
+    for (const int64_t M : {1, 5, 16})
+      for (const int64_t N : {1, 7, 144})
+        for (const int64_t K : {256, 1088, 1003}) check(isa, false, true, M, N, K, M == 5 ? 0.0f : 0.5f);
   }
 }
