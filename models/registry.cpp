@@ -55,4 +55,6 @@ std::shared_ptr<nn::Module> create_model(const std::string& name, int num_classe
   return it->second(num_classes, rng);
 }
 
+float default_weight_decay(const std::string& name) { return name.rfind("resnet", 0) == 0 ? 1e-4f : 5e-4f; }
+
 }  // namespace polyak::models

@@ -53,5 +53,8 @@ Classifier& as_classifier(nn::Module& model);
 // Throws std::invalid_argument naming the unknown model and listing the known ones.
 std::shared_ptr<nn::Module> create_model(const std::string& name, int num_classes, Rng& rng);
 const std::vector<std::string>& model_names();
+// The SGD weight decay of the EMA paper's recipe for `name`: 1e-4 for the ResNets,
+// 5e-4 for the others (train's default, and bench's, so that both time the same step).
+float default_weight_decay(const std::string& name);
 
 }  // namespace polyak::models

@@ -50,10 +50,6 @@ struct Options {
   std::string python, torch_script = POLYAK_TORCH_REF, tcmalloc, json_path;
 };
 
-// The weight decay `train` uses by default for `model` (apps/train/config.cpp): the
-// value changes no timing, but the recipe is the one we train with.
-float train_default_weight_decay(const std::string& model) { return model.rfind("resnet", 0) == 0 ? 1e-4f : 5e-4f; }
-
 // An implementation the rounds alternate: how to start one of its runs.
 struct Implementation {
   std::string name;
@@ -122,7 +118,7 @@ Run run_once(const Implementation& implementation, const Settings& settings, con
 
 int run_bench(Options& o) {
   o.settings.device = app::device_from_flag(o.device_name);
-  o.settings.weight_decay = o.weight_decay.value_or(train_default_weight_decay(o.settings.model));
+  o.settings.weight_decay = o.weight_decay.value_or(models::default_weight_decay(o.settings.model));
   if (o.worker) {
     if (o.threads.size() != 1) app::bad_flag("--worker --threads", std::to_string(o.threads.size()) + " values", "one");
     o.settings.threads = o.threads[0];

@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "apps/report/svg.h"
+#include "engine/io/atomic_file.h"
 
 namespace polyak::app {
 
@@ -864,15 +865,7 @@ std::string render_report(const std::vector<std::string>& run_dirs) {
 }
 
 void write_report(const std::vector<std::string>& run_dirs, const std::string& output) {
-  const std::string html = render_report(run_dirs);
-  const fs::path path(output), tmp = output + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << html;
-    out.flush();
-    if (!out) throw std::invalid_argument(output + ": cannot write the report");
-  }
-  fs::rename(tmp, path);
+  io::write_file_atomically(output, render_report(run_dirs));
 }
 
 json reliability_to_json(const Reliability& r) {

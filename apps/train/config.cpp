@@ -33,9 +33,20 @@ void add_train_flags(CLI::App& app, TrainConfig& c) {
   app.add_option("--lr", c.lr, "peak learning rate")->capture_default_str();
   app.add_option("--momentum", c.momentum, "SGD momentum")->capture_default_str();
   app.add_flag("--nesterov,!--no-nesterov", c.nesterov, "Nesterov momentum (default on)");
-  app.add_option("--weight-decay", c.weight_decay, "L2 weight decay (default: 1e-4 ResNets, 5e-4 others)");
+  // These two hold -1 for "not given" (resolve() fills in the default), so a negative
+  // value typed by the user is refused while parsing, before it could pass for one.
+  const CLI::Validator non_negative(
+      [](std::string& value) -> std::string {
+        char* end = nullptr;
+        const double x = std::strtod(value.c_str(), &end);
+        return end != value.c_str() && x < 0 ? "expected a number >= 0, got " + value : std::string();
+      },
+      "NUMBER >= 0");
+  app.add_option("--weight-decay", c.weight_decay, "L2 weight decay (default: 1e-4 ResNets, 5e-4 others)")
+      ->check(non_negative);
   app.add_option("--sched", c.sched, "cosine, multistep or constant")->capture_default_str();
-  app.add_option("--warmup-epochs", c.warmup_epochs, "linear warm-up epochs (default: 5/200 of the run)");
+  app.add_option("--warmup-epochs", c.warmup_epochs, "linear warm-up epochs (default: 5/200 of the run)")
+      ->check(non_negative);
   app.add_option("--milestones", c.milestones, "multistep epochs (default: 30%,60%,80% of the run)")->delimiter(',');
   app.add_option("--gamma", c.gamma, "multistep factor")->capture_default_str();
   app.add_option("--seed", c.seed, "seed of initialisation, shuffling, augmentation, split and noise")->capture_default_str();
@@ -80,7 +91,7 @@ void add_train_flags(CLI::App& app, TrainConfig& c) {
 
 void TrainConfig::resolve() {
   if (data_dir.empty()) data_dir = default_data_dir(dataset);
-  if (weight_decay < 0) weight_decay = model.rfind("resnet", 0) == 0 ? 1e-4f : 5e-4f;
+  if (weight_decay < 0) weight_decay = models::default_weight_decay(model);
   if (warmup_epochs < 0) warmup_epochs = 5.0f * static_cast<float>(epochs) / 200.0f;
   if (milestones.empty() && sched == "multistep")
     for (double f : {0.3, 0.6, 0.8}) milestones.push_back(static_cast<int>(std::lround(f * epochs)));

@@ -67,6 +67,8 @@ TEST_CASE("train, eval, probe: each bad flag or input gets exit code 2 and one l
       {POLYAK_TRAIN_BIN, "--lr -0.1" + train, "--lr -0.1: expected a positive number"},
       {POLYAK_TRAIN_BIN, "--momentum 1" + train, "--momentum 1: expected a number in [0, 1)"},
       {POLYAK_TRAIN_BIN, "--weight-decay inf" + train, "--weight-decay inf: expected a number >= 0"},
+      {POLYAK_TRAIN_BIN, "--weight-decay -0.1" + train, "--weight-decay: expected a number >= 0, got -0.1"},
+      {POLYAK_TRAIN_BIN, "--warmup-epochs -2" + train, "--warmup-epochs: expected a number >= 0, got -2"},
       {POLYAK_TRAIN_BIN, "--warmup-epochs 20 --epochs 10" + train, "--warmup-epochs 20: expected a number in [0, --epochs]"},
       {POLYAK_TRAIN_BIN, "--sched multistep --milestones 5,20 --epochs 10" + train, "--milestones 20: expected epochs in [1, --epochs]"},
       {POLYAK_TRAIN_BIN, "--gamma 0" + train, "--gamma 0: expected a number in (0, 1]"},
