@@ -9,11 +9,13 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <limits>
 #include <memory>
 #include <stdexcept>
+#include <string>
 
 #include "engine/parallel.h"
 
@@ -57,10 +59,13 @@ std::vector<uint8_t> read_file(const fs::path& path) {
   return bytes;
 }
 
-// True when stb_image can read a Huffman table with more than 256 codes from `bytes`.
-// The stb_image of Debian 12 (2022-09) builds such a table without checking the count
-// (stbi__build_huffman writes past its 257-entry size array; found by fuzzing, fixed
-// upstream in 2023), so the loader must refuse these files before stb_image sees them.
+// What is wrong with a JPEG that stb_image must not be given, or "" if nothing is.
+//
+// A Huffman table of more than 256 codes: the stb_image of Debian 12 (2022-09) builds
+// it without checking the count (stbi__build_huffman writes past its 257-entry size
+// array; found by fuzzing, fixed upstream in 2023). No end-of-image marker: the file
+// was cut short, and stb_image would fill the missing part of the picture with zeros
+// and report success (Pillow refuses such files too).
 //
 // The walk visits every marker stb_image can act on, in order: between segments stb_image
 // skips non-0xFF bytes one at a time until it finds a marker, and inside entropy-coded
@@ -69,12 +74,12 @@ std::vector<uint8_t> read_file(const fs::path& path) {
 // the DHT segments stb_image parses. A DHT segment (length L) holds tables of 17 + n
 // bytes: class/id, 16 code counts per code length, then n = sum of the counts symbols.
 // Past the end of the file stb_image reads zeros, and so does this walk.
-bool has_oversized_jpeg_huffman_table(const std::vector<uint8_t>& bytes) {
+std::string jpeg_defect(const std::vector<uint8_t>& bytes) {
   const size_t size = bytes.size();
   auto byte_at = [&](size_t i) -> unsigned { return i < size ? bytes[i] : 0u; };
   size_t pos = 0;
   while (pos < size && bytes[pos] == 0xFF) ++pos;
-  if (pos == 0 || byte_at(pos) != 0xD8) return false;  // no SOI: stb_image will not decode it as JPEG
+  if (pos == 0 || byte_at(pos) != 0xD8) return "";  // no SOI: stb_image will not decode it as JPEG
   ++pos;
   while (pos < size) {
     if (bytes[pos] != 0xFF) {
@@ -86,7 +91,7 @@ bool has_oversized_jpeg_huffman_table(const std::vector<uint8_t>& bytes) {
     const unsigned marker = bytes[pos++];
     const bool standalone = marker == 0x00 || marker == 0x01 || marker == 0xD8 || (marker >= 0xD0 && marker <= 0xD7);
     if (standalone) continue;
-    if (marker == 0xD9) break;  // end of image: stb_image stops here
+    if (marker == 0xD9) return "";  // end of image: stb_image stops here
     const size_t length = byte_at(pos) << 8 | byte_at(pos + 1);
     if (marker != 0xC4) {
       pos += std::max<size_t>(length, 2);
@@ -96,13 +101,43 @@ bool has_oversized_jpeg_huffman_table(const std::vector<uint8_t>& bytes) {
     for (long remaining = static_cast<long>(length) - 2; remaining > 0;) {
       size_t codes = 0;
       for (size_t i = 1; i <= 16; ++i) codes += byte_at(pos + i);
-      if (codes > 256) return true;
+      if (codes > 256) return "corrupt JPEG (a Huffman table declares more than 256 codes)";
       pos += 17 + codes;
       remaining -= static_cast<long>(17 + codes);
     }
   }
-  return false;
+  return "truncated JPEG (no end-of-image marker)";
 }
+
+// What is wrong with a BMP that stb_image must not be given, or "" if nothing is: its
+// header promises more pixel bytes than the file holds (stb_image would read zeros past
+// the end, so a 100-byte file could claim millions of pixels). Rows are padded to 4
+// bytes; the header fields are read where stb_image reads them (little-endian: pixel
+// data offset at 10, header size at 14, then width and height, 16-bit in the 12-byte
+// OS/2 header, and bits per pixel).
+std::string bmp_defect(const std::vector<uint8_t>& bytes) {
+  if (bytes.size() < 2 || bytes[0] != 'B' || bytes[1] != 'M') return "";
+  auto le = [&](size_t at, int n) -> int64_t {
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; --i) v = v << 8 | (at + i < bytes.size() ? bytes[at + i] : 0u);
+    return n == 4 ? static_cast<int64_t>(static_cast<int32_t>(v)) : static_cast<int64_t>(v);
+  };
+  const int64_t offset = le(10, 4), header = le(14, 4);
+  const bool core = header == 12;
+  const int64_t width = core ? le(18, 2) : le(18, 4), height = std::abs(core ? le(20, 2) : le(22, 4));
+  const int64_t bits = core ? le(24, 2) : le(28, 2);
+  if (offset < 0 || width <= 0 || bits <= 0 || bits > 32) return "";  // stb_image rejects these itself
+  // (The last row's padding may be missing: some writers leave it out.)
+  const int64_t row = (width * bits + 31) / 32 * 4, last_row = (width * bits + 7) / 8;
+  const int64_t needed = height == 0 ? offset : offset + row * (height - 1) + last_row;
+  if (needed <= static_cast<int64_t>(bytes.size())) return "";
+  return "truncated BMP (its header promises " + std::to_string(needed) + " bytes, the file holds " +
+         std::to_string(bytes.size()) + ")";
+}
+
+// Decoded images are at most this many pixels (8192 x 8192, 192 MiB as RGB): a small
+// file must not make the loader allocate gigabytes.
+constexpr int64_t kMaxImagePixels = int64_t{1} << 26;
 
 // Decodes one file into `dst` (3 x height x width, CHW).
 void load_one(const fs::path& path, int height, int width, uint8_t* dst) {
@@ -111,11 +146,14 @@ void load_one(const fs::path& path, int height, int width, uint8_t* dst) {
   if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
     throw DataError("cannot decode image " + path.string() + ": the file is larger than 2 GiB");
   }
-  if (has_oversized_jpeg_huffman_table(bytes)) {
-    throw DataError("cannot decode image " + path.string() +
-                    ": corrupt JPEG (a Huffman table declares more than 256 codes)");
-  }
+  for (const std::string& defect : {jpeg_defect(bytes), bmp_defect(bytes)})
+    if (!defect.empty()) throw DataError("cannot decode image " + path.string() + ": " + defect);
   int w = 0, h = 0, channels_in_file = 0;
+  if (stbi_info_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels_in_file) &&
+      int64_t{w} * h > kMaxImagePixels) {
+    throw DataError("cannot decode image " + path.string() + ": " + std::to_string(w) + " x " + std::to_string(h) +
+                    " pixels, more than the " + std::to_string(kMaxImagePixels) + " the loader accepts");
+  }
   std::unique_ptr<stbi_uc, void (*)(void*)> decoded(
       stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels_in_file, 3),
       &stbi_image_free);

@@ -781,6 +781,35 @@ TEST_CASE("image folder: JPEGs decode; a Huffman table of more than 256 codes an
   CHECK(contains(msg, "photo.jpg"));
   CHECK(contains(msg, "Huffman table"));
 
+  // Cut short: a JPEG without its end-of-image marker and a BMP with fewer pixel bytes
+  // than its header promises are refused (stb_image would fill in zeros); bytes after
+  // the end of a JPEG are ignored, as by every decoder.
+  const std::vector<uint8_t> valid(written.begin(), written.end());
+  write_file(jpeg, std::vector<uint8_t>(valid.begin(), valid.end() - 40));
+  msg = data_error([&] { load_image_folder(dir.path.string(), options); });
+  CHECK(contains(msg, "photo.jpg"));
+  CHECK(contains(msg, "truncated JPEG"));
+  std::vector<uint8_t> trailing = valid;
+  trailing.insert(trailing.end(), {'j', 'u', 'n', 'k'});
+  write_file(jpeg, trailing);
+  CHECK(load_image_folder(dir.path.string(), options).count == 1);
+  fs::remove(jpeg);
+  const fs::path bmp = dir.path / "a" / "cut.bmp";
+  REQUIRE(stbi_write_bmp(bmp.c_str(), 16, 16, 3, rgb_image(16, 16, [](int, int, int) { return uint8_t{9}; }).data()));
+  const std::string bmp_bytes = polyak::testing::read_file(bmp);
+  write_file(bmp, std::vector<uint8_t>(bmp_bytes.begin(), bmp_bytes.end() - 100));
+  msg = data_error([&] { load_image_folder(dir.path.string(), options); });
+  CHECK(contains(msg, "cut.bmp"));
+  CHECK(contains(msg, "truncated BMP"));
+  fs::remove(bmp);
+  // A PNG header claiming 9000 x 9000 pixels: refused before any allocation.
+  std::vector<uint8_t> huge = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n', 0, 0, 0, 13, 'I', 'H', 'D', 'R',
+                               0, 0, 0x23, 0x28, 0, 0, 0x23, 0x28, 8, 2, 0, 0, 0, 0, 0, 0, 0};
+  write_file(dir.path / "a" / "huge.png", huge);
+  msg = data_error([&] { load_image_folder(dir.path.string(), options); });
+  CHECK_MESSAGE(contains(msg, "huge.png: 9000 x 9000 pixels, more than the 67108864 the loader accepts"), msg);
+  fs::remove(dir.path / "a" / "huge.png");
+
   // A GIF under a .png name: stb_image sniffs the format from the bytes, and the loader
   // is built with the JPEG, PNG and BMP decoders only.
   fs::remove(jpeg);

@@ -1,6 +1,7 @@
 // The image-folder loader (data/folder.cpp) on a folder of one class holding one image
-// whose bytes are the input after byte 0: stb_image decoding (any format it detects,
-// whatever the extension), the resize, the CHW copy and the statistics. Byte 0 picks
+// whose bytes are the input after byte 0: the loader's own checks (JPEG markers, BMP
+// sizes, the pixel limit), stb_image decoding (JPEG, PNG or BMP, detected from the
+// bytes whatever the extension), the resize, the CHW copy and the statistics. Byte 0 picks
 // the target size: height 1 + 3 * (low 4 bits), width 1 + 3 * (high 4 bits), so both
 // shrinking and growing are reached. A DataError is the loader rejecting the image;
 // anything else escaping, a broken invariant or a sanitizer report is a bug.
