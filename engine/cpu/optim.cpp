@@ -1,29 +1,47 @@
 // The optimiser and averaging updates as single passes over the flat arenas: each
 // element of the parameter, gradient and momentum arenas is read and written once, and
 // the K moving averages read each live weight once.
+#include <algorithm>
+
 #include "engine/cpu/cpu_backend.h"
 #include "engine/parallel.h"
 
 namespace polyak {
 
+// Both loops take their pointers and hyperparameters as local copies, __restrict where
+// the arenas are distinct: read through the lambda's captures, every store could change
+// them for all the compiler knows, and the loops would stay scalar.
 void CpuBackend::sgd_step(const SgdHyper& h, int64_t n, float* param, const float* grad, float* buf) {
-  parallel_for(n, 4, [&](int64_t begin, int64_t end) {
+  parallel_for(n, 4, [h, param, grad, buf](int64_t begin, int64_t end) {
+    float* __restrict p = param;
+    const float* __restrict g = grad;
+    float* __restrict m = buf;
+    const float lr = h.lr, mu = h.momentum, kept = 1.0f - h.dampening, wd = h.weight_decay;
+    if (mu == 0.0f) {
+      for (int64_t i = begin; i < end; ++i) p[i] -= lr * (g[i] + wd * p[i]);
+      return;
+    }
     for (int64_t i = begin; i < end; ++i) {
-      float d = grad[i] + h.weight_decay * param[i];
-      if (h.momentum != 0.0f) {
-        buf[i] = h.first_step ? d : h.momentum * buf[i] + (1.0f - h.dampening) * d;
-        d = h.nesterov ? d + h.momentum * buf[i] : buf[i];
-      }
-      param[i] -= h.lr * d;
+      const float d = g[i] + wd * p[i];
+      const float v = h.first_step ? d : mu * m[i] + kept * d;
+      m[i] = v;
+      p[i] -= lr * (h.nesterov ? d + mu * v : v);
     }
   });
 }
 
 void CpuBackend::ema_update(const EmaUpdate& u, int64_t n, const float* live) {
-  parallel_for(n, 2 * u.count, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const float w = live[i];
-      for (int k = 0; k < u.count; ++k) u.average[k][i] = u.decay[k] * u.average[k][i] + (1.0f - u.decay[k]) * w;
+  parallel_for(n, 2 * u.count, [u, live](int64_t begin, int64_t end) {
+    // A block of the live weights stays in L1 while each average takes its step on it.
+    constexpr int64_t kBlock = 2048;
+    for (int64_t b = begin; b < end; b += kBlock) {
+      const int64_t e = std::min(end, b + kBlock);
+      for (int k = 0; k < u.count; ++k) {
+        float* __restrict average = u.average[k];
+        const float* __restrict w = live;
+        const float decay = u.decay[k], rest = 1.0f - decay;
+        for (int64_t i = b; i < e; ++i) average[i] = decay * average[i] + rest * w[i];
+      }
     }
   });
 }
