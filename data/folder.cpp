@@ -161,6 +161,10 @@ void load_one(const fs::path& path, int height, int width, uint8_t* dst) {
     const char* why = stbi_failure_reason();
     throw DataError("cannot decode image " + path.string() + " (stb_image: " + (why ? why : "unknown error") + ")");
   }
+  if (w <= 0 || h <= 0) {  // stb_image accepts a BMP of height 0; resizing it divides by zero
+    throw DataError("cannot decode image " + path.string() + ": it has no pixels (" + std::to_string(w) + " x " +
+                    std::to_string(h) + ")");
+  }
   const uint8_t* hwc = decoded.get();
   std::vector<uint8_t> resized;
   if (w != width || h != height) {

@@ -801,6 +801,12 @@ TEST_CASE("image folder: JPEGs decode; a Huffman table of more than 256 codes an
   msg = data_error([&] { load_image_folder(dir.path.string(), options); });
   CHECK(contains(msg, "cut.bmp"));
   CHECK(contains(msg, "truncated BMP"));
+  // A BMP of height 0, which stb_image decodes without complaint.
+  std::vector<uint8_t> flat(bmp_bytes.begin(), bmp_bytes.end());
+  std::fill(flat.begin() + 22, flat.begin() + 26, uint8_t{0});
+  write_file(bmp, flat);
+  msg = data_error([&] { load_image_folder(dir.path.string(), options); });
+  CHECK_MESSAGE(contains(msg, "cut.bmp: it has no pixels (16 x 0)"), msg);
   fs::remove(bmp);
   // A PNG header claiming 9000 x 9000 pixels: refused before any allocation.
   std::vector<uint8_t> huge = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n', 0, 0, 0, 13, 'I', 'H', 'D', 'R',
