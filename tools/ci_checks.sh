@@ -14,7 +14,6 @@ seconds=${1:-30}
 tools/install-deps.sh --fuzz
 rm -rf build-checks
 CC=clang CXX=clang++ cmake -S . -B build-checks -DPOLYAK_FUZZ=ON -DPOLYAK_CUDA=OFF
-cmake --build build-checks -j2
-cmake --build build-checks -j2 --target fuzzers
+cmake --build build-checks -j2  # the libraries, apps, test suites and fuzz targets
 ctest --test-dir build-checks --output-on-failure
 tests/fuzz/run.sh build-checks "$seconds"
