@@ -126,7 +126,10 @@ std::string bmp_defect(const std::vector<uint8_t>& bytes) {
   const bool core = header == 12;
   const int64_t width = core ? le(18, 2) : le(18, 4), height = std::abs(core ? le(20, 2) : le(22, 4));
   const int64_t bits = core ? le(24, 2) : le(28, 2);
-  if (offset < 0 || width <= 0 || bits <= 0 || bits > 32) return "";  // stb_image rejects these itself
+  // stb_image rejects these itself (STBI_MAX_DIMENSIONS: sides up to 2^24), and the
+  // bounds keep the sizes below far from overflowing.
+  constexpr int64_t kMaxSide = int64_t{1} << 24;
+  if (offset < 0 || width <= 0 || width > kMaxSide || height > kMaxSide || bits <= 0 || bits > 32) return "";
   // (The last row's padding may be missing: some writers leave it out.)
   const int64_t row = (width * bits + 31) / 32 * 4, last_row = (width * bits + 7) / 8;
   const int64_t needed = height == 0 ? offset : offset + row * (height - 1) + last_row;
