@@ -138,6 +138,29 @@ std::string bmp_defect(const std::vector<uint8_t>& bytes) {
          std::to_string(bytes.size()) + ")";
 }
 
+// What is wrong with a PNG that stb_image must not be given, or "" if nothing is: a
+// chunk longer than what is left of the file. stb_image sizes its buffer for the
+// compressed data from the chunk lengths before reading them, so a 100-byte file that
+// claims a 2 GiB chunk would make it allocate 2 GiB (found by fuzzing). A chunk is a
+// 4-byte big-endian length, a 4-byte type, the data and a 4-byte CRC; IEND ends the
+// image, after the 8-byte signature.
+std::string png_defect(const std::vector<uint8_t>& bytes) {
+  static constexpr uint8_t kSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  if (bytes.size() < 8 || !std::equal(kSignature, kSignature + 8, bytes.begin())) return "";
+  for (size_t pos = 8; pos < bytes.size();) {
+    const size_t left = bytes.size() - pos;
+    const uint32_t length = left < 4 ? 0 : uint32_t{bytes[pos]} << 24 | uint32_t{bytes[pos + 1]} << 16 |
+                                               uint32_t{bytes[pos + 2]} << 8 | bytes[pos + 3];
+    if (left < 12 || length > left - 12) {
+      return "truncated PNG (a chunk at byte " + std::to_string(pos) + " claims " + std::to_string(length) +
+             " bytes of data, the file holds " + std::to_string(left < 12 ? 0 : left - 12) + " more)";
+    }
+    if (std::equal(bytes.begin() + pos + 4, bytes.begin() + pos + 8, "IEND")) return "";
+    pos += 12 + length;
+  }
+  return "truncated PNG (no IEND chunk)";
+}
+
 // Decoded images are at most this many pixels (8192 x 8192, 192 MiB as RGB): a small
 // file must not make the loader allocate gigabytes.
 constexpr int64_t kMaxImagePixels = int64_t{1} << 26;
@@ -149,7 +172,7 @@ void load_one(const fs::path& path, int height, int width, uint8_t* dst) {
   if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
     throw DataError("cannot decode image " + path.string() + ": the file is larger than 2 GiB");
   }
-  for (const std::string& defect : {jpeg_defect(bytes), bmp_defect(bytes)})
+  for (const std::string& defect : {jpeg_defect(bytes), png_defect(bytes), bmp_defect(bytes)})
     if (!defect.empty()) throw DataError("cannot decode image " + path.string() + ": " + defect);
   int w = 0, h = 0, channels_in_file = 0;
   if (stbi_info_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels_in_file) &&

@@ -808,9 +808,17 @@ TEST_CASE("image folder: JPEGs decode; a Huffman table of more than 256 codes an
   msg = data_error([&] { load_image_folder(dir.path.string(), options); });
   CHECK_MESSAGE(contains(msg, "cut.bmp: it has no pixels (16 x 0)"), msg);
   fs::remove(bmp);
+  // A PNG cut short, whose last chunk claims more bytes than are left.
+  write_png(dir.path / "a" / "cut.png", 16, 16, rgb_image(16, 16, [](int x, int y, int) { return uint8_t(x * y); }));
+  const std::string png_bytes = polyak::testing::read_file(dir.path / "a" / "cut.png");
+  write_file(dir.path / "a" / "cut.png", std::vector<uint8_t>(png_bytes.begin(), png_bytes.end() - 20));
+  msg = data_error([&] { load_image_folder(dir.path.string(), options); });
+  CHECK_MESSAGE(contains(msg, "cut.png: truncated PNG"), msg);
+  fs::remove(dir.path / "a" / "cut.png");
   // A PNG header claiming 9000 x 9000 pixels: refused before any allocation.
   std::vector<uint8_t> huge = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n', 0, 0, 0, 13, 'I', 'H', 'D', 'R',
-                               0, 0, 0x23, 0x28, 0, 0, 0x23, 0x28, 8, 2, 0, 0, 0, 0, 0, 0, 0};
+                               0, 0, 0x23, 0x28, 0, 0, 0x23, 0x28, 8, 2, 0, 0, 0, 0, 0, 0, 0,
+                               0, 0, 0, 0, 'I', 'E', 'N', 'D', 0xAE, 0x42, 0x60, 0x82};
   write_file(dir.path / "a" / "huge.png", huge);
   msg = data_error([&] { load_image_folder(dir.path.string(), options); });
   CHECK_MESSAGE(contains(msg, "huge.png: 9000 x 9000 pixels, more than the 67108864 the loader accepts"), msg);
