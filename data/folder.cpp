@@ -174,12 +174,8 @@ std::string png_defect(const std::vector<uint8_t>& bytes) {
   return "truncated PNG (no IEND chunk)";
 }
 
-// Decoded images are at most this many pixels (8192 x 8192, 192 MiB as RGB): a small
-// file must not make the loader allocate gigabytes.
-constexpr int64_t kMaxImagePixels = int64_t{1} << 26;
-
 // Decodes one file into `dst` (3 x height x width, CHW).
-void load_one(const fs::path& path, int height, int width, uint8_t* dst) {
+void load_one(const fs::path& path, int height, int width, int64_t max_pixels, uint8_t* dst) {
   const std::vector<uint8_t> bytes = read_file(path);
   if (bytes.empty()) throw DataError("cannot decode image " + path.string() + ": the file is empty");
   if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
@@ -189,9 +185,9 @@ void load_one(const fs::path& path, int height, int width, uint8_t* dst) {
     if (!defect.empty()) throw DataError("cannot decode image " + path.string() + ": " + defect);
   int w = 0, h = 0, channels_in_file = 0;
   if (stbi_info_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels_in_file) &&
-      int64_t{w} * h > kMaxImagePixels) {
+      int64_t{w} * h > max_pixels) {
     throw DataError("cannot decode image " + path.string() + ": " + std::to_string(w) + " x " + std::to_string(h) +
-                    " pixels, more than the " + std::to_string(kMaxImagePixels) + " the loader accepts");
+                    " pixels, more than the " + std::to_string(max_pixels) + " the loader accepts");
   }
   std::unique_ptr<stbi_uc, void (*)(void*)> decoded(
       stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels_in_file, 3),
@@ -286,7 +282,7 @@ ImageSet load_image_folder(const std::string& root_str, const FolderOptions& opt
   parallel_for(set.count, int64_t{1} << 16, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       try {
-        load_one(files[i], set.height, set.width, set.pixels.data() + i * set.image_size());
+        load_one(files[i], set.height, set.width, options.max_pixels, set.pixels.data() + i * set.image_size());
       } catch (const std::exception& e) {
         errors[i] = e.what();
         if (errors[i].empty()) errors[i] = "cannot load image " + files[i].string();

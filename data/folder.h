@@ -32,6 +32,9 @@ struct FolderOptions {
   int height = 32, width = 32;       // every image is resized to this
   std::vector<std::string> classes;  // empty: every subfolder of root, sorted
   bool stats_from_data = true;       // else mean = stddev = 0.5 per channel
+  // Larger images are refused before decoding (a small file must not make the loader
+  // allocate and resample gigabytes): 8192 x 8192 by default, 192 MiB as RGB.
+  int64_t max_pixels = int64_t{1} << 26;
 };
 
 ImageSet load_image_folder(const std::string& root, const FolderOptions& options = {});
