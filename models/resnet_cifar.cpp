@@ -27,7 +27,7 @@ class OptionABlock : public nn::Module {
   }
 
   Tensor forward(const Tensor& x) override {
-    const Tensor out = bn2_->forward(conv2_->forward(relu(bn1_->forward(conv1_->forward(x)))));
+    const Tensor out = nn::conv_bn(*conv2_, *bn2_, relu(nn::conv_bn(*conv1_, *bn1_, x)));
     return relu(out + shortcut(x));
   }
 
@@ -65,7 +65,7 @@ class CifarResNet : public Classifier {
   }
 
   Tensor features(const Tensor& x) override {
-    Tensor h = relu(bn1_->forward(conv1_->forward(x)));
+    Tensor h = relu(nn::conv_bn(*conv1_, *bn1_, x));
     for (const auto& layer : layers_) h = layer->forward(h);
     return global_avg_pool2d(h);
   }

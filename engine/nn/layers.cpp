@@ -1,6 +1,8 @@
 #include "engine/nn/layers.h"
 
 #include <cmath>
+#include <stdexcept>
+#include <string>
 
 #include "engine/rng.h"
 
@@ -37,6 +39,20 @@ void BatchNorm2d::reset_running_stats() {
   running_mean.zero_();
   running_var.fill_(1.0f);
   num_batches_tracked.zero_();
+}
+
+Tensor conv_bn(Conv2d& conv, BatchNorm2d& bn, const Tensor& x) {
+  if (bn.is_training()) return bn.forward(conv.forward(x));
+  const int64_t filters = conv.weight.size(0);
+  if (bn.running_mean.numel() != filters)
+    throw std::invalid_argument("conv_bn: a convolution with " + std::to_string(filters) +
+                                " filters feeds a BatchNorm of " + std::to_string(bn.running_mean.numel()) + " channels");
+  Tensor scale = rdiv_scalar(sqrt(add_scalar(bn.running_var, bn.eps)), 1.0f);
+  if (bn.weight.defined()) scale = scale * bn.weight;
+  Tensor shift = neg(bn.running_mean * scale);
+  if (bn.bias.defined()) shift = shift + bn.bias;
+  if (conv.bias.defined()) shift = shift + conv.bias * scale;
+  return conv2d(x, conv.weight * scale.reshape({filters, 1, 1, 1}), shift, conv.options);
 }
 
 Linear::Linear(int64_t in_features, int64_t out_features, Rng& rng, bool with_bias) {

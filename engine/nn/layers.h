@@ -41,6 +41,16 @@ class BatchNorm2d : public Module {
   std::optional<float> momentum;
 };
 
+// bn(conv(x)). In evaluation mode the BatchNorm is the fixed per-channel affine map
+// z -> s z + t, s = gamma / sqrt(running_var + eps), t = beta - running_mean * s, so
+//   s (w * x + b) + t = (s w) * x + (s b + t):
+// one convolution with the scale folded into its K filters (K*C*R*S products) instead
+// of a second pass over the whole output. The result differs from the two steps by
+// rounding only, and gradients still reach every parameter through the fold. In
+// training mode (and in a BN recompute's cumulative mode) BN needs the batch's own
+// statistics, and both steps run as written.
+Tensor conv_bn(Conv2d& conv, BatchNorm2d& bn, const Tensor& x);
+
 // torch.nn.Linear: y = x W^T + b; W, b ~ U(-1/sqrt(in), 1/sqrt(in)).
 class Linear : public Module {
  public:

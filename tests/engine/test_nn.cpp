@@ -126,3 +126,51 @@ TEST_CASE("nn: load_state_dict copies in place and names what does not fit") {
   extra.emplace_back("fc.weight", Tensor::zeros({1}));
   CHECK_THROWS_WITH_AS(dst->load_state_dict(extra), doctest::Contains("'fc.weight'"), std::invalid_argument);
 }
+
+TEST_CASE("nn: conv_bn folds an evaluation-mode BatchNorm into the convolution") {
+  Rng rng(3);
+  for (const bool conv_bias : {false, true})
+    for (const bool affine : {true, false})
+      for (const int64_t stride : {1, 2}) {
+        CAPTURE(conv_bias);
+        CAPTURE(affine);
+        CAPTURE(stride);
+        nn::Conv2d conv(3, 5, 3, rng, stride, 1, conv_bias);
+        nn::BatchNorm2d bn(5, 1e-3f, 0.1f, affine);
+        bn.running_mean.copy_(Tensor::normal({5}, 0.0f, 1.0f, rng));
+        bn.running_var.copy_(Tensor::uniform({5}, 0.5f, 2.0f, rng));
+        if (affine) {
+          bn.weight.detach().copy_(Tensor::uniform({5}, 0.5f, 1.5f, rng));
+          bn.bias.detach().copy_(Tensor::normal({5}, 0.0f, 1.0f, rng));
+        }
+        const Tensor x = Tensor::normal({2, 3, 7, 6}, 0.0f, 1.0f, rng);
+
+        // Training mode: the two steps as written, batch statistics and all.
+        const Tensor running_before = bn.running_mean.clone();
+        (void)nn::conv_bn(conv, bn, x);
+        check_close(bn.running_mean, running_before * 0.9f + mean(conv.forward(x), {0, 2, 3}) * 0.1f);
+        bn.running_mean.copy_(running_before);
+
+        // Evaluation mode: one convolution, equal to the two steps up to rounding, and
+        // the gradients reach the same parameters with the same values.
+        bn.eval();
+        const Tensor separate = bn.forward(conv.forward(x));
+        const Tensor folded = nn::conv_bn(conv, bn, x);
+        check_close(folded, separate, 1e-5, 1e-5);
+        sum(separate * separate).backward();
+        const Tensor conv_grad = conv.weight.grad().clone();
+        const Tensor bn_grad = affine ? bn.weight.grad().clone() : Tensor();
+        conv.weight.set_grad({});
+        if (affine) bn.weight.set_grad({});
+        sum(folded * folded).backward();
+        check_close(conv.weight.grad(), conv_grad, 1e-4, 1e-4);
+        if (affine) check_close(bn.weight.grad(), bn_grad, 1e-4, 1e-4);
+        bn.train();
+      }
+  // A BatchNorm of the wrong width is named, not silently broadcast.
+  nn::Conv2d conv(3, 4, 1, rng);
+  nn::BatchNorm2d bn(6);
+  bn.eval();
+  CHECK_THROWS_WITH_AS(nn::conv_bn(conv, bn, Tensor::ones({1, 3, 2, 2})),
+                       "conv_bn: a convolution with 4 filters feeds a BatchNorm of 6 channels", std::invalid_argument);
+}
