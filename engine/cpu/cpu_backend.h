@@ -4,6 +4,7 @@
 // named as in engine/backend.h.
 #pragma once
 
+#include <map>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -90,11 +91,15 @@ class CpuBackend final : public Backend {
   void dropout_backward(int64_t n, const float* dy, const uint8_t* keep, float p, float* dx) override;
 
  private:
-  // Blocks freed by tensors, kept by size for the next tensor of that size: a
-  // training step allocates the same shapes every time, and fresh pages are slow
-  // (a first touch of each 4 KiB page faults into the kernel).
+  // Blocks freed by tensors, kept by capacity for the next tensors: a training step
+  // allocates the same shapes every time, and fresh pages are slow (a first touch of
+  // each 4 KiB page faults into the kernel). A request takes the smallest cached block
+  // of at least its size and at most twice it, so that the large blocks freed in the
+  // first stages of a network serve the smaller tensors of the later ones instead of
+  // lying idle beside new allocations.
   mutable std::mutex cache_mutex_;
-  std::unordered_map<size_t, std::vector<void*>> cache_;
+  std::map<size_t, std::vector<void*>> cache_;    // capacity -> free blocks
+  std::unordered_map<void*, size_t> capacity_;    // every block handed out -> its capacity
   size_t cached_bytes_ = 0;
 };
 

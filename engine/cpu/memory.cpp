@@ -23,33 +23,36 @@ CpuBackend::~CpuBackend() { release_cached(); }
 
 void* CpuBackend::allocate(size_t bytes) {
   const size_t size = rounded(bytes);
-  {
-    std::lock_guard lock(cache_mutex_);
-    auto it = cache_.find(size);
-    if (it != cache_.end() && !it->second.empty()) {
-      void* ptr = it->second.back();
-      it->second.pop_back();
-      cached_bytes_ -= size;
-      return ptr;
-    }
+  std::lock_guard lock(cache_mutex_);
+  auto it = cache_.lower_bound(size);
+  if (it != cache_.end() && it->first / 2 <= size) {
+    void* ptr = it->second.back();
+    cached_bytes_ -= it->first;
+    it->second.pop_back();
+    if (it->second.empty()) cache_.erase(it);
+    return ptr;
   }
   void* ptr = std::aligned_alloc(kAlignment, size);
   if (!ptr) throw std::bad_alloc();
+  capacity_.emplace(ptr, size);
   return ptr;
 }
 
-void CpuBackend::deallocate(void* ptr, size_t bytes) {
+void CpuBackend::deallocate(void* ptr, size_t) {
   if (!ptr) return;
-  const size_t size = rounded(bytes);
   std::lock_guard lock(cache_mutex_);
-  cache_[size].push_back(ptr);
-  cached_bytes_ += size;
+  const size_t capacity = capacity_.at(ptr);
+  cache_[capacity].push_back(ptr);
+  cached_bytes_ += capacity;
 }
 
 void CpuBackend::release_cached() {
   std::lock_guard lock(cache_mutex_);
-  for (auto& [size, blocks] : cache_)
-    for (void* ptr : blocks) std::free(ptr);
+  for (auto& [capacity, blocks] : cache_)
+    for (void* ptr : blocks) {
+      capacity_.erase(ptr);
+      std::free(ptr);
+    }
   cache_.clear();
   cached_bytes_ = 0;
 }
