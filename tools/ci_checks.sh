@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# The checks CI runs after the README's test command (.ci/run). One clang build of
-# everything, in build-checks/ from scratch, with AddressSanitizer + UndefinedBehavior-
-# Sanitizer (POLYAK_FUZZ=ON implies them, and adds libFuzzer's coverage hooks), serves:
+# The checks CI runs after the README's test command (.ci/run). One clang build, in
+# build-checks/ from scratch, with AddressSanitizer + UndefinedBehaviorSanitizer
+# (POLYAK_FUZZ=ON implies them, and adds libFuzzer's coverage hooks), serves:
 #   1. the whole test suite under the sanitizers: any report aborts the process that
-#      made it (-fno-sanitize-recover=all), which fails its test
+#      made it (-fno-sanitize-recover=all), which fails its test. Two suites at a time,
+#      one thread each: on two cores that beats one suite at a time on both.
 #   2. the fuzz smoke: every parser fuzzed for SECONDS (tests/fuzz/run.sh), starting
 #      with the regression inputs of tests/fuzz/corpus
-# Measured on the 2-core CI machine: about 13 minutes with the default 30 s per target.
-#   usage: tools/ci_checks.sh [SECONDS per fuzz target, default 30]
+# Only what these need is built (not bench, sgemm_bench or report).
+#   usage: tools/ci_checks.sh [SECONDS per fuzz target, default 20]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds=${1:-30}
+seconds=${1:-20}
 tools/install-deps.sh --fuzz
 rm -rf build-checks
 CC=clang CXX=clang++ cmake -S . -B build-checks -DPOLYAK_FUZZ=ON -DPOLYAK_CUDA=OFF
-cmake --build build-checks -j2  # the libraries, apps, test suites and fuzz targets
-ctest --test-dir build-checks --output-on-failure
+cmake --build build-checks -j2 --target test_engine test_data test_e2e test_models test_apps test_ema fuzzers
+POLYAK_THREADS=1 ctest --test-dir build-checks --output-on-failure -j2
 tests/fuzz/run.sh build-checks "$seconds"

@@ -100,14 +100,20 @@ TEST_CASE("train app: killed at seeded random steps and inside file writes, resu
     plan.emplace_back("POLYAK_FAULT_STOP_AT_STEP", std::uniform_int_distribution<int>(third * 12 + 1, third * 12 + 11)(rng));
     plan.emplace_back("POLYAK_FAULT_KILL_IN_WRITE", std::uniform_int_distribution<int>(1, 6)(rng));
   }
+  // The thread count is not part of a checkpoint (the sums over images are split by
+  // thread, so it decides the last bits): a resumed run is given the same one, whatever
+  // POLYAK_THREADS says.
+  const auto resume_or_fresh = [&] {
+    const fs::path last = killed / "last.safetensors";
+    return fs::exists(last) ? std::vector<std::string>{"--resume", last.string(), "--threads", "2"} : fresh(killed);
+  };
   std::set<std::string> left_before;  // temporary files of the previous kill
   std::string log;
   for (const auto& step : plan) {
     const std::string& hook = step.first;
     int value = step.second;
     const bool resume = fs::exists(killed / "last.safetensors");
-    const std::vector<std::string> args =
-        resume ? std::vector<std::string>{"--resume", (killed / "last.safetensors").string()} : fresh(killed);
+    const std::vector<std::string> args = resume_or_fresh();
     const int64_t from = checkpoint_step(killed);
     const bool stop = hook == "POLYAK_FAULT_STOP_AT_STEP";
     if (stop) value = std::max<int>(value, static_cast<int>(from) + 1);
@@ -127,9 +133,7 @@ TEST_CASE("train app: killed at seeded random steps and inside file writes, resu
            "; checkpoint now at step " + std::to_string(checkpoint_step(killed)) + "\n";
     left_before = left;
   }
-  const ChildResult last = run_child(POLYAK_TRAIN_BIN, fs::exists(killed / "last.safetensors")
-                                                           ? std::vector<std::string>{"--resume", (killed / "last.safetensors").string()}
-                                                           : fresh(killed));
+  const ChildResult last = run_child(POLYAK_TRAIN_BIN, resume_or_fresh());
   REQUIRE_MESSAGE(last.exit_code == 0, last.output);
   log += "resumed and completed";
   MESSAGE(log);
