@@ -64,6 +64,14 @@ struct BatchNormGeom {
   int64_t N, C, HW;
 };
 
+// What a fused BatchNorm does after its per-channel affine map: y = act(bn(x) + residual),
+// the tail of a residual block (or of a plain conv-BN-ReLU with no residual) in one pass
+// over memory instead of three.
+struct BatchNormEpilogue {
+  const float* residual = nullptr;  // same shape as x; null: none
+  bool relu = false;
+};
+
 // One SGD update (torch.optim.SGD semantics; see engine/optim/sgd.h).
 struct SgdHyper {
   float lr, momentum, dampening, weight_decay;
@@ -138,15 +146,23 @@ class Backend {
   // the batch statistics: r = (1 - f) r + f * stat, with the unbiased variance.
   virtual void batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* gamma,
                                        const float* beta, float eps, float factor, float* running_mean,
-                                       float* running_var, float* y, float* save_mean,
-                                       float* save_invstd) = 0;
+                                       float* running_var, const BatchNormEpilogue& epilogue, float* y,
+                                       float* save_mean, float* save_invstd) = 0;
   virtual void batchnorm_forward_eval(const BatchNormGeom& g, const float* x, const float* gamma,
                                       const float* beta, const float* running_mean,
-                                      const float* running_var, float eps, float* y) = 0;
-  // dgamma/dbeta may be null (no affine parameters or no gradient wanted).
-  virtual void batchnorm_backward(const BatchNormGeom& g, const float* x, const float* dy,
-                                  const float* gamma, const float* save_mean, const float* save_invstd,
-                                  float* dx, float* dgamma, float* dbeta) = 0;
+                                      const float* running_var, float eps, const BatchNormEpilogue& epilogue,
+                                      float* y) = 0;
+  // Backward of the training forward, given the same gamma, beta and epilogue. After a
+  // fused ReLU the incoming gradient is masked, g = dy where the output y > 0, else 0,
+  // with y read from relu_output when given, else recomputed from x (possible when the
+  // forward added no residual: y > 0 exactly where scale * x + shift > 0 with the
+  // forward's per-channel coefficients). dresidual, when given, receives g (the
+  // gradient of the residual). dgamma and dbeta may be null (no affine parameters or
+  // no gradient wanted).
+  virtual void batchnorm_backward(const BatchNormGeom& g, const float* x, const float* dy, const float* gamma,
+                                  const float* beta, const float* save_mean, const float* save_invstd, bool relu,
+                                  const float* relu_output, float* dx, float* dresidual, float* dgamma,
+                                  float* dbeta) = 0;
 
   // ---- pooling (engine/cpu/pool.cpp) ----
   virtual void max_pool2d_forward(const Pool2dGeom& g, const float* x, float* y, int32_t* argmax) = 0;

@@ -69,12 +69,17 @@ struct BatchNormOptions {
   // Weight of the new batch in the running statistics; std::nullopt means a
   // cumulative average (PyTorch's momentum=None): factor 1 / num_batches_tracked.
   std::optional<float> momentum = 0.1f;
+  // Fused epilogue: y = relu(bn(x) + residual), the residual when given.
+  bool relu = false;
 };
 // x (N,C,H,W) or (N,C). weight/bias (C) may be undefined (affine=false). In training
 // mode with running stats given, they are updated in place and num_batches_tracked
-// (a 0-dim int64 tensor, may be undefined) is incremented, as in PyTorch.
+// (a 0-dim int64 tensor, may be undefined) is incremented, as in PyTorch. residual
+// (shaped as x, may be undefined) is added to the normalised output, before the ReLU
+// when options.relu: relu(bn(x) + residual) in one pass, the end of a residual block.
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
-                  const Tensor& running_var, const Tensor& num_batches_tracked, const BatchNormOptions& options);
+                  const Tensor& running_var, const Tensor& num_batches_tracked, const BatchNormOptions& options,
+                  const Tensor& residual = {});
 
 // ---- relu (ops/relu.cpp) ----
 Tensor relu(const Tensor& x);

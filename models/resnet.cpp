@@ -28,8 +28,8 @@ class BasicBlock : public nn::Module {
   }
 
   Tensor forward(const Tensor& x) override {
-    const Tensor out = nn::conv_bn(*conv2_, *bn2_, relu(nn::conv_bn(*conv1_, *bn1_, x)));
-    return relu(out + (shortcut_ ? shortcut_->forward(x) : x));
+    const Tensor h = nn::conv_bn(*conv1_, *bn1_, x, {.relu = true});
+    return nn::conv_bn(*conv2_, *bn2_, h, {.residual = shortcut_ ? shortcut_->forward(x) : x, .relu = true});
   }
 
  private:
@@ -58,7 +58,7 @@ class ResNet : public Classifier {
   }
 
   Tensor features(const Tensor& x) override {
-    Tensor h = relu(nn::conv_bn(*conv1_, *bn1_, x));
+    Tensor h = nn::conv_bn(*conv1_, *bn1_, x, {.relu = true});
     for (const auto& layer : layers_) h = layer->forward(h);
     return global_avg_pool2d(h);  // the 4x4 map: avg_pool2d(out, 4)
   }

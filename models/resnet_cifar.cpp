@@ -27,8 +27,8 @@ class OptionABlock : public nn::Module {
   }
 
   Tensor forward(const Tensor& x) override {
-    const Tensor out = nn::conv_bn(*conv2_, *bn2_, relu(nn::conv_bn(*conv1_, *bn1_, x)));
-    return relu(out + shortcut(x));
+    const Tensor h = nn::conv_bn(*conv1_, *bn1_, x, {.relu = true});
+    return nn::conv_bn(*conv2_, *bn2_, h, {.residual = shortcut(x), .relu = true});
   }
 
  private:
@@ -65,7 +65,7 @@ class CifarResNet : public Classifier {
   }
 
   Tensor features(const Tensor& x) override {
-    Tensor h = relu(nn::conv_bn(*conv1_, *bn1_, x));
+    Tensor h = nn::conv_bn(*conv1_, *bn1_, x, {.relu = true});
     for (const auto& layer : layers_) h = layer->forward(h);
     return global_avg_pool2d(h);
   }

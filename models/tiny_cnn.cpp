@@ -32,7 +32,7 @@ class TinyCnn : public Classifier {
   Tensor features(const Tensor& x) override {
     Tensor h = x;
     for (size_t i = 0; i < convs_.size(); ++i) {
-      h = relu(nn::conv_bn(*convs_[i], *bns_[i], h));
+      h = nn::conv_bn(*convs_[i], *bns_[i], h, {.relu = true});
       if (i + 1 < convs_.size()) h = max_pool2d(h, {.kernel = 2});
     }
     return global_avg_pool2d(h);

@@ -27,8 +27,8 @@ class WideBlock : public nn::Module {
   }
 
   Tensor forward(const Tensor& x) override {
-    const Tensor pre = relu(bn1_->forward(x));
-    const Tensor out = conv2_->forward(relu(bn2_->forward(conv1_->forward(pre))));
+    const Tensor pre = bn1_->forward(x, {}, true);
+    const Tensor out = conv2_->forward(bn2_->forward(conv1_->forward(pre), {}, true));
     return (equal_in_out_ ? x : shortcut_->forward(pre)) + out;
   }
 
@@ -70,7 +70,7 @@ class WideResNet : public Classifier {
   Tensor features(const Tensor& x) override {
     Tensor h = conv1_->forward(x);
     for (const auto& g : groups_) h = g->forward(h);
-    return global_avg_pool2d(relu(bn1_->forward(h)));
+    return global_avg_pool2d(bn1_->forward(h, {}, true));
   }
   nn::Linear& head() override { return *fc_; }
 

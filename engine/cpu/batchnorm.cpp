@@ -1,20 +1,27 @@
 // BatchNorm kernels on the CPU: per-channel statistics of an (N, C, HW) tensor.
 //
 // Element (n, c, s) sits at x[(n * C + c) * HW + s]; channel c owns the M = N * HW
-// elements with that c. Every loop runs over channels in parallel (one thread owns a
-// channel, so no reductions cross threads and results do not depend on the thread
-// count); sums are accumulated in double.
+// elements with that c, in N rows of HW. Every loop runs over channels in parallel (one
+// thread owns a channel, so no reductions cross threads and results do not depend on
+// the thread count); sums are accumulated in double.
 //
 // Forward, training (statistics of this batch):
-//   mean = sum(x) / M,   var = sum((x - mean)^2) / M   (biased, two passes)
+//   mean = sum(x) / M,   var = sum((x - mean)^2) / M   (biased)
 //   invstd = 1 / sqrt(var + eps),   xhat = (x - mean) * invstd
-//   y = gamma * xhat + beta                            (gamma = 1, beta = 0 without affine)
+//   y = act(gamma * xhat + beta + residual)   (gamma = 1, beta = 0 without affine; the
+//                                              residual and act = ReLU when fused)
 //   running_mean = (1 - f) running_mean + f mean
 //   running_var  = (1 - f) running_var  + f var * M / (M - 1)   (unbiased)
 // Forward, evaluation: the same affine map with running_mean and running_var.
 //
+// The statistics take one pass over memory: each row's mean and sum of squared
+// deviations are computed exactly (two passes over a row that stays in L1), and the rows
+// are merged with Chan's update, which never subtracts two large sums:
+//   n = na + nb,  d = mean_b - mean_a,  mean = mean_a + d nb / n,
+//   m2 = m2_a + m2_b + d^2 na nb / n.
+//
 // Backward (training): y depends on every x of its channel through mean and var. With
-// g = dy,
+// g = dy (masked by y > 0 after a fused ReLU; g is also the residual's gradient),
 //   dbeta  = sum(g),   dgamma = sum(g * xhat)
 //   dx     = gamma * invstd / M * (M g - sum(g) - xhat * sum(g * xhat))
 // (the two subtracted terms are the gradient flowing through the mean and through the
@@ -23,6 +30,7 @@
 // The sums run over rows of HW floats: each row is summed in kLanes float lanes (a
 // fixed order the compiler turns into vector adds; one double accumulator would make a
 // serial chain of dependent adds, 4 cycles per element), and the rows in double.
+#include <algorithm>
 #include <cmath>
 
 #include "engine/cpu/cpu_backend.h"
@@ -47,46 +55,84 @@ double lane_sum(int64_t n, F f) {
   return total;
 }
 
+// Count, mean and sum of squared deviations of the values seen so far.
+struct Moments {
+  double count = 0.0, mean = 0.0, m2 = 0.0;
+
+  void add_row(const float* row, int64_t n) {
+    if (n <= 0) return;
+    const double row_mean = lane_sum(n, [row](int64_t s) { return row[s]; }) / static_cast<double>(n);
+    // Deviations from the float-rounded mean fm, then moved to the exact row mean:
+    // sum (x - m)^2 = sum (x - fm)^2 - n (m - fm)^2.
+    const float fm = static_cast<float>(row_mean);
+    const double off = row_mean - fm;
+    const double row_m2 = lane_sum(n, [row, fm](int64_t s) {
+                            const float d = row[s] - fm;
+                            return d * d;
+                          }) - static_cast<double>(n) * off * off;
+    const double nb = static_cast<double>(n), total = count + nb;
+    const double delta = row_mean - mean;
+    mean += delta * nb / total;
+    m2 += std::max(row_m2, 0.0) + delta * delta * count * nb / total;
+    count = total;
+  }
+};
+
+// A channel's affine map y = scale * x + shift.
+struct Affine {
+  float scale, shift;
+};
+
+// The training forward's map for channel c, from the saved (float) statistics: the
+// backward derives the same coefficients to recompute a fused ReLU's mask from x.
+Affine train_affine(int64_t c, const float* gamma, const float* beta, float mean, float invstd) {
+  const double scale = (gamma ? gamma[c] : 1.0) * invstd;
+  return {static_cast<float>(scale), static_cast<float>((beta ? beta[c] : 0.0) - static_cast<double>(mean) * scale)};
+}
+
+// y[s] = act(scale * x[s] + shift (+ residual[s])) for s < n, one row.
+template <bool RESIDUAL, bool RELU>
+void affine_row(int64_t n, const float* __restrict x, const float* __restrict residual, float scale, float shift,
+                float* __restrict y) {
+  for (int64_t s = 0; s < n; ++s) {
+    float v = scale * x[s] + shift;
+    if constexpr (RESIDUAL) v += residual[s];
+    if constexpr (RELU) v = v > 0.0f ? v : 0.0f;
+    y[s] = v;
+  }
+}
+
+// The affine map with the epilogue over every row of channel c.
+void affine_channel(const BatchNormGeom& g, int64_t c, const float* x, Affine map, const BatchNormEpilogue& epilogue,
+                    float* y) {
+  using Row = void (*)(int64_t, const float*, const float*, float, float, float*);
+  constexpr Row rows[2][2] = {{affine_row<false, false>, affine_row<false, true>},
+                              {affine_row<true, false>, affine_row<true, true>}};
+  const Row row = rows[epilogue.residual != nullptr][epilogue.relu];
+  for (int64_t n = 0; n < g.N; ++n) {
+    const int64_t at = (n * g.C + c) * g.HW;
+    row(g.HW, x + at, epilogue.residual ? epilogue.residual + at : nullptr, map.scale, map.shift, y + at);
+  }
+}
+
 }  // namespace
 
 void CpuBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* gamma,
                                          const float* beta, float eps, float factor, float* running_mean,
-                                         float* running_var, float* y, float* save_mean, float* save_invstd) {
+                                         float* running_var, const BatchNormEpilogue& epilogue, float* y,
+                                         float* save_mean, float* save_invstd) {
   const int64_t N = g.N, C = g.C, HW = g.HW, M = N * HW;
-  parallel_for(C, 4 * M, [&](int64_t c0, int64_t c1) {
+  parallel_for(C, 3 * M, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      double sum = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        const float* xc = x + (n * C + c) * HW;
-        sum += lane_sum(HW, [xc](int64_t s) { return xc[s]; });
-      }
-      const double mean = M > 0 ? sum / static_cast<double>(M) : 0.0;
-      // Deviations from the mean rounded to float: exact enough, as the mean removes
-      // the magnitude that would cancel.
-      const float fmean = static_cast<float>(mean);
-      double sq = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        const float* xc = x + (n * C + c) * HW;
-        sq += lane_sum(HW, [xc, fmean](int64_t s) {
-          const float d = xc[s] - fmean;
-          return d * d;
-        });
-      }
+      Moments moments;
+      for (int64_t n = 0; n < N; ++n) moments.add_row(x + (n * C + c) * HW, HW);
+      const double mean = moments.mean, sq = moments.m2;
       const double var = M > 0 ? sq / static_cast<double>(M) : 0.0;
       const double invstd = 1.0 / std::sqrt(var + static_cast<double>(eps));
       save_mean[c] = static_cast<float>(mean);
       save_invstd[c] = static_cast<float>(invstd);
-
-      // y = scale * x + shift, with scale = gamma * invstd and shift = beta - mean * scale.
-      const double gm = gamma ? gamma[c] : 1.0;
-      const double scale = gm * invstd;
-      const double shift = (beta ? beta[c] : 0.0) - mean * scale;
-      const float fs = static_cast<float>(scale), fb = static_cast<float>(shift);
-      for (int64_t n = 0; n < N; ++n) {
-        const float* xc = x + (n * C + c) * HW;
-        float* yc = y + (n * C + c) * HW;
-        for (int64_t s = 0; s < HW; ++s) yc[s] = fs * xc[s] + fb;
-      }
+      // y = act(scale * x + shift (+ r)), scale = gamma * invstd, shift = beta - mean * scale.
+      affine_channel(g, c, x, train_affine(c, gamma, beta, save_mean[c], save_invstd[c]), epilogue, y);
 
       if (running_mean && running_var) {
         const double unbiased = M > 1 ? sq / static_cast<double>(M - 1) : var;
@@ -100,56 +146,81 @@ void CpuBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x,
 
 void CpuBackend::batchnorm_forward_eval(const BatchNormGeom& g, const float* x, const float* gamma,
                                         const float* beta, const float* running_mean, const float* running_var,
-                                        float eps, float* y) {
-  const int64_t N = g.N, C = g.C, HW = g.HW;
-  parallel_for(C, N * HW, [&](int64_t c0, int64_t c1) {
+                                        float eps, const BatchNormEpilogue& epilogue, float* y) {
+  parallel_for(g.C, g.N * g.HW, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const double invstd = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps));
       const double scale = (gamma ? gamma[c] : 1.0) * invstd;
-      const double shift = (beta ? beta[c] : 0.0) - running_mean[c] * scale;
-      const float fs = static_cast<float>(scale), fb = static_cast<float>(shift);
-      for (int64_t n = 0; n < N; ++n) {
-        const float* xc = x + (n * C + c) * HW;
-        float* yc = y + (n * C + c) * HW;
-        for (int64_t s = 0; s < HW; ++s) yc[s] = fs * xc[s] + fb;
-      }
+      const Affine map{static_cast<float>(scale), static_cast<float>((beta ? beta[c] : 0.0) - running_mean[c] * scale)};
+      affine_channel(g, c, x, map, epilogue, y);
     }
   });
 }
 
 void CpuBackend::batchnorm_backward(const BatchNormGeom& g, const float* x, const float* dy, const float* gamma,
-                                    const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                                    const float* beta, const float* save_mean, const float* save_invstd, bool relu,
+                                    const float* relu_output, float* dx, float* dresidual, float* dgamma,
                                     float* dbeta) {
   const int64_t N = g.N, C = g.C, HW = g.HW, M = N * HW;
   parallel_for(C, 4 * M, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const double mean = save_mean[c], invstd = save_invstd[c];
+      const Affine forward = train_affine(c, gamma, beta, save_mean[c], save_invstd[c]);
+      // Calls body(g) with g(s) the gradient at element s of the row at `at`: dy, or dy
+      // masked by the ReLU's output (read, or recomputed from x). Each case is its own
+      // loop, without a branch per element.
+      const auto with_grad = [&](int64_t at, auto&& body) {
+        const float *dyr = dy + at, *xr = x + at;
+        if (!relu) {
+          body([dyr](int64_t s) { return dyr[s]; });
+        } else if (relu_output) {
+          const float* yr = relu_output + at;
+          body([dyr, yr](int64_t s) { return yr[s] > 0.0f ? dyr[s] : 0.0f; });
+        } else {
+          body([dyr, xr, forward](int64_t s) { return forward.scale * xr[s] + forward.shift > 0.0f ? dyr[s] : 0.0f; });
+        }
+      };
+
       // sum(g * xhat) = invstd * sum(g * (x - mean))
       const float fmean = static_cast<float>(mean);
-      double sum_dy = 0, sum_dy_xc = 0;
+      double sum_g = 0, sum_g_xc = 0;
       for (int64_t n = 0; n < N; ++n) {
-        const float* xc = x + (n * C + c) * HW;
-        const float* dyc = dy + (n * C + c) * HW;
-        sum_dy += lane_sum(HW, [dyc](int64_t s) { return dyc[s]; });
-        sum_dy_xc += lane_sum(HW, [xc, dyc, fmean](int64_t s) { return dyc[s] * (xc[s] - fmean); });
+        const int64_t at = (n * C + c) * HW;
+        const float* xr = x + at;
+        with_grad(at, [&](auto grad) {
+          sum_g += lane_sum(HW, grad);
+          sum_g_xc += lane_sum(HW, [&grad, xr, fmean](int64_t s) { return grad(s) * (xr[s] - fmean); });
+          if (dresidual) {
+            float* dr = dresidual + at;
+            for (int64_t s = 0; s < HW; ++s) dr[s] = grad(s);
+          }
+        });
       }
-      const double sum_dy_xhat = sum_dy_xc * invstd;
-      if (dgamma) dgamma[c] = static_cast<float>(sum_dy_xhat);
-      if (dbeta) dbeta[c] = static_cast<float>(sum_dy);
+      const double sum_g_xhat = sum_g_xc * invstd;
+      if (dgamma) dgamma[c] = static_cast<float>(sum_g_xhat);
+      if (dbeta) dbeta[c] = static_cast<float>(sum_g);
 
-      // dx = k * (dy - a - xhat * b), k = gamma * invstd, a = mean(dy), b = mean(dy * xhat);
-      // expanded to dx = k dy + u x + v so that the loop is one float multiply-add pair.
+      // dx = k * (g - a - xhat * b), k = gamma * invstd, a = mean(g), b = mean(g * xhat);
+      // expanded to dx = k g + u x + v so that the loop is one float multiply-add pair.
       const double inv_m = M > 0 ? 1.0 / static_cast<double>(M) : 0.0;
       const double k = (gamma ? gamma[c] : 1.0) * invstd;
-      const double a = sum_dy * inv_m, b = sum_dy_xhat * inv_m;
+      const double a = sum_g * inv_m, b = sum_g_xhat * inv_m;
       const float fk = static_cast<float>(k);
       const float fu = static_cast<float>(-k * b * invstd);
       const float fv = static_cast<float>(k * (b * invstd * mean - a));
       for (int64_t n = 0; n < N; ++n) {
-        const float* xc = x + (n * C + c) * HW;
-        const float* dyc = dy + (n * C + c) * HW;
-        float* dxc = dx + (n * C + c) * HW;
-        for (int64_t s = 0; s < HW; ++s) dxc[s] = fk * dyc[s] + fu * xc[s] + fv;
+        const int64_t at = (n * C + c) * HW;
+        const float* xr = x + at;
+        float* dxr = dx + at;
+        const auto apply = [&](auto grad) {
+          for (int64_t s = 0; s < HW; ++s) dxr[s] = fk * grad(s) + fu * xr[s] + fv;
+        };
+        if (dresidual) {  // g is already written out there: one stream instead of two or three
+          const float* dr = dresidual + at;
+          apply([dr](int64_t s) { return dr[s]; });
+        } else {
+          with_grad(at, apply);
+        }
       }
     }
   });

@@ -9,9 +9,14 @@
 //   2. One thread per channel adds its S partials in order and derives everything per
 //      channel: the statistics, the running-stat update, and the coefficients of the
 //      per-element pass that follows.
-//   3. One thread per element applies the coefficients: y = scale * x + shift in
-//      training and evaluation, dx = k dy + u x + v in backward (float products and
-//      sums rounded in the CPU's order, no fused multiply-add).
+//   3. One thread per element applies the coefficients: y = act(scale * x + shift + r)
+//      in training and evaluation (the fused epilogue: residual r and ReLU when given),
+//      dx = k g + u x + v in backward (float products and sums rounded in the CPU's
+//      order, no fused multiply-add).
+// Backward reads g = dy, or after a fused ReLU dy masked by y > 0, with y read back (when
+// a residual was added) or recomputed from x with the forward's coefficients, which both
+// directions derive from the saved float statistics (train_affine); pass 1 also writes
+// g out as the residual's gradient when one is wanted, and pass 3 then reads it there.
 // The forward sums are of x - K and (x - K)^2 with K = the channel's first element, a
 // shift that keeps E[(x-K)^2] - E[x-K]^2 free of cancellation when |mean| >> std:
 //   mean = K + S1 / M,   var = (S2 - S1^2 / M) / M   (biased),
@@ -30,16 +35,46 @@ using namespace cuda_detail;
 
 namespace {
 
-// Pass 1. Forward: sums of d = x - K and d^2. Backward: sums of dy and dy * xhat.
+// A channel's affine map y = scale * x + shift in the training forward, from the saved
+// (float) statistics, as on the CPU.
+struct ChannelAffine {
+  float scale, shift;
+};
+
+__device__ inline ChannelAffine train_affine(uint32_t c, const float* gamma, const float* beta, float mean,
+                                             float invstd) {
+  const double scale = (gamma ? gamma[c] : 1.0) * static_cast<double>(invstd);
+  return {static_cast<float>(scale), static_cast<float>((beta ? beta[c] : 0.0) - static_cast<double>(mean) * scale)};
+}
+
+// The gradient reaching the affine map at element `at`: dy, or after a fused ReLU dy
+// where the output was positive (read from relu_output, or recomputed from x).
+struct GradMask {
+  bool relu;
+  const float* relu_output;  // null: recompute from x
+};
+
+__device__ inline float masked_grad(const float* x, const float* dy, GradMask mask, ChannelAffine forward, size_t at) {
+  if (!mask.relu) return dy[at];
+  const bool positive = mask.relu_output ? mask.relu_output[at] > 0.0f
+                                         : __fadd_rn(__fmul_rn(forward.scale, x[at]), forward.shift) > 0.0f;
+  return positive ? dy[at] : 0.0f;
+}
+
+// Pass 1. Forward: sums of d = x - K and d^2. Backward: sums of g and g * xhat.
 template <bool BACKWARD>
-__global__ void bn_partial_kernel(const float* x, const float* dy, const float* save_mean, const float* save_invstd,
-                                  uint32_t C, uint32_t HW, uint32_t M, uint32_t chunk, uint32_t S, double* partial) {
+__global__ void bn_partial_kernel(const float* x, const float* dy, GradMask mask, const float* gamma,
+                                  const float* beta, const float* save_mean, const float* save_invstd, uint32_t C,
+                                  uint32_t HW, uint32_t M, uint32_t chunk, uint32_t S, double* partial,
+                                  float* dresidual) {
   const uint32_t c = blockIdx.x / S, seg = blockIdx.x % S;
   const uint32_t begin = seg * chunk, end = min(M, begin + chunk);
   double shift = 0.0, invstd = 0.0;
+  ChannelAffine forward{};
   if (BACKWARD) {
     shift = save_mean[c];
     invstd = save_invstd[c];
+    forward = train_affine(c, gamma, beta, save_mean[c], save_invstd[c]);
   } else {
     shift = x[static_cast<size_t>(c) * HW];
   }
@@ -48,7 +83,9 @@ __global__ void bn_partial_kernel(const float* x, const float* dy, const float* 
     const uint32_t n = m / HW, s = m - n * HW;
     const size_t at = (static_cast<size_t>(n) * C + c) * HW + s;
     if (BACKWARD) {
-      const double g = dy[at];
+      const float gf = masked_grad(x, dy, mask, forward, at);
+      if (dresidual) dresidual[at] = gf;
+      const double g = gf;
       a += g;
       b += g * ((x[at] - shift) * invstd);
     } else {
@@ -91,9 +128,9 @@ __global__ void bn_train_finalize_kernel(const float* x, const double* partial, 
   const double invstd = 1.0 / sqrt(var + static_cast<double>(eps));
   save_mean[c] = static_cast<float>(mean);
   save_invstd[c] = static_cast<float>(invstd);
-  const double scale = (gamma ? gamma[c] : 1.0) * invstd;
-  coef[2 * c] = static_cast<float>(scale);
-  coef[2 * c + 1] = static_cast<float>((beta ? beta[c] : 0.0) - mean * scale);
+  const ChannelAffine forward = train_affine(c, gamma, beta, save_mean[c], save_invstd[c]);
+  coef[2 * c] = forward.scale;
+  coef[2 * c + 1] = forward.shift;
   if (running_mean && running_var) {
     const double unbiased = M > 1 ? sq / (m - 1.0) : var;
     const double f = factor;
@@ -112,10 +149,11 @@ __global__ void bn_eval_coef_kernel(uint32_t C, const float* gamma, const float*
   coef[2 * c + 1] = static_cast<float>((beta ? beta[c] : 0.0) - running_mean[c] * scale);
 }
 
-// Pass 2 of backward: dgamma, dbeta and the coefficients of dx = k dy + u x + v.
+// Pass 2 of backward: dgamma, dbeta, the coefficients of dx = k g + u x + v and the
+// forward's scale and shift (for a ReLU mask recomputed from x): 5 floats per channel.
 __global__ void bn_backward_finalize_kernel(const double* partial, uint32_t C, uint32_t M, uint32_t S,
-                                            const float* gamma, const float* save_mean, const float* save_invstd,
-                                            float* dgamma, float* dbeta, float* coef) {
+                                            const float* gamma, const float* beta, const float* save_mean,
+                                            const float* save_invstd, float* dgamma, float* dbeta, float* coef) {
   const uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
   double sum_dy, sum_dy_xhat;
@@ -126,27 +164,35 @@ __global__ void bn_backward_finalize_kernel(const double* partial, uint32_t C, u
   const double inv_m = M > 0 ? 1.0 / static_cast<double>(M) : 0.0;
   const double k = (gamma ? gamma[c] : 1.0) * invstd;
   const double a = sum_dy * inv_m, b = sum_dy_xhat * inv_m;
-  coef[3 * c] = static_cast<float>(k);
-  coef[3 * c + 1] = static_cast<float>(-k * b * invstd);
-  coef[3 * c + 2] = static_cast<float>(k * (b * invstd * mean - a));
+  coef[5 * c] = static_cast<float>(k);
+  coef[5 * c + 1] = static_cast<float>(-k * b * invstd);
+  coef[5 * c + 2] = static_cast<float>(k * (b * invstd * mean - a));
+  const ChannelAffine forward = train_affine(c, gamma, beta, save_mean[c], save_invstd[c]);
+  coef[5 * c + 3] = forward.scale;
+  coef[5 * c + 4] = forward.shift;
 }
 
-// Pass 3: y = scale * x + shift per channel (coef holds scale, shift per channel).
+// Pass 3: y = act(scale * x + shift + r) per channel (coef holds scale, shift per channel).
 template <class Index>
-__global__ void bn_affine_kernel(int64_t total, Index C, Index HW, const float* x, const float* coef, float* y) {
+__global__ void bn_affine_kernel(int64_t total, Index C, Index HW, const float* x, const float* coef,
+                                 const float* residual, bool relu, float* y) {
   POLYAK_GRID_LOOP(i, total) {
     const Index c = (static_cast<Index>(i) / HW) % C;
-    y[i] = __fadd_rn(__fmul_rn(coef[2 * c], x[i]), coef[2 * c + 1]);
+    float v = __fadd_rn(__fmul_rn(coef[2 * c], x[i]), coef[2 * c + 1]);
+    if (residual) v = __fadd_rn(v, residual[i]);
+    y[i] = relu && !(v > 0.0f) ? 0.0f : v;
   }
 }
 
-// Pass 3 of backward: dx = k dy + u x + v.
+// Pass 3 of backward: dx = k g + u x + v, g read from dresidual when pass 1 wrote it there.
 template <class Index>
 __global__ void bn_backward_apply_kernel(int64_t total, Index C, Index HW, const float* x, const float* dy,
-                                         const float* coef, float* dx) {
+                                         GradMask mask, const float* dresidual, const float* coef, float* dx) {
   POLYAK_GRID_LOOP(i, total) {
     const Index c = (static_cast<Index>(i) / HW) % C;
-    dx[i] = __fadd_rn(__fadd_rn(__fmul_rn(coef[3 * c], dy[i]), __fmul_rn(coef[3 * c + 1], x[i])), coef[3 * c + 2]);
+    const size_t at = static_cast<size_t>(i);
+    const float g = dresidual ? dresidual[at] : masked_grad(x, dy, mask, {coef[5 * c + 3], coef[5 * c + 4]}, at);
+    dx[i] = __fadd_rn(__fadd_rn(__fmul_rn(coef[5 * c], g), __fmul_rn(coef[5 * c + 1], x[i])), coef[5 * c + 2]);
   }
 }
 
@@ -183,14 +229,16 @@ unsigned channel_blocks(uint32_t C) { return (C + kThreads - 1) / kThreads; }
 
 void CudaBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* gamma,
                                           const float* beta, float eps, float factor, float* running_mean,
-                                          float* running_var, float* y, float* save_mean, float* save_invstd) {
+                                          float* running_var, const BatchNormEpilogue& epilogue, float* y,
+                                          float* save_mean, float* save_invstd) {
   if (g.C <= 0) return;
   const Plan p = plan_for(g, sm_count_);
   Scratch partial(*this, sizeof(double) * 2 * p.C * p.S);
   Scratch coef(*this, sizeof(float) * 2 * p.C);
   if (p.M > 0) {
-    bn_partial_kernel<false><<<p.C * p.S, kThreads, 0, stream_>>>(x, nullptr, nullptr, nullptr, p.C, p.HW, p.M,
-                                                                   p.chunk, p.S, partial.as<double>());
+    bn_partial_kernel<false><<<p.C * p.S, kThreads, 0, stream_>>>(x, nullptr, GradMask{false, nullptr}, nullptr,
+                                                                   nullptr, nullptr, nullptr, p.C, p.HW, p.M,
+                                                                   p.chunk, p.S, partial.as<double>(), nullptr);
     POLYAK_CUDA_LAUNCHED();
   } else {
     set_zero(partial.as<double>(), partial.bytes());
@@ -201,16 +249,18 @@ void CudaBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x
   POLYAK_CUDA_LAUNCHED();
   if (p.total == 0) return;
   if (p.small) {
-    bn_affine_kernel<uint32_t><<<grid_for(p.total), kThreads, 0, stream_>>>(p.total, p.C, p.HW, x, coef.as<float>(), y);
+    bn_affine_kernel<uint32_t><<<grid_for(p.total), kThreads, 0, stream_>>>(p.total, p.C, p.HW, x, coef.as<float>(),
+                                                                             epilogue.residual, epilogue.relu, y);
   } else {
-    bn_affine_kernel<int64_t><<<grid_for(p.total), kThreads, 0, stream_>>>(p.total, p.C, p.HW, x, coef.as<float>(), y);
+    bn_affine_kernel<int64_t><<<grid_for(p.total), kThreads, 0, stream_>>>(p.total, p.C, p.HW, x, coef.as<float>(),
+                                                                            epilogue.residual, epilogue.relu, y);
   }
   POLYAK_CUDA_LAUNCHED();
 }
 
 void CudaBackend::batchnorm_forward_eval(const BatchNormGeom& g, const float* x, const float* gamma,
                                          const float* beta, const float* running_mean, const float* running_var,
-                                         float eps, float* y) {
+                                         float eps, const BatchNormEpilogue& epilogue, float* y) {
   if (g.C <= 0) return;
   const Plan p = plan_for(g, sm_count_);
   Scratch coef(*this, sizeof(float) * 2 * p.C);
@@ -219,37 +269,42 @@ void CudaBackend::batchnorm_forward_eval(const BatchNormGeom& g, const float* x,
   POLYAK_CUDA_LAUNCHED();
   if (p.total == 0) return;
   if (p.small) {
-    bn_affine_kernel<uint32_t><<<grid_for(p.total), kThreads, 0, stream_>>>(p.total, p.C, p.HW, x, coef.as<float>(), y);
+    bn_affine_kernel<uint32_t><<<grid_for(p.total), kThreads, 0, stream_>>>(p.total, p.C, p.HW, x, coef.as<float>(),
+                                                                             epilogue.residual, epilogue.relu, y);
   } else {
-    bn_affine_kernel<int64_t><<<grid_for(p.total), kThreads, 0, stream_>>>(p.total, p.C, p.HW, x, coef.as<float>(), y);
+    bn_affine_kernel<int64_t><<<grid_for(p.total), kThreads, 0, stream_>>>(p.total, p.C, p.HW, x, coef.as<float>(),
+                                                                            epilogue.residual, epilogue.relu, y);
   }
   POLYAK_CUDA_LAUNCHED();
 }
 
 void CudaBackend::batchnorm_backward(const BatchNormGeom& g, const float* x, const float* dy, const float* gamma,
-                                     const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                                     const float* beta, const float* save_mean, const float* save_invstd, bool relu,
+                                     const float* relu_output, float* dx, float* dresidual, float* dgamma,
                                      float* dbeta) {
   if (g.C <= 0) return;
   const Plan p = plan_for(g, sm_count_);
+  const GradMask mask{relu, relu_output};
   Scratch partial(*this, sizeof(double) * 2 * p.C * p.S);
-  Scratch coef(*this, sizeof(float) * 3 * p.C);
+  Scratch coef(*this, sizeof(float) * 5 * p.C);
   if (p.M > 0) {
-    bn_partial_kernel<true><<<p.C * p.S, kThreads, 0, stream_>>>(x, dy, save_mean, save_invstd, p.C, p.HW, p.M,
-                                                                  p.chunk, p.S, partial.as<double>());
+    bn_partial_kernel<true><<<p.C * p.S, kThreads, 0, stream_>>>(x, dy, mask, gamma, beta, save_mean, save_invstd,
+                                                                  p.C, p.HW, p.M, p.chunk, p.S, partial.as<double>(),
+                                                                  dresidual);
     POLYAK_CUDA_LAUNCHED();
   } else {
     set_zero(partial.as<double>(), partial.bytes());
   }
   bn_backward_finalize_kernel<<<channel_blocks(p.C), kThreads, 0, stream_>>>(
-      partial.as<double>(), p.C, p.M, p.S, gamma, save_mean, save_invstd, dgamma, dbeta, coef.as<float>());
+      partial.as<double>(), p.C, p.M, p.S, gamma, beta, save_mean, save_invstd, dgamma, dbeta, coef.as<float>());
   POLYAK_CUDA_LAUNCHED();
   if (p.total == 0) return;
   if (p.small) {
-    bn_backward_apply_kernel<uint32_t>
-        <<<grid_for(p.total), kThreads, 0, stream_>>>(p.total, p.C, p.HW, x, dy, coef.as<float>(), dx);
+    bn_backward_apply_kernel<uint32_t><<<grid_for(p.total), kThreads, 0, stream_>>>(
+        p.total, p.C, p.HW, x, dy, mask, dresidual, coef.as<float>(), dx);
   } else {
-    bn_backward_apply_kernel<int64_t>
-        <<<grid_for(p.total), kThreads, 0, stream_>>>(p.total, p.C, p.HW, x, dy, coef.as<float>(), dx);
+    bn_backward_apply_kernel<int64_t><<<grid_for(p.total), kThreads, 0, stream_>>>(
+        p.total, p.C, p.HW, x, dy, mask, dresidual, coef.as<float>(), dx);
   }
   POLYAK_CUDA_LAUNCHED();
 }

@@ -113,12 +113,15 @@ class CudaBackend final : public Backend {
 
   // batchnorm.cu
   void batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* gamma, const float* beta,
-                               float eps, float factor, float* running_mean, float* running_var, float* y,
-                               float* save_mean, float* save_invstd) override;
+                               float eps, float factor, float* running_mean, float* running_var,
+                               const BatchNormEpilogue& epilogue, float* y, float* save_mean,
+                               float* save_invstd) override;
   void batchnorm_forward_eval(const BatchNormGeom& g, const float* x, const float* gamma, const float* beta,
-                              const float* running_mean, const float* running_var, float eps, float* y) override;
+                              const float* running_mean, const float* running_var, float eps,
+                              const BatchNormEpilogue& epilogue, float* y) override;
   void batchnorm_backward(const BatchNormGeom& g, const float* x, const float* dy, const float* gamma,
-                          const float* save_mean, const float* save_invstd, float* dx, float* dgamma,
+                          const float* beta, const float* save_mean, const float* save_invstd, bool relu,
+                          const float* relu_output, float* dx, float* dresidual, float* dgamma,
                           float* dbeta) override;
 
   // pool.cu

@@ -30,9 +30,11 @@ BatchNorm2d::BatchNorm2d(int64_t num_features, float eps_, std::optional<float> 
   num_batches_tracked = register_buffer("num_batches_tracked", Tensor::zeros({}, DType::I64));
 }
 
-Tensor BatchNorm2d::forward(const Tensor& x) {
+Tensor BatchNorm2d::forward(const Tensor& x) { return forward(x, Tensor(), false); }
+
+Tensor BatchNorm2d::forward(const Tensor& x, const Tensor& residual, bool relu) {
   return batch_norm(x, weight, bias, running_mean, running_var, num_batches_tracked,
-                    {.training = is_training(), .eps = eps, .momentum = momentum});
+                    {.training = is_training(), .eps = eps, .momentum = momentum, .relu = relu}, residual);
 }
 
 void BatchNorm2d::reset_running_stats() {
@@ -41,8 +43,8 @@ void BatchNorm2d::reset_running_stats() {
   num_batches_tracked.zero_();
 }
 
-Tensor conv_bn(Conv2d& conv, BatchNorm2d& bn, const Tensor& x) {
-  if (bn.is_training()) return bn.forward(conv.forward(x));
+Tensor conv_bn(Conv2d& conv, BatchNorm2d& bn, const Tensor& x, const ConvBnEpilogue& then) {
+  if (bn.is_training()) return bn.forward(conv.forward(x), then.residual, then.relu);
   const int64_t filters = conv.weight.size(0);
   if (bn.running_mean.numel() != filters)
     throw std::invalid_argument("conv_bn: a convolution with " + std::to_string(filters) +
@@ -52,7 +54,9 @@ Tensor conv_bn(Conv2d& conv, BatchNorm2d& bn, const Tensor& x) {
   Tensor shift = neg(bn.running_mean * scale);
   if (bn.bias.defined()) shift = shift + bn.bias;
   if (conv.bias.defined()) shift = shift + conv.bias * scale;
-  return conv2d(x, conv.weight * scale.reshape({filters, 1, 1, 1}), shift, conv.options);
+  Tensor y = conv2d(x, conv.weight * scale.reshape({filters, 1, 1, 1}), shift, conv.options);
+  if (then.residual.defined()) y = y + then.residual;
+  return then.relu ? relu(y) : y;
 }
 
 Linear::Linear(int64_t in_features, int64_t out_features, Rng& rng, bool with_bias) {

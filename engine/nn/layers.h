@@ -32,6 +32,9 @@ class BatchNorm2d : public Module {
   explicit BatchNorm2d(int64_t num_features, float eps = 1e-5f, std::optional<float> momentum = 0.1f,
                        bool affine = true);
   Tensor forward(const Tensor& x) override;
+  // relu(bn(x) + residual) (the residual when defined, the ReLU when asked) in one op:
+  // batch_norm's fused epilogue.
+  Tensor forward(const Tensor& x, const Tensor& residual, bool relu);
   // Running mean 0, variance 1, counter 0 (as reset_running_stats()).
   void reset_running_stats();
 
@@ -49,7 +52,14 @@ class BatchNorm2d : public Module {
 // rounding only, and gradients still reach every parameter through the fold. In
 // training mode (and in a BN recompute's cumulative mode) BN needs the batch's own
 // statistics, and both steps run as written.
-Tensor conv_bn(Conv2d& conv, BatchNorm2d& bn, const Tensor& x);
+//
+// `then` is what follows the BatchNorm: the residual added (when defined), then the ReLU
+// (when asked). Training fuses both into the BatchNorm's pass over memory.
+struct ConvBnEpilogue {
+  Tensor residual = {};
+  bool relu = false;
+};
+Tensor conv_bn(Conv2d& conv, BatchNorm2d& bn, const Tensor& x, const ConvBnEpilogue& then = {});
 
 // torch.nn.Linear: y = x W^T + b; W, b ~ U(-1/sqrt(in), 1/sqrt(in)).
 class Linear : public Module {

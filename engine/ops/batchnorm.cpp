@@ -12,6 +12,10 @@
 // Evaluation: y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta, an affine
 // map per channel.
 //
+// Fused epilogue (options.relu, residual): out = relu(y + residual), in the same pass over
+// memory as y. Backward masks the incoming gradient by out > 0 (the ReLU), hands the
+// masked gradient to the residual unchanged (the sum), and differentiates y with it.
+//
 // Backward. Training (kernel batchnorm_backward), with xhat = (x - mean_B) * invstd_B:
 //   dbeta = sum(dy),  dgamma = sum(dy * xhat),
 //   dx = gamma * invstd_B / M * (M dy - sum(dy) - xhat * sum(dy * xhat)).
@@ -54,7 +58,8 @@ void check_counter(const Tensor& counter) {
 }  // namespace
 
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
-                  const Tensor& running_var, const Tensor& num_batches_tracked, const BatchNormOptions& options) {
+                  const Tensor& running_var, const Tensor& num_batches_tracked, const BatchNormOptions& options,
+                  const Tensor& residual) {
   if (x.dtype() != DType::F32)
     throw std::invalid_argument(std::string("batch_norm: input must be float32, got ") + dtype_name(x.dtype()));
   if (x.dim() != 2 && x.dim() != 4)
@@ -79,8 +84,17 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
   if (num_batches_tracked.defined() && num_batches_tracked.device() != device)
     throw std::invalid_argument("batch_norm: num_batches_tracked is on another device than the input");
 
+  if (residual.defined()) {
+    if (residual.dtype() != DType::F32 || residual.shape() != x.shape() || residual.device() != device)
+      throw std::invalid_argument("batch_norm: the residual must be float32 " + shape_str(x.shape()) + " on " +
+                                  device_name(device) + " like the input, got " + dtype_name(residual.dtype()) + " " +
+                                  shape_str(residual.shape()) + " on " + device_name(residual.device()));
+  }
+
   const BatchNormGeom geom{N, C, HW};
   const Tensor xc = x.contiguous();
+  const Tensor rc = residual.defined() ? residual.contiguous() : Tensor();
+  const BatchNormEpilogue epilogue{nullable(rc), options.relu};
   const Tensor wc = weight.defined() ? weight.contiguous() : Tensor();
   const Tensor bc = bias.defined() ? bias.contiguous() : Tensor();
   Tensor out = Tensor::empty(x.shape(), DType::F32, device);
@@ -107,47 +121,65 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
     Tensor save_invstd = Tensor::empty({C}, DType::F32, device);
     be.batchnorm_forward_train(geom, xc.data<float>(), nullable(wc), nullable(bc), options.eps, factor,
                                tracking ? running_mean.data<float>() : nullptr,
-                               tracking ? running_var.data<float>() : nullptr, out.data<float>(),
+                               tracking ? running_var.data<float>() : nullptr, epilogue, out.data<float>(),
                                save_mean.data<float>(), save_invstd.data<float>());
-    if (should_record({xc, wc, bc})) {
-      record(out, "batch_norm", {xc, wc, bc},
-             [geom, input = xc.detach(), gamma = wc.defined() ? wc.detach() : Tensor(), save_mean, save_invstd,
-              want_w = wc.defined() && wc.requires_grad(),
-              want_b = bc.defined() && bc.requires_grad()](const Tensor& grad) {
+    if (should_record({xc, wc, bc, rc})) {
+      // A fused ReLU's mask comes from the output when a residual was added; otherwise the
+      // backward recomputes it from the input, and the output need not be kept.
+      record(out, "batch_norm", {xc, wc, bc, rc},
+             [geom, input = xc.detach(), gamma = wc.defined() ? wc.detach() : Tensor(),
+              beta = bc.defined() ? bc.detach() : Tensor(), save_mean, save_invstd, relu = options.relu,
+              relu_output = options.relu && rc.defined() ? out.detach() : Tensor(),
+              want_w = wc.defined() && wc.requires_grad(), want_b = bc.defined() && bc.requires_grad(),
+              want_r = rc.defined() && rc.requires_grad()](const Tensor& grad) {
                const Tensor dy = grad.contiguous();
                const Device dev = dy.device();
                Tensor dx = Tensor::empty(input.shape(), DType::F32, dev);
                Tensor dgamma = want_w ? Tensor::empty({geom.C}, DType::F32, dev) : Tensor();
                Tensor dbeta = want_b ? Tensor::empty({geom.C}, DType::F32, dev) : Tensor();
+               // Without the ReLU the residual's gradient is dy itself.
+               const bool masked_residual = want_r && relu;
+               Tensor dresidual = masked_residual ? Tensor::empty(input.shape(), DType::F32, dev)
+                                                  : (want_r ? dy : Tensor());
                backend(dev).batchnorm_backward(geom, input.data<float>(), dy.data<float>(), nullable(gamma),
-                                               save_mean.data<float>(), save_invstd.data<float>(), dx.data<float>(),
+                                               nullable(beta), save_mean.data<float>(), save_invstd.data<float>(),
+                                               relu, nullable(relu_output), dx.data<float>(),
+                                               masked_residual ? dresidual.data<float>() : nullptr,
                                                want_w ? dgamma.data<float>() : nullptr,
                                                want_b ? dbeta.data<float>() : nullptr);
-               return std::vector<Tensor>{dx, dgamma, dbeta};
+               return std::vector<Tensor>{dx, dgamma, dbeta, dresidual};
              });
     }
     return out;
   }
 
   be.batchnorm_forward_eval(geom, xc.data<float>(), nullable(wc), nullable(bc), running_mean.data<float>(),
-                            running_var.data<float>(), options.eps, out.data<float>());
-  if (should_record({xc, wc, bc})) {
+                            running_var.data<float>(), options.eps, epilogue, out.data<float>());
+  if (should_record({xc, wc, bc, rc})) {
     // Snapshot the statistics: the buffers may change (a later training step) before
     // backward runs.
     const Tensor mean = running_mean.detach().clone();
     const Tensor invstd = rdiv_scalar(sqrt(add_scalar(running_var.detach(), options.eps)), 1.0f);
     const Shape channel_shape = x.dim() == 4 ? Shape{1, C, 1, 1} : Shape{1, C};
     const std::vector<int64_t> reduce_dims = x.dim() == 4 ? std::vector<int64_t>{0, 2, 3} : std::vector<int64_t>{0};
-    record(out, "batch_norm_eval", {xc, wc, bc},
+    record(out, "batch_norm_eval", {xc, wc, bc, rc},
            [input = xc.detach(), gamma = wc.defined() ? wc.detach() : Tensor(), mean, invstd, channel_shape, reduce_dims,
-            want_x = xc.requires_grad(), want_w = wc.defined() && wc.requires_grad(),
-            want_b = bc.defined() && bc.requires_grad()](const Tensor& dy) {
+            relu_output = options.relu ? out.detach() : Tensor(), want_x = xc.requires_grad(),
+            want_w = wc.defined() && wc.requires_grad(), want_b = bc.defined() && bc.requires_grad(),
+            want_r = rc.defined() && rc.requires_grad()](const Tensor& grad) {
+             Tensor dy = grad;
+             if (relu_output.defined()) {
+               const Tensor gc = grad.contiguous();
+               dy = Tensor::empty(gc.shape(), DType::F32, gc.device());
+               backend(gc.device()).relu_backward(gc.numel(), relu_output.data<float>(), gc.data<float>(),
+                                                  dy.data<float>());
+             }
              Tensor dx, dgamma, dbeta;
              const Tensor s = invstd.reshape(channel_shape);
              if (want_x) dx = dy * (gamma.defined() ? gamma.reshape(channel_shape) * s : s);
              if (want_w) dgamma = sum(dy * ((input - mean.reshape(channel_shape)) * s), reduce_dims);
              if (want_b) dbeta = sum(dy, reduce_dims);
-             return std::vector<Tensor>{dx, dgamma, dbeta};
+             return std::vector<Tensor>{dx, dgamma, dbeta, want_r ? dy : Tensor()};
            });
   }
   return out;

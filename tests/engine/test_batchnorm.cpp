@@ -4,6 +4,8 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <memory>
+#include <string>
 #include <stdexcept>
 #include <vector>
 
@@ -278,8 +280,122 @@ TEST_CASE("batchnorm: argument errors") {
   CHECK_THROWS_AS(batch_norm(x, {}, {}, rm, rv, {}, cumulative), std::invalid_argument);
   CHECK_THROWS_AS(batch_norm(x, {}, {}, rm, rv, Tensor::zeros({1}), {}), std::invalid_argument);  // float counter
   CHECK_THROWS_AS(batch_norm(Tensor::ones({1, 2}), {}, {}, {}, {}, {}, {}), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(batch_norm(x, {}, {}, {}, {}, {}, {}, Tensor::zeros({2, 2, 2, 1})),
+                       "batch_norm: the residual must be float32 [2, 2, 1, 2] on cpu like the input, got float32 "
+                       "[2, 2, 2, 1] on cpu",
+                       std::invalid_argument);
   // One value per channel is fine in evaluation.
   CHECK_NOTHROW(batch_norm(Tensor::ones({1, 2}), {}, {}, rm, rv, {}, eval));
+}
+
+namespace {
+
+// Everything a fused batch_norm produces, for one set of inputs.
+struct FusedRun {
+  Tensor y, dx, dw, db, dr, rm, rv;
+};
+
+// relu(bn(x) + r) (each part optional) on `device`, fused or as separate ops, and its
+// gradients for the upstream gradient dy. The inputs are cloned: fresh leaves per run.
+FusedRun run_epilogue(bool fused, Device device, const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& r,
+                      const Tensor& dy, bool training, bool relu_after) {
+  FusedRun run;
+  const Tensor xd = x.clone().to(device).requires_grad_(), wd = w.clone().to(device).requires_grad_(),
+               bd = b.clone().to(device).requires_grad_();
+  const Tensor rd = r.defined() ? r.clone().to(device).requires_grad_() : Tensor();
+  const int64_t C = x.size(1);
+  run.rm = Tensor::normal({C}, 0.0f, 0.2f, *std::make_unique<Rng>(5)).to(device);
+  run.rv = Tensor::uniform({C}, 0.5f, 1.5f, *std::make_unique<Rng>(6)).to(device);
+  BatchNormOptions options;
+  options.training = training;
+  if (fused) {
+    options.relu = relu_after;
+    run.y = batch_norm(xd, wd, bd, run.rm, run.rv, {}, options, rd);
+  } else {
+    run.y = batch_norm(xd, wd, bd, run.rm, run.rv, {}, options);
+    if (rd.defined()) run.y = run.y + rd;
+    if (relu_after) run.y = relu(run.y);
+  }
+  run.y.backward(dy.to(device));
+  run.dx = xd.grad();
+  run.dw = wd.grad();
+  run.db = bd.grad();
+  if (rd.defined()) run.dr = rd.grad();
+  return run;
+}
+
+void check_runs_close(const FusedRun& got, const FusedRun& want, double tolerance) {
+  check_close(got.y.to(Device::CPU), want.y.to(Device::CPU), tolerance, tolerance);
+  check_close(got.dx.to(Device::CPU), want.dx.to(Device::CPU), tolerance, tolerance);
+  check_close(got.dw.to(Device::CPU), want.dw.to(Device::CPU), 10 * tolerance, tolerance);
+  check_close(got.db.to(Device::CPU), want.db.to(Device::CPU), 10 * tolerance, tolerance);
+  check_close(got.rm.to(Device::CPU), want.rm.to(Device::CPU), tolerance, tolerance);
+  check_close(got.rv.to(Device::CPU), want.rv.to(Device::CPU), tolerance, tolerance);
+  REQUIRE(got.dr.defined() == want.dr.defined());
+  if (got.dr.defined()) check_close(got.dr.to(Device::CPU), want.dr.to(Device::CPU), tolerance, tolerance);
+}
+
+}  // namespace
+
+TEST_CASE("batchnorm fused epilogue: relu(bn(x) + residual) matches the separate ops") {
+  Rng rng(31);
+  // 4-D with rows long enough for the vector loops and their tails, and (N, C).
+  for (const Shape& shape : {Shape{6, 3, 5, 7}, Shape{4, 5, 4, 4}, Shape{12, 6}}) {
+    const Tensor x = Tensor::normal(shape, 0.4f, 1.3f, rng);
+    const Tensor w = Tensor::normal({shape[1]}, 1.0f, 0.4f, rng), b = Tensor::normal({shape[1]}, 0.0f, 0.5f, rng);
+    const Tensor r = Tensor::normal(shape, 0.0f, 1.0f, rng), dy = Tensor::normal(shape, 0.0f, 1.0f, rng);
+    for (const bool training : {true, false})
+      for (const bool with_residual : {false, true})
+        for (const bool relu_after : {false, true}) {
+          const std::string what = shape_str(shape) + (training ? " train" : " eval") +
+                                   (with_residual ? " +residual" : "") + (relu_after ? " relu" : "");
+          CAPTURE(what);
+          const Tensor residual = with_residual ? r : Tensor();
+          const FusedRun fused = run_epilogue(true, Device::CPU, x, w, b, residual, dy, training, relu_after);
+          const FusedRun separate = run_epilogue(false, Device::CPU, x, w, b, residual, dy, training, relu_after);
+          check_runs_close(fused, separate, 1e-5);
+          // The ReLU really cut something: the check above covers the mask.
+          if (relu_after) CHECK(fused.y.to_vector<float>() != batch_norm(x, w, b, separate.rm, separate.rv, {}, {}).to_vector<float>());
+        }
+  }
+}
+
+TEST_CASE("batchnorm fused epilogue gradcheck, training and evaluation") {
+  Rng rng(37);
+  const Tensor x = Tensor::normal({3, 2, 3, 3}, 0.2f, 1.0f, rng).requires_grad_();
+  const Tensor w = Tensor::normal({2}, 1.0f, 0.3f, rng).requires_grad_();
+  const Tensor b = Tensor::normal({2}, 0.3f, 0.3f, rng).requires_grad_();
+  const Tensor r = Tensor::normal({3, 2, 3, 3}, 0.0f, 1.0f, rng).requires_grad_();
+  const Tensor rm = Tensor::normal({2}, 0.0f, 0.3f, rng), rv = Tensor::uniform({2}, 0.5f, 2.0f, rng);
+  for (const bool training : {true, false}) {
+    CAPTURE(training);
+    BatchNormOptions options;
+    options.training = training;
+    options.relu = true;
+    gradcheck([&](const std::vector<Tensor>& in) { return batch_norm(in[0], in[1], in[2], rm, rv, {}, options, in[3]); },
+              {x, w, b, r}, {.eps = 1e-3f});
+    gradcheck([&](const std::vector<Tensor>& in) { return batch_norm(in[0], in[1], in[2], rm, rv, {}, options); },
+              {x, w, b}, {.eps = 1e-3f});
+  }
+}
+
+TEST_CASE("batchnorm fused epilogue parity: CPU vs accelerator") {
+  polyak::testing::for_each_accelerator([](Device device) {
+    Rng rng(41);
+    for (const Shape& shape : {Shape{8, 4, 6, 5}, Shape{16, 7}}) {
+      const Tensor x = Tensor::normal(shape, -0.2f, 1.1f, rng);
+      const Tensor w = Tensor::normal({shape[1]}, 1.0f, 0.3f, rng), b = Tensor::normal({shape[1]}, 0.1f, 0.3f, rng);
+      const Tensor r = Tensor::normal(shape, 0.0f, 1.0f, rng), dy = Tensor::normal(shape, 0.0f, 1.0f, rng);
+      for (const bool training : {true, false})
+        for (const bool with_residual : {false, true}) {
+          const std::string what = shape_str(shape) + (training ? " train" : " eval") + (with_residual ? " +residual" : "");
+          CAPTURE(what);
+          const Tensor residual = with_residual ? r : Tensor();
+          check_runs_close(run_epilogue(true, device, x, w, b, residual, dy, training, true),
+                           run_epilogue(true, Device::CPU, x, w, b, residual, dy, training, true), 1e-4);
+        }
+    }
+  });
 }
 
 TEST_CASE("batchnorm on the accelerator: large batches, a large mean, (N, C) input, the same bits twice") {

@@ -1,6 +1,7 @@
 // Modules: names, modes, state dicts, and the flat parameter/gradient/buffer arenas.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/nn/layers.h"
@@ -167,6 +168,24 @@ TEST_CASE("nn: conv_bn folds an evaluation-mode BatchNorm into the convolution")
         if (affine) check_close(bn.weight.grad(), bn_grad, 1e-4, 1e-4);
         bn.train();
       }
+  // The epilogue, relu(bn(conv(x)) + residual): fused into the BatchNorm in training,
+  // after the folded convolution in evaluation; both equal to the separate steps.
+  for (const bool training : {true, false}) {
+    CAPTURE(training);
+    nn::Conv2d conv(3, 4, 3, rng, 1, 1);
+    nn::BatchNorm2d bn(4);
+    bn.running_var.copy_(Tensor::uniform({4}, 0.5f, 2.0f, rng));
+    const Tensor x = Tensor::normal({2, 3, 5, 5}, 0.0f, 1.0f, rng);
+    const Tensor residual = Tensor::normal({2, 4, 5, 5}, 0.0f, 1.0f, rng);
+    if (!training) bn.eval();
+    const Tensor running_before = bn.running_mean.clone();
+    const Tensor fused = nn::conv_bn(conv, bn, x, {.residual = residual, .relu = true});
+    bn.running_mean.copy_(running_before);
+    const Tensor separate = relu(bn.forward(conv.forward(x)) + residual);
+    check_close(fused, separate, 1e-5, 1e-5);
+    const std::vector<float> values = fused.to_vector<float>();
+    CHECK(std::count(values.begin(), values.end(), 0.0f) > 0);  // the ReLU cut something
+  }
   // A BatchNorm of the wrong width is named, not silently broadcast.
   nn::Conv2d conv(3, 4, 1, rng);
   nn::BatchNorm2d bn(6);
