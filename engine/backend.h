@@ -64,11 +64,11 @@ struct BatchNormGeom {
   int64_t N, C, HW;
 };
 
-// What a fused BatchNorm does after its per-channel affine map: y = act(bn(x) + residual),
-// the tail of a residual block (or of a plain conv-BN-ReLU with no residual) in one pass
-// over memory instead of three.
-struct BatchNormEpilogue {
-  const float* residual = nullptr;  // same shape as x; null: none
+// What a fused op does to its result r before writing it: y = act(r + residual). The
+// tail of a residual block (or of a conv-BN-ReLU with no residual) in the same pass over
+// memory as the op's own output, instead of two more passes (add, then ReLU).
+struct Epilogue {
+  const float* residual = nullptr;  // shaped as the output; null: none
   bool relu = false;
 };
 
@@ -135,7 +135,7 @@ class Backend {
 
   // ---- conv2d (engine/cpu/conv2d.cpp) ----
   virtual void conv2d_forward(const Conv2dGeom& g, const float* x, const float* w,
-                              const float* bias /*nullable*/, float* y) = 0;
+                              const float* bias /*nullable*/, const Epilogue& epilogue, float* y) = 0;
   virtual void conv2d_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) = 0;
   virtual void conv2d_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw,
                                       float* dbias /*nullable*/) = 0;
@@ -146,11 +146,11 @@ class Backend {
   // the batch statistics: r = (1 - f) r + f * stat, with the unbiased variance.
   virtual void batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* gamma,
                                        const float* beta, float eps, float factor, float* running_mean,
-                                       float* running_var, const BatchNormEpilogue& epilogue, float* y,
+                                       float* running_var, const Epilogue& epilogue, float* y,
                                        float* save_mean, float* save_invstd) = 0;
   virtual void batchnorm_forward_eval(const BatchNormGeom& g, const float* x, const float* gamma,
                                       const float* beta, const float* running_mean,
-                                      const float* running_var, float eps, const BatchNormEpilogue& epilogue,
+                                      const float* running_var, float eps, const Epilogue& epilogue,
                                       float* y) = 0;
   // Backward of the training forward, given the same gamma, beta and epilogue. After a
   // fused ReLU the incoming gradient is masked, g = dy where the output y > 0, else 0,

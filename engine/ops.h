@@ -58,9 +58,14 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = {});
 struct Conv2dOptions {
   int64_t stride = 1;
   int64_t padding = 0;
+  // Fused epilogue: y = relu(conv(x) + residual), the residual when given.
+  bool relu = false;
 };
-// x (N,C,H,W), weight (K,C,R,S), bias (K) or undefined -> (N,K,P,Q).
-Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias = {}, Conv2dOptions options = {});
+// x (N,C,H,W), weight (K,C,R,S), bias (K) or undefined -> (N,K,P,Q). residual (shaped as
+// the output, may be undefined) is added before the ReLU of options.relu, in the pass
+// that writes the output: the end of a residual block whose BatchNorm is folded in.
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias = {}, Conv2dOptions options = {},
+              const Tensor& residual = {});
 
 // ---- batch normalisation (ops/batchnorm.cpp) ----
 struct BatchNormOptions {

@@ -34,6 +34,7 @@
 #include <cmath>
 
 #include "engine/cpu/cpu_backend.h"
+#include "engine/cpu/epilogue.h"
 #include "engine/parallel.h"
 
 namespace polyak {
@@ -90,28 +91,13 @@ Affine train_affine(int64_t c, const float* gamma, const float* beta, float mean
   return {static_cast<float>(scale), static_cast<float>((beta ? beta[c] : 0.0) - static_cast<double>(mean) * scale)};
 }
 
-// y[s] = act(scale * x[s] + shift (+ residual[s])) for s < n, one row.
-template <bool RESIDUAL, bool RELU>
-void affine_row(int64_t n, const float* __restrict x, const float* __restrict residual, float scale, float shift,
-                float* __restrict y) {
-  for (int64_t s = 0; s < n; ++s) {
-    float v = scale * x[s] + shift;
-    if constexpr (RESIDUAL) v += residual[s];
-    if constexpr (RELU) v = v > 0.0f ? v : 0.0f;
-    y[s] = v;
-  }
-}
-
 // The affine map with the epilogue over every row of channel c.
-void affine_channel(const BatchNormGeom& g, int64_t c, const float* x, Affine map, const BatchNormEpilogue& epilogue,
+void affine_channel(const BatchNormGeom& g, int64_t c, const float* x, Affine map, const Epilogue& epilogue,
                     float* y) {
-  using Row = void (*)(int64_t, const float*, const float*, float, float, float*);
-  constexpr Row rows[2][2] = {{affine_row<false, false>, affine_row<false, true>},
-                              {affine_row<true, false>, affine_row<true, true>}};
-  const Row row = rows[epilogue.residual != nullptr][epilogue.relu];
   for (int64_t n = 0; n < g.N; ++n) {
     const int64_t at = (n * g.C + c) * g.HW;
-    row(g.HW, x + at, epilogue.residual ? epilogue.residual + at : nullptr, map.scale, map.shift, y + at);
+    cpu::affine_epilogue(g.HW, x + at, map.scale, map.shift, epilogue.residual ? epilogue.residual + at : nullptr,
+                         epilogue.relu, y + at);
   }
 }
 
@@ -119,7 +105,7 @@ void affine_channel(const BatchNormGeom& g, int64_t c, const float* x, Affine ma
 
 void CpuBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* gamma,
                                          const float* beta, float eps, float factor, float* running_mean,
-                                         float* running_var, const BatchNormEpilogue& epilogue, float* y,
+                                         float* running_var, const Epilogue& epilogue, float* y,
                                          float* save_mean, float* save_invstd) {
   const int64_t N = g.N, C = g.C, HW = g.HW, M = N * HW;
   parallel_for(C, 3 * M, [&](int64_t c0, int64_t c1) {
@@ -146,7 +132,7 @@ void CpuBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x,
 
 void CpuBackend::batchnorm_forward_eval(const BatchNormGeom& g, const float* x, const float* gamma,
                                         const float* beta, const float* running_mean, const float* running_var,
-                                        float eps, const BatchNormEpilogue& epilogue, float* y) {
+                                        float eps, const Epilogue& epilogue, float* y) {
   parallel_for(g.C, g.N * g.HW, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const double invstd = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps));

@@ -33,6 +33,10 @@
 // grow to the largest layer and stay: a training step reuses the same pages instead
 // of faulting in fresh memory every call.
 //
+// The forward's epilogue (engine/backend.h), y = act(y + residual), is applied where each
+// image's output is written: in the copy out of the wide buffer (shifted rows), or right
+// after the image's product while it is still in cache (im2col).
+//
 // Shifted rows: im2col without the column matrix, for stride 1. Pad the image with
 // zeros into xp (C, Hp, Wp), Hp = H + 2 ph, Wp = W + 2 pw, and number the output pixels
 // on the padded width, j = p * Wp + q. Then
@@ -57,6 +61,7 @@
 
 #include "engine/cpu/conv2d.h"
 #include "engine/cpu/cpu_backend.h"
+#include "engine/cpu/epilogue.h"
 #include "engine/cpu/sgemm.h"
 #include "engine/parallel.h"
 
@@ -185,16 +190,16 @@ struct ShiftedRows {
     sgemm_indirect_b(false, false, M, columns(), CRS, 1.0f, weights, CRS, xp, offsets.data(), 0.0f, out, columns());
   }
 
-  // y (M, P, Q) = the columns q < Q of wide (M x P*Wp), plus bias[m] where given.
-  void drop_wrapped(int64_t M, int64_t Q, const float* wide, const float* bias, float* y) const {
-    for (int64_t m = 0; m < M; ++m) {
-      const float b = bias ? bias[m] : 0.0f;
+  // y (M, P, Q) = act(the columns q < Q of wide (M x P*Wp) + bias[m] + residual), with
+  // the bias, residual and act = ReLU where given.
+  void drop_wrapped(int64_t M, int64_t Q, const float* wide, const float* bias, const float* residual, bool relu,
+                    float* y) const {
+    for (int64_t m = 0; m < M; ++m)
       for (int64_t p = 0; p < P; ++p) {
-        const float* in = wide + (m * P + p) * Wp;
-        float* out = y + (m * P + p) * Q;
-        for (int64_t q = 0; q < Q; ++q) out[q] = in[q] + b;
+        const int64_t at = (m * P + p) * Q;
+        affine_epilogue(Q, wide + (m * P + p) * Wp, 1.0f, bias ? bias[m] : 0.0f, residual ? residual + at : nullptr,
+                        relu, y + at);
       }
-    }
   }
 };
 
@@ -205,7 +210,8 @@ ShiftedRows backward_data_rows(const Conv2dGeom& g) {
   return {g.K, g.P, g.Q, g.R - 1 - g.pad_h, g.S - 1 - g.pad_w, g.R, g.S};
 }
 
-void shifted_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias, float* y) {
+void shifted_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias, const Epilogue& epilogue,
+                     float* y) {
   const ShiftedRows rows = forward_rows(g);
   parallel_for(g.N, gemm_cost(g), [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> image_buffer, wide_buffer;
@@ -214,7 +220,9 @@ void shifted_forward(const Conv2dGeom& g, const float* x, const float* w, const 
     for (int64_t n = begin; n < end; ++n) {
       rows.pad(x + n * g.C * g.H * g.W, xp);
       rows.product(g.K, w, xp, wide);
-      rows.drop_wrapped(g.K, g.Q, wide, bias, y + n * g.K * g.P * g.Q);
+      const int64_t at = n * g.K * g.P * g.Q;
+      rows.drop_wrapped(g.K, g.Q, wide, bias, epilogue.residual ? epilogue.residual + at : nullptr, epilogue.relu,
+                        y + at);
     }
   });
 }
@@ -235,7 +243,7 @@ void shifted_backward_data(const Conv2dGeom& g, const float* dy, const float* w,
     for (int64_t n = begin; n < end; ++n) {
       rows.pad(dy + n * g.K * g.P * g.Q, dyp);
       rows.product(g.C, flipped, dyp, wide);
-      rows.drop_wrapped(g.C, g.W, wide, nullptr, dx + n * g.C * g.H * g.W);
+      rows.drop_wrapped(g.C, g.W, wide, nullptr, nullptr, false, dx + n * g.C * g.H * g.W);
     }
   });
 }
@@ -326,7 +334,8 @@ void shifted_backward_filter(const Conv2dGeom& g, const float* x, const float* d
 
 // ---- im2col
 
-void im2col_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias, float* y) {
+void im2col_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias, const Epilogue& epilogue,
+                    float* y) {
   const int64_t CRS = g.C * g.R * g.S, PQ = g.P * g.Q, HW = g.H * g.W;
   const bool pointwise = is_pointwise(g);
   parallel_for(g.N, gemm_cost(g), [&](int64_t begin, int64_t end) {
@@ -346,6 +355,9 @@ void im2col_forward(const Conv2dGeom& g, const float* x, const float* w, const f
         beta = 1.0f;
       }
       sgemm(false, false, g.K, PQ, CRS, 1.0f, w, CRS, cols, PQ, beta, yn, PQ);
+      if (epilogue.residual || epilogue.relu)  // in place, while yn is in cache
+        affine_epilogue(g.K * PQ, yn, 1.0f, 0.0f, epilogue.residual ? epilogue.residual + n * g.K * PQ : nullptr,
+                        epilogue.relu, yn);
     }
   });
 }
@@ -402,11 +414,11 @@ ConvAlgorithm conv_algorithm(const Conv2dGeom& g) {
 }
 
 void conv2d_forward(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* w, const float* bias,
-                    float* y) {
+                    const Epilogue& epilogue, float* y) {
   if (algorithm == ConvAlgorithm::ShiftedRows) {
-    shifted_forward(g, x, w, bias, y);
+    shifted_forward(g, x, w, bias, epilogue, y);
   } else {
-    im2col_forward(g, x, w, bias, y);
+    im2col_forward(g, x, w, bias, epilogue, y);
   }
 }
 
@@ -432,8 +444,9 @@ void conv2d_backward_filter(ConvAlgorithm algorithm, const Conv2dGeom& g, const 
 
 namespace polyak {
 
-void CpuBackend::conv2d_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias, float* y) {
-  cpu::conv2d_forward(cpu::conv_algorithm(g), g, x, w, bias, y);
+void CpuBackend::conv2d_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias,
+                                const Epilogue& epilogue, float* y) {
+  cpu::conv2d_forward(cpu::conv_algorithm(g), g, x, w, bias, epilogue, y);
 }
 
 void CpuBackend::conv2d_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {

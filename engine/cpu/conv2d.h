@@ -17,7 +17,7 @@ bool conv_supports(ConvAlgorithm algorithm, const Conv2dGeom& g);
 ConvAlgorithm conv_algorithm(const Conv2dGeom& g);
 
 void conv2d_forward(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* w,
-                    const float* bias /*nullable*/, float* y);
+                    const float* bias /*nullable*/, const Epilogue& epilogue, float* y);
 void conv2d_backward_data(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w, float* dx);
 void conv2d_backward_filter(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* dy, float* dw,
                             float* dbias /*nullable*/);

@@ -229,7 +229,7 @@ unsigned channel_blocks(uint32_t C) { return (C + kThreads - 1) / kThreads; }
 
 void CudaBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* gamma,
                                           const float* beta, float eps, float factor, float* running_mean,
-                                          float* running_var, const BatchNormEpilogue& epilogue, float* y,
+                                          float* running_var, const Epilogue& epilogue, float* y,
                                           float* save_mean, float* save_invstd) {
   if (g.C <= 0) return;
   const Plan p = plan_for(g, sm_count_);
@@ -260,7 +260,7 @@ void CudaBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x
 
 void CudaBackend::batchnorm_forward_eval(const BatchNormGeom& g, const float* x, const float* gamma,
                                          const float* beta, const float* running_mean, const float* running_var,
-                                         float eps, const BatchNormEpilogue& epilogue, float* y) {
+                                         float eps, const Epilogue& epilogue, float* y) {
   if (g.C <= 0) return;
   const Plan p = plan_for(g, sm_count_);
   Scratch coef(*this, sizeof(float) * 2 * p.C);

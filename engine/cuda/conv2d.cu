@@ -143,8 +143,16 @@ __global__ void col2im_kernel(Conv2dGeom g, int64_t images, const float* col, fl
   }
 }
 
-__global__ void add_bias_kernel(int64_t total, int64_t K, int64_t PQ, const float* bias, float* y) {
-  POLYAK_GRID_LOOP(i, total) y[i] += bias[(i / PQ) % K];
+// y = act(y + bias + residual), each part where given: the forward's bias and epilogue
+// in one pass after cuDNN.
+__global__ void conv_epilogue_kernel(int64_t total, int64_t K, int64_t PQ, const float* bias, const float* residual,
+                                     bool relu, float* y) {
+  POLYAK_GRID_LOOP(i, total) {
+    float v = y[i];
+    if (bias) v = __fadd_rn(v, bias[(i / PQ) % K]);
+    if (residual) v = __fadd_rn(v, residual[i]);
+    y[i] = relu && !(v > 0.0f) ? 0.0f : v;
+  }
 }
 
 }  // namespace
@@ -211,7 +219,8 @@ CudaBackend::ConvPlan& CudaBackend::conv_plan(const Conv2dGeom& g) {
 
 // ---------------------------------------------------------------- forward
 
-void CudaBackend::conv2d_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias, float* y) {
+void CudaBackend::conv2d_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias,
+                                 const Epilogue& epilogue, float* y) {
   const int64_t total = g.N * g.K * g.P * g.Q;
   if (total == 0) return;
   if (g_force_fallback) {
@@ -247,8 +256,9 @@ void CudaBackend::conv2d_forward(const Conv2dGeom& g, const float* x, const floa
                                            ws.bytes(), &zero, plan.y, y));
     }
   }
-  if (bias) {
-    add_bias_kernel<<<grid_for(total), kThreads, 0, stream_>>>(total, g.K, g.P * g.Q, bias, y);
+  if (bias || epilogue.residual || epilogue.relu) {
+    conv_epilogue_kernel<<<grid_for(total), kThreads, 0, stream_>>>(total, g.K, g.P * g.Q, bias, epilogue.residual,
+                                                                    epilogue.relu, y);
     POLYAK_CUDA_LAUNCHED();
   }
 }

@@ -106,7 +106,8 @@ class CudaBackend final : public Backend {
   void relu_backward(int64_t n, const float* y, const float* dy, float* dx) override;
 
   // conv2d.cu
-  void conv2d_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias, float* y) override;
+  void conv2d_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias,
+                      const Epilogue& epilogue, float* y) override;
   void conv2d_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) override;
   void conv2d_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw,
                               float* dbias) override;
@@ -114,11 +115,11 @@ class CudaBackend final : public Backend {
   // batchnorm.cu
   void batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* gamma, const float* beta,
                                float eps, float factor, float* running_mean, float* running_var,
-                               const BatchNormEpilogue& epilogue, float* y, float* save_mean,
+                               const Epilogue& epilogue, float* y, float* save_mean,
                                float* save_invstd) override;
   void batchnorm_forward_eval(const BatchNormGeom& g, const float* x, const float* gamma, const float* beta,
                               const float* running_mean, const float* running_var, float eps,
-                              const BatchNormEpilogue& epilogue, float* y) override;
+                              const Epilogue& epilogue, float* y) override;
   void batchnorm_backward(const BatchNormGeom& g, const float* x, const float* dy, const float* gamma,
                           const float* beta, const float* save_mean, const float* save_invstd, bool relu,
                           const float* relu_output, float* dx, float* dresidual, float* dgamma,

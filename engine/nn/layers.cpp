@@ -54,9 +54,9 @@ Tensor conv_bn(Conv2d& conv, BatchNorm2d& bn, const Tensor& x, const ConvBnEpilo
   Tensor shift = neg(bn.running_mean * scale);
   if (bn.bias.defined()) shift = shift + bn.bias;
   if (conv.bias.defined()) shift = shift + conv.bias * scale;
-  Tensor y = conv2d(x, conv.weight * scale.reshape({filters, 1, 1, 1}), shift, conv.options);
-  if (then.residual.defined()) y = y + then.residual;
-  return then.relu ? relu(y) : y;
+  Conv2dOptions options = conv.options;
+  options.relu = then.relu;
+  return conv2d(x, conv.weight * scale.reshape({filters, 1, 1, 1}), shift, options, then.residual);
 }
 
 Linear::Linear(int64_t in_features, int64_t out_features, Rng& rng, bool with_bias) {

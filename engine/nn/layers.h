@@ -54,7 +54,8 @@ class BatchNorm2d : public Module {
 // statistics, and both steps run as written.
 //
 // `then` is what follows the BatchNorm: the residual added (when defined), then the ReLU
-// (when asked). Training fuses both into the BatchNorm's pass over memory.
+// (when asked), fused into the pass that writes the result: the BatchNorm's in training,
+// the folded convolution's in evaluation.
 struct ConvBnEpilogue {
   Tensor residual = {};
   bool relu = false;

@@ -94,7 +94,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
   const BatchNormGeom geom{N, C, HW};
   const Tensor xc = x.contiguous();
   const Tensor rc = residual.defined() ? residual.contiguous() : Tensor();
-  const BatchNormEpilogue epilogue{nullable(rc), options.relu};
+  const Epilogue epilogue{nullable(rc), options.relu};
   const Tensor wc = weight.defined() ? weight.contiguous() : Tensor();
   const Tensor bc = bias.defined() ? bias.contiguous() : Tensor();
   Tensor out = Tensor::empty(x.shape(), DType::F32, device);

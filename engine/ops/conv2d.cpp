@@ -10,6 +10,9 @@
 //   dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, c, p*stride - pad + r, q*stride - pad + s]
 //   db[k]       = sum_{n,p,q} dy[n,k,p,q]
 //
+// With the fused epilogue out = relu(y + residual), backward first masks the incoming
+// gradient where out was 0; the masked gradient is the residual's and replaces dy above.
+//
 // The kernels (engine/cpu/conv2d.cpp, or cuDNN on a GPU) compute them as matrix
 // products over im2col columns; this file checks shapes and wires autograd.
 #include <stdexcept>
@@ -68,27 +71,41 @@ Conv2dGeom conv2d_geometry(const Tensor& x, const Tensor& weight, const Tensor& 
 
 }  // namespace
 
-Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions options) {
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions options,
+              const Tensor& residual) {
   const Conv2dGeom g = conv2d_geometry(x, weight, bias, options);
+  const Shape out_shape{g.N, g.K, g.P, g.Q};
+  if (residual.defined() &&
+      (residual.dtype() != DType::F32 || residual.shape() != out_shape || residual.device() != x.device()))
+    fail("the residual must be float32 " + shape_str(out_shape) + " on " + device_name(x.device()) +
+         " like the output, got " + dtype_name(residual.dtype()) + " " + shape_str(residual.shape()) + " on " +
+         device_name(residual.device()));
   const Tensor xc = x.contiguous().detach();
   const Tensor wc = weight.contiguous().detach();
   const Tensor bc = bias.defined() ? bias.contiguous().detach() : Tensor();
+  const Tensor rc = residual.defined() ? residual.contiguous().detach() : Tensor();
   Backend& be = backend(x.device());
 
-  Tensor out = Tensor::empty({g.N, g.K, g.P, g.Q}, DType::F32, x.device());
+  Tensor out = Tensor::empty(out_shape, DType::F32, x.device());
   be.conv2d_forward(g, xc.data<float>(), wc.data<float>(), bc.defined() ? bc.data<float>() : nullptr,
-                    out.data<float>());
+                    {rc.defined() ? rc.data<float>() : nullptr, options.relu}, out.data<float>());
 
-  if (should_record({x, weight, bias})) {
+  if (should_record({x, weight, bias, residual})) {
     const bool need_dx = x.requires_grad();
     const bool need_dw = weight.requires_grad();
     const bool need_db = bias.defined() && bias.requires_grad();
-    // Keep only what the wanted gradients read: dx needs w, dw needs x.
-    record(out, "conv2d", {x, weight, bias},
-           [g, need_dx, need_dw, need_db, xs = need_dw ? xc : Tensor(), ws = need_dx ? wc : Tensor()](
-               const Tensor& grad) {
-             const Tensor dy = grad.contiguous();
+    const bool need_dr = residual.defined() && residual.requires_grad();
+    // Keep only what the wanted gradients read: dx needs w, dw needs x, the ReLU its output.
+    record(out, "conv2d", {x, weight, bias, residual},
+           [g, need_dx, need_dw, need_db, need_dr, xs = need_dw ? xc : Tensor(), ws = need_dx ? wc : Tensor(),
+            relu_output = options.relu ? out.detach() : Tensor()](const Tensor& grad) {
+             Tensor dy = grad.contiguous();
              Backend& be = backend(dy.device());
+             if (relu_output.defined()) {
+               Tensor masked = Tensor::empty(dy.shape(), DType::F32, dy.device());
+               be.relu_backward(dy.numel(), relu_output.data<float>(), dy.data<float>(), masked.data<float>());
+               dy = masked;
+             }
              Tensor dx, dw, db;
              if (need_dx) {
                dx = Tensor::empty({g.N, g.C, g.H, g.W}, DType::F32, dy.device());
@@ -102,7 +119,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dO
              } else if (need_db) {
                db = sum(dy, {0, 2, 3});
              }
-             return std::vector<Tensor>{dx, dw, db};
+             return std::vector<Tensor>{dx, dw, db, need_dr ? dy : Tensor()};
            });
   }
   return out;

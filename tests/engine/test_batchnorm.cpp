@@ -3,6 +3,7 @@
 // parity and the argument checks.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -354,8 +355,10 @@ TEST_CASE("batchnorm fused epilogue: relu(bn(x) + residual) matches the separate
           const FusedRun fused = run_epilogue(true, Device::CPU, x, w, b, residual, dy, training, relu_after);
           const FusedRun separate = run_epilogue(false, Device::CPU, x, w, b, residual, dy, training, relu_after);
           check_runs_close(fused, separate, 1e-5);
-          // The ReLU really cut something: the check above covers the mask.
-          if (relu_after) CHECK(fused.y.to_vector<float>() != batch_norm(x, w, b, separate.rm, separate.rv, {}, {}).to_vector<float>());
+          if (relu_after) {  // the ReLU cut something, so the check above covers the mask
+            const std::vector<float> y = fused.y.to_vector<float>();
+            CHECK(std::count(y.begin(), y.end(), 0.0f) > 0);
+          }
         }
   }
 }

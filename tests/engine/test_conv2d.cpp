@@ -2,6 +2,7 @@
 // convolution, finite-difference gradients, CPU-vs-GPU parity and shape errors.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <sstream>
@@ -230,7 +231,7 @@ TEST_CASE("conv2d kernels overwrite their outputs") {
   Tensor db = Tensor::full({c.K}, nan);
   CpuBackend& be = cpu_backend();
   for (int repeat = 0; repeat < 2; ++repeat) {  // a second call reuses the scratch buffers
-    be.conv2d_forward(g, t.x.data<float>(), t.w.data<float>(), nullptr, y.data<float>());
+    be.conv2d_forward(g, t.x.data<float>(), t.w.data<float>(), nullptr, {}, y.data<float>());
     be.conv2d_backward_data(g, t.dy.data<float>(), t.w.data<float>(), dx.data<float>());
     be.conv2d_backward_filter(g, t.x.data<float>(), t.dy.data<float>(), dw.data<float>(), db.data<float>());
     const std::vector<float> xv = t.x.to_vector<float>(), wv = t.w.to_vector<float>(), dyv = t.dy.to_vector<float>();
@@ -459,6 +460,94 @@ TEST_CASE("conv2d gradients match finite differences on the accelerator") {
       gradcheck([options](const std::vector<Tensor>& in) {
         return conv2d(in[0], in[1], in.size() > 2 ? in[2] : Tensor(), options);
       }, inputs);
+    }
+  });
+}
+
+namespace {
+
+struct EpilogueRun {
+  Tensor y, dx, dw, db, dr;
+};
+
+// relu(conv2d(x) + residual) (the residual when given) on `device`, fused or as separate
+// ops, and its gradients for the upstream gradient dy (fresh leaves per run).
+EpilogueRun run_conv_epilogue(bool fused, Device device, const ConvTensors& t, const Conv2dOptions& options,
+                              const Tensor& residual, const Tensor& dy) {
+  EpilogueRun run;
+  const Tensor x = t.x.clone().to(device).requires_grad_(), w = t.w.clone().to(device).requires_grad_(),
+               b = t.b.clone().to(device).requires_grad_();
+  const Tensor r = residual.defined() ? residual.clone().to(device).requires_grad_() : Tensor();
+  if (fused) {
+    Conv2dOptions relu_options = options;
+    relu_options.relu = true;
+    run.y = conv2d(x, w, b, relu_options, r);
+  } else {
+    run.y = conv2d(x, w, b, options);
+    if (r.defined()) run.y = run.y + r;
+    run.y = relu(run.y);
+  }
+  run.y.backward(dy.to(device));
+  run.dx = x.grad(), run.dw = w.grad(), run.db = b.grad();
+  if (r.defined()) run.dr = r.grad();
+  return run;
+}
+
+void check_runs_close(const EpilogueRun& got, const EpilogueRun& want, double tolerance) {
+  check_close(got.y.to(Device::CPU), want.y.to(Device::CPU), tolerance, tolerance);
+  check_close(got.dx.to(Device::CPU), want.dx.to(Device::CPU), tolerance, tolerance);
+  check_close(got.dw.to(Device::CPU), want.dw.to(Device::CPU), 10 * tolerance, tolerance);
+  check_close(got.db.to(Device::CPU), want.db.to(Device::CPU), 10 * tolerance, tolerance);
+  REQUIRE(got.dr.defined() == want.dr.defined());
+  if (got.dr.defined()) check_close(got.dr.to(Device::CPU), want.dr.to(Device::CPU), tolerance, tolerance);
+}
+
+// Shifted rows (stride 1), im2col (stride 2) and a pointwise convolution.
+const ConvCase kEpilogueCases[] = {ConvCase{2, 3, 7, 6, 4, 3, 3, 1, 1, true}, ConvCase{3, 2, 9, 7, 5, 3, 3, 2, 1, true},
+                                   ConvCase{2, 4, 5, 5, 3, 1, 1, 1, 0, true}};
+
+}  // namespace
+
+TEST_CASE("conv2d fused epilogue: relu(conv(x) + residual) matches the separate ops") {
+  Rng rng(90);
+  for (const ConvCase& c : kEpilogueCases) {
+    INFO(describe(c));
+    const ConvTensors t = random_conv_tensors(c, rng);
+    const Conv2dOptions options{.stride = c.stride, .padding = c.pad};
+    const Shape out_shape = conv2d(t.x, t.w, t.b, options).shape();
+    const Tensor residual = Tensor::normal(out_shape, 0.0f, 1.0f, rng), dy = Tensor::normal(out_shape, 0.0f, 1.0f, rng);
+    for (const bool with_residual : {false, true}) {
+      CAPTURE(with_residual);
+      const Tensor r = with_residual ? residual : Tensor();
+      const EpilogueRun fused = run_conv_epilogue(true, Device::CPU, t, options, r, dy);
+      check_runs_close(fused, run_conv_epilogue(false, Device::CPU, t, options, r, dy), 1e-5);
+      const std::vector<float> y = fused.y.to_vector<float>();
+      CHECK(std::count(y.begin(), y.end(), 0.0f) > 0);  // the ReLU cut something
+    }
+    // The epilogue's gradients, residual included, against finite differences.
+    const Tensor x = t.x.clone().requires_grad_(), w = t.w.clone().requires_grad_(), b = t.b.clone().requires_grad_();
+    Conv2dOptions relu_options = options;
+    relu_options.relu = true;
+    gradcheck([relu_options](const std::vector<Tensor>& in) { return conv2d(in[0], in[1], in[2], relu_options, in[3]); },
+              {x, w, b, residual.clone().requires_grad_()}, {.eps = 1e-3f});
+  }
+  CHECK_THROWS_WITH_AS(conv2d(Tensor::ones({1, 2, 4, 4}), Tensor::ones({3, 2, 3, 3}), {}, {}, Tensor::ones({1, 3, 4, 4})),
+                       "conv2d: the residual must be float32 [1, 3, 2, 2] on cpu like the output, got float32 "
+                       "[1, 3, 4, 4] on cpu",
+                       std::invalid_argument);
+}
+
+TEST_CASE("conv2d fused epilogue parity: CPU vs accelerator") {
+  testing::for_each_accelerator([](Device device) {
+    Rng rng(91);
+    for (const ConvCase& c : kEpilogueCases) {
+      INFO(describe(c));
+      const ConvTensors t = random_conv_tensors(c, rng);
+      const Conv2dOptions options{.stride = c.stride, .padding = c.pad};
+      const Shape out_shape = conv2d(t.x, t.w, t.b, options).shape();
+      const Tensor residual = Tensor::normal(out_shape, 0.0f, 1.0f, rng), dy = Tensor::normal(out_shape, 0.0f, 1.0f, rng);
+      check_runs_close(run_conv_epilogue(true, device, t, options, residual, dy),
+                       run_conv_epilogue(true, Device::CPU, t, options, residual, dy), 1e-4);
     }
   });
 }

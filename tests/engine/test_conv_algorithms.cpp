@@ -60,14 +60,17 @@ class ThreadsScope {
 
 struct ConvOutputs {
   std::vector<float> y, dx, dw, db;
+  std::vector<float> y_epilogue;  // relu(y + dy): dy doubles as the residual
 };
 
 ConvOutputs run(ConvAlgorithm algorithm, const Conv2dGeom& g, const std::vector<float>& x,
                 const std::vector<float>& w, const std::vector<float>& b, const std::vector<float>& dy) {
   const float nan = std::numeric_limits<float>::quiet_NaN();  // the kernels must overwrite every element
   ConvOutputs out{std::vector<float>(dy.size(), nan), std::vector<float>(x.size(), nan),
-                  std::vector<float>(w.size(), nan), std::vector<float>(b.size(), nan)};
-  cpu::conv2d_forward(algorithm, g, x.data(), w.data(), b.data(), out.y.data());
+                  std::vector<float>(w.size(), nan), std::vector<float>(b.size(), nan),
+                  std::vector<float>(dy.size(), nan)};
+  cpu::conv2d_forward(algorithm, g, x.data(), w.data(), b.data(), {}, out.y.data());
+  cpu::conv2d_forward(algorithm, g, x.data(), w.data(), b.data(), {dy.data(), true}, out.y_epilogue.data());
   cpu::conv2d_backward_data(algorithm, g, dy.data(), w.data(), out.dx.data());
   cpu::conv2d_backward_filter(algorithm, g, x.data(), dy.data(), out.dw.data(), out.db.data());
   return out;
@@ -116,9 +119,14 @@ TEST_CASE("conv algorithms: shifted rows matches im2col on random shapes, repeat
     const ConvOutputs want = run(ConvAlgorithm::Im2col, g, x, w, b, dy);
     const ConvOutputs got = run(ConvAlgorithm::ShiftedRows, g, x, w, b, dy);
     check_near(got.y, want.y, "forward");
+    check_near(got.y_epilogue, want.y_epilogue, "forward with residual and ReLU");
     check_near(got.dx, want.dx, "backward data");
     check_near(got.dw, want.dw, "backward filter");
     check_near(got.db, want.db, "bias gradient");
+    // The epilogue is relu(y + residual) on both paths.
+    std::vector<float> expected(want.y.size());
+    for (size_t i = 0; i < expected.size(); ++i) expected[i] = std::max(want.y[i] + dy[i], 0.0f);
+    check_near(want.y_epilogue, expected, "im2col epilogue");
     const ConvOutputs again = run(ConvAlgorithm::ShiftedRows, g, x, w, b, dy);
     CHECK(again.y == got.y);
     CHECK(again.dx == got.dx);
@@ -140,6 +148,7 @@ TEST_CASE("conv algorithms: the ResNet-20 layer shapes, threaded") {
     const ConvOutputs want = run(ConvAlgorithm::Im2col, g, x, w, {}, dy);
     const ConvOutputs got = run(ConvAlgorithm::ShiftedRows, g, x, w, {}, dy);
     check_near(got.y, want.y, "forward");
+    check_near(got.y_epilogue, want.y_epilogue, "forward with residual and ReLU");
     check_near(got.dx, want.dx, "backward data");
     check_near(got.dw, want.dw, "backward filter");
   }
