@@ -386,21 +386,43 @@ POLYAK_SGEMM_TARGET void dot_tile(int64_t K, const float* const* a, const float*
     }
 }
 
-// The whole product, tile by tile: a column of tiles shares its RB rows of B, which stay
-// in cache while the rows of A go by.
+// The bytes spanned by the rows of B: with row offsets (a convolution's shifted rows),
+// rows overlap, and the span can be far less than N rows of K.
+inline int64_t span_of_rows(const RowMap& B, int64_t N, int64_t K) {
+  if (!B.offsets) return ((N - 1) * B.ld + K) * static_cast<int64_t>(sizeof(float));
+  const auto [lowest, highest] = std::minmax_element(B.offsets, B.offsets + N);
+  return (*highest - *lowest + K) * static_cast<int64_t>(sizeof(float));
+}
+
+// The whole product, tile by tile. One operand's tiles run in the outer loop, so that a
+// tile of it stays in cache while all of the other operand streams by, once per outer
+// tile. The order reads less memory when the operand streamed again and again is the
+// one with the smaller span: M * lda against B's rows, weighted by how many times each
+// would be re-read (B once per RA rows of A, A once per RB rows of B). For a filter
+// gradient, B's N rows are shifted views of one padded image, so B is re-streamed and
+// A (the output gradient) is read once, instead of once per RB filter taps.
 template <class T, int RA, int RB>
 POLYAK_SGEMM_TARGET void sgemm_dot(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                                    const RowMap& B, float beta, float* C, int64_t ldc) {
-  for (int64_t j0 = 0; j0 < N; j0 += RB) {
+  const auto tile = [&](int64_t i0, int64_t j0) {
+    const int rows = static_cast<int>(std::min<int64_t>(RA, M - i0));
     const int cols = static_cast<int>(std::min<int64_t>(RB, N - j0));
+    // Rows past the edge repeat the last one: computed, not stored.
+    const float* a[RA];
     const float* b[RB];
+    for (int i = 0; i < RA; ++i) a[i] = A + (i0 + std::min(i, rows - 1)) * lda;
     for (int j = 0; j < RB; ++j) b[j] = B(j0 + std::min(j, cols - 1));
-    for (int64_t i0 = 0; i0 < M; i0 += RA) {
-      const int rows = static_cast<int>(std::min<int64_t>(RA, M - i0));
-      const float* a[RA];
-      for (int i = 0; i < RA; ++i) a[i] = A + (i0 + std::min(i, rows - 1)) * lda;
-      dot_tile<T, RA, RB>(K, a, b, C + i0 * ldc + j0, ldc, rows, cols, alpha, beta);
-    }
+    dot_tile<T, RA, RB>(K, a, b, C + i0 * ldc + j0, ldc, rows, cols, alpha, beta);
+  };
+  const int64_t a_span = ((M - 1) * lda + K) * static_cast<int64_t>(sizeof(float));
+  const int64_t b_span = span_of_rows(B, N, K);
+  const int64_t a_tiles = (M + RA - 1) / RA, b_tiles = (N + RB - 1) / RB;
+  if (a_tiles * b_span < b_tiles * a_span) {  // B streams once per tile of A
+    for (int64_t i0 = 0; i0 < M; i0 += RA)
+      for (int64_t j0 = 0; j0 < N; j0 += RB) tile(i0, j0);
+  } else {  // A streams once per tile of B
+    for (int64_t j0 = 0; j0 < N; j0 += RB)
+      for (int64_t i0 = 0; i0 < M; i0 += RA) tile(i0, j0);
   }
 }
 
