@@ -21,6 +21,7 @@ struct Avx2 {
   POLYAK_SGEMM_TARGET static void store_first(float* p, V v, int n) { _mm256_maskstore_ps(p, first(n), v); }
   POLYAK_SGEMM_TARGET static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   POLYAK_SGEMM_TARGET static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  POLYAK_SGEMM_TARGET static __m256 halves_added(V v) { return v; }  // already a vector of 8
   POLYAK_SGEMM_TARGET static float sum_lanes(V v) {
     const __m128 quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     const __m128 pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));

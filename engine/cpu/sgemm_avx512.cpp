@@ -21,11 +21,15 @@ struct Avx512 {
   POLYAK_SGEMM_TARGET static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   POLYAK_SGEMM_TARGET static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   // The halves through the masked extract: _mm512_reduce_add_ps and the plain casts
-  // use an undefined register that GCC 12 reports as maybe uninitialised.
-  POLYAK_SGEMM_TARGET static float sum_lanes(V v) {
+  // use an undefined register that GCC 12 reports as maybe uninitialised. A vector of
+  // 16 as one of 8 with the same sum: its two halves added.
+  POLYAK_SGEMM_TARGET static __m256 halves_added(V v) {
     const __m512d d = _mm512_castps_pd(v);
-    const __m256 half = _mm256_add_ps(_mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, d, 0)),
-                                      _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, d, 1)));
+    return _mm256_add_ps(_mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, d, 0)),
+                         _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, d, 1)));
+  }
+  POLYAK_SGEMM_TARGET static float sum_lanes(V v) {
+    const __m256 half = halves_added(v);
     const __m128 quad = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
     const __m128 pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
     return _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
