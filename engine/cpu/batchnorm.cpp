@@ -1,9 +1,13 @@
 // BatchNorm kernels on the CPU: per-channel statistics of an (N, C, HW) tensor.
 //
 // Element (n, c, s) sits at x[(n * C + c) * HW + s]; channel c owns the M = N * HW
-// elements with that c, in N rows of HW. Every loop runs over channels in parallel (one
+// elements with that c, in N rows of HW. The channels are split over the threads (one
 // thread owns a channel, so no reductions cross threads and results do not depend on
-// the thread count); sums are accumulated in double.
+// the thread count); sums are accumulated in double. A thread walks its channels' rows
+// image by image, (n, c0), (n, c0 + 1), ..., which reads one contiguous block of memory
+// per image: channel by channel, each row would be a page of its own (HW = 1024 floats
+// is 4 KB) and the hardware prefetchers, which stop at page boundaries, would start
+// cold on every row.
 //
 // Forward, training (statistics of this batch):
 //   mean = sum(x) / M,   var = sum((x - mean)^2) / M   (biased)
@@ -32,6 +36,7 @@
 // serial chain of dependent adds, 4 cycles per element), and the rows in double.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cpu/epilogue.h"
@@ -91,14 +96,23 @@ Affine train_affine(int64_t c, const float* gamma, const float* beta, float mean
   return {static_cast<float>(scale), static_cast<float>((beta ? beta[c] : 0.0) - static_cast<double>(mean) * scale)};
 }
 
-// The affine map with the epilogue over every row of channel c.
-void affine_channel(const BatchNormGeom& g, int64_t c, const float* x, Affine map, const Epilogue& epilogue,
-                    float* y) {
-  for (int64_t n = 0; n < g.N; ++n) {
-    const int64_t at = (n * g.C + c) * g.HW;
-    cpu::affine_epilogue(g.HW, x + at, map.scale, map.shift, epilogue.residual ? epilogue.residual + at : nullptr,
-                         epilogue.relu, y + at);
-  }
+// The affine map with the epilogue over every row of channels [c0, c1), maps[c - c0].
+void affine_channels(const BatchNormGeom& g, int64_t c0, int64_t c1, const float* x, const Affine* maps,
+                     const Epilogue& epilogue, float* y) {
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t at = (n * g.C + c) * g.HW;
+      const Affine map = maps[c - c0];
+      cpu::affine_epilogue(g.HW, x + at, map.scale, map.shift, epilogue.residual ? epilogue.residual + at : nullptr,
+                           epilogue.relu, y + at);
+    }
+}
+
+// Per-thread scratch of at least n elements, kept between calls.
+template <class T>
+T* scratch(std::vector<T>& buffer, int64_t n) {
+  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(static_cast<size_t>(n));
+  return buffer.data();
 }
 
 }  // namespace
@@ -109,17 +123,21 @@ void CpuBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x,
                                          float* save_mean, float* save_invstd) {
   const int64_t N = g.N, C = g.C, HW = g.HW, M = N * HW;
   parallel_for(C, 3 * M, [&](int64_t c0, int64_t c1) {
+    thread_local std::vector<Moments> moments_buffer;
+    thread_local std::vector<Affine> map_buffer;
+    Moments* moments = scratch(moments_buffer, c1 - c0);
+    Affine* maps = scratch(map_buffer, c1 - c0);
+    std::fill(moments, moments + (c1 - c0), Moments{});
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = c0; c < c1; ++c) moments[c - c0].add_row(x + (n * C + c) * HW, HW);
     for (int64_t c = c0; c < c1; ++c) {
-      Moments moments;
-      for (int64_t n = 0; n < N; ++n) moments.add_row(x + (n * C + c) * HW, HW);
-      const double mean = moments.mean, sq = moments.m2;
+      const double mean = moments[c - c0].mean, sq = moments[c - c0].m2;
       const double var = M > 0 ? sq / static_cast<double>(M) : 0.0;
       const double invstd = 1.0 / std::sqrt(var + static_cast<double>(eps));
       save_mean[c] = static_cast<float>(mean);
       save_invstd[c] = static_cast<float>(invstd);
       // y = act(scale * x + shift (+ r)), scale = gamma * invstd, shift = beta - mean * scale.
-      affine_channel(g, c, x, train_affine(c, gamma, beta, save_mean[c], save_invstd[c]), epilogue, y);
-
+      maps[c - c0] = train_affine(c, gamma, beta, save_mean[c], save_invstd[c]);
       if (running_mean && running_var) {
         const double unbiased = M > 1 ? sq / static_cast<double>(M - 1) : var;
         const double f = factor;
@@ -127,6 +145,7 @@ void CpuBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x,
         running_var[c] = static_cast<float>((1.0 - f) * running_var[c] + f * unbiased);
       }
     }
+    affine_channels(g, c0, c1, x, maps, epilogue, y);
   });
 }
 
@@ -134,12 +153,14 @@ void CpuBackend::batchnorm_forward_eval(const BatchNormGeom& g, const float* x, 
                                         const float* beta, const float* running_mean, const float* running_var,
                                         float eps, const Epilogue& epilogue, float* y) {
   parallel_for(g.C, g.N * g.HW, [&](int64_t c0, int64_t c1) {
+    thread_local std::vector<Affine> map_buffer;
+    Affine* maps = scratch(map_buffer, c1 - c0);
     for (int64_t c = c0; c < c1; ++c) {
       const double invstd = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps));
       const double scale = (gamma ? gamma[c] : 1.0) * invstd;
-      const Affine map{static_cast<float>(scale), static_cast<float>((beta ? beta[c] : 0.0) - running_mean[c] * scale)};
-      affine_channel(g, c, x, map, epilogue, y);
+      maps[c - c0] = {static_cast<float>(scale), static_cast<float>((beta ? beta[c] : 0.0) - running_mean[c] * scale)};
     }
+    affine_channels(g, c0, c1, x, maps, epilogue, y);
   });
 }
 
@@ -148,56 +169,77 @@ void CpuBackend::batchnorm_backward(const BatchNormGeom& g, const float* x, cons
                                     const float* relu_output, float* dx, float* dresidual, float* dgamma,
                                     float* dbeta) {
   const int64_t N = g.N, C = g.C, HW = g.HW, M = N * HW;
+  // Per channel: the forward's map (for a recomputed ReLU mask), the sums of pass 1,
+  // and the coefficients of pass 2, dx = k g + u x + v.
+  struct Channel {
+    Affine forward;
+    float mean;
+    double sum_g = 0.0, sum_g_xc = 0.0;
+    float k = 0.0f, u = 0.0f, v = 0.0f;
+  };
   parallel_for(C, 4 * M, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const double mean = save_mean[c], invstd = save_invstd[c];
-      const Affine forward = train_affine(c, gamma, beta, save_mean[c], save_invstd[c]);
-      // Calls body(g) with g(s) the gradient at element s of the row at `at`: dy, or dy
-      // masked by the ReLU's output (read, or recomputed from x). Each case is its own
-      // loop, without a branch per element.
-      const auto with_grad = [&](int64_t at, auto&& body) {
-        const float *dyr = dy + at, *xr = x + at;
-        if (!relu) {
-          body([dyr](int64_t s) { return dyr[s]; });
-        } else if (relu_output) {
-          const float* yr = relu_output + at;
-          body([dyr, yr](int64_t s) { return yr[s] > 0.0f ? dyr[s] : 0.0f; });
-        } else {
-          body([dyr, xr, forward](int64_t s) { return forward.scale * xr[s] + forward.shift > 0.0f ? dyr[s] : 0.0f; });
-        }
-      };
+    thread_local std::vector<Channel> channel_buffer;
+    Channel* channels = scratch(channel_buffer, c1 - c0);
+    for (int64_t c = c0; c < c1; ++c)
+      channels[c - c0] = {train_affine(c, gamma, beta, save_mean[c], save_invstd[c]), save_mean[c]};
 
-      // sum(g * xhat) = invstd * sum(g * (x - mean))
-      const float fmean = static_cast<float>(mean);
-      double sum_g = 0, sum_g_xc = 0;
-      for (int64_t n = 0; n < N; ++n) {
+    // Calls body(g) with g(s) the gradient at element s of the row at `at` (channel ch):
+    // dy, or dy masked by the ReLU's output (read, or recomputed from x). Each case is
+    // its own loop, without a branch per element.
+    const auto with_grad = [&](int64_t at, const Channel& ch, auto&& body) {
+      const float *dyr = dy + at, *xr = x + at;
+      if (!relu) {
+        body([dyr](int64_t s) { return dyr[s]; });
+      } else if (relu_output) {
+        const float* yr = relu_output + at;
+        body([dyr, yr](int64_t s) { return yr[s] > 0.0f ? dyr[s] : 0.0f; });
+      } else {
+        const Affine forward = ch.forward;
+        body([dyr, xr, forward](int64_t s) { return forward.scale * xr[s] + forward.shift > 0.0f ? dyr[s] : 0.0f; });
+      }
+    };
+
+    // Pass 1: sum(g) and sum(g * (x - mean)); sum(g * xhat) = invstd * the latter.
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = c0; c < c1; ++c) {
+        Channel& ch = channels[c - c0];
         const int64_t at = (n * C + c) * HW;
         const float* xr = x + at;
-        with_grad(at, [&](auto grad) {
-          sum_g += lane_sum(HW, grad);
-          sum_g_xc += lane_sum(HW, [&grad, xr, fmean](int64_t s) { return grad(s) * (xr[s] - fmean); });
+        const float fmean = ch.mean;
+        with_grad(at, ch, [&](auto grad) {
+          ch.sum_g += lane_sum(HW, grad);
+          ch.sum_g_xc += lane_sum(HW, [&grad, xr, fmean](int64_t s) { return grad(s) * (xr[s] - fmean); });
           if (dresidual) {
             float* dr = dresidual + at;
             for (int64_t s = 0; s < HW; ++s) dr[s] = grad(s);
           }
         });
       }
-      const double sum_g_xhat = sum_g_xc * invstd;
-      if (dgamma) dgamma[c] = static_cast<float>(sum_g_xhat);
-      if (dbeta) dbeta[c] = static_cast<float>(sum_g);
 
-      // dx = k * (g - a - xhat * b), k = gamma * invstd, a = mean(g), b = mean(g * xhat);
-      // expanded to dx = k g + u x + v so that the loop is one float multiply-add pair.
+    // dx = k * (g - a - xhat * b), k = gamma * invstd, a = mean(g), b = mean(g * xhat);
+    // expanded to dx = k g + u x + v so that the loop is one float multiply-add pair.
+    for (int64_t c = c0; c < c1; ++c) {
+      Channel& ch = channels[c - c0];
+      const double mean = save_mean[c], invstd = save_invstd[c];
+      const double sum_g_xhat = ch.sum_g_xc * invstd;
+      if (dgamma) dgamma[c] = static_cast<float>(sum_g_xhat);
+      if (dbeta) dbeta[c] = static_cast<float>(ch.sum_g);
       const double inv_m = M > 0 ? 1.0 / static_cast<double>(M) : 0.0;
       const double k = (gamma ? gamma[c] : 1.0) * invstd;
-      const double a = sum_g * inv_m, b = sum_g_xhat * inv_m;
-      const float fk = static_cast<float>(k);
-      const float fu = static_cast<float>(-k * b * invstd);
-      const float fv = static_cast<float>(k * (b * invstd * mean - a));
-      for (int64_t n = 0; n < N; ++n) {
+      const double a = ch.sum_g * inv_m, b = sum_g_xhat * inv_m;
+      ch.k = static_cast<float>(k);
+      ch.u = static_cast<float>(-k * b * invstd);
+      ch.v = static_cast<float>(k * (b * invstd * mean - a));
+    }
+
+    // Pass 2.
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = c0; c < c1; ++c) {
+        const Channel& ch = channels[c - c0];
         const int64_t at = (n * C + c) * HW;
         const float* xr = x + at;
         float* dxr = dx + at;
+        const float fk = ch.k, fu = ch.u, fv = ch.v;
         const auto apply = [&](auto grad) {
           for (int64_t s = 0; s < HW; ++s) dxr[s] = fk * grad(s) + fu * xr[s] + fv;
         };
@@ -205,10 +247,9 @@ void CpuBackend::batchnorm_backward(const BatchNormGeom& g, const float* x, cons
           const float* dr = dresidual + at;
           apply([dr](int64_t s) { return dr[s]; });
         } else {
-          with_grad(at, apply);
+          with_grad(at, ch, apply);
         }
       }
-    }
   });
 }
 
