@@ -28,7 +28,7 @@
 //
 // Packing costs a pass over the operand and pays for itself by reuse, which the small
 // products of a convolution (one image at a time) often lack. So:
-//   - with at most 4 row panels (M <= 4 * MR), full panels of op(B) = B are read in
+//   - with at most 32 row panels (M <= 32 * MR), full panels of op(B) = B are read in
 //     place, ldb floats apart (or through the row offsets of sgemm_indirect_b), and
 //     only the last partial panel is packed;
 //   - when N fits in one panel (N <= NR), op(A) = A^T is read in place (its MR rows
@@ -267,11 +267,14 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
   const int64_t nc_limit = std::max<int64_t>(NR, B_BLOCK / kc_max / NR * NR);
   const int64_t blocks = (N + nc_limit - 1) / nc_limit;
   const int64_t nc_max = ((N + blocks - 1) / blocks + NR - 1) / NR * NR;
-  // Packing pays for itself by reuse. A panel of op(B) = B serves row_panels tiles:
-  // with few rows, its rows are read in place (ldb apart) instead. A panel of op(A)
+  // Packing pays for itself by reuse. A panel of op(B) = B serves row_panels tiles;
+  // up to 32 of them (256 rows of C), its rows are read in place (ldb apart, or through
+  // the row offsets) instead: on the ResNet convolutions (apps/sgemm_bench), reading
+  // a panel from L2 once per row panel beat one pass to pack it up to there (64 and 128
+  // filters: 130-146 -> 135-161 GFLOP/s). A panel of op(A)
   // serves one tile when N fits one panel, and is then read in place: op(A) = A^T
   // as it is, op(A) = A (one row of A per row of C) only by the tiles one vector wide.
-  const bool direct_b = !trans_b && row_panels <= 4;
+  const bool direct_b = !trans_b && row_panels <= 32;
   const RowMap a_rows{A, lda, nullptr}, b_map{B, ldb, b_rows};
   const bool direct_a = trans_a ? N <= NR : N <= L;
   float* const a_pack = sgemm_pack_buffer(0, direct_a ? 0 : row_panels * MR * kc_max);
