@@ -314,12 +314,9 @@ void shifted_backward_filter(const Conv2dGeom& g, const float* x, const float* d
     // dy' (K x P*Wp): dy[n] with zeros in the dropped columns, which keeps their
     // wrapped-around image values out of the sum.
     const float* dyn = dy + n * g.K * g.P * g.Q;
-    for (int64_t k = 0; k < g.K; ++k)
-      for (int64_t p = 0; p < g.P; ++p) {
-        float* out = spread + (k * g.P + p) * rows.Wp;
-        std::copy(dyn + (k * g.P + p) * g.Q, dyn + (k * g.P + p + 1) * g.Q, out);
-        std::fill(out + g.Q, out + rows.Wp, 0.0f);
-      }
+    std::fill(spread, spread + g.K * columns, 0.0f);  // one call, as in ShiftedRows::pad
+    for (int64_t row = 0; row < g.K * g.P; ++row)
+      std::copy(dyn + row * g.Q, dyn + (row + 1) * g.Q, spread + row * rows.Wp);
     // acc (K x CRS) (+)= dy' (K x P*Wp) * col^T (P*Wp x CRS)
     sgemm_indirect_b(false, true, g.K, CRS, columns, 1.0f, spread, columns, xp, rows.offsets.data(),
                      first ? 0.0f : 1.0f, acc, CRS);
