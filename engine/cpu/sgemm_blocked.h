@@ -347,10 +347,16 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
 // convolution's filter gradient is such a product, its B the column matrix (one row of
 // P*Q pixels per filter tap), which is where the transposes cost most.
 
-// Whether the dot-product kernels beat packing for op(A) op(B) with a sum of K terms:
-// the lanes' final sums (about 2 log2(L) operations per element of C) must be small
-// against the K / L fused multiply-adds of each element.
-inline bool dot_products_pay(bool trans_a, bool trans_b, int64_t K) { return !trans_a && trans_b && K >= 256; }
+// Whether the dot-product kernels beat packing for op(A) op(B), M x N with sums of K
+// terms. The lanes' final sums (a few operations per element of C) must be small
+// against the K / L fused multiply-adds of each element, and the transposed panels of
+// B that packing would make must serve few rows of A (M / MR tiles each). Measured on
+// filter gradients (one thread, AVX-512, GFLOP/s dot vs packed): M = 16, K = 1088: 95
+// vs 76; M = 32, K = 1088: 96-102 vs 86-99; M = 64, K = 1088: 112 vs 120; M = 32, K =
+// 288: 80 vs 98; M = 128, K = 288: 85 vs 126; K = 80: 43 vs 102.
+inline bool dot_products_pay(bool trans_a, bool trans_b, int64_t M, int64_t K) {
+  return !trans_a && trans_b && K >= 512 && M <= 32;
+}
 
 // The lane sums of four vectors of 8: {sum a, sum b, sum c, sum d}.
 POLYAK_SGEMM_INLINE __m128 sum_lanes4(__m256 a, __m256 b, __m256 c, __m256 d) {
