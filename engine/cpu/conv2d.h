@@ -1,6 +1,7 @@
 // The CPU convolution algorithms (engine/cpu/conv2d.cpp has the math), callable one by
 // one so that the tests can hold the fast one against the reference on any shape. The
-// backend's conv2d kernels use shifted rows where it applies, im2col elsewhere.
+// backend's conv2d kernels use shifted rows where it applies and the map is not tiny,
+// im2col elsewhere (conv_algorithm).
 #pragma once
 
 #include "engine/backend.h"

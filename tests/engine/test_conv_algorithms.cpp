@@ -90,6 +90,12 @@ TEST_CASE("conv algorithms: shifted rows covers stride 1 with padding below the 
   const Conv2dGeom pointwise{2, 8, 6, 6, 8, 1, 1, 1, 1, 0, 0, 6, 6};
   CHECK(cpu::conv_supports(ConvAlgorithm::ShiftedRows, pointwise));
   CHECK(cpu::conv_algorithm(pointwise) == ConvAlgorithm::Im2col);  // its image is its column matrix already
+  // 4x4 maps: 24 columns per image are too few; im2col puts images side by side.
+  const Conv2dGeom tiny{8, 512, 4, 4, 512, 3, 3, 1, 1, 1, 1, 4, 4};
+  CHECK(cpu::conv_supports(ConvAlgorithm::ShiftedRows, tiny));
+  CHECK(cpu::conv_algorithm(tiny) == ConvAlgorithm::Im2col);
+  const Conv2dGeom small{8, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 8, 8};
+  CHECK(cpu::conv_algorithm(small) == ConvAlgorithm::ShiftedRows);
 }
 
 TEST_CASE("conv algorithms: shifted rows matches im2col on random shapes, repeatably") {
