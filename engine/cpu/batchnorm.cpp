@@ -40,6 +40,7 @@
 
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cpu/epilogue.h"
+#include "engine/cpu/scratch.h"
 #include "engine/parallel.h"
 
 namespace polyak {
@@ -108,13 +109,6 @@ void affine_channels(const BatchNormGeom& g, int64_t c0, int64_t c1, const float
     }
 }
 
-// Per-thread scratch of at least n elements, kept between calls.
-template <class T>
-T* scratch(std::vector<T>& buffer, int64_t n) {
-  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(static_cast<size_t>(n));
-  return buffer.data();
-}
-
 }  // namespace
 
 void CpuBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* gamma,
@@ -125,8 +119,8 @@ void CpuBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x,
   parallel_for(C, 3 * M, [&](int64_t c0, int64_t c1) {
     thread_local std::vector<Moments> moments_buffer;
     thread_local std::vector<Affine> map_buffer;
-    Moments* moments = scratch(moments_buffer, c1 - c0);
-    Affine* maps = scratch(map_buffer, c1 - c0);
+    Moments* moments = cpu::scratch(moments_buffer, c1 - c0);
+    Affine* maps = cpu::scratch(map_buffer, c1 - c0);
     std::fill(moments, moments + (c1 - c0), Moments{});
     for (int64_t n = 0; n < N; ++n)
       for (int64_t c = c0; c < c1; ++c) moments[c - c0].add_row(x + (n * C + c) * HW, HW);
@@ -154,7 +148,7 @@ void CpuBackend::batchnorm_forward_eval(const BatchNormGeom& g, const float* x, 
                                         float eps, const Epilogue& epilogue, float* y) {
   parallel_for(g.C, g.N * g.HW, [&](int64_t c0, int64_t c1) {
     thread_local std::vector<Affine> map_buffer;
-    Affine* maps = scratch(map_buffer, c1 - c0);
+    Affine* maps = cpu::scratch(map_buffer, c1 - c0);
     for (int64_t c = c0; c < c1; ++c) {
       const double invstd = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps));
       const double scale = (gamma ? gamma[c] : 1.0) * invstd;
@@ -179,7 +173,7 @@ void CpuBackend::batchnorm_backward(const BatchNormGeom& g, const float* x, cons
   };
   parallel_for(C, 4 * M, [&](int64_t c0, int64_t c1) {
     thread_local std::vector<Channel> channel_buffer;
-    Channel* channels = scratch(channel_buffer, c1 - c0);
+    Channel* channels = cpu::scratch(channel_buffer, c1 - c0);
     for (int64_t c = c0; c < c1; ++c)
       channels[c - c0] = {train_affine(c, gamma, beta, save_mean[c], save_invstd[c]), save_mean[c]};
 

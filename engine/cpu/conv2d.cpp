@@ -66,6 +66,7 @@
 #include "engine/cpu/conv2d.h"
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cpu/epilogue.h"
+#include "engine/cpu/scratch.h"
 #include "engine/cpu/sgemm.h"
 #include "engine/parallel.h"
 
@@ -84,11 +85,6 @@ void copy_row(const float* src, int64_t n, float* dst) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) std::memcpy(dst + i, src + i, 8 * sizeof(float));
   for (; i < n; ++i) dst[i] = src[i];
-}
-
-float* scratch(std::vector<float>& buffer, int64_t n) {
-  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(static_cast<size_t>(n));
-  return buffer.data();
 }
 
 // The output columns q in [lo, hi) whose input column q*stride - pad + s lies inside [0, W).

@@ -466,15 +466,13 @@ TEST_CASE("conv2d gradients match finite differences on the accelerator") {
 
 namespace {
 
-struct EpilogueRun {
-  Tensor y, dx, dw, db, dr;
-};
+using polyak::testing::EpilogueResults;
 
 // relu(conv2d(x) + residual) (the residual when given) on `device`, fused or as separate
 // ops, and its gradients for the upstream gradient dy (fresh leaves per run).
-EpilogueRun run_conv_epilogue(bool fused, Device device, const ConvTensors& t, const Conv2dOptions& options,
+EpilogueResults run_conv_epilogue(bool fused, Device device, const ConvTensors& t, const Conv2dOptions& options,
                               const Tensor& residual, const Tensor& dy) {
-  EpilogueRun run;
+  EpilogueResults run;
   const Tensor x = t.x.clone().to(device).requires_grad_(), w = t.w.clone().to(device).requires_grad_(),
                b = t.b.clone().to(device).requires_grad_();
   const Tensor r = residual.defined() ? residual.clone().to(device).requires_grad_() : Tensor();
@@ -493,18 +491,26 @@ EpilogueRun run_conv_epilogue(bool fused, Device device, const ConvTensors& t, c
   return run;
 }
 
-void check_runs_close(const EpilogueRun& got, const EpilogueRun& want, double tolerance) {
-  check_close(got.y.to(Device::CPU), want.y.to(Device::CPU), tolerance, tolerance);
-  check_close(got.dx.to(Device::CPU), want.dx.to(Device::CPU), tolerance, tolerance);
-  check_close(got.dw.to(Device::CPU), want.dw.to(Device::CPU), 10 * tolerance, tolerance);
-  check_close(got.db.to(Device::CPU), want.db.to(Device::CPU), 10 * tolerance, tolerance);
-  REQUIRE(got.dr.defined() == want.dr.defined());
-  if (got.dr.defined()) check_close(got.dr.to(Device::CPU), want.dr.to(Device::CPU), tolerance, tolerance);
-}
 
 // Shifted rows (stride 1), im2col (stride 2) and a pointwise convolution.
 const ConvCase kEpilogueCases[] = {ConvCase{2, 3, 7, 6, 4, 3, 3, 1, 1, true}, ConvCase{3, 2, 9, 7, 5, 3, 3, 2, 1, true},
                                    ConvCase{2, 4, 5, 5, 3, 1, 1, 1, 0, true}};
+
+// One case's random tensors, options, and a residual and upstream gradient shaped as
+// its output.
+struct EpilogueCase {
+  ConvTensors t;
+  Conv2dOptions options;
+  Tensor residual, dy;
+};
+
+EpilogueCase random_epilogue_case(const ConvCase& c, Rng& rng) {
+  EpilogueCase e{random_conv_tensors(c, rng), {.stride = c.stride, .padding = c.pad}, {}, {}};
+  const Shape out_shape = conv2d(e.t.x, e.t.w, e.t.b, e.options).shape();
+  e.residual = Tensor::normal(out_shape, 0.0f, 1.0f, rng);
+  e.dy = Tensor::normal(out_shape, 0.0f, 1.0f, rng);
+  return e;
+}
 
 }  // namespace
 
@@ -512,15 +518,12 @@ TEST_CASE("conv2d fused epilogue: relu(conv(x) + residual) matches the separate 
   Rng rng(90);
   for (const ConvCase& c : kEpilogueCases) {
     INFO(describe(c));
-    const ConvTensors t = random_conv_tensors(c, rng);
-    const Conv2dOptions options{.stride = c.stride, .padding = c.pad};
-    const Shape out_shape = conv2d(t.x, t.w, t.b, options).shape();
-    const Tensor residual = Tensor::normal(out_shape, 0.0f, 1.0f, rng), dy = Tensor::normal(out_shape, 0.0f, 1.0f, rng);
+    const auto [t, options, residual, dy] = random_epilogue_case(c, rng);
     for (const bool with_residual : {false, true}) {
       CAPTURE(with_residual);
       const Tensor r = with_residual ? residual : Tensor();
-      const EpilogueRun fused = run_conv_epilogue(true, Device::CPU, t, options, r, dy);
-      check_runs_close(fused, run_conv_epilogue(false, Device::CPU, t, options, r, dy), 1e-5);
+      const EpilogueResults fused = run_conv_epilogue(true, Device::CPU, t, options, r, dy);
+      testing::check_epilogue_results(fused, run_conv_epilogue(false, Device::CPU, t, options, r, dy), 1e-5);
       const std::vector<float> y = fused.y.to_vector<float>();
       CHECK(std::count(y.begin(), y.end(), 0.0f) > 0);  // the ReLU cut something
     }
@@ -542,12 +545,9 @@ TEST_CASE("conv2d fused epilogue parity: CPU vs accelerator") {
     Rng rng(91);
     for (const ConvCase& c : kEpilogueCases) {
       INFO(describe(c));
-      const ConvTensors t = random_conv_tensors(c, rng);
-      const Conv2dOptions options{.stride = c.stride, .padding = c.pad};
-      const Shape out_shape = conv2d(t.x, t.w, t.b, options).shape();
-      const Tensor residual = Tensor::normal(out_shape, 0.0f, 1.0f, rng), dy = Tensor::normal(out_shape, 0.0f, 1.0f, rng);
-      check_runs_close(run_conv_epilogue(true, device, t, options, residual, dy),
-                       run_conv_epilogue(true, Device::CPU, t, options, residual, dy), 1e-4);
+      const EpilogueCase e = random_epilogue_case(c, rng);
+      testing::check_epilogue_results(run_conv_epilogue(true, device, e.t, e.options, e.residual, e.dy),
+                                      run_conv_epilogue(true, Device::CPU, e.t, e.options, e.residual, e.dy), 1e-4);
     }
   });
 }

@@ -109,6 +109,15 @@ void check_close(const Tensor& actual, const Tensor& expected, double atol, doub
   check_close(actual, expected.to_vector<float>(), atol, rtol);
 }
 
+void check_epilogue_results(const EpilogueResults& got, const EpilogueResults& want, double tolerance) {
+  check_close(got.y.to(Device::CPU), want.y.to(Device::CPU), tolerance, tolerance);
+  check_close(got.dx.to(Device::CPU), want.dx.to(Device::CPU), tolerance, tolerance);
+  check_close(got.dw.to(Device::CPU), want.dw.to(Device::CPU), 10 * tolerance, tolerance);
+  check_close(got.db.to(Device::CPU), want.db.to(Device::CPU), 10 * tolerance, tolerance);
+  REQUIRE(got.dr.defined() == want.dr.defined());
+  if (got.dr.defined()) check_close(got.dr.to(Device::CPU), want.dr.to(Device::CPU), tolerance, tolerance);
+}
+
 void for_each_accelerator(const std::function<void(Device)>& body) {
   if (!device_available(Device::CUDA)) {
     // On a GPU machine (tests/gpu/run.sh sets POLYAK_REQUIRE_GPU=1) a skip would hide a

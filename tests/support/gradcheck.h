@@ -30,6 +30,17 @@ void gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f, const
 void check_close(const Tensor& actual, const Tensor& expected, double atol = 1e-5, double rtol = 1e-5);
 void check_close(const Tensor& actual, const std::vector<float>& expected, double atol = 1e-5, double rtol = 1e-5);
 
+// What a fused op with a relu(y + residual) epilogue produces for one upstream gradient:
+// its output and the gradients of input, weight, bias and residual (dr undefined
+// without a residual).
+struct EpilogueResults {
+  Tensor y, dx, dw, db, dr;
+};
+
+// got against want on the CPU: y, dx and dr to (tolerance, tolerance), the parameter
+// gradients (sums over the batch) to ten times the absolute tolerance.
+void check_epilogue_results(const EpilogueResults& got, const EpilogueResults& want, double tolerance);
+
 // Calls body(device) for every available non-CPU device; with none, says so through a
 // doctest MESSAGE so that the parity test skips cleanly.
 void for_each_accelerator(const std::function<void(Device)>& body);
