@@ -4,18 +4,14 @@
 // named as in engine/backend.h.
 #pragma once
 
-#include <map>
-#include <mutex>
-#include <unordered_map>
-#include <vector>
-
 #include "engine/backend.h"
+#include "engine/cpu/host_arena.h"
 
 namespace polyak {
 
 class CpuBackend final : public Backend {
  public:
-  ~CpuBackend() override;
+  CpuBackend();
   Device device() const override { return Device::CPU; }
 
   // memory.cpp
@@ -26,9 +22,7 @@ class CpuBackend final : public Backend {
   void copy(void* dst, const void* src, size_t bytes) override;
   void set_zero(void* dst, size_t bytes) override;
   void synchronize() override {}
-  // Frees the blocks the allocator keeps for reuse.
-  void release_cached();
-  size_t cached_bytes() const;
+  const HostArena& arena() const { return arena_; }
 
   // elementwise.cpp
   void fill(float* y, int64_t n, float value) override;
@@ -95,16 +89,7 @@ class CpuBackend final : public Backend {
   void dropout_backward(int64_t n, const float* dy, const uint8_t* keep, float p, float* dx) override;
 
  private:
-  // Blocks freed by tensors, kept by capacity for the next tensors: a training step
-  // allocates the same shapes every time, and fresh pages are slow (a first touch of
-  // each 4 KiB page faults into the kernel). A request takes the smallest cached block
-  // of at least its size and at most twice it, so that the large blocks freed in the
-  // first stages of a network serve the smaller tensors of the later ones instead of
-  // lying idle beside new allocations.
-  mutable std::mutex cache_mutex_;
-  std::map<size_t, std::vector<void*>> cache_;    // capacity -> free blocks
-  std::unordered_map<void*, size_t> capacity_;    // every block handed out -> its capacity
-  size_t cached_bytes_ = 0;
+  HostArena arena_;
 };
 
 CpuBackend& cpu_backend();

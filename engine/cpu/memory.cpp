@@ -1,17 +1,22 @@
-// CPU memory: 64-byte aligned blocks (one cache line, and the width of an AVX-512
-// register) recycled through a size-keyed cache.
-#include <algorithm>
-#include <cstdlib>
+// CPU memory: tensors' blocks from one arena (engine/cpu/host_arena.h), and copies.
+#include <unistd.h>
+
 #include <cstring>
-#include <new>
 
 #include "engine/cpu/cpu_backend.h"
 
 namespace polyak {
 
 namespace {
-constexpr size_t kAlignment = 64;
-size_t rounded(size_t bytes) { return (std::max<size_t>(bytes, 1) + kAlignment - 1) / kAlignment * kAlignment; }
+// Address space for every tensor the process will hold: twice the physical memory, so
+// that fragmentation never runs the range out before the memory itself runs out. Only
+// the part ever used is backed by memory (engine/cpu/host_arena.h).
+size_t arena_reserve() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+  const size_t physical = pages > 0 && page_size > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page_size)
+                                                     : size_t{16} << 30;
+  return 2 * physical;
+}
 }  // namespace
 
 CpuBackend& cpu_backend() {
@@ -19,47 +24,12 @@ CpuBackend& cpu_backend() {
   return *instance;
 }
 
-CpuBackend::~CpuBackend() { release_cached(); }
+CpuBackend::CpuBackend() : arena_(arena_reserve()) {}
 
-void* CpuBackend::allocate(size_t bytes) {
-  const size_t size = rounded(bytes);
-  std::lock_guard lock(cache_mutex_);
-  auto it = cache_.lower_bound(size);
-  if (it != cache_.end() && it->first / 2 <= size) {
-    void* ptr = it->second.back();
-    cached_bytes_ -= it->first;
-    it->second.pop_back();
-    if (it->second.empty()) cache_.erase(it);
-    return ptr;
-  }
-  void* ptr = std::aligned_alloc(kAlignment, size);
-  if (!ptr) throw std::bad_alloc();
-  capacity_.emplace(ptr, size);
-  return ptr;
-}
+void* CpuBackend::allocate(size_t bytes) { return arena_.allocate(bytes); }
 
 void CpuBackend::deallocate(void* ptr, size_t) {
-  if (!ptr) return;
-  std::lock_guard lock(cache_mutex_);
-  const size_t capacity = capacity_.at(ptr);
-  cache_[capacity].push_back(ptr);
-  cached_bytes_ += capacity;
-}
-
-void CpuBackend::release_cached() {
-  std::lock_guard lock(cache_mutex_);
-  for (auto& [capacity, blocks] : cache_)
-    for (void* ptr : blocks) {
-      capacity_.erase(ptr);
-      std::free(ptr);
-    }
-  cache_.clear();
-  cached_bytes_ = 0;
-}
-
-size_t CpuBackend::cached_bytes() const {
-  std::lock_guard lock(cache_mutex_);
-  return cached_bytes_;
+  if (ptr) arena_.deallocate(ptr);
 }
 
 void CpuBackend::copy_from_host(void* dst, const void* host_src, size_t bytes) { copy(dst, host_src, bytes); }
