@@ -26,12 +26,13 @@
 // A 1x1 convolution with stride 1 and no padding needs no im2col: col is the image
 // itself, x[n] read as a (C) x (H*W) matrix.
 //
-// On small maps one image gives a product few columns (16 at 4x4) to share the packing
-// of the weights, so several images go side by side into one column matrix
-// (C*R*S x count*P*Q), enough for 256 columns (images_per_product).
+// On small maps one image gives a product few columns (16 at 4x4), so several images go
+// side by side into one column matrix (C*R*S x count*P*Q), enough for 256 columns
+// (images_per_product).
 //
 // The images of the batch are spread over the thread team; each thread calls a
-// single-threaded sgemm on its own images. The filter gradient sums over images, so
+// single-threaded sgemm on its own images. The weights, the A of the forward and
+// backward-data products, are packed once per call for all of them (SgemmPackedA). The filter gradient sums over images, so
 // each task accumulates into its own partial dW and the partials are then added.
 // Scratch buffers (the column matrices, the partials) are thread_local vectors that
 // grow to the largest layer and stay: a training step reuses the same pages instead
@@ -162,13 +163,24 @@ void copy_blocks(const float* src, int64_t src_block, int64_t src_row, float* ds
     for (int64_t r = 0; r < rows; ++r) copy_row(src + i * src_block + r * src_row, len, dst + i * dst_block + r * dst_row);
 }
 
-// Images per product on the im2col path. Each product packs the weights (its A) anew,
-// and one image of a small map gives it few columns to serve (16 at 4x4): images side
-// by side make at least kMinColumns columns, so that the packing is shared.
+// Images per product on the im2col path. One image of a small map gives a product few
+// columns (16 at 4x4): a third of a tile's width (48 on AVX-512), and little for the
+// filter gradient to share its packing of B with. Images side by side make at least
+// kMinColumns columns.
 constexpr int64_t kMinColumns = 256;
 int64_t images_per_product(const Conv2dGeom& g) {
   const int64_t PQ = std::max<int64_t>(1, g.P * g.Q);
   return std::clamp<int64_t>((kMinColumns + PQ - 1) / PQ, 1, std::max<int64_t>(1, g.N));
+}
+
+// The weights as the products' A, packed once per call for all images (not once per
+// product): one buffer for the calling thread, reused by every call. The workers must
+// reach it through a pointer or reference taken here (naming a thread_local inside the
+// parallel body would give each worker its own).
+SgemmPackedA& packed_weights(bool trans_a, int64_t M, int64_t K, const float* w) {
+  thread_local SgemmPackedA packed;
+  packed.pack(trans_a, M, K, w, trans_a ? M : K);
+  return packed;
 }
 
 int64_t gemm_cost(const Conv2dGeom& g) { return std::max<int64_t>(1, g.K * g.C * g.R * g.S * g.P * g.Q); }
@@ -204,10 +216,9 @@ struct ShiftedRows {
         copy_row(x + (c * H + h) * W, W, xp + (c * Hp + pad_h + h) * Wp + pad_w);
   }
 
-  // out (M x P*Wp) = weights (M x CRS) * col.
-  void product(int64_t M, const float* weights, const float* xp, float* out) const {
-    const int64_t CRS = C * R * S;
-    sgemm_indirect_b(false, false, M, columns(), CRS, 1.0f, weights, CRS, xp, offsets.data(), 0.0f, out, columns());
+  // out (M x P*Wp) = weights (M x CRS, packed) * col.
+  void product(const SgemmPackedA& weights, const float* xp, float* out) const {
+    sgemm_packed_a(weights, false, columns(), 1.0f, xp, 0, offsets.data(), 0.0f, out, columns());
   }
 
   // y (M, P, Q) = act(the columns q < Q of wide (M x P*Wp) + bias[m] + residual), with
@@ -233,13 +244,14 @@ ShiftedRows backward_data_rows(const Conv2dGeom& g) {
 void shifted_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias, const Epilogue& epilogue,
                      float* y) {
   const ShiftedRows rows = forward_rows(g);
+  const SgemmPackedA& weights = packed_weights(false, g.K, g.C * g.R * g.S, w);
   parallel_for(g.N, gemm_cost(g), [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> image_buffer, wide_buffer;
     float* xp = scratch(image_buffer, rows.padded_size());
     float* wide = scratch(wide_buffer, g.K * rows.columns());
     for (int64_t n = begin; n < end; ++n) {
       rows.pad(x + n * g.C * g.H * g.W, xp);
-      rows.product(g.K, w, xp, wide);
+      rows.product(weights, xp, wide);
       const int64_t at = n * g.K * g.P * g.Q;
       rows.drop_wrapped(g.K, g.Q, wide, bias, epilogue.residual ? epilogue.residual + at : nullptr, epilogue.relu,
                         y + at);
@@ -256,13 +268,14 @@ void shifted_backward_data(const Conv2dGeom& g, const float* dy, const float* w,
   for (int64_t k = 0; k < g.K; ++k)
     for (int64_t c = 0; c < g.C; ++c)
       for (int64_t i = 0; i < RS; ++i) flipped[(c * g.K + k) * RS + i] = w[(k * g.C + c) * RS + RS - 1 - i];
+  const SgemmPackedA& weights = packed_weights(false, g.C, g.K * RS, flipped);
   parallel_for(g.N, gemm_cost(g), [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> image_buffer, wide_buffer;
     float* dyp = scratch(image_buffer, rows.padded_size());
     float* wide = scratch(wide_buffer, g.C * rows.columns());
     for (int64_t n = begin; n < end; ++n) {
       rows.pad(dy + n * g.K * g.P * g.Q, dyp);
-      rows.product(g.C, flipped, dyp, wide);
+      rows.product(weights, dyp, wide);
       rows.drop_wrapped(g.C, g.W, wide, nullptr, nullptr, false, dx + n * g.C * g.H * g.W);
     }
   });
@@ -378,6 +391,7 @@ void im2col_forward(const Conv2dGeom& g, const float* x, const float* w, const f
   const int64_t CRS = g.C * g.R * g.S, PQ = g.P * g.Q;
   const int64_t per_product = images_per_product(g), products = (g.N + per_product - 1) / per_product;
   const bool tail = bias || epilogue.residual || epilogue.relu;
+  const SgemmPackedA& weights = packed_weights(false, g.K, CRS, w);
   parallel_for(products, gemm_cost(g) * per_product, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> col_buffer, out_buffer;
     for (int64_t product = begin; product < end; ++product) {
@@ -385,7 +399,7 @@ void im2col_forward(const Conv2dGeom& g, const float* x, const float* w, const f
       const float* cols = columns_of(g, x, n0, count, col_buffer);
       // One image writes y[n0] directly; several write side by side, then to their places.
       float* out = count == 1 ? y + n0 * g.K * PQ : scratch(out_buffer, g.K * width);
-      sgemm(false, false, g.K, width, CRS, 1.0f, w, CRS, cols, width, 0.0f, out, width);
+      sgemm_packed_a(weights, false, width, 1.0f, cols, width, nullptr, 0.0f, out, width);
       if (count == 1 && !tail) continue;
       for (int64_t i = 0; i < count; ++i)  // y = act(product + bias + residual), per output row
         for (int64_t k = 0; k < g.K; ++k) {
@@ -401,6 +415,7 @@ void im2col_backward_data(const Conv2dGeom& g, const float* dy, const float* w, 
   const int64_t CRS = g.C * g.R * g.S, PQ = g.P * g.Q, HW = g.H * g.W;
   const bool pointwise = is_pointwise(g);
   const int64_t per_product = images_per_product(g), products = (g.N + per_product - 1) / per_product;
+  const SgemmPackedA& weights = packed_weights(true, CRS, g.K, w);  // W^T
   parallel_for(products, gemm_cost(g) * per_product, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> dy_buffer, col_buffer;
     for (int64_t product = begin; product < end; ++product) {
@@ -409,7 +424,7 @@ void im2col_backward_data(const Conv2dGeom& g, const float* dy, const float* w, 
       // dcol = W^T * dy; for a pointwise conv dcol is dx itself (side by side).
       float* dxn = dx + n0 * g.C * HW;
       float* dcol = pointwise && count == 1 ? dxn : scratch(col_buffer, CRS * width);
-      sgemm(true, false, CRS, width, g.K, 1.0f, w, CRS, dys, width, 0.0f, dcol, width);
+      sgemm_packed_a(weights, false, width, 1.0f, dys, width, nullptr, 0.0f, dcol, width);
       if (pointwise) {
         if (count > 1) copy_blocks(dcol, PQ, width, dxn, g.C * HW, HW, count, g.C, HW);
       } else {

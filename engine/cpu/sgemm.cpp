@@ -11,6 +11,7 @@
 #include <sys/mman.h>
 
 #include "engine/cpu/sgemm_blocked.h"
+#include "engine/parallel.h"
 
 namespace polyak::cpu {
 
@@ -110,10 +111,11 @@ const char* sgemm_isa() { return sgemm_isa_name(active_isa()); }
 
 namespace {
 
-// Every entry point: B's rows ldb apart, or at the offsets b_rows.
+// Every entry point: B's rows ldb apart, or at the offsets b_rows; op(A) packed
+// already when a_packed is given (for the vector paths; the scalar one reads A).
 void sgemm_any(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-               const float* A, int64_t lda, const float* B, int64_t ldb, const int64_t* b_rows, float beta, float* C,
-               int64_t ldc) {
+               const float* A, int64_t lda, const float* a_packed, const float* B, int64_t ldb,
+               const int64_t* b_rows, float beta, float* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) {
     scale(M, N, beta, C, ldc);
@@ -121,10 +123,10 @@ void sgemm_any(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, i
   }
   switch (isa) {
     case SgemmIsa::Avx512:
-      detail::sgemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, b_rows, beta, C, ldc);
+      detail::sgemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows, beta, C, ldc);
       return;
     case SgemmIsa::Avx2:
-      detail::sgemm_avx2(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, b_rows, beta, C, ldc);
+      detail::sgemm_avx2(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows, beta, C, ldc);
       return;
     case SgemmIsa::Scalar:
       scale(M, N, beta, C, ldc);
@@ -137,23 +139,47 @@ void sgemm_any(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, i
 
 void sgemm(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
            int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  sgemm_any(isa, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, nullptr, beta, C, ldc);
+  sgemm_any(isa, trans_a, trans_b, M, N, K, alpha, A, lda, nullptr, B, ldb, nullptr, beta, C, ldc);
 }
 
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  sgemm_any(active_isa(), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, nullptr, beta, C, ldc);
+  sgemm_any(active_isa(), trans_a, trans_b, M, N, K, alpha, A, lda, nullptr, B, ldb, nullptr, beta, C, ldc);
 }
 
 void sgemm_indirect_b(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                       const float* A, int64_t lda, const float* B, const int64_t* b_rows, float beta, float* C,
                       int64_t ldc) {
-  sgemm_any(isa, trans_a, trans_b, M, N, K, alpha, A, lda, B, 0, b_rows, beta, C, ldc);
+  sgemm_any(isa, trans_a, trans_b, M, N, K, alpha, A, lda, nullptr, B, 0, b_rows, beta, C, ldc);
 }
 
 void sgemm_indirect_b(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                       int64_t lda, const float* B, const int64_t* b_rows, float beta, float* C, int64_t ldc) {
-  sgemm_any(active_isa(), trans_a, trans_b, M, N, K, alpha, A, lda, B, 0, b_rows, beta, C, ldc);
+  sgemm_any(active_isa(), trans_a, trans_b, M, N, K, alpha, A, lda, nullptr, B, 0, b_rows, beta, C, ldc);
+}
+
+void SgemmPackedA::pack(SgemmIsa isa, bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda) {
+  isa_ = isa, trans_a_ = trans_a, M_ = M, K_ = K, A_ = A, lda_ = lda;
+  if (isa == SgemmIsa::Scalar || M <= 0 || K <= 0) return;
+  const int tile_rows = isa == SgemmIsa::Avx512 ? detail::kAvx512TileRows : detail::kAvx2TileRows;
+  const auto pack_panels = isa == SgemmIsa::Avx512 ? detail::sgemm_pack_a_avx512 : detail::sgemm_pack_a_avx2;
+  const int64_t row_panels = (M + tile_rows - 1) / tile_rows;
+  if (static_cast<int64_t>(panels_.size()) < row_panels * tile_rows * K)
+    panels_.resize(static_cast<size_t>(row_panels * tile_rows * K));
+  float* const dst = panels_.data();
+  parallel_for(row_panels, tile_rows * K, [=](int64_t begin, int64_t end) {
+    pack_panels(trans_a, M, K, A, lda, begin, end, dst);
+  });
+}
+
+void SgemmPackedA::pack(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda) {
+  pack(active_isa(), trans_a, M, K, A, lda);
+}
+
+void sgemm_packed_a(const SgemmPackedA& a, bool trans_b, int64_t N, float alpha, const float* B, int64_t ldb,
+                    const int64_t* b_rows, float beta, float* C, int64_t ldc) {
+  const float* panels = a.isa_ == SgemmIsa::Scalar ? nullptr : a.panels_.data();
+  sgemm_any(a.isa_, a.trans_a_, trans_b, a.M_, N, a.K_, alpha, a.A_, a.lda_, panels, B, ldb, b_rows, beta, C, ldc);
 }
 
 void sgemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,

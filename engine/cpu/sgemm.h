@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace polyak::cpu {
 
@@ -43,6 +44,34 @@ void sgemm_indirect_b(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64
                       int64_t ldc);
 void sgemm_indirect_b(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                       int64_t lda, const float* B, const int64_t* b_rows, float beta, float* C, int64_t ldc);
+
+// op(A) packed once for several products that share it: a convolution's weights, with
+// one product per image (or a few). Each product then skips its own pass over A, which
+// for the weights of a deep layer (512 x 4608 floats) costs about as much as the
+// arithmetic on one small image. The layout is the blocked kernels' own (row panels of
+// the tile height, slice by slice of K: engine/cpu/sgemm_blocked.h), so it belongs to
+// one instruction set. pack() runs on the thread team (call it outside a parallel
+// region); afterwards the object is only read, and threads share it. A must stay valid
+// while the object is used: the scalar path reads it in place.
+class SgemmPackedA {
+ public:
+  void pack(SgemmIsa isa, bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda);
+  void pack(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda);  // with the instruction set in use
+
+ private:
+  friend void sgemm_packed_a(const SgemmPackedA& a, bool trans_b, int64_t N, float alpha, const float* B,
+                             int64_t ldb, const int64_t* b_rows, float beta, float* C, int64_t ldc);
+  SgemmIsa isa_ = SgemmIsa::Scalar;
+  bool trans_a_ = false;
+  int64_t M_ = 0, K_ = 0, lda_ = 0;
+  const float* A_ = nullptr;
+  std::vector<float> panels_;  // kept from one pack() to the next: no fresh pages per call
+};
+
+// C (M x N) = alpha * op(A) * op(B) + beta * C, with op(A) (M x K) packed in `a`; B's
+// rows ldb apart, or at the offsets b_rows as in sgemm_indirect_b (ldb unused).
+void sgemm_packed_a(const SgemmPackedA& a, bool trans_b, int64_t N, float alpha, const float* B, int64_t ldb,
+                    const int64_t* b_rows, float beta, float* C, int64_t ldc);
 
 // The definition as a plain triple loop (sums in double), the reference of the tests.
 void sgemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,

@@ -32,13 +32,19 @@ struct Avx2 {
 }  // namespace
 
 POLYAK_SGEMM_TARGET void sgemm_avx2(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                                    const float* A, int64_t lda, const float* B, int64_t ldb, const int64_t* b_rows,
-                                    float beta, float* C, int64_t ldc) {
-  if (dot_products_pay(trans_a, trans_b, M, K)) {  // tiles of 3 x 3: 9 accumulators, 6 loads per step
+                                    const float* A, int64_t lda, const float* a_packed, const float* B, int64_t ldb,
+                                    const int64_t* b_rows, float beta, float* C, int64_t ldc) {
+  if (!a_packed && dot_products_pay(trans_a, trans_b, M, K)) {  // tiles of 3 x 3: 9 accumulators, 6 loads per step
     sgemm_dot<Avx2, 3, 3>(M, N, K, alpha, A, lda, RowMap{B, ldb, b_rows}, beta, C, ldc);
     return;
   }
-  sgemm_blocked<Avx2, 6, 2>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, b_rows, beta, C, ldc);
+  sgemm_blocked<Avx2, kAvx2TileRows, 2>(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows,
+                                        beta, C, ldc);
+}
+
+POLYAK_SGEMM_TARGET void sgemm_pack_a_avx2(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda,
+                                           int64_t p_begin, int64_t p_end, float* dst) {
+  pack_a<Avx2, kAvx2TileRows>(trans_a, M, K, A, lda, p_begin, p_end, dst);
 }
 
 }  // namespace polyak::cpu::detail

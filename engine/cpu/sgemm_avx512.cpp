@@ -39,13 +39,19 @@ struct Avx512 {
 }  // namespace
 
 POLYAK_SGEMM_TARGET void sgemm_avx512(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                                      const float* A, int64_t lda, const float* B, int64_t ldb, const int64_t* b_rows,
-                                      float beta, float* C, int64_t ldc) {
-  if (dot_products_pay(trans_a, trans_b, M, K)) {  // tiles of 4 x 5: 20 accumulators, 9 loads per step
+                                      const float* A, int64_t lda, const float* a_packed, const float* B, int64_t ldb,
+                                      const int64_t* b_rows, float beta, float* C, int64_t ldc) {
+  if (!a_packed && dot_products_pay(trans_a, trans_b, M, K)) {  // tiles of 4 x 5: 20 accumulators, 9 loads per step
     sgemm_dot<Avx512, 4, 5>(M, N, K, alpha, A, lda, RowMap{B, ldb, b_rows}, beta, C, ldc);
     return;
   }
-  sgemm_blocked<Avx512, 8, 3>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, b_rows, beta, C, ldc);
+  sgemm_blocked<Avx512, kAvx512TileRows, 3>(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows,
+                                            beta, C, ldc);
+}
+
+POLYAK_SGEMM_TARGET void sgemm_pack_a_avx512(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda,
+                                             int64_t p_begin, int64_t p_end, float* dst) {
+  pack_a<Avx512, kAvx512TileRows>(trans_a, M, K, A, lda, p_begin, p_end, dst);
 }
 
 }  // namespace polyak::cpu::detail

@@ -51,10 +51,33 @@ namespace polyak::cpu::detail {
 float* sgemm_pack_buffer(int slot, int64_t floats);
 
 // b_rows: null, or the offsets of B's stored rows (sgemm_indirect_b in sgemm.h).
+// a_packed: null, or all of op(A) packed beforehand by sgemm_pack_a_* (then A is unused).
 void sgemm_avx512(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                  int64_t lda, const float* B, int64_t ldb, const int64_t* b_rows, float beta, float* C, int64_t ldc);
+                  int64_t lda, const float* a_packed, const float* B, int64_t ldb, const int64_t* b_rows, float beta,
+                  float* C, int64_t ldc);
 void sgemm_avx2(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                int64_t lda, const float* B, int64_t ldb, const int64_t* b_rows, float beta, float* C, int64_t ldc);
+                int64_t lda, const float* a_packed, const float* B, int64_t ldb, const int64_t* b_rows, float beta,
+                float* C, int64_t ldc);
+
+// The rows of a micro-kernel's tile (MR): the height of a packed panel of op(A).
+constexpr int kAvx512TileRows = 8, kAvx2TileRows = 6;
+
+// Packing of all of op(A) (M x K) ahead of the products, row panels [p_begin, p_end)
+// of it (so that threads can share the work): dst holds row_panels * MR * K floats,
+// the slice of K starting at pc at dst + row_panels * MR * pc, laid out as the
+// product's own packing lays it out.
+void sgemm_pack_a_avx512(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda, int64_t p_begin,
+                         int64_t p_end, float* dst);
+void sgemm_pack_a_avx2(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda, int64_t p_begin,
+                       int64_t p_end, float* dst);
+
+// The depth of K's slices: even slices of at most 384 (with a tile's accumulators, a
+// slice of a packed panel of op(A) stays in L1 while the panels of op(B) stream by).
+inline int64_t sgemm_slice_depth(int64_t K) {
+  constexpr int64_t KC_MAX = 384;
+  const int64_t slices = (K + KC_MAX - 1) / KC_MAX;
+  return (K + slices - 1) / slices;
+}
 
 // The stored rows of an operand: row i at base + i * ld, or at base + offsets[i].
 struct RowMap {
@@ -223,6 +246,30 @@ POLYAK_SGEMM_TARGET void micro_kernel(int64_t kc, const float* __restrict a, int
   }
 }
 
+// Row panels [p_begin, p_end) of op(A)[:, pc .. pc + kc), panel p at dst + p * MR * kc.
+template <class T, int MR>
+POLYAK_SGEMM_TARGET void pack_a_slice(bool trans_a, const RowMap& a_rows, int64_t M, int64_t pc, int64_t kc,
+                                      int64_t p_begin, int64_t p_end, float* dst) {
+  if (trans_a) {  // op(A)[i][k] = A[k*lda + i]: rows along i
+    const int64_t i0 = p_begin * MR;
+    pack_rows<T, MR>(a_rows, pc, i0, std::min(M, p_end * MR) - i0, kc, dst + i0 * kc);
+  } else {  // op(A)[i][k] = A[i*lda + k]: rows along k, transposed
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      const int rows = static_cast<int>(std::min<int64_t>(MR, M - p * MR));
+      pack_transposed<MR, MR>(a_rows, p * MR, pc, rows, kc, dst + p * MR * kc);
+    }
+  }
+}
+
+template <class T, int MR>
+POLYAK_SGEMM_TARGET void pack_a(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda, int64_t p_begin,
+                                int64_t p_end, float* dst) {
+  const int64_t kc_max = sgemm_slice_depth(K), row_panels = (M + MR - 1) / MR;
+  for (int64_t pc = 0; pc < K; pc += kc_max)
+    pack_a_slice<T, MR>(trans_a, RowMap{A, lda, nullptr}, M, pc, std::min(kc_max, K - pc), p_begin, p_end,
+                        dst + row_panels * MR * pc);
+}
+
 using KernelFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, const int64_t*, float*,
                           int64_t, float, float, int);
 
@@ -250,19 +297,18 @@ struct Kernels {
 };
 
 // The whole product, for K > 0 and alpha != 0 (the dispatcher handles the rest). With
-// b_rows, B's stored rows are at B + b_rows[i].
+// b_rows, B's stored rows are at B + b_rows[i]; with a_packed, op(A) is packed already
+// (pack_a above).
 template <class T, int MR, int NV_MAX>
 POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                                       const float* A, int64_t lda, const float* B, int64_t ldb,
-                                       const int64_t* b_rows, float beta, float* C, int64_t ldc) {
+                                       const float* A, int64_t lda, const float* a_packed, const float* B,
+                                       int64_t ldb, const int64_t* b_rows, float beta, float* C, int64_t ldc) {
   using Table = Kernels<T, MR, NV_MAX>;
   constexpr int L = T::L, NR = NV_MAX * L;
-  constexpr int64_t KC_MAX = 384;
   constexpr int64_t B_BLOCK = 256 * 1024;  // floats of packed B per block: 1 MB
 
   // Even slices of K, and even blocks of N in whole panels, avoid a thin last one.
-  const int64_t slices = (K + KC_MAX - 1) / KC_MAX;
-  const int64_t kc_max = (K + slices - 1) / slices;
+  const int64_t kc_max = sgemm_slice_depth(K);
   const int64_t row_panels = (M + MR - 1) / MR;
   const int64_t nc_limit = std::max<int64_t>(NR, B_BLOCK / kc_max / NR * NR);
   const int64_t blocks = (N + nc_limit - 1) / nc_limit;
@@ -276,23 +322,15 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
   // as it is, op(A) = A (one row of A per row of C) only by the tiles one vector wide.
   const bool direct_b = !trans_b && row_panels <= 32;
   const RowMap a_rows{A, lda, nullptr}, b_map{B, ldb, b_rows};
-  const bool direct_a = trans_a ? N <= NR : N <= L;
-  float* const a_pack = sgemm_pack_buffer(0, direct_a ? 0 : row_panels * MR * kc_max);
+  const bool direct_a = !a_packed && (trans_a ? N <= NR : N <= L);
+  float* const a_buffer = sgemm_pack_buffer(0, direct_a || a_packed ? 0 : row_panels * MR * kc_max);
   float* const b_pack = sgemm_pack_buffer(1, nc_max * kc_max);
 
   for (int64_t pc = 0; pc < K; pc += kc_max) {
     const int64_t kc = std::min(kc_max, K - pc);
     const float beta_slice = pc == 0 ? beta : 1.0f;
-    if (direct_a) {
-      // read in place below
-    } else if (trans_a) {
-      pack_rows<T, MR>(a_rows, pc, 0, M, kc, a_pack);  // op(A)[i][k] = A[k*lda + i]
-    } else {
-      for (int64_t p = 0; p < row_panels; ++p) {  // op(A)[i][k] = A[i*lda + k]
-        const int rows = static_cast<int>(std::min<int64_t>(MR, M - p * MR));
-        pack_transposed<MR, MR>(a_rows, p * MR, pc, rows, kc, a_pack + p * MR * kc);
-      }
-    }
+    const float* a_pack = a_packed ? a_packed + row_panels * MR * pc : a_buffer;
+    if (!direct_a && !a_packed) pack_a_slice<T, MR>(trans_a, a_rows, M, pc, kc, 0, row_panels, a_buffer);
     for (int64_t jc = 0; jc < N; jc += nc_max) {
       const int64_t nc = std::min(nc_max, N - jc);
       const int64_t full = direct_b ? nc / NR * NR : 0;  // the columns read in place

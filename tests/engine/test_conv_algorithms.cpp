@@ -180,6 +180,11 @@ TEST_CASE("sgemm_indirect_b: rows at arbitrary offsets match the product on the 
     cpu::sgemm_indirect_b(isa, trans_a, trans_b, M, N, K, 1.0f, A.data(), trans_a ? M : K, pool.data(),
                           offsets.data(), beta, got.data(), N);
     check_near(got, want, "C");
+    cpu::SgemmPackedA packed;  // the same product with op(A) packed beforehand
+    packed.pack(isa, trans_a, M, K, A.data(), trans_a ? M : K);
+    std::vector<float> got_packed = C0;
+    cpu::sgemm_packed_a(packed, trans_b, N, 1.0f, pool.data(), 0, offsets.data(), beta, got_packed.data(), N);
+    check_near(got_packed, want, "C, op(A) packed");
   };
   const int64_t sizes[] = {1, 3, 8, 17, 48, 50, 100, 400};
   for (SgemmIsa isa : {SgemmIsa::Avx512, SgemmIsa::Avx2, SgemmIsa::Scalar}) {

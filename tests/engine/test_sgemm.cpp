@@ -1,6 +1,7 @@
 // sgemm: every instruction set this CPU runs (avx512, avx2, scalar) against the
 // reference triple loop, over the four transpose cases, odd sizes, padded leading
-// dimensions, alpha and beta (beta = 0 over a C full of NaN), and the edge cases.
+// dimensions, alpha and beta (beta = 0 over a C full of NaN), and the edge cases; each
+// case both as one call and with op(A) packed beforehand (sgemm_packed_a).
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -32,7 +33,8 @@ std::string describe(SgemmIsa isa, const Case& c) {
 
 // Runs one case with leading dimensions padded past the minimum and checks C, including
 // that the padding columns of C are left alone. Returns false on the first mismatch.
-bool check_case(SgemmIsa isa, const Case& c, std::mt19937& gen) {
+// packed_a: through sgemm_packed_a, op(A) packed beforehand.
+bool check_case(SgemmIsa isa, const Case& c, std::mt19937& gen, bool packed_a = false) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   const int64_t a_rows = c.trans_a ? c.K : c.M, a_cols = c.trans_a ? c.M : c.K;
   const int64_t b_rows = c.trans_b ? c.N : c.K, b_cols = c.trans_b ? c.K : c.N;
@@ -44,8 +46,14 @@ bool check_case(SgemmIsa isa, const Case& c, std::mt19937& gen) {
   std::vector<float> expected = C;
   polyak::cpu::sgemm_reference(c.trans_a, c.trans_b, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta,
                                expected.data(), ldc);
-  polyak::cpu::sgemm(isa, c.trans_a, c.trans_b, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta,
-                     C.data(), ldc);
+  if (packed_a) {
+    polyak::cpu::SgemmPackedA packed;
+    packed.pack(isa, c.trans_a, c.M, c.K, A.data(), lda);
+    polyak::cpu::sgemm_packed_a(packed, c.trans_b, c.N, c.alpha, B.data(), ldb, nullptr, c.beta, C.data(), ldc);
+  } else {
+    polyak::cpu::sgemm(isa, c.trans_a, c.trans_b, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta,
+                       C.data(), ldc);
+  }
   const double rtol = 1e-5 * static_cast<double>(std::max<int64_t>(c.K, 1));
   for (int64_t i = 0; i < c.M; ++i) {
     for (int64_t j = 0; j < ldc; ++j) {
@@ -54,7 +62,7 @@ bool check_case(SgemmIsa isa, const Case& c, std::mt19937& gen) {
       const bool ok = padding ? std::isnan(want) ? std::isnan(got) : got == want
                               : std::abs(static_cast<double>(got) - want) <= rtol * std::max(1.0, std::abs(double{want}));
       if (!ok) {
-        FAIL_CHECK(describe(isa, c) << ": C[" << i << "][" << j << "] = " << got << ", expected " << want
+        FAIL_CHECK(describe(isa, c) << std::string(packed_a ? " (A packed)" : "") << ": C[" << i << "][" << j << "] = " << got << ", expected " << want
                                     << std::string(padding ? " (padding)" : ""));
         return false;
       }
@@ -94,7 +102,7 @@ TEST_CASE("sgemm: every instruction set matches the reference on random shapes")
       } while (M * N * K > 2500000);
       for (int t = 0; t < 4; ++t) {
         const Case c{(t & 1) != 0, (t & 2) != 0, M, N, K, alphas[(n + t) % 2], betas[(n + t) % 3]};
-        if (!check_case(isa, c, gen)) break;
+        if (!check_case(isa, c, gen) || !check_case(isa, c, gen, true)) break;
         ++tested;
       }
     }
@@ -119,7 +127,10 @@ TEST_CASE("sgemm: blocking edges (several slices of K, blocks of N, narrow and t
   for (SgemmIsa isa : kIsas) {
     if (!polyak::cpu::sgemm_isa_available(isa)) continue;
     std::mt19937 gen(7);
-    for (const Case& c : cases) check_case(isa, c, gen);
+    for (const Case& c : cases) {
+      check_case(isa, c, gen);
+      check_case(isa, c, gen, true);
+    }
   }
 }
 
