@@ -206,11 +206,11 @@ struct ShiftedRows {
   // The last row's dropped columns read S - 1 floats past the image: zeros.
   int64_t padded_size() const { return C * Hp * Wp + S - 1; }
 
-  // xp = x (C, H, W) with the zero border and tail, written in full.
-  void pad(const float* x, float* xp) const {
-    // Zeros everywhere first, in one call, then the image's rows: two calls per row for
-    // the few floats of its border cost more than writing the interior twice.
-    std::fill(xp, xp + padded_size(), 0.0f);
+  // A padded image is zeroed once (zero_border), then each image of the batch is copied
+  // into its interior (copy_interior): the images all write the same places, so the
+  // border and the tail stay zero, and each image costs one pass over its own floats.
+  void zero_border(float* xp) const { std::fill(xp, xp + padded_size(), 0.0f); }
+  void copy_interior(const float* x, float* xp) const {
     for (int64_t c = 0; c < C; ++c)
       for (int64_t h = 0; h < H; ++h)
         copy_row(x + (c * H + h) * W, W, xp + (c * Hp + pad_h + h) * Wp + pad_w);
@@ -249,8 +249,9 @@ void shifted_forward(const Conv2dGeom& g, const float* x, const float* w, const 
     thread_local std::vector<float> image_buffer, wide_buffer;
     float* xp = scratch(image_buffer, rows.padded_size());
     float* wide = scratch(wide_buffer, g.K * rows.columns());
+    rows.zero_border(xp);
     for (int64_t n = begin; n < end; ++n) {
-      rows.pad(x + n * g.C * g.H * g.W, xp);
+      rows.copy_interior(x + n * g.C * g.H * g.W, xp);
       rows.product(weights, xp, wide);
       const int64_t at = n * g.K * g.P * g.Q;
       rows.drop_wrapped(g.K, g.Q, wide, bias, epilogue.residual ? epilogue.residual + at : nullptr, epilogue.relu,
@@ -273,8 +274,9 @@ void shifted_backward_data(const Conv2dGeom& g, const float* dy, const float* w,
     thread_local std::vector<float> image_buffer, wide_buffer;
     float* dyp = scratch(image_buffer, rows.padded_size());
     float* wide = scratch(wide_buffer, g.C * rows.columns());
+    rows.zero_border(dyp);
     for (int64_t n = begin; n < end; ++n) {
-      rows.pad(dy + n * g.K * g.P * g.Q, dyp);
+      rows.copy_interior(dy + n * g.K * g.P * g.Q, dyp);
       rows.product(weights, dyp, wide);
       rows.drop_wrapped(g.C, g.W, wide, nullptr, nullptr, false, dx + n * g.C * g.H * g.W);
     }
@@ -349,12 +351,14 @@ void shifted_backward_filter(const Conv2dGeom& g, const float* x, const float* d
     thread_local std::vector<float> image_buffer, spread_buffer;
     float* xp = scratch(image_buffer, rows.padded_size());
     float* spread = scratch(spread_buffer, g.K * columns);
+    rows.zero_border(xp);
+    // dy' (K x P*Wp): dy[n] with zeros in the dropped columns, which keeps their
+    // wrapped-around image values out of the sum. The zeros, like xp's border, are
+    // written once: every image writes the same places.
+    std::fill(spread, spread + g.K * columns, 0.0f);
     for (int64_t n = n_begin; n < n_end; ++n) {
-      rows.pad(x + n * g.C * g.H * g.W, xp);
-      // dy' (K x P*Wp): dy[n] with zeros in the dropped columns, which keeps their
-      // wrapped-around image values out of the sum.
+      rows.copy_interior(x + n * g.C * g.H * g.W, xp);
       const float* dyn = dy + n * g.K * g.P * g.Q;
-      std::fill(spread, spread + g.K * columns, 0.0f);  // one call, as in ShiftedRows::pad
       for (int64_t row = 0; row < g.K * g.P; ++row) copy_row(dyn + row * g.Q, g.Q, spread + row * rows.Wp);
       // acc (K x CRS) (+)= dy' (K x P*Wp) * col^T (P*Wp x CRS)
       sgemm_indirect_b(false, true, g.K, CRS, columns, 1.0f, spread, columns, xp, rows.offsets.data(),
