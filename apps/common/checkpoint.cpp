@@ -112,6 +112,12 @@ int64_t checkpoint_classes(const io::SafetensorsFile& file, nn::Module& model) {
 
 io::SafetensorsFile load_model(const std::string& path, nn::Module& model, const std::string& architecture) {
   io::SafetensorsFile file = io::load_safetensors(path);
+  load_model(file, model, architecture);
+  return file;
+}
+
+void load_model(const io::SafetensorsFile& file, nn::Module& model, const std::string& architecture) {
+  const std::string& path = file.path;
   const std::string recorded = checkpoint_architecture(file);
   // A clearer message than a shape mismatch for the common mistake: another dataset.
   const int64_t trained_for = checkpoint_classes(file, model);
@@ -132,11 +138,11 @@ io::SafetensorsFile load_model(const std::string& path, nn::Module& model, const
                                   e.what());
     throw std::invalid_argument(path + ": does not fit the model: " + e.what());
   }
-  return file;
 }
 
-TrainingState load_training_checkpoint(const std::string& path, nn::Module& model, Sgd& sgd, io::SafetensorsFile* out) {
-  io::SafetensorsFile file = load_model(path, model);
+TrainingState load_training_checkpoint(const io::SafetensorsFile& file, nn::Module& model, Sgd& sgd) {
+  const std::string& path = file.path;
+  load_model(file, model);
   TrainingState state;
   state.epoch = metadata_int(file, "polyak.epoch");
   state.step = metadata_int(file, "polyak.step");
@@ -157,7 +163,6 @@ TrainingState load_training_checkpoint(const std::string& path, nn::Module& mode
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(path + ": optimiser state does not fit: " + e.what());
   }
-  if (out) *out = std::move(file);
   return state;
 }
 

@@ -62,10 +62,11 @@ int64_t checkpoint_classes(const io::SafetensorsFile& file, nn::Module& model);
 // count, or the first tensor that is missing, extra or of another shape (with the
 // architecture the file's metadata records, when that is not `architecture`).
 io::SafetensorsFile load_model(const std::string& path, nn::Module& model, const std::string& architecture = "");
+// The same from a file already read (io::load_safetensors); messages name file.path.
+void load_model(const io::SafetensorsFile& file, nn::Module& model, const std::string& architecture = "");
 
-// Restores model and optimiser from a training checkpoint; returns the counters and
-// the file (for further state such as EMAs).
-TrainingState load_training_checkpoint(const std::string& path, nn::Module& model, Sgd& sgd,
-                                       io::SafetensorsFile* file = nullptr);
+// Restores model and optimiser from a training checkpoint already read, and returns
+// the counters; further state (the EMAs, the selection) stays in `file`.
+TrainingState load_training_checkpoint(const io::SafetensorsFile& file, nn::Module& model, Sgd& sgd);
 
 }  // namespace polyak::app

@@ -36,11 +36,16 @@ using nlohmann::json;
 
 namespace {
 
+// The checkpoint a --resume continues, read once: for its configuration first, then
+// for the state it restores.
+io::SafetensorsFile read_resumed_checkpoint(const std::string& path) {
+  if (!fs::is_regular_file(path)) throw std::invalid_argument("--resume " + path + ": no such file");
+  return io::load_safetensors(path);
+}
+
 // The configuration a --resume continues: the checkpoint's, with only the settings
 // that do not change the result taken from the command line.
-TrainConfig resumed_config(const TrainConfig& given) {
-  if (!fs::is_regular_file(given.resume)) throw std::invalid_argument("--resume " + given.resume + ": no such file");
-  const io::SafetensorsFile file = io::load_safetensors(given.resume);
+TrainConfig resumed_config(const TrainConfig& given, const io::SafetensorsFile& file) {
   const auto it = file.metadata.find("polyak.config");
   if (it == file.metadata.end())
     throw std::invalid_argument("--resume " + given.resume + ": not a training checkpoint (no run configuration)");
@@ -131,7 +136,11 @@ void fault_stop_at(int64_t step) {
 }  // namespace
 
 int run_training(TrainConfig config) {
-  if (!config.resume.empty()) config = resumed_config(config);
+  std::optional<io::SafetensorsFile> checkpoint;
+  if (!config.resume.empty()) {
+    checkpoint = read_resumed_checkpoint(config.resume);
+    config = resumed_config(config, *checkpoint);
+  }
   config.resolve();
   config.validate();
   if (config.threads) set_num_threads(config.threads);
@@ -209,9 +218,9 @@ int run_training(TrainConfig config) {
   TrainingState state;
   std::string saved_path;  // the last good checkpoint, and its step
   int64_t saved_step = 0;
-  if (!config.resume.empty()) {
-    io::SafetensorsFile file;
-    state = load_training_checkpoint(config.resume, *model, sgd, &file);
+  if (checkpoint) {
+    const io::SafetensorsFile& file = *checkpoint;
+    state = load_training_checkpoint(file, *model, sgd);
     saved_path = config.resume;
     saved_step = state.step;
     if (averages) {
@@ -224,6 +233,7 @@ int run_training(TrainConfig config) {
     metrics.keep_through_epoch(state.epoch);
     std::printf("resumed %s at epoch %lld, step %lld\n", config.resume.c_str(), static_cast<long long>(state.epoch),
                 static_cast<long long>(state.step));
+    checkpoint.reset();  // all of it is restored: its memory goes back before training
   } else {
     io::write_file_atomically((out_dir / "config.json").string(), config.to_json() + "\n");
     metrics.start_fresh();
