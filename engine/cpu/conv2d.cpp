@@ -260,16 +260,22 @@ void shifted_forward(const Conv2dGeom& g, const float* x, const float* w, const 
   });
 }
 
-void shifted_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
-  const ShiftedRows rows = backward_data_rows(g);
+// The filter of the backward data as a forward (see the top of the file):
+// w~[c, k, r, s] = w[k, c, R-1-r, S-1-s], C filters of K channels. In a buffer of the
+// calling thread, valid until its next call.
+const float* flipped_filters(const Conv2dGeom& g, const float* w) {
   const int64_t RS = g.R * g.S;
-  // w~[c, k, r, s] = w[k, c, R-1-r, S-1-s]: (C x K*R*S), for the product's A.
   thread_local std::vector<float> flipped_buffer;
   float* const flipped = scratch(flipped_buffer, g.C * g.K * RS);
   for (int64_t k = 0; k < g.K; ++k)
     for (int64_t c = 0; c < g.C; ++c)
       for (int64_t i = 0; i < RS; ++i) flipped[(c * g.K + k) * RS + i] = w[(k * g.C + c) * RS + RS - 1 - i];
-  const SgemmPackedA& weights = packed_weights(false, g.C, g.K * RS, flipped);
+  return flipped;
+}
+
+void shifted_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
+  const ShiftedRows rows = backward_data_rows(g);
+  const SgemmPackedA& weights = packed_weights(false, g.C, g.K * g.R * g.S, flipped_filters(g, w));
   parallel_for(g.N, gemm_cost(g), [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> image_buffer, wide_buffer;
     float* dyp = scratch(image_buffer, rows.padded_size());
@@ -281,6 +287,14 @@ void shifted_backward_data(const Conv2dGeom& g, const float* dy, const float* w,
       rows.drop_wrapped(g.C, g.W, wide, nullptr, nullptr, false, dx + n * g.C * g.H * g.W);
     }
   });
+}
+
+// ---- Winograd (winograd.cpp): the backward data as the forward of dy padded by
+// R-1-ph, S-1-pw with the flipped filter, the same identity as shifted rows use.
+
+void winograd_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
+  const Conv2dGeom adjoint{g.N, g.K, g.P, g.Q, g.C, g.R, g.S, 1, 1, g.R - 1 - g.pad_h, g.S - 1 - g.pad_w, g.H, g.W};
+  winograd_forward(adjoint, dy, flipped_filters(g, w), nullptr, Epilogue{}, dx);
 }
 
 // ---- the filter gradient: a sum over images
@@ -461,6 +475,8 @@ bool conv_supports(ConvAlgorithm algorithm, const Conv2dGeom& g) {
       return true;
     case ConvAlgorithm::ShiftedRows:
       return g.stride_h == 1 && g.stride_w == 1 && g.pad_h < g.R && g.pad_w < g.S;
+    case ConvAlgorithm::Winograd:
+      return winograd_applies(g) && conv_supports(ConvAlgorithm::ShiftedRows, g);
   }
   return false;
 }
@@ -472,6 +488,15 @@ ConvAlgorithm conv_algorithm(const Conv2dGeom& g) {
   // several images side by side, wins (one thread, 8 images of 512 channels at 4x4:
   // forward 13.5 -> 5.6 ms, backward data 16.2 -> 5.5, filter 8.0 -> 5.8; at 8x8 and
   // 64 channels shifted rows stay ahead, 1.46 ms against 2.24).
+  //
+  // Winograd's F(2x2, 3x3) does 2.25 times fewer multiplications, but its transforms
+  // are passes over memory of their own (16 values per 2x2 tile in and out), which pay
+  // only with enough channels to multiply per transformed value and enough tiles per
+  // image. Two threads, 128 images, forward, shifted rows against Winograd: 64 channels
+  // at 32x32 41.0 -> 32.9 ms, 128 at 16x16 36.5 -> 29.0, 256 at 8x8 56.1 -> 40.2; but 64
+  // at 8x8 3.5 -> 5.0 and 32 at 16x16 2.6 -> 4.5.
+  if (conv_supports(ConvAlgorithm::Winograd, g) && g.C >= 64 && g.K >= 64 && g.C * g.P * g.Q >= 16384)
+    return ConvAlgorithm::Winograd;
   const int64_t columns_per_image = g.P * (g.W + 2 * g.pad_w);
   if (!is_pointwise(g) && columns_per_image >= 64 && conv_supports(ConvAlgorithm::ShiftedRows, g))
     return ConvAlgorithm::ShiftedRows;
@@ -480,7 +505,9 @@ ConvAlgorithm conv_algorithm(const Conv2dGeom& g) {
 
 void conv2d_forward(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* w, const float* bias,
                     const Epilogue& epilogue, float* y) {
-  if (algorithm == ConvAlgorithm::ShiftedRows) {
+  if (algorithm == ConvAlgorithm::Winograd) {
+    winograd_forward(g, x, w, bias, epilogue, y);
+  } else if (algorithm == ConvAlgorithm::ShiftedRows) {
     shifted_forward(g, x, w, bias, epilogue, y);
   } else {
     im2col_forward(g, x, w, bias, epilogue, y);
@@ -488,7 +515,9 @@ void conv2d_forward(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x
 }
 
 void conv2d_backward_data(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
-  if (algorithm == ConvAlgorithm::ShiftedRows) {
+  if (algorithm == ConvAlgorithm::Winograd) {
+    winograd_backward_data(g, dy, w, dx);
+  } else if (algorithm == ConvAlgorithm::ShiftedRows) {
     shifted_backward_data(g, dy, w, dx);
   } else {
     im2col_backward_data(g, dy, w, dx);
@@ -497,7 +526,7 @@ void conv2d_backward_data(ConvAlgorithm algorithm, const Conv2dGeom& g, const fl
 
 void conv2d_backward_filter(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* dy, float* dw,
                             float* dbias) {
-  if (algorithm == ConvAlgorithm::ShiftedRows) {
+  if (algorithm == ConvAlgorithm::ShiftedRows || algorithm == ConvAlgorithm::Winograd) {
     shifted_backward_filter(g, x, dy, dw);
   } else {
     im2col_backward_filter(g, x, dy, dw);

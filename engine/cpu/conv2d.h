@@ -11,6 +11,8 @@ namespace polyak::cpu {
 enum class ConvAlgorithm {
   Im2col,       // the reference: im2col + sgemm, col2im for the data gradient; every geometry
   ShiftedRows,  // implicit im2col on a zero-padded image; stride 1 with padding < the kernel size
+  Winograd,     // the forward by Winograd's F(2x2, 3x3) (winograd.cpp), the gradients by shifted rows;
+                // 3x3, stride 1, padding < 3
 };
 
 bool conv_supports(ConvAlgorithm algorithm, const Conv2dGeom& g);
@@ -20,6 +22,11 @@ ConvAlgorithm conv_algorithm(const Conv2dGeom& g);
 void conv2d_forward(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* w,
                     const float* bias /*nullable*/, const Epilogue& epilogue, float* y);
 void conv2d_backward_data(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w, float* dx);
+// winograd.cpp
+bool winograd_applies(const Conv2dGeom& g);
+void winograd_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias /*nullable*/,
+                      const Epilogue& epilogue, float* y);
+
 void conv2d_backward_filter(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* dy, float* dw,
                             float* dbias /*nullable*/);
 

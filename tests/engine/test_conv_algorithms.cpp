@@ -1,7 +1,7 @@
-// The fast CPU convolution (shifted rows: implicit im2col on a zero-padded image)
-// against the im2col reference on random shapes: odd sizes, channels that are not
-// multiples of the vector width, batch 1 and 3, 1x1 to 5x5 filters, padding 0 to R-1,
-// 1 to 3 threads; its results repeat bit for bit. And the indirect-B product it rests
+// The fast CPU convolutions (shifted rows: implicit im2col on a zero-padded image;
+// Winograd's F(2x2, 3x3)) against the im2col reference on random shapes: odd sizes,
+// channels that are not multiples of the vector width, batch 1 to 9, 1x1 to 5x5 filters,
+// padding 0 to R-1, 1 to 3 threads; their results repeat bit for bit. And the indirect-B product it rests
 // on (sgemm_indirect_b) against the reference product, on every instruction set.
 #include <doctest/doctest.h>
 
@@ -96,6 +96,16 @@ TEST_CASE("conv algorithms: shifted rows covers stride 1 with padding below the 
   CHECK(cpu::conv_algorithm(tiny) == ConvAlgorithm::Im2col);
   const Conv2dGeom small{8, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 8, 8};
   CHECK(cpu::conv_algorithm(small) == ConvAlgorithm::ShiftedRows);
+  // Winograd for 3x3 with many channels on maps that are not tiny (ResNet-18's stages 1-3).
+  for (const int64_t channels : {64, 128, 256}) {
+    const int64_t size = 2048 / channels;
+    const Conv2dGeom deep{8, channels, size, size, channels, 3, 3, 1, 1, 1, 1, size, size};
+    CHECK(cpu::conv_supports(ConvAlgorithm::Winograd, deep));
+    CHECK(cpu::conv_algorithm(deep) == ConvAlgorithm::Winograd);
+  }
+  CHECK_FALSE(cpu::conv_supports(ConvAlgorithm::Winograd, strided));
+  CHECK_FALSE(cpu::conv_supports(ConvAlgorithm::Winograd, pointwise));
+  CHECK_FALSE(cpu::conv_supports(ConvAlgorithm::Winograd, Conv2dGeom{1, 4, 8, 8, 4, 5, 5, 1, 1, 2, 2, 8, 8}));
 }
 
 TEST_CASE("conv algorithms: shifted rows matches im2col on random shapes, repeatably") {
@@ -140,6 +150,48 @@ TEST_CASE("conv algorithms: shifted rows matches im2col on random shapes, repeat
     ++tested;
   }
   CHECK(tested >= 40);
+}
+
+// Winograd's forward and backward data (its filter gradient is shifted rows') on 3x3
+// filters: padding 0 to 2, odd output sizes (a last tile half outside), 1x1 and 2x2
+// maps, channel counts that are not multiples of a tile, and batches that split into
+// groups of images of different sizes (9 images of 8x8: groups of 16 tiles x 4 images).
+TEST_CASE("conv algorithms: Winograd F(2x2, 3x3) matches im2col on random shapes, repeatably") {
+  std::mt19937 gen(33);
+  const int64_t batches[] = {1, 3, 9}, channels[] = {1, 3, 8, 17, 33}, sizes[] = {1, 2, 3, 4, 5, 7, 8, 13};
+  auto pick = [&gen](const auto& options) {
+    return options[std::uniform_int_distribution<size_t>(0, std::size(options) - 1)(gen)];
+  };
+  int tested = 0;
+  for (int trial = 0; trial < 50; ++trial) {
+    Conv2dGeom g{};
+    g.N = pick(batches), g.C = pick(channels), g.K = pick(channels);
+    g.H = pick(sizes), g.W = pick(sizes), g.R = 3, g.S = 3;
+    g.stride_h = g.stride_w = 1;
+    g.pad_h = std::uniform_int_distribution<int64_t>(0, 2)(gen);
+    g.pad_w = std::uniform_int_distribution<int64_t>(0, 2)(gen);
+    g.P = g.H + 2 * g.pad_h - 2, g.Q = g.W + 2 * g.pad_w - 2;
+    if (g.P < 1 || g.Q < 1) continue;
+    REQUIRE(cpu::conv_supports(ConvAlgorithm::Winograd, g));
+    const int threads = 1 + trial % 3;
+    ThreadsScope scope(threads);
+    INFO(describe(g) << ", " << threads << " threads");
+    const std::vector<float> x = random_vector(g.N * g.C * g.H * g.W, gen);
+    const std::vector<float> w = random_vector(g.K * g.C * 9, gen), b = random_vector(g.K, gen);
+    const std::vector<float> dy = random_vector(g.N * g.K * g.P * g.Q, gen);
+    const ConvOutputs want = run(ConvAlgorithm::Im2col, g, x, w, b, dy);
+    const ConvOutputs got = run(ConvAlgorithm::Winograd, g, x, w, b, dy);
+    check_near(got.y, want.y, "forward");
+    check_near(got.y_epilogue, want.y_epilogue, "forward with residual and ReLU");
+    check_near(got.dx, want.dx, "backward data");
+    check_near(got.dw, want.dw, "backward filter");
+    check_near(got.db, want.db, "bias gradient");
+    const ConvOutputs again = run(ConvAlgorithm::Winograd, g, x, w, b, dy);
+    CHECK(again.y == got.y);
+    CHECK(again.dx == got.dx);
+    ++tested;
+  }
+  CHECK(tested >= 35);
 }
 
 TEST_CASE("conv algorithms: the ResNet-20 layer shapes, threaded") {
