@@ -20,6 +20,12 @@
 // Per thread, a group of images (enough for 64 tiles) is transformed into V, multiplied
 // (U packed once per call for all of them: SgemmPackedA), and transformed back into y,
 // with the epilogue (bias, residual, ReLU) applied as each output pixel is written.
+//
+// The data gradient is this forward run on dy with the flipped filter (conv2d.cpp). The
+// filter gradient stays on shifted rows: as Winograd's adjoint, 16 products summing over
+// the tiles, dU[e] (K x C) = (A dY A^T)[e] (K x T) * V[e]^T, it measured 0.4 to 1.06
+// times their speed on ResNet-18's layers (each product transposes V[e], and is only C
+// columns wide).
 #include <algorithm>
 #include <array>
 #include <vector>
