@@ -1,7 +1,8 @@
-// The CPU convolution algorithms (engine/cpu/conv2d.cpp has the math), callable one by
-// one so that the tests can hold the fast one against the reference on any shape. The
-// backend's conv2d kernels use shifted rows where it applies and the map is not tiny,
-// im2col elsewhere (conv_algorithm).
+// The CPU convolution algorithms (engine/cpu/conv2d.cpp and winograd.cpp have the
+// math), callable one by one so that the tests can hold the fast ones against the
+// reference on any shape. The backend's conv2d kernels use Winograd for 3x3 layers with
+// many channels, shifted rows where they apply and the map is not tiny, and im2col
+// elsewhere (conv_algorithm).
 #pragma once
 
 #include "engine/backend.h"
