@@ -67,6 +67,7 @@
 #include "engine/cpu/conv2d.h"
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cpu/epilogue.h"
+#include "engine/cpu/padded_copy.h"
 #include "engine/cpu/scratch.h"
 #include "engine/cpu/sgemm.h"
 #include "engine/parallel.h"
@@ -77,15 +78,6 @@ namespace {
 
 bool is_pointwise(const Conv2dGeom& g) {
   return g.R == 1 && g.S == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 0 && g.pad_w == 0;
-}
-
-// dst[0, n) = src[0, n) for the short rows of a feature map (8 to 32 floats in a
-// ResNet): a call to memmove per row costs more than the copy, so whole blocks of 8
-// go through fixed-size copies, which the compiler turns into vector moves.
-void copy_row(const float* src, int64_t n, float* dst) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) std::memcpy(dst + i, src + i, 8 * sizeof(float));
-  for (; i < n; ++i) dst[i] = src[i];
 }
 
 // The output columns q in [lo, hi) whose input column q*stride - pad + s lies inside [0, W).
@@ -207,14 +199,9 @@ struct ShiftedRows {
   int64_t padded_size() const { return C * Hp * Wp + S - 1; }
 
   // A padded image is zeroed once (zero_border), then each image of the batch is copied
-  // into its interior (copy_interior): the images all write the same places, so the
-  // border and the tail stay zero, and each image costs one pass over its own floats.
+  // into its interior (padded_copy.h), which leaves the border and the tail zero.
   void zero_border(float* xp) const { std::fill(xp, xp + padded_size(), 0.0f); }
-  void copy_interior(const float* x, float* xp) const {
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t h = 0; h < H; ++h)
-        copy_row(x + (c * H + h) * W, W, xp + (c * Hp + pad_h + h) * Wp + pad_w);
-  }
+  void copy_interior(const float* x, float* xp) const { cpu::copy_interior(C, H, W, x, Hp, Wp, pad_h, pad_w, xp); }
 
   // out (M x P*Wp) = weights (M x CRS, packed) * col.
   void product(const SgemmPackedA& weights, const float* xp, float* out) const {

@@ -32,6 +32,7 @@
 
 #include "engine/cpu/conv2d.h"
 #include "engine/cpu/epilogue.h"
+#include "engine/cpu/padded_copy.h"
 #include "engine/cpu/scratch.h"
 #include "engine/cpu/sgemm.h"
 #include "engine/parallel.h"
@@ -86,11 +87,6 @@ void transform_filters(const Conv2dGeom& g, const float* w, float* U) {
 // The loops of the transforms, each over a row of values. GCC honours __restrict on
 // parameters (not on local pointers), and without it the four outputs of a loop, which
 // could alias its inputs, keep it scalar.
-
-// dst[0, n) = src[0, n): a feature map's short rows, without a library call per row.
-void copy_floats(int64_t n, const float* __restrict src, float* __restrict dst) {
-  for (int64_t j = 0; j < n; ++j) dst[j] = src[j];
-}
 
 // r_i[j] = (B^T d)_i[j] for the four rows d_0..3 of a row of tiles, along the width.
 void rows_of_bt_d(int64_t n, const float* __restrict d0, const float* __restrict d1, const float* __restrict d2,
@@ -214,14 +210,11 @@ void winograd_forward(const Conv2dGeom& g, const float* x, const float* w, const
     float* xp = scratch(image_buffer, padded);
     float* V = scratch(patch_buffer, kElements * g.C * ld);
     float* M = scratch(product_buffer, kElements * g.K * ld);
-    std::fill(xp, xp + padded, 0.0f);  // the border; every image writes the same interior
+    std::fill(xp, xp + padded, 0.0f);  // the border, once (padded_copy.h)
     for (int64_t group = begin; group < end; ++group) {
       const int64_t n0 = group * per_group, count = std::min(per_group, g.N - n0), width = count * tiles.count();
       for (int64_t i = 0; i < count; ++i) {
-        const float* image = x + (n0 + i) * g.C * g.H * g.W;
-        for (int64_t c = 0; c < g.C; ++c)
-          for (int64_t h = 0; h < g.H; ++h)
-            copy_floats(g.W, image + (c * g.H + h) * g.W, xp + (c * tiles.Hp + g.pad_h + h) * tiles.Wp + g.pad_w);
+        copy_interior(g.C, g.H, g.W, x + (n0 + i) * g.C * g.H * g.W, tiles.Hp, tiles.Wp, g.pad_h, g.pad_w, xp);
         transform_patches(g, tiles, xp, V, i * tiles.count(), ld);
       }
       for (int64_t e = 0; e < kElements; ++e)
