@@ -221,8 +221,8 @@ void winograd_forward(const Conv2dGeom& g, const float* x, const float* w, const
         sgemm_packed_a(packed[e], false, width, 1.0f, V + e * g.C * ld, ld, nullptr, 0.0f, M + e * g.K * ld, ld);
       for (int64_t i = 0; i < count; ++i) {
         const int64_t at = (n0 + i) * g.K * g.P * g.Q;
-        transform_outputs(g, tiles, M, i * tiles.count(), ld, bias, epilogue.residual ? epilogue.residual + at : nullptr,
-                          epilogue.relu, y + at);
+        const float* residual = epilogue.residual ? epilogue.residual + at : nullptr;
+        transform_outputs(g, tiles, M, i * tiles.count(), ld, bias, residual, epilogue.relu, y + at);
       }
     }
   });
