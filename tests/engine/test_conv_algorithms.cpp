@@ -1,8 +1,9 @@
 // The fast CPU convolutions (shifted rows: implicit im2col on a zero-padded image;
 // Winograd's F(2x2, 3x3)) against the im2col reference on random shapes: odd sizes,
 // channels that are not multiples of the vector width, batch 1 to 9, 1x1 to 5x5 filters,
-// padding 0 to R-1, 1 to 3 threads; their results repeat bit for bit. And the indirect-B product it rests
-// on (sgemm_indirect_b) against the reference product, on every instruction set.
+// padding 0 to R-1, 1 to 3 threads; their results repeat bit for bit. And the
+// indirect-B product shifted rows rest on (sgemm_indirect_b) against the reference
+// product, on every instruction set.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/cpu/conv2d.h"
@@ -76,6 +78,33 @@ ConvOutputs run(ConvAlgorithm algorithm, const Conv2dGeom& g, const std::vector<
   return out;
 }
 
+// One trial of `algorithm` against im2col on g, with random data drawn from gen, on
+// `threads` threads: every output within tolerance, and a second run equal bit for bit.
+// Returns the reference's outputs and dy (also the epilogue's residual).
+struct Trial {
+  ConvOutputs want;
+  std::vector<float> dy;
+};
+Trial check_against_im2col(ConvAlgorithm algorithm, const Conv2dGeom& g, int threads, std::mt19937& gen) {
+  ThreadsScope scope(threads);
+  INFO(describe(g) << ", " << threads << " threads");
+  const std::vector<float> x = random_vector(g.N * g.C * g.H * g.W, gen);
+  const std::vector<float> w = random_vector(g.K * g.C * g.R * g.S, gen), b = random_vector(g.K, gen);
+  std::vector<float> dy = random_vector(g.N * g.K * g.P * g.Q, gen);
+  ConvOutputs want = run(ConvAlgorithm::Im2col, g, x, w, b, dy);
+  const ConvOutputs got = run(algorithm, g, x, w, b, dy);
+  check_near(got.y, want.y, "forward");
+  check_near(got.y_epilogue, want.y_epilogue, "forward with residual and ReLU");
+  check_near(got.dx, want.dx, "backward data");
+  check_near(got.dw, want.dw, "backward filter");
+  check_near(got.db, want.db, "bias gradient");
+  const ConvOutputs again = run(algorithm, g, x, w, b, dy);
+  CHECK(again.y == got.y);
+  CHECK(again.dx == got.dx);
+  CHECK(again.dw == got.dw);
+  return {std::move(want), std::move(dy)};
+}
+
 }  // namespace
 
 TEST_CASE("conv algorithms: shifted rows covers stride 1 with padding below the filter size") {
@@ -126,27 +155,12 @@ TEST_CASE("conv algorithms: shifted rows matches im2col on random shapes, repeat
     g.P = g.H + 2 * g.pad_h - g.R + 1, g.Q = g.W + 2 * g.pad_w - g.S + 1;
     if (g.P < 1 || g.Q < 1) continue;
     REQUIRE(cpu::conv_supports(ConvAlgorithm::ShiftedRows, g));
-    const int threads = 1 + trial % 3;
-    ThreadsScope scope(threads);
-    INFO(describe(g) << ", " << threads << " threads");
-    const std::vector<float> x = random_vector(g.N * g.C * g.H * g.W, gen);
-    const std::vector<float> w = random_vector(g.K * g.C * g.R * g.S, gen), b = random_vector(g.K, gen);
-    const std::vector<float> dy = random_vector(g.N * g.K * g.P * g.Q, gen);
-    const ConvOutputs want = run(ConvAlgorithm::Im2col, g, x, w, b, dy);
-    const ConvOutputs got = run(ConvAlgorithm::ShiftedRows, g, x, w, b, dy);
-    check_near(got.y, want.y, "forward");
-    check_near(got.y_epilogue, want.y_epilogue, "forward with residual and ReLU");
-    check_near(got.dx, want.dx, "backward data");
-    check_near(got.dw, want.dw, "backward filter");
-    check_near(got.db, want.db, "bias gradient");
+    const Trial result = check_against_im2col(ConvAlgorithm::ShiftedRows, g, 1 + trial % 3, gen);
     // The epilogue is relu(y + residual) on both paths.
+    const ConvOutputs& want = result.want;
     std::vector<float> expected(want.y.size());
-    for (size_t i = 0; i < expected.size(); ++i) expected[i] = std::max(want.y[i] + dy[i], 0.0f);
+    for (size_t i = 0; i < expected.size(); ++i) expected[i] = std::max(want.y[i] + result.dy[i], 0.0f);
     check_near(want.y_epilogue, expected, "im2col epilogue");
-    const ConvOutputs again = run(ConvAlgorithm::ShiftedRows, g, x, w, b, dy);
-    CHECK(again.y == got.y);
-    CHECK(again.dx == got.dx);
-    CHECK(again.dw == got.dw);
     ++tested;
   }
   CHECK(tested >= 40);
@@ -173,22 +187,7 @@ TEST_CASE("conv algorithms: Winograd F(2x2, 3x3) matches im2col on random shapes
     g.P = g.H + 2 * g.pad_h - 2, g.Q = g.W + 2 * g.pad_w - 2;
     if (g.P < 1 || g.Q < 1) continue;
     REQUIRE(cpu::conv_supports(ConvAlgorithm::Winograd, g));
-    const int threads = 1 + trial % 3;
-    ThreadsScope scope(threads);
-    INFO(describe(g) << ", " << threads << " threads");
-    const std::vector<float> x = random_vector(g.N * g.C * g.H * g.W, gen);
-    const std::vector<float> w = random_vector(g.K * g.C * 9, gen), b = random_vector(g.K, gen);
-    const std::vector<float> dy = random_vector(g.N * g.K * g.P * g.Q, gen);
-    const ConvOutputs want = run(ConvAlgorithm::Im2col, g, x, w, b, dy);
-    const ConvOutputs got = run(ConvAlgorithm::Winograd, g, x, w, b, dy);
-    check_near(got.y, want.y, "forward");
-    check_near(got.y_epilogue, want.y_epilogue, "forward with residual and ReLU");
-    check_near(got.dx, want.dx, "backward data");
-    check_near(got.dw, want.dw, "backward filter");
-    check_near(got.db, want.db, "bias gradient");
-    const ConvOutputs again = run(ConvAlgorithm::Winograd, g, x, w, b, dy);
-    CHECK(again.y == got.y);
-    CHECK(again.dx == got.dx);
+    check_against_im2col(ConvAlgorithm::Winograd, g, 1 + trial % 3, gen);
     ++tested;
   }
   CHECK(tested >= 35);
