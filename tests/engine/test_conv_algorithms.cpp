@@ -78,6 +78,26 @@ ConvOutputs run(ConvAlgorithm algorithm, const Conv2dGeom& g, const std::vector<
   return out;
 }
 
+// A stride-1 convolution drawn at random: batch, channels in and out, height, width and
+// filter sides from the options, padding from 0 to the filter side - 1. P or Q may come
+// out below 1 (the caller skips those).
+struct ShapeOptions {
+  std::vector<int64_t> batches, channels, sizes, filters;
+};
+Conv2dGeom random_stride1_geometry(const ShapeOptions& o, std::mt19937& gen) {
+  const auto pick = [&gen](const std::vector<int64_t>& options) {
+    return options[std::uniform_int_distribution<size_t>(0, options.size() - 1)(gen)];
+  };
+  Conv2dGeom g{};
+  g.N = pick(o.batches), g.C = pick(o.channels), g.K = pick(o.channels);
+  g.H = pick(o.sizes), g.W = pick(o.sizes), g.R = pick(o.filters), g.S = pick(o.filters);
+  g.stride_h = g.stride_w = 1;
+  g.pad_h = std::uniform_int_distribution<int64_t>(0, g.R - 1)(gen);
+  g.pad_w = std::uniform_int_distribution<int64_t>(0, g.S - 1)(gen);
+  g.P = g.H + 2 * g.pad_h - g.R + 1, g.Q = g.W + 2 * g.pad_w - g.S + 1;
+  return g;
+}
+
 // One trial of `algorithm` against im2col on g, with random data drawn from gen, on
 // `threads` threads: every output within tolerance, and a second run equal bit for bit.
 // Returns the reference's outputs and dy (also the epilogue's residual).
@@ -139,20 +159,10 @@ TEST_CASE("conv algorithms: shifted rows covers stride 1 with padding below the 
 
 TEST_CASE("conv algorithms: shifted rows matches im2col on random shapes, repeatably") {
   std::mt19937 gen(2024);
-  const int64_t batches[] = {1, 3}, channels[] = {1, 3, 5, 16, 17, 20, 33}, sizes[] = {1, 2, 5, 7, 8, 11, 16};
-  const int64_t filters[] = {1, 2, 3, 5};
-  auto pick = [&gen](const auto& options) {
-    return options[std::uniform_int_distribution<size_t>(0, std::size(options) - 1)(gen)];
-  };
+  const ShapeOptions options{{1, 3}, {1, 3, 5, 16, 17, 20, 33}, {1, 2, 5, 7, 8, 11, 16}, {1, 2, 3, 5}};
   int tested = 0;
   for (int trial = 0; trial < 60; ++trial) {
-    Conv2dGeom g{};
-    g.N = pick(batches), g.C = pick(channels), g.K = pick(channels);
-    g.H = pick(sizes), g.W = pick(sizes), g.R = pick(filters), g.S = pick(filters);
-    g.stride_h = g.stride_w = 1;
-    g.pad_h = std::uniform_int_distribution<int64_t>(0, g.R - 1)(gen);
-    g.pad_w = std::uniform_int_distribution<int64_t>(0, g.S - 1)(gen);
-    g.P = g.H + 2 * g.pad_h - g.R + 1, g.Q = g.W + 2 * g.pad_w - g.S + 1;
+    const Conv2dGeom g = random_stride1_geometry(options, gen);
     if (g.P < 1 || g.Q < 1) continue;
     REQUIRE(cpu::conv_supports(ConvAlgorithm::ShiftedRows, g));
     const Trial result = check_against_im2col(ConvAlgorithm::ShiftedRows, g, 1 + trial % 3, gen);
@@ -172,19 +182,10 @@ TEST_CASE("conv algorithms: shifted rows matches im2col on random shapes, repeat
 // groups of images of different sizes (9 images of 8x8: groups of 16 tiles x 4 images).
 TEST_CASE("conv algorithms: Winograd F(2x2, 3x3) matches im2col on random shapes, repeatably") {
   std::mt19937 gen(33);
-  const int64_t batches[] = {1, 3, 9}, channels[] = {1, 3, 8, 17, 33}, sizes[] = {1, 2, 3, 4, 5, 7, 8, 13};
-  auto pick = [&gen](const auto& options) {
-    return options[std::uniform_int_distribution<size_t>(0, std::size(options) - 1)(gen)];
-  };
+  const ShapeOptions options{{1, 3, 9}, {1, 3, 8, 17, 33}, {1, 2, 3, 4, 5, 7, 8, 13}, {3}};
   int tested = 0;
   for (int trial = 0; trial < 50; ++trial) {
-    Conv2dGeom g{};
-    g.N = pick(batches), g.C = pick(channels), g.K = pick(channels);
-    g.H = pick(sizes), g.W = pick(sizes), g.R = 3, g.S = 3;
-    g.stride_h = g.stride_w = 1;
-    g.pad_h = std::uniform_int_distribution<int64_t>(0, 2)(gen);
-    g.pad_w = std::uniform_int_distribution<int64_t>(0, 2)(gen);
-    g.P = g.H + 2 * g.pad_h - 2, g.Q = g.W + 2 * g.pad_w - 2;
+    const Conv2dGeom g = random_stride1_geometry(options, gen);
     if (g.P < 1 || g.Q < 1) continue;
     REQUIRE(cpu::conv_supports(ConvAlgorithm::Winograd, g));
     check_against_im2col(ConvAlgorithm::Winograd, g, 1 + trial % 3, gen);
