@@ -30,7 +30,8 @@
 // products of a convolution (one image at a time) often lack. So:
 //   - with at most 32 row panels (M <= 32 * MR), full panels of op(B) = B are read in
 //     place, ldb floats apart (or through the row offsets of sgemm_indirect_b), and
-//     only the last partial panel is packed;
+//     so is the last partial panel when it is two or more whole vectors; otherwise
+//     only that panel is packed;
 //   - when N fits in one panel (N <= NR), op(A) = A^T is read in place (its MR rows
 //     side by side along k, lda apart), and when N fits in one vector op(A) = A is
 //     too (one row of A per row of the tile).
@@ -333,7 +334,11 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
     if (!direct_a && !a_packed) pack_a_slice<T, MR>(trans_a, a_rows, M, pc, kc, 0, row_panels, a_buffer);
     for (int64_t jc = 0; jc < N; jc += nc_max) {
       const int64_t nc = std::min(nc_max, N - jc);
-      const int64_t full = direct_b ? nc / NR * NR : 0;  // the columns read in place
+      // The columns read in place: the whole panels, and a last narrower one if it is
+      // whole vectors (the kernel loads no further) and at least two of them (a tile one
+      // vector wide has no kernel that reads B through row offsets).
+      const int64_t rest = nc % NR;
+      const int64_t full = !direct_b ? 0 : rest % L == 0 && rest >= 2 * L ? nc : nc - rest;
       if (trans_b) {
         for (int64_t j0 = 0; j0 < nc; j0 += NR) {  // op(B)[k][j] = B[j*ldb + k]
           const int cols = static_cast<int>(std::min<int64_t>(NR, nc - j0));
