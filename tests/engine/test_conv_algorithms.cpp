@@ -1,9 +1,9 @@
 // The fast CPU convolutions (shifted rows: implicit im2col on a zero-padded image;
 // Winograd's F(2x2, 3x3)) against the im2col reference on random shapes: odd sizes,
 // channels that are not multiples of the vector width, batch 1 to 9, 1x1 to 5x5 filters,
-// padding 0 to R-1, 1 to 3 threads; their results repeat bit for bit. And the
-// indirect-B product shifted rows rest on (sgemm_indirect_b) against the reference
-// product, on every instruction set.
+// padding 0 to R-1, strides 1 to 3 (shifted rows), 1 to 3 threads; their results repeat
+// bit for bit. And the indirect-B product shifted rows rest on (sgemm_indirect_b)
+// against the reference product, on every instruction set.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -36,7 +36,7 @@ std::vector<float> random_vector(int64_t n, std::mt19937& gen) {
 std::string describe(const Conv2dGeom& g) {
   std::ostringstream out;
   out << "N" << g.N << " C" << g.C << " " << g.H << "x" << g.W << " K" << g.K << " " << g.R << "x" << g.S << " pad "
-      << g.pad_h << "," << g.pad_w;
+      << g.pad_h << "," << g.pad_w << " stride " << g.stride_h << "," << g.stride_w;
   return out.str();
 }
 
@@ -78,23 +78,26 @@ ConvOutputs run(ConvAlgorithm algorithm, const Conv2dGeom& g, const std::vector<
   return out;
 }
 
-// A stride-1 convolution drawn at random: batch, channels in and out, height, width and
-// filter sides from the options, padding from 0 to the filter side - 1. P or Q may come
-// out below 1 (the caller skips those).
+// A convolution drawn at random: batch, channels in and out, height, width, filter
+// sides and strides from the options, padding from 0 to the filter side - 1. P or Q
+// may come out below 1 (the caller skips those).
 struct ShapeOptions {
-  std::vector<int64_t> batches, channels, sizes, filters;
+  std::vector<int64_t> batches, channels, sizes, filters, strides{1};
 };
-Conv2dGeom random_stride1_geometry(const ShapeOptions& o, std::mt19937& gen) {
+Conv2dGeom random_geometry(const ShapeOptions& o, std::mt19937& gen) {
   const auto pick = [&gen](const std::vector<int64_t>& options) {
     return options[std::uniform_int_distribution<size_t>(0, options.size() - 1)(gen)];
   };
   Conv2dGeom g{};
   g.N = pick(o.batches), g.C = pick(o.channels), g.K = pick(o.channels);
   g.H = pick(o.sizes), g.W = pick(o.sizes), g.R = pick(o.filters), g.S = pick(o.filters);
-  g.stride_h = g.stride_w = 1;
+  g.stride_h = pick(o.strides), g.stride_w = pick(o.strides);
   g.pad_h = std::uniform_int_distribution<int64_t>(0, g.R - 1)(gen);
   g.pad_w = std::uniform_int_distribution<int64_t>(0, g.S - 1)(gen);
-  g.P = g.H + 2 * g.pad_h - g.R + 1, g.Q = g.W + 2 * g.pad_w - g.S + 1;
+  const auto out = [](int64_t in, int64_t pad, int64_t taps, int64_t stride) {
+    return in + 2 * pad < taps ? 0 : (in + 2 * pad - taps) / stride + 1;
+  };
+  g.P = out(g.H, g.pad_h, g.R, g.stride_h), g.Q = out(g.W, g.pad_w, g.S, g.stride_w);
   return g;
 }
 
@@ -127,13 +130,18 @@ Trial check_against_im2col(ConvAlgorithm algorithm, const Conv2dGeom& g, int thr
 
 }  // namespace
 
-TEST_CASE("conv algorithms: shifted rows covers stride 1 with padding below the filter size") {
+TEST_CASE("conv algorithms: shifted rows covers strides, and stride 1 with padding below the filter size") {
   const Conv2dGeom same{2, 16, 32, 32, 16, 3, 3, 1, 1, 1, 1, 32, 32};
   CHECK(cpu::conv_supports(ConvAlgorithm::ShiftedRows, same));
   CHECK(cpu::conv_algorithm(same) == ConvAlgorithm::ShiftedRows);
   const Conv2dGeom strided{2, 16, 32, 32, 32, 3, 3, 2, 2, 1, 1, 16, 16};
-  CHECK_FALSE(cpu::conv_supports(ConvAlgorithm::ShiftedRows, strided));
-  CHECK(cpu::conv_algorithm(strided) == ConvAlgorithm::Im2col);
+  CHECK(cpu::conv_supports(ConvAlgorithm::ShiftedRows, strided));
+  CHECK(cpu::conv_algorithm(strided) == ConvAlgorithm::ShiftedRows);
+  const Conv2dGeom strided_pointwise{2, 64, 32, 32, 128, 1, 1, 2, 2, 0, 0, 16, 16};
+  CHECK(cpu::conv_supports(ConvAlgorithm::ShiftedRows, strided_pointwise));
+  CHECK(cpu::conv_algorithm(strided_pointwise) == ConvAlgorithm::Im2col);  // the strided sample is its column matrix
+  const Conv2dGeom strided_tiny{8, 256, 8, 8, 512, 3, 3, 2, 2, 1, 1, 4, 4};  // 4 x 5 columns per image
+  CHECK(cpu::conv_algorithm(strided_tiny) == ConvAlgorithm::Im2col);
   const Conv2dGeom wide_pad{1, 2, 5, 5, 2, 3, 3, 1, 1, 3, 3, 9, 9};
   CHECK_FALSE(cpu::conv_supports(ConvAlgorithm::ShiftedRows, wide_pad));
   const Conv2dGeom pointwise{2, 8, 6, 6, 8, 1, 1, 1, 1, 0, 0, 6, 6};
@@ -159,10 +167,10 @@ TEST_CASE("conv algorithms: shifted rows covers stride 1 with padding below the 
 
 TEST_CASE("conv algorithms: shifted rows matches im2col on random shapes, repeatably") {
   std::mt19937 gen(2024);
-  const ShapeOptions options{{1, 3}, {1, 3, 5, 16, 17, 20, 33}, {1, 2, 5, 7, 8, 11, 16}, {1, 2, 3, 5}};
-  int tested = 0;
-  for (int trial = 0; trial < 60; ++trial) {
-    const Conv2dGeom g = random_stride1_geometry(options, gen);
+  const ShapeOptions options{{1, 3}, {1, 3, 5, 16, 17, 20, 33}, {1, 2, 5, 7, 8, 11, 16}, {1, 2, 3, 5}, {1, 1, 2, 3}};
+  int tested = 0, strided = 0;
+  for (int trial = 0; trial < 90; ++trial) {
+    const Conv2dGeom g = random_geometry(options, gen);
     if (g.P < 1 || g.Q < 1) continue;
     REQUIRE(cpu::conv_supports(ConvAlgorithm::ShiftedRows, g));
     const Trial result = check_against_im2col(ConvAlgorithm::ShiftedRows, g, 1 + trial % 3, gen);
@@ -172,8 +180,10 @@ TEST_CASE("conv algorithms: shifted rows matches im2col on random shapes, repeat
     for (size_t i = 0; i < expected.size(); ++i) expected[i] = std::max(want.y[i] + result.dy[i], 0.0f);
     check_near(want.y_epilogue, expected, "im2col epilogue");
     ++tested;
+    strided += g.stride_h > 1 || g.stride_w > 1;
   }
-  CHECK(tested >= 40);
+  CHECK(tested >= 60);
+  CHECK(strided >= 25);
 }
 
 // Winograd's forward and backward data (its filter gradient is shifted rows') on 3x3
@@ -185,7 +195,7 @@ TEST_CASE("conv algorithms: Winograd F(2x2, 3x3) matches im2col on random shapes
   const ShapeOptions options{{1, 3, 9}, {1, 3, 8, 17, 33}, {1, 2, 3, 4, 5, 7, 8, 13}, {3}};
   int tested = 0;
   for (int trial = 0; trial < 50; ++trial) {
-    const Conv2dGeom g = random_stride1_geometry(options, gen);
+    const Conv2dGeom g = random_geometry(options, gen);
     if (g.P < 1 || g.Q < 1) continue;
     REQUIRE(cpu::conv_supports(ConvAlgorithm::Winograd, g));
     check_against_im2col(ConvAlgorithm::Winograd, g, 1 + trial % 3, gen);
