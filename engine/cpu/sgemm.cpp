@@ -159,6 +159,19 @@ void sgemm_indirect_b(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t 
 }
 
 void SgemmPackedA::pack(SgemmIsa isa, bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda) {
+  pack(isa, trans_a, M, K, A, lda, true);
+}
+
+void SgemmPackedA::pack(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda) {
+  pack(active_isa(), trans_a, M, K, A, lda, true);
+}
+
+void SgemmPackedA::pack_on_this_thread(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda) {
+  pack(active_isa(), trans_a, M, K, A, lda, false);
+}
+
+void SgemmPackedA::pack(SgemmIsa isa, bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda,
+                        bool on_team) {
   isa_ = isa, trans_a_ = trans_a, M_ = M, K_ = K, A_ = A, lda_ = lda;
   if (isa == SgemmIsa::Scalar || M <= 0 || K <= 0) return;
   const int tile_rows = isa == SgemmIsa::Avx512 ? detail::kAvx512TileRows : detail::kAvx2TileRows;
@@ -167,13 +180,23 @@ void SgemmPackedA::pack(SgemmIsa isa, bool trans_a, int64_t M, int64_t K, const 
   if (static_cast<int64_t>(panels_.size()) < row_panels * tile_rows * K)
     panels_.resize(static_cast<size_t>(row_panels * tile_rows * K));
   float* const dst = panels_.data();
+  if (!on_team) {
+    pack_panels(trans_a, M, K, A, lda, 0, row_panels, dst);
+    return;
+  }
   parallel_for(row_panels, tile_rows * K, [=](int64_t begin, int64_t end) {
     pack_panels(trans_a, M, K, A, lda, begin, end, dst);
   });
 }
 
-void SgemmPackedA::pack(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda) {
-  pack(active_isa(), trans_a, M, K, A, lda);
+void transpose(int64_t rows, int64_t cols, const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+  if (active_isa() == SgemmIsa::Scalar) {
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j) dst[j * ld_dst + i] = src[i * ld_src + j];
+    return;
+  }
+  // Both vector paths transpose with AVX (8 x 8 blocks); the AVX2 build has it.
+  detail::sgemm_transpose_avx2(rows, cols, src, ld_src, dst, ld_dst);
 }
 
 void sgemm_packed_a(const SgemmPackedA& a, bool trans_b, int64_t N, float alpha, const float* B, int64_t ldb,

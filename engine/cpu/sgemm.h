@@ -57,6 +57,9 @@ class SgemmPackedA {
  public:
   void pack(SgemmIsa isa, bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda);
   void pack(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda);  // with the instruction set in use
+  // The same on the calling thread alone, for use inside a parallel region (one
+  // object per thread).
+  void pack_on_this_thread(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda);
 
  private:
   friend void sgemm_packed_a(const SgemmPackedA& a, bool trans_b, int64_t N, float alpha, const float* B,
@@ -66,12 +69,18 @@ class SgemmPackedA {
   int64_t M_ = 0, K_ = 0, lda_ = 0;
   const float* A_ = nullptr;
   std::vector<float> panels_;  // kept from one pack() to the next: no fresh pages per call
+
+  void pack(SgemmIsa isa, bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda, bool on_team);
 };
 
 // C (M x N) = alpha * op(A) * op(B) + beta * C, with op(A) (M x K) packed in `a`; B's
 // rows ldb apart, or at the offsets b_rows as in sgemm_indirect_b (ldb unused).
 void sgemm_packed_a(const SgemmPackedA& a, bool trans_b, int64_t N, float alpha, const float* B, int64_t ldb,
                     const int64_t* b_rows, float beta, float* C, int64_t ldc);
+
+// dst (cols x rows, rows ld_dst apart) = src^T, src being rows x cols with rows ld_src
+// apart: in blocks of 8 x 8 through vector registers where the CPU has AVX2.
+void transpose(int64_t rows, int64_t cols, const float* src, int64_t ld_src, float* dst, int64_t ld_dst);
 
 // The definition as a plain triple loop (sums in double), the reference of the tests.
 void sgemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,

@@ -47,4 +47,9 @@ POLYAK_SGEMM_TARGET void sgemm_pack_a_avx2(bool trans_a, int64_t M, int64_t K, c
   pack_a<Avx2, kAvx2TileRows>(trans_a, M, K, A, lda, p_begin, p_end, dst);
 }
 
+POLYAK_SGEMM_TARGET void sgemm_transpose_avx2(int64_t rows, int64_t cols, const float* src, int64_t ld_src, float* dst,
+                                              int64_t ld_dst) {
+  transpose_blocks(rows, cols, src, ld_src, dst, ld_dst);
+}
+
 }  // namespace polyak::cpu::detail

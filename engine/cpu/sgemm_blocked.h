@@ -60,6 +60,9 @@ void sgemm_avx2(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, flo
                 int64_t lda, const float* a_packed, const float* B, int64_t ldb, const int64_t* b_rows, float beta,
                 float* C, int64_t ldc);
 
+// dst = src^T (engine/cpu/sgemm.h: transpose), in AVX registers.
+void sgemm_transpose_avx2(int64_t rows, int64_t cols, const float* src, int64_t ld_src, float* dst, int64_t ld_dst);
+
 // The rows of a micro-kernel's tile (MR): the height of a packed panel of op(A).
 constexpr int kAvx512TileRows = 8, kAvx2TileRows = 6;
 
@@ -188,6 +191,24 @@ POLYAK_SGEMM_TARGET void pack_transposed(const RowMap& src, int64_t j0, int64_t 
     }
     for (; k < kc; ++k)
       for (int i = 0; i < lanes; ++i) dst[k * W + j + i] = i < rows ? s[i][k] : 0.0f;
+  }
+}
+
+// dst (cols x rows) = src^T, block by block of 8 x 8 (the edges element by element).
+POLYAK_SGEMM_TARGET inline void transpose_blocks(int64_t rows, int64_t cols, const float* src, int64_t ld_src,
+                                                 float* dst, int64_t ld_dst) {
+  for (int64_t i0 = 0; i0 < rows; i0 += 8) {
+    const int n = static_cast<int>(std::min<int64_t>(8, rows - i0));
+    const float* s[8];
+    for (int i = 0; i < n; ++i) s[i] = src + (i0 + i) * ld_src;
+    int64_t k = 0;
+    if (n == 8) {
+      for (; k + 8 <= cols; k += 8) transpose_8x8<true>(s, k, 8, dst + k * ld_dst + i0, ld_dst, 8);
+    } else {
+      for (; k + 8 <= cols; k += 8) transpose_8x8<false>(s, k, n, dst + k * ld_dst + i0, ld_dst, n);
+    }
+    for (; k < cols; ++k)
+      for (int i = 0; i < n; ++i) dst[k * ld_dst + i0 + i] = s[i][k];
   }
 }
 

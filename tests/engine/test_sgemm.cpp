@@ -155,3 +155,39 @@ TEST_CASE("sgemm: empty products, K = 0 and alpha = 0 only scale C by beta") {
     CHECK(C == std::vector<float>{5, 5, 5, 5});
   }
 }
+
+TEST_CASE("sgemm: op(A) packed on the calling thread gives the product packed on the team") {
+  std::mt19937 gen(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (const bool trans_a : {false, true}) {
+    const int64_t M = 37, N = 53, K = 411;  // several row panels and two slices of K
+    std::vector<float> A(M * K), B(K * N);
+    for (float& x : A) x = normal(gen);
+    for (float& x : B) x = normal(gen);
+    polyak::cpu::SgemmPackedA team, here;
+    team.pack(trans_a, M, K, A.data(), trans_a ? M : K);
+    here.pack_on_this_thread(trans_a, M, K, A.data(), trans_a ? M : K);
+    std::vector<float> C_team(M * N), C_here(M * N), want(M * N);
+    polyak::cpu::sgemm_packed_a(team, false, N, 1.0f, B.data(), N, nullptr, 0.0f, C_team.data(), N);
+    polyak::cpu::sgemm_packed_a(here, false, N, 1.0f, B.data(), N, nullptr, 0.0f, C_here.data(), N);
+    polyak::cpu::sgemm_reference(trans_a, false, M, N, K, 1.0f, A.data(), trans_a ? M : K, B.data(), N, 0.0f,
+                                 want.data(), N);
+    CHECK(C_here == C_team);
+    for (int64_t i = 0; i < M * N; ++i) REQUIRE(std::abs(C_here[i] - want[i]) <= 1e-3f * std::max(1.0f, std::abs(want[i])));
+  }
+}
+
+TEST_CASE("transpose: every element lands in its place, the rest of dst is left alone") {
+  std::mt19937 gen(12);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (const int64_t rows : {1, 3, 8, 9, 16, 17, 33})
+    for (const int64_t cols : {1, 7, 8, 15, 24, 32}) {
+      INFO("rows " << rows << " cols " << cols);
+      const int64_t ld_src = cols + 3, ld_dst = rows + 5;
+      std::vector<float> src(rows * ld_src), dst(cols * ld_dst, -7.0f);
+      for (float& x : src) x = normal(gen);
+      polyak::cpu::transpose(rows, cols, src.data(), ld_src, dst.data(), ld_dst);
+      for (int64_t j = 0; j < cols; ++j)
+        for (int64_t i = 0; i < ld_dst; ++i) REQUIRE(dst[j * ld_dst + i] == (i < rows ? src[i * ld_src + j] : -7.0f));
+    }
+}
