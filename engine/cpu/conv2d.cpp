@@ -75,6 +75,7 @@
 // taps); it stays on im2col and col2im.
 #include <algorithm>
 #include <cstring>
+#include <tuple>
 #include <vector>
 
 #include "engine/cpu/conv2d.h"
@@ -226,6 +227,31 @@ struct PhaseAxis {
     }
   }
   int64_t count() const { return static_cast<int64_t>(phases.size()); }
+
+  // The length of a row of a phase when `rows` of them are stored end to end. A read
+  // past a row's end lands in the next row, whose first `before` elements are padding
+  // (zero in every row): they can double as this row's trailing padding, which takes
+  // the row from `padded` down to as little as out + span - before (W + 1 instead of
+  // W + 2 for a 3x3 filter with padding 1), as long as every element holding input that
+  // an output reads stays inside the row. Of the lengths that work, the one whose
+  // rows * length columns make the fewest vectors of 16 floats, whole vectors first
+  // (the product reads a last panel of whole vectors in place): 33 at 32x32 (1056
+  // columns, 3% fewer than 1088), 17 at 16x16 (272 against 288), but 10 at 8x8 (80,
+  // as 72 would be 4.5 vectors).
+  int64_t row_length(int64_t rows) const {
+    const int64_t span = padded - out;  // the largest tap_start
+    int64_t data_end = 0;               // one past the last element holding input that an output reads
+    for (const int64_t ph : phases)
+      data_end = std::max(data_end, std::min(out + span, before + (in - ph + stride - 1) / stride));
+    const int64_t shortest = std::max({out, out + span - before, data_end});
+    const auto cost = [rows](int64_t length) {
+      return std::tuple{(rows * length + 15) / 16, (rows * length) % 16 != 0, length};
+    };
+    int64_t best = padded;
+    for (int64_t length = shortest; length < padded; ++length)
+      if (cost(length) < cost(best)) best = length;
+    return best;
+  }
 };
 
 // A zero-padded image, split into phases when strided, and the row offsets of its
@@ -243,7 +269,8 @@ struct ShiftedRows {
   ShiftedRows(int64_t C_, int64_t H, int64_t W, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
               int64_t pad_h, int64_t pad_w)
       : C(C_), vertical(H, R, stride_h, pad_h), horizontal(W, S, stride_w, pad_w), P(vertical.out),
-        Q(horizontal.out), Hs(vertical.padded), Ws(horizontal.padded), offsets(static_cast<size_t>(C * R * S)) {
+        Q(horizontal.out), Hs(vertical.padded), Ws(horizontal.row_length(P)),
+        offsets(static_cast<size_t>(C * R * S)) {
     for (int64_t c = 0; c < C; ++c)
       for (int64_t r = 0; r < R; ++r)
         for (int64_t s = 0; s < S; ++s)
@@ -256,8 +283,10 @@ struct ShiftedRows {
   }
   int64_t columns() const { return P * Ws; }
   int64_t planes() const { return C * vertical.count() * horizontal.count(); }
-  // The last row's dropped columns read Ws - Q floats past the last plane: zeros.
-  int64_t padded_size() const { return planes() * Hs * Ws + Ws - Q; }
+  // The last row's dropped columns read up to the largest tap_start of the horizontal
+  // axis past the last plane: zeros.
+  int64_t tail() const { return horizontal.padded - horizontal.out; }
+  int64_t padded_size() const { return planes() * Hs * Ws + tail(); }
 
   // A padded image is zeroed once (zero_border), then each image of the batch is copied
   // into its planes, which leaves the border and the tail zero: every image writes the
@@ -480,10 +509,12 @@ void shifted_backward_filter(const Conv2dGeom& g, const float* x, const float* d
 bool channels_last_pays(const Conv2dGeom& g) { return g.stride_h == 1 && g.stride_w == 1 && g.S * g.C >= 32; }
 
 void channels_last_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw) {
-  const int64_t Hp = g.H + 2 * g.pad_h, Wp = g.W + 2 * g.pad_w, SC = g.S * g.C, RSC = g.R * SC;
-  const int64_t columns = g.P * Wp;
-  // The last row's dropped columns read S - 1 pixels past the padded image: zeros.
-  const int64_t image_floats = (Hp * Wp + g.S - 1) * g.C;
+  // The padded image's pixels laid out as shifted rows lay out a channel (rows Wp
+  // pixels long, the padding shared between rows where it can be).
+  const ShiftedRows layout = forward_rows(g);
+  const int64_t Wp = layout.Ws, SC = g.S * g.C, RSC = g.R * SC, columns = layout.columns();
+  const int64_t top = layout.vertical.before, left = layout.horizontal.before;
+  const int64_t image_floats = layout.padded_size() * g.C;
   thread_local std::vector<float> reordered_buffer;
   float* const reordered = scratch(reordered_buffer, g.K * RSC);  // (K, R, S, C)
   sum_over_images(g, reordered, [&](int64_t n_begin, int64_t n_end, float* acc) {
@@ -496,7 +527,7 @@ void channels_last_backward_filter(const Conv2dGeom& g, const float* x, const fl
     for (int64_t n = n_begin; n < n_end; ++n) {
       const float* xn = x + n * g.C * g.H * g.W;
       for (int64_t h = 0; h < g.H; ++h)  // row h of every channel (C x W) into pixels (W x C)
-        transpose(g.C, g.W, xn + h * g.W, g.H * g.W, xc + ((h + g.pad_h) * Wp + g.pad_w) * g.C, g.C);
+        transpose(g.C, std::min(g.W, Wp - left), xn + h * g.W, g.H * g.W, xc + ((h + top) * Wp + left) * g.C, g.C);
       spread_output(g, dy, n, Wp, spread);
       packed_spread.pack_on_this_thread(false, g.K, columns, spread, columns);
       for (int64_t r = 0; r < g.R; ++r)
@@ -631,7 +662,7 @@ ConvAlgorithm conv_algorithm(const Conv2dGeom& g) {
   // at 8x8 3.5 -> 5.0 and 32 at 16x16 2.6 -> 4.5.
   if (conv_supports(ConvAlgorithm::Winograd, g) && g.C >= 64 && g.K >= 64 && g.C * g.P * g.Q >= 16384)
     return ConvAlgorithm::Winograd;
-  const int64_t columns_per_image = g.P * PhaseAxis(g.W, g.S, g.stride_w, g.pad_w).padded;
+  const int64_t columns_per_image = g.P * PhaseAxis(g.W, g.S, g.stride_w, g.pad_w).row_length(g.P);
   if (g.R * g.S > 1 && columns_per_image >= 64 && conv_supports(ConvAlgorithm::ShiftedRows, g))
     return ConvAlgorithm::ShiftedRows;
   return ConvAlgorithm::Im2col;
