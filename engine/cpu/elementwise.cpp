@@ -1,5 +1,6 @@
 // Elementwise CPU kernels: fill, strided copy, broadcasting binary ops, scalar and
 // unary maps, axpy. All outputs may alias an input of the same layout (in-place use).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -90,26 +91,32 @@ void binary_loop(const BroadcastGeom& geom, const float* a, const float* b, floa
   const int64_t as = g.a_strides[last], bs = g.b_strides[last];
   int64_t rows = 1;
   for (int d = 0; d < last; ++d) rows *= g.shape[d];
+  // Rows are cut into pieces, so that the threads share the work even when the dims
+  // merged into one row (a same-shape add is a single row of every element).
+  constexpr int64_t kPiece = 8192;
+  const int64_t pieces = (inner + kPiece - 1) / kPiece;
   const RowWalker walker{last, g.shape};
   // Pointers captured by value: see engine/cpu/relu.cpp.
-  parallel_for(rows, inner, [&g, &walker, a, b, y, inner, as, bs, op](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float* ar = a + walker.offset_of(r, g.a_strides);
-      const float* br = b + walker.offset_of(r, g.b_strides);
-      float* yr = y + r * inner;
-      if (as == 1 && bs == 1) {
-        for (int64_t j = 0; j < inner; ++j) yr[j] = op(ar[j], br[j]);
-      } else if (as == 1 && bs == 0) {
-        const float bv = br[0];
-        for (int64_t j = 0; j < inner; ++j) yr[j] = op(ar[j], bv);
-      } else if (as == 0 && bs == 1) {
-        const float av = ar[0];
-        for (int64_t j = 0; j < inner; ++j) yr[j] = op(av, br[j]);
-      } else {
-        for (int64_t j = 0; j < inner; ++j) yr[j] = op(ar[j * as], br[j * bs]);
-      }
-    }
-  });
+  parallel_for(rows * pieces, std::min(inner, kPiece),
+               [&g, &walker, a, b, y, inner, pieces, as, bs, op](int64_t begin, int64_t end) {
+                 for (int64_t item = begin; item < end; ++item) {
+                   const int64_t r = item / pieces, j0 = item % pieces * kPiece, j1 = std::min(inner, j0 + kPiece);
+                   const float* ar = a + walker.offset_of(r, g.a_strides);
+                   const float* br = b + walker.offset_of(r, g.b_strides);
+                   float* yr = y + r * inner;
+                   if (as == 1 && bs == 1) {
+                     for (int64_t j = j0; j < j1; ++j) yr[j] = op(ar[j], br[j]);
+                   } else if (as == 1 && bs == 0) {
+                     const float bv = br[0];
+                     for (int64_t j = j0; j < j1; ++j) yr[j] = op(ar[j], bv);
+                   } else if (as == 0 && bs == 1) {
+                     const float av = ar[0];
+                     for (int64_t j = j0; j < j1; ++j) yr[j] = op(av, br[j]);
+                   } else {
+                     for (int64_t j = j0; j < j1; ++j) yr[j] = op(ar[j * as], br[j * bs]);
+                   }
+                 }
+               });
 }
 
 template <class F>

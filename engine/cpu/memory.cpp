@@ -1,9 +1,11 @@
 // CPU memory: tensors' blocks from one arena (engine/cpu/host_arena.h), and copies.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "engine/cpu/cpu_backend.h"
+#include "engine/parallel.h"
 
 namespace polyak {
 
@@ -35,12 +37,37 @@ void CpuBackend::deallocate(void* ptr, size_t) {
 void CpuBackend::copy_from_host(void* dst, const void* host_src, size_t bytes) { copy(dst, host_src, bytes); }
 void CpuBackend::copy_to_host(void* host_dst, const void* src, size_t bytes) { copy(host_dst, src, bytes); }
 
+namespace {
+
+// Byte ranges of a few megabytes (activations, their gradients) are shared among the
+// threads in pieces of kPiece bytes: one core's stores cannot fill or copy them at the
+// memory's bandwidth.
+constexpr int64_t kPiece = 64 * 1024;
+
+template <class Body>
+void in_pieces(size_t bytes, Body&& body) {
+  const auto n = static_cast<int64_t>(bytes);
+  parallel_for((n + kPiece - 1) / kPiece, kPiece, [n, &body](int64_t begin, int64_t end) {
+    body(static_cast<size_t>(begin * kPiece), static_cast<size_t>(std::min(n, end * kPiece) - begin * kPiece));
+  });
+}
+
+}  // namespace
+
 void CpuBackend::copy(void* dst, const void* src, size_t bytes) {
-  if (bytes && dst != src) std::memmove(dst, src, bytes);
+  if (!bytes || dst == src) return;
+  auto* d = static_cast<char*>(dst);
+  const auto* s = static_cast<const char*>(src);
+  if (d + bytes <= s || s + bytes <= d) {  // disjoint: any split is safe
+    in_pieces(bytes, [d, s](size_t at, size_t n) { std::memcpy(d + at, s + at, n); });
+  } else {
+    std::memmove(dst, src, bytes);
+  }
 }
 
 void CpuBackend::set_zero(void* dst, size_t bytes) {
-  if (bytes) std::memset(dst, 0, bytes);
+  auto* d = static_cast<char*>(dst);
+  in_pieces(bytes, [d](size_t at, size_t n) { std::memset(d + at, 0, n); });
 }
 
 }  // namespace polyak

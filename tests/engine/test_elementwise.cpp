@@ -1,7 +1,9 @@
 // Elementwise ops: values, broadcasting, gradient checks, device parity.
 #include <doctest/doctest.h>
 
+#include "engine/backend.h"
 #include "engine/ops.h"
+#include "engine/parallel.h"
 #include "engine/rng.h"
 #include "support/gradcheck.h"
 
@@ -35,6 +37,40 @@ TEST_CASE("elementwise: broadcasting as bias and per-channel ops need it") {
   CHECK(broadcast_shapes({5, 1, 4}, {3, 1}) == Shape{5, 3, 4});
   CHECK_THROWS_AS(Tensor::ones({2, 3}) + Tensor::ones({2}), std::invalid_argument);
   CHECK_THROWS_AS(Tensor::ones({2}) + Tensor::zeros({2}, DType::I64), std::invalid_argument);
+}
+
+// Large operands are cut into pieces shared by the threads, also when every dim merges
+// into one row; the pieces' edges must not drop or repeat elements.
+TEST_CASE("elementwise: large operands on several threads, pieces cut across rows") {
+  const int saved = num_threads();
+  set_num_threads(3);
+  Rng rng(4);
+  const Shape shape{3, 5, 97, 131};  // 190 605 elements: not a multiple of any piece
+  const Tensor a = Tensor::normal(shape, 0.0f, 1.0f, rng), b = Tensor::normal(shape, 0.0f, 1.0f, rng);
+  const Tensor row = Tensor::normal({1, 1, 1, 131}, 0.0f, 1.0f, rng);
+  const std::vector<float> av = a.to_vector<float>(), bv = b.to_vector<float>(), rv = row.to_vector<float>();
+  const std::vector<float> sum = (a + b).to_vector<float>(), scaled = (a * row).to_vector<float>();
+  const std::vector<float> crossed = (a.transpose(2, 3).contiguous().transpose(2, 3) - b).to_vector<float>();
+  // Filled and copied by the backend, read in place (to_vector copies too).
+  Tensor zeroed = Tensor::full(shape, 1.0f);
+  zeroed.zero_();
+  Tensor copied = Tensor::empty(shape, DType::F32, Device::CPU);
+  backend(Device::CPU).copy(copied.data<float>(), a.data<float>(), av.size() * sizeof(float));
+  set_num_threads(saved);
+  const float* zeros = zeroed.data<float>();
+  size_t wrong_sum = 0, wrong_scaled = 0, wrong_crossed = 0, wrong_zeros = 0, wrong_copied = 0;
+  for (size_t i = 0; i < av.size(); ++i) {
+    wrong_sum += sum[i] != av[i] + bv[i];
+    wrong_scaled += scaled[i] != av[i] * rv[i % 131];
+    wrong_crossed += crossed[i] != av[i] - bv[i];
+    wrong_zeros += zeros[i] != 0.0f;
+    wrong_copied += copied.data<float>()[i] != a.data<float>()[i];
+  }
+  CHECK(wrong_sum == 0);
+  CHECK(wrong_scaled == 0);
+  CHECK(wrong_crossed == 0);
+  CHECK(wrong_zeros == 0);
+  CHECK(wrong_copied == 0);
 }
 
 TEST_CASE("elementwise: scalar and unary ops") {
