@@ -514,7 +514,7 @@ void channels_last_backward_filter(const Conv2dGeom& g, const float* x, const fl
   const ShiftedRows layout = forward_rows(g);
   const int64_t Wp = layout.Ws, SC = g.S * g.C, RSC = g.R * SC, columns = layout.columns();
   const int64_t top = layout.vertical.before, left = layout.horizontal.before;
-  const int64_t image_floats = layout.padded_size() * g.C;
+  const int64_t image_floats = (layout.Hs * layout.Ws + layout.tail()) * g.C;
   thread_local std::vector<float> reordered_buffer;
   float* const reordered = scratch(reordered_buffer, g.K * RSC);  // (K, R, S, C)
   sum_over_images(g, reordered, [&](int64_t n_begin, int64_t n_end, float* acc) {
