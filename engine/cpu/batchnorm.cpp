@@ -18,11 +18,12 @@
 //   running_var  = (1 - f) running_var  + f var * M / (M - 1)   (unbiased)
 // Forward, evaluation: the same affine map with running_mean and running_var.
 //
-// The statistics take one pass over memory: each row's mean and sum of squared
-// deviations are computed exactly (two passes over a row that stays in L1), and the rows
-// are merged with Chan's update, which never subtracts two large sums:
-//   n = na + nb,  d = mean_b - mean_a,  mean = mean_a + d nb / n,
-//   m2 = m2_a + m2_b + d^2 na nb / n.
+// The statistics take one pass over memory, summing d = x - K and d^2 with a shift K
+// per channel, the mean of the channel's first row (image 0):
+//   mean = K + sum(d) / M,   var = sum(d^2) / M - (sum(d) / M)^2.
+// With K within a few standard deviations of the mean, as a row's mean is, the two
+// terms of var do not cancel: a channel with mean 1e4 and unit variance keeps its
+// variance to float precision, where sum(x^2) / M - mean^2 would lose all of it.
 //
 // Backward (training): y depends on every x of its channel through mean and var. With
 // g = dy (masked by y > 0 after a fused ReLU; g is also the residual's gradient),
@@ -31,9 +32,10 @@
 // (the two subtracted terms are the gradient flowing through the mean and through the
 // variance).
 //
-// The sums run over rows of HW floats: each row is summed in kLanes float lanes (a
-// fixed order the compiler turns into vector adds; one double accumulator would make a
-// serial chain of dependent adds, 4 cycles per element), and the rows in double.
+// The sums run over rows of HW floats in kLanes float lanes (a fixed order the compiler
+// turns into vector adds; one double accumulator would make a serial chain of dependent
+// adds, 4 cycles per element), which are added into a double total every kFlush
+// elements: after every row, that costs more than a row of an 8x8 map (64 floats).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -48,40 +50,66 @@ namespace polyak {
 namespace {
 
 constexpr int kLanes = 16;
+constexpr int64_t kFlush = 1024;
 
-// The sum of f(i) over i < n, in kLanes float lanes then added up in double.
-template <class F>
-double lane_sum(int64_t n, F f) {
+// A running sum of values given row by row, in kLanes float lanes that are flushed into
+// a double total every kFlush values.
+struct LaneSum {
   float lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) lanes[l] += f(i + l);
-  for (int l = 0; i < n; ++i, ++l) lanes[l] += f(i);
   double total = 0.0;
-  for (float lane : lanes) total += lane;
-  return total;
-}
+  int64_t pending = 0;
 
-// Count, mean and sum of squared deviations of the values seen so far.
+  // Adds f(s) for the row's elements s < n.
+  template <class F>
+  void add_row(int64_t n, F f) {
+    float acc[kLanes];  // a local copy: the row cannot alias it, so it stays in registers
+    std::copy(lanes, lanes + kLanes, acc);
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+      for (int l = 0; l < kLanes; ++l) acc[l] += f(i + l);
+    for (int l = 0; i < n; ++i, ++l) acc[l] += f(i);
+    std::copy(acc, acc + kLanes, lanes);
+    pending += n;
+    if (pending >= kFlush) flush();
+  }
+  void flush() {
+    for (float& lane : lanes) {
+      total += lane;
+      lane = 0.0f;
+    }
+    pending = 0;
+  }
+  double sum() {
+    flush();
+    return total;
+  }
+};
+
+// A channel's sums of d = x - shift and d^2 (see the top of the file), the shift being
+// the mean of the channel's first row.
 struct Moments {
-  double count = 0.0, mean = 0.0, m2 = 0.0;
+  float shift = 0.0f;
+  LaneSum d, d2;
 
-  void add_row(const float* row, int64_t n) {
+  explicit Moments(const float* first_row = nullptr, int64_t n = 0) {
     if (n <= 0) return;
-    const double row_mean = lane_sum(n, [row](int64_t s) { return row[s]; }) / static_cast<double>(n);
-    // Deviations from the float-rounded mean fm, then moved to the exact row mean:
-    // sum (x - m)^2 = sum (x - fm)^2 - n (m - fm)^2.
-    const float fm = static_cast<float>(row_mean);
-    const double off = row_mean - fm;
-    const double row_m2 = lane_sum(n, [row, fm](int64_t s) {
-                            const float d = row[s] - fm;
-                            return d * d;
-                          }) - static_cast<double>(n) * off * off;
-    const double nb = static_cast<double>(n), total = count + nb;
-    const double delta = row_mean - mean;
-    mean += delta * nb / total;
-    m2 += std::max(row_m2, 0.0) + delta * delta * count * nb / total;
-    count = total;
+    LaneSum row;
+    row.add_row(n, [first_row](int64_t s) { return first_row[s]; });
+    shift = static_cast<float>(row.sum() / static_cast<double>(n));
+  }
+  void add_row(const float* row, int64_t n) {
+    const float k = shift;
+    d.add_row(n, [row, k](int64_t s) { return row[s] - k; });
+    d2.add_row(n, [row, k](int64_t s) {
+      const float v = row[s] - k;
+      return v * v;
+    });
+  }
+  // The mean and the biased variance of the m values added.
+  void result(int64_t m, double& mean, double& var) {
+    const double dm = m > 0 ? d.sum() / static_cast<double>(m) : 0.0;
+    mean = shift + dm;
+    var = m > 0 ? std::max(d2.sum() / static_cast<double>(m) - dm * dm, 0.0) : 0.0;
   }
 };
 
@@ -121,12 +149,13 @@ void CpuBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x,
     thread_local std::vector<Affine> map_buffer;
     Moments* moments = cpu::scratch(moments_buffer, c1 - c0);
     Affine* maps = cpu::scratch(map_buffer, c1 - c0);
-    std::fill(moments, moments + (c1 - c0), Moments{});
+    for (int64_t c = c0; c < c1; ++c) moments[c - c0] = Moments(x + c * HW, N > 0 ? HW : 0);
     for (int64_t n = 0; n < N; ++n)
       for (int64_t c = c0; c < c1; ++c) moments[c - c0].add_row(x + (n * C + c) * HW, HW);
     for (int64_t c = c0; c < c1; ++c) {
-      const double mean = moments[c - c0].mean, sq = moments[c - c0].m2;
-      const double var = M > 0 ? sq / static_cast<double>(M) : 0.0;
+      double mean, var;
+      moments[c - c0].result(M, mean, var);
+      const double sq = var * static_cast<double>(M);
       const double invstd = 1.0 / std::sqrt(var + static_cast<double>(eps));
       save_mean[c] = static_cast<float>(mean);
       save_invstd[c] = static_cast<float>(invstd);
@@ -168,14 +197,14 @@ void CpuBackend::batchnorm_backward(const BatchNormGeom& g, const float* x, cons
   struct Channel {
     Affine forward;
     float mean;
-    double sum_g = 0.0, sum_g_xc = 0.0;
+    LaneSum sum_g, sum_g_xc;  // of g and of g * (x - mean)
     float k = 0.0f, u = 0.0f, v = 0.0f;
   };
   parallel_for(C, 4 * M, [&](int64_t c0, int64_t c1) {
     thread_local std::vector<Channel> channel_buffer;
     Channel* channels = cpu::scratch(channel_buffer, c1 - c0);
     for (int64_t c = c0; c < c1; ++c)
-      channels[c - c0] = {train_affine(c, gamma, beta, save_mean[c], save_invstd[c]), save_mean[c]};
+      channels[c - c0] = {train_affine(c, gamma, beta, save_mean[c], save_invstd[c]), save_mean[c], {}, {}};
 
     // Calls body(g) with g(s) the gradient at element s of the row at `at` (channel ch):
     // dy, or dy masked by the ReLU's output (read, or recomputed from x). Each case is
@@ -201,8 +230,8 @@ void CpuBackend::batchnorm_backward(const BatchNormGeom& g, const float* x, cons
         const float* xr = x + at;
         const float fmean = ch.mean;
         with_grad(at, ch, [&](auto grad) {
-          ch.sum_g += lane_sum(HW, grad);
-          ch.sum_g_xc += lane_sum(HW, [&grad, xr, fmean](int64_t s) { return grad(s) * (xr[s] - fmean); });
+          ch.sum_g.add_row(HW, grad);
+          ch.sum_g_xc.add_row(HW, [&grad, xr, fmean](int64_t s) { return grad(s) * (xr[s] - fmean); });
           if (dresidual) {
             float* dr = dresidual + at;
             for (int64_t s = 0; s < HW; ++s) dr[s] = grad(s);
@@ -215,12 +244,12 @@ void CpuBackend::batchnorm_backward(const BatchNormGeom& g, const float* x, cons
     for (int64_t c = c0; c < c1; ++c) {
       Channel& ch = channels[c - c0];
       const double mean = save_mean[c], invstd = save_invstd[c];
-      const double sum_g_xhat = ch.sum_g_xc * invstd;
+      const double sum_g = ch.sum_g.sum(), sum_g_xhat = ch.sum_g_xc.sum() * invstd;
       if (dgamma) dgamma[c] = static_cast<float>(sum_g_xhat);
-      if (dbeta) dbeta[c] = static_cast<float>(ch.sum_g);
+      if (dbeta) dbeta[c] = static_cast<float>(sum_g);
       const double inv_m = M > 0 ? 1.0 / static_cast<double>(M) : 0.0;
       const double k = (gamma ? gamma[c] : 1.0) * invstd;
-      const double a = ch.sum_g * inv_m, b = sum_g_xhat * inv_m;
+      const double a = sum_g * inv_m, b = sum_g_xhat * inv_m;
       ch.k = static_cast<float>(k);
       ch.u = static_cast<float>(-k * b * invstd);
       ch.v = static_cast<float>(k * (b * invstd * mean - a));
