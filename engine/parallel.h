@@ -4,6 +4,7 @@
 // competes for the cores.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -38,6 +39,43 @@ void parallel_for(int64_t n, int64_t cost_per_item, Body&& body) {
     // give up vectorising. A copy whose address never escapes cannot be aliased.
     std::decay_t<Body> local = body;
     if (begin < end) local(begin, end);
+  }
+}
+
+// Shares [0, n) among the thread team in chunks of `grain` items that each thread
+// claims as it finishes its last, for loops whose items cost the same but whose threads
+// may not run at the same speed: on a shared machine another process or the hypervisor
+// takes part of a core now and then, and with a fixed split the whole team then waits
+// for the slow thread at the end of the loop. body(next) runs once per thread, so that
+// what it sets up (a zeroed buffer) serves all its chunks, and next(begin, end) hands it
+// the next chunk until it returns false. Which thread computes an item varies from run
+// to run: each item's result must not depend on that. Runs inline, [0, n) in one chunk,
+// when the work (n * cost_per_item) is too small to be worth a fork.
+template <class Body>
+void parallel_chunks(int64_t n, int64_t grain, int64_t cost_per_item, Body&& body) {
+  const int threads = num_threads();
+  if (threads <= 1 || n < 2 || n * cost_per_item < 32768) {
+    bool given = false;
+    const auto once = [&given, n](int64_t& begin, int64_t& end) {
+      if (given || n <= 0) return false;
+      given = true, begin = 0, end = n;
+      return true;
+    };
+    body(once);
+    return;
+  }
+  grain = grain < 1 ? 1 : grain;
+  std::atomic<int64_t> claimed{0};
+#pragma omp parallel num_threads(threads)
+  {
+    const auto next = [&claimed, n, grain](int64_t& begin, int64_t& end) {
+      begin = claimed.fetch_add(grain, std::memory_order_relaxed);
+      if (begin >= n) return false;
+      end = begin + grain < n ? begin + grain : n;
+      return true;
+    };
+    std::decay_t<Body> local = body;  // (see parallel_for)
+    local(next);
   }
 }
 

@@ -31,7 +31,8 @@
 // (images_per_product).
 //
 // The images of the batch are spread over the thread team; each thread calls a
-// single-threaded sgemm on its own images. The weights, the A of the forward and
+// single-threaded sgemm on its own images (in the shifted-rows forward and data gradient,
+// the images each thread claims as it finishes its last: engine/parallel.h). The weights, the A of the forward and
 // backward-data products, are packed once per call for all of them (SgemmPackedA).
 // The filter gradient sums over images, so each task accumulates into its own partial
 // dW and the partials are then added.
@@ -346,17 +347,19 @@ void shifted_forward(const Conv2dGeom& g, const float* x, const float* w, const 
                      float* y) {
   const ShiftedRows rows = forward_rows(g);
   const SgemmPackedA& weights = packed_weights(false, g.K, g.C * g.R * g.S, w);
-  parallel_for(g.N, gemm_cost(g), [&](int64_t begin, int64_t end) {
+  parallel_chunks(g.N, 1, gemm_cost(g), [&](auto&& next) {
     thread_local std::vector<float> image_buffer, wide_buffer;
     float* xp = scratch(image_buffer, rows.padded_size());
     float* wide = scratch(wide_buffer, g.K * rows.columns());
     rows.zero_border(xp);
-    for (int64_t n = begin; n < end; ++n) {
-      rows.copy_interior(x + n * g.C * g.H * g.W, xp);
-      rows.product(weights, xp, wide);
-      const int64_t at = n * g.K * g.P * g.Q;
-      rows.drop_wrapped(g.K, wide, bias, epilogue.residual ? epilogue.residual + at : nullptr, epilogue.relu,
-                        y + at);
+    for (int64_t begin, end; next(begin, end);) {
+      for (int64_t n = begin; n < end; ++n) {
+        rows.copy_interior(x + n * g.C * g.H * g.W, xp);
+        rows.product(weights, xp, wide);
+        const int64_t at = n * g.K * g.P * g.Q;
+        rows.drop_wrapped(g.K, wide, bias, epilogue.residual ? epilogue.residual + at : nullptr, epilogue.relu,
+                          y + at);
+      }
     }
   });
 }
@@ -377,15 +380,17 @@ const float* flipped_filters(const Conv2dGeom& g, const float* w) {
 void shifted_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
   const ShiftedRows rows = backward_data_rows(g);
   const SgemmPackedA& weights = packed_weights(false, g.C, g.K * g.R * g.S, flipped_filters(g, w));
-  parallel_for(g.N, gemm_cost(g), [&](int64_t begin, int64_t end) {
+  parallel_chunks(g.N, 1, gemm_cost(g), [&](auto&& next) {
     thread_local std::vector<float> image_buffer, wide_buffer;
     float* dyp = scratch(image_buffer, rows.padded_size());
     float* wide = scratch(wide_buffer, g.C * rows.columns());
     rows.zero_border(dyp);
-    for (int64_t n = begin; n < end; ++n) {
-      rows.copy_interior(dy + n * g.K * g.P * g.Q, dyp);
-      rows.product(weights, dyp, wide);
-      rows.drop_wrapped(g.C, wide, nullptr, nullptr, false, dx + n * g.C * g.H * g.W);
+    for (int64_t begin, end; next(begin, end);) {
+      for (int64_t n = begin; n < end; ++n) {
+        rows.copy_interior(dy + n * g.K * g.P * g.Q, dyp);
+        rows.product(weights, dyp, wide);
+        rows.drop_wrapped(g.C, wide, nullptr, nullptr, false, dx + n * g.C * g.H * g.W);
+      }
     }
   });
 }
