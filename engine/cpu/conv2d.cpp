@@ -325,12 +325,11 @@ struct ShiftedRows {
   // the bias, residual and act = ReLU where given.
   void drop_wrapped(int64_t M, const float* wide, const float* bias, const float* residual, bool relu,
                     float* y) const {
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t p = 0; p < P; ++p) {
-        const int64_t at = (m * P + p) * Q;
-        affine_epilogue(Q, wide + (m * P + p) * Ws, 1.0f, bias ? bias[m] : 0.0f, residual ? residual + at : nullptr,
-                        relu, y + at);
-      }
+    for (int64_t m = 0; m < M; ++m) {
+      const int64_t at = m * P * Q;
+      affine_epilogue(P, Q, wide + m * P * Ws, Ws, 1.0f, bias ? bias[m] : 0.0f, residual ? residual + at : nullptr,
+                      relu, y + at);
+    }
   }
 };
 

@@ -170,12 +170,10 @@ void transform_outputs(const Conv2dGeom& g, const Tiles& tiles, const float* M, 
       float* const o1 = o + 2 * tw;
       columns_of_s_a(tw, s, s + tw, s + 2 * tw, s + 3 * tw, o0);
       columns_of_s_a(tw, s + 4 * tw, s + 5 * tw, s + 6 * tw, s + 7 * tw, o1);
-      for (int a = 0; a < 2 && 2 * ty + a < g.P; ++a) {
-        const int64_t at = (k * g.P + 2 * ty + a) * g.Q;
-        const float* row = a == 0 ? o0 : o1;
-        float* yr = y + at;
-        affine_epilogue(g.Q, row, 1.0f, shift, residual ? residual + at : nullptr, relu, yr);
-      }
+      // The tile row's two output rows (one at the bottom edge of an odd P).
+      const int64_t at = (k * g.P + 2 * ty) * g.Q;
+      affine_epilogue(std::min<int64_t>(2, g.P - 2 * ty), g.Q, o0, o1 - o0, 1.0f, shift,
+                      residual ? residual + at : nullptr, relu, y + at);
     }
   }
 }
