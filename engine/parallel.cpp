@@ -7,8 +7,6 @@
 #include <string>
 #include <thread>
 
-extern "C" void openblas_set_num_threads(int num_threads);
-
 namespace polyak {
 
 namespace {
@@ -21,21 +19,14 @@ int initial_threads() {
 }
 
 int& thread_setting() {
-  static int threads = [] {
-    const int n = initial_threads();
-    openblas_set_num_threads(1);
-    return n;
-  }();
+  static int threads = initial_threads();
   return threads;
 }
 }  // namespace
 
 int num_threads() { return thread_setting(); }
 
-void set_num_threads(int threads) {
-  thread_setting() = std::max(1, threads);
-  openblas_set_num_threads(1);
-}
+void set_num_threads(int threads) { thread_setting() = std::max(1, threads); }
 
 int omp_team_size() { return omp_get_num_threads(); }
 int omp_thread_id() { return omp_get_thread_num(); }
