@@ -25,8 +25,8 @@ void cuda_check(cudaError_t status, const char* what, const char* file, int line
 
 void cublas_check(cublasStatus_t status, const char* what, const char* file, int line) {
   if (status == CUBLAS_STATUS_SUCCESS) return;
-  throw std::runtime_error(std::string("cuBLAS error: ") + cublasGetStatusString(status) + " in " + what + " at " +
-                           file + ":" + std::to_string(line));
+  throw std::runtime_error(std::string("cuBLAS error: ") + cublas_library().status_string(status) + " in " + what +
+                           " at " + file + ":" + std::to_string(line));
 }
 
 void cudnn_check(cudnnStatus_t status, const char* what, const char* file, int line) {
@@ -123,7 +123,7 @@ CudaBackend::~CudaBackend() {
   cudaStreamSynchronize(stream_);
   for (auto& [key, plan] : conv_plans_) destroy_conv_plan(plan);
   if (cudnn_) cudnnDestroy(cudnn_);
-  if (cublas_) cublasDestroy(cublas_);
+  if (cublas_) cublas_library().destroy(cublas_);
   if (cublas_workspace_) deallocate(cublas_workspace_, cublas_workspace_bytes_);
   for (StagingSlot& slot : staging_) {
     if (slot.done) cudaEventDestroy(slot.done);
@@ -140,14 +140,15 @@ CudaBackend::~CudaBackend() {
 
 cublasHandle_t CudaBackend::cublas() {
   std::call_once(cublas_once_, [this] {
-    POLYAK_CUBLAS(cublasCreate(&cublas_));
-    POLYAK_CUBLAS(cublasSetStream(cublas_, stream_));
+    const CublasLibrary& library = cublas_library();
+    POLYAK_CUBLAS(library.create(&cublas_));
+    POLYAK_CUBLAS(library.set_stream(cublas_, stream_));
     // Our own workspace, so that cuBLAS never allocates behind the allocator's back
     // (32 MiB is NVIDIA's recommendation for Hopper).
     cublas_workspace_bytes_ = size_t{32} << 20;
     cublas_workspace_ = allocate(cublas_workspace_bytes_);
-    POLYAK_CUBLAS(cublasSetWorkspace(cublas_, cublas_workspace_, cublas_workspace_bytes_));
-    POLYAK_CUBLAS(cublasSetPointerMode(cublas_, CUBLAS_POINTER_MODE_HOST));
+    POLYAK_CUBLAS(library.set_workspace(cublas_, cublas_workspace_, cublas_workspace_bytes_));
+    POLYAK_CUBLAS(library.set_pointer_mode(cublas_, CUBLAS_POINTER_MODE_HOST));
   });
   return cublas_;
 }

@@ -45,13 +45,14 @@ void CudaBackend::gemm_strided_batched(bool trans_a, bool trans_b, int64_t M, in
   const int m = checked_int(N, "N"), n = checked_int(M, "M"), k = checked_int(K, "K");
   const int ld_b = checked_int(std::max<int64_t>(ldb, 1), "ldb"), ld_a = checked_int(std::max<int64_t>(lda, 1), "lda"),
             ld_c = checked_int(std::max<int64_t>(ldc, 1), "ldc");
+  const CublasLibrary& library = cublas_library();
   if (batch == 1) {
-    POLYAK_CUBLAS(cublasGemmEx(cublas(), op_b, op_a, m, n, k, &alpha, B, CUDA_R_32F, ld_b, A, CUDA_R_32F, ld_a, &beta,
-                               C, CUDA_R_32F, ld_c, compute, CUBLAS_GEMM_DEFAULT));
+    POLYAK_CUBLAS(library.gemm_ex(cublas(), op_b, op_a, m, n, k, &alpha, B, CUDA_R_32F, ld_b, A, CUDA_R_32F, ld_a, &beta,
+                                  C, CUDA_R_32F, ld_c, compute, CUBLAS_GEMM_DEFAULT));
   } else {
-    POLYAK_CUBLAS(cublasGemmStridedBatchedEx(cublas(), op_b, op_a, m, n, k, &alpha, B, CUDA_R_32F, ld_b, stride_b, A,
-                                             CUDA_R_32F, ld_a, stride_a, &beta, C, CUDA_R_32F, ld_c, stride_c,
-                                             checked_int(batch, "batch"), compute, CUBLAS_GEMM_DEFAULT));
+    POLYAK_CUBLAS(library.gemm_strided_batched_ex(cublas(), op_b, op_a, m, n, k, &alpha, B, CUDA_R_32F, ld_b, stride_b,
+                                                  A, CUDA_R_32F, ld_a, stride_a, &beta, C, CUDA_R_32F, ld_c, stride_c,
+                                                  checked_int(batch, "batch"), compute, CUBLAS_GEMM_DEFAULT));
   }
 }
 

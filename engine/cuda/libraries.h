@@ -5,6 +5,7 @@
 #include <cublas_v2.h>
 #include <cudnn.h>
 
+#include "engine/cuda/cublas_library.h"
 #include "engine/cuda/cuda_backend.h"
 
 namespace polyak {
