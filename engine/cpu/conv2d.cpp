@@ -53,7 +53,9 @@
 // so row (c, r, s) of the column matrix is xp itself, shifted by c*Hp*Wp + r*Wp + s: the
 // product reads it through a table of row offsets (sgemm_indirect_b), and its packing of
 // B is the only copy. The columns q >= Q of each output row wrap into the next row of
-// xp; they are computed and dropped ((Wp - Q) / Wp of the work: 6% at 32x32, 20% at 8x8).
+// xp; they are computed and dropped ((Wp - Q) / Wp of the work: 6% at 32x32, 20% at 8x8;
+// rows can share their padding, which halves that where it fits whole vectors:
+// PhaseAxis::row_length).
 //
 //   forward          y'[n] (K x P*Wp)  = W (K x CRS) * col, then y[n] = the columns q < Q
 //   backward data    a stride-1 convolution is its own adjoint up to flipping the filter:
@@ -260,7 +262,8 @@ struct PhaseAxis {
 // (c * phases_h + ph_h) * phases_w + ph_w of the padded image, Hs x Ws floats; output
 // pixel (p, q) is column j = p * Ws + q, and row (c, r, s) of the column matrix starts at
 // its plane + tap_start_h[r] * Ws + tap_start_w[s]. With stride 1 there is one phase per
-// axis, Hs = H + 2 ph and Ws = W + 2 pw: the plain padded image.
+// axis, Hs = H + 2 ph and Ws = W + 2 pw, or less where rows share their padding
+// (PhaseAxis::row_length): the plain padded image.
 struct ShiftedRows {
   int64_t C;
   PhaseAxis vertical, horizontal;
@@ -542,7 +545,8 @@ void channels_last_backward_filter(const Conv2dGeom& g, const float* x, const fl
   parallel_for(g.K, RSC, [&](int64_t k_begin, int64_t k_end) {
     for (int64_t k = k_begin; k < k_end; ++k)
       for (int64_t c = 0; c < g.C; ++c)
-        for (int64_t rs = 0; rs < g.R * g.S; ++rs) dw[(k * g.C + c) * g.R * g.S + rs] = reordered[k * RSC + rs * g.C + c];
+        for (int64_t rs = 0; rs < g.R * g.S; ++rs)
+          dw[(k * g.C + c) * g.R * g.S + rs] = reordered[k * RSC + rs * g.C + c];
   });
 }
 
