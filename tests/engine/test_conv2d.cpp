@@ -17,8 +17,10 @@
 #include "engine/parallel.h"
 #include "engine/rng.h"
 #include "support/gradcheck.h"
+#include "support/threads_scope.h"
 
 using namespace polyak;
+using polyak::testing::ThreadsScope;
 using polyak::testing::check_close;
 using polyak::testing::gradcheck;
 
@@ -130,15 +132,6 @@ ConvTensors random_conv_tensors(const ConvCase& c, Rng& rng) {
   t.dy = Tensor::uniform({c.N, c.K, P, Q}, -1.0f, 1.0f, rng);
   return t;
 }
-
-class ThreadsScope {
- public:
-  explicit ThreadsScope(int threads) : saved_(num_threads()) { set_num_threads(threads); }
-  ~ThreadsScope() { set_num_threads(saved_); }
-
- private:
-  int saved_;
-};
 
 }  // namespace
 

@@ -19,8 +19,10 @@
 #include "engine/cpu/conv2d.h"
 #include "engine/cpu/sgemm.h"
 #include "engine/parallel.h"
+#include "support/threads_scope.h"
 
 using namespace polyak;
+using polyak::testing::ThreadsScope;
 using cpu::ConvAlgorithm;
 using cpu::SgemmIsa;
 
@@ -50,15 +52,6 @@ void check_near(const std::vector<float>& got, const std::vector<float>& want, c
     }
   }
 }
-
-class ThreadsScope {
- public:
-  explicit ThreadsScope(int threads) : saved_(num_threads()) { set_num_threads(threads); }
-  ~ThreadsScope() { set_num_threads(saved_); }
-
- private:
-  int saved_;
-};
 
 struct ConvOutputs {
   std::vector<float> y, dx, dw, db;

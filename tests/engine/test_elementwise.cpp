@@ -3,12 +3,13 @@
 
 #include "engine/backend.h"
 #include "engine/ops.h"
-#include "engine/parallel.h"
 #include "engine/rng.h"
 #include "support/gradcheck.h"
+#include "support/threads_scope.h"
 
 using namespace polyak;
 using polyak::testing::check_close;
+using polyak::testing::ThreadsScope;
 using polyak::testing::for_each_accelerator;
 using polyak::testing::gradcheck;
 
@@ -42,8 +43,7 @@ TEST_CASE("elementwise: broadcasting as bias and per-channel ops need it") {
 // Large operands are cut into pieces shared by the threads, also when every dim merges
 // into one row; the pieces' edges must not drop or repeat elements.
 TEST_CASE("elementwise: large operands on several threads, pieces cut across rows") {
-  const int saved = num_threads();
-  set_num_threads(3);
+  const ThreadsScope three_threads(3);
   Rng rng(4);
   const Shape shape{3, 5, 97, 131};  // 190 605 elements: not a multiple of any piece
   const Tensor a = Tensor::normal(shape, 0.0f, 1.0f, rng), b = Tensor::normal(shape, 0.0f, 1.0f, rng);
@@ -56,7 +56,6 @@ TEST_CASE("elementwise: large operands on several threads, pieces cut across row
   zeroed.zero_();
   Tensor copied = Tensor::empty(shape, DType::F32, Device::CPU);
   backend(Device::CPU).copy(copied.data<float>(), a.data<float>(), av.size() * sizeof(float));
-  set_num_threads(saved);
   const float* zeros = zeroed.data<float>();
   size_t wrong_sum = 0, wrong_scaled = 0, wrong_crossed = 0, wrong_zeros = 0, wrong_copied = 0;
   for (size_t i = 0; i < av.size(); ++i) {

@@ -8,21 +8,10 @@
 #include <vector>
 
 #include "engine/parallel.h"
+#include "support/threads_scope.h"
 
 using namespace polyak;
-
-namespace {
-
-class ThreadsScope {
- public:
-  explicit ThreadsScope(int threads) : saved_(num_threads()) { set_num_threads(threads); }
-  ~ThreadsScope() { set_num_threads(saved_); }
-
- private:
-  int saved_;
-};
-
-}  // namespace
+using polyak::testing::ThreadsScope;
 
 TEST_CASE("parallel loops: every item exactly once, on any team size") {
   for (const int threads : {1, 2, 3}) {
