@@ -20,12 +20,18 @@ void set_num_threads(int threads);
 int omp_team_size();
 int omp_thread_id();
 
+// Whether n items of cost_per_item each are worth forking the team of `threads` for:
+// below about 32768 units of work the fork and the barrier cost more than they save.
+inline bool worth_a_fork(int threads, int64_t n, int64_t cost_per_item) {
+  return threads > 1 && n >= 2 && n * cost_per_item >= 32768;
+}
+
 // Calls body(begin, end) on contiguous chunks of [0, n) across the thread team; runs
-// inline when the work (n * cost_per_item) is too small to be worth a fork.
+// inline when the work is too small to be worth a fork.
 template <class Body>
 void parallel_for(int64_t n, int64_t cost_per_item, Body&& body) {
   const int threads = num_threads();
-  if (threads <= 1 || n < 2 || n * cost_per_item < 32768) {
+  if (!worth_a_fork(threads, n, cost_per_item)) {
     if (n > 0) body(int64_t{0}, n);
     return;
   }
@@ -51,11 +57,11 @@ void parallel_for(int64_t n, int64_t cost_per_item, Body&& body) {
 // what it sets up (a zeroed buffer) serves all its chunks, and next(begin, end) hands it
 // the next chunk until it returns false. Which thread computes an item varies from run
 // to run: each item's result must not depend on that. Runs inline, [0, n) in one chunk,
-// when the work (n * cost_per_item) is too small to be worth a fork.
+// when the work is too small to be worth a fork.
 template <class Body>
 void parallel_chunks(int64_t n, int64_t grain, int64_t cost_per_item, Body&& body) {
   const int threads = num_threads();
-  if (threads <= 1 || n < 2 || n * cost_per_item < 32768) {
+  if (!worth_a_fork(threads, n, cost_per_item)) {
     bool given = false;
     const auto once = [&given, n](int64_t& begin, int64_t& end) {
       if (given || n <= 0) return false;

@@ -31,11 +31,11 @@
 // (images_per_product).
 //
 // The images of the batch are spread over the thread team; each thread calls a
-// single-threaded sgemm on its own images (in the shifted-rows forward and data gradient,
-// the images each thread claims as it finishes its last: engine/parallel.h). The weights, the A of the forward and
-// backward-data products, are packed once per call for all of them (SgemmPackedA).
-// The filter gradient sums over images, so each task accumulates into its own partial
-// dW and the partials are then added.
+// single-threaded sgemm on its own images (in the shifted-rows forward and data
+// gradient, the images each thread claims as it finishes its last: engine/parallel.h).
+// The weights, the A of the forward and backward-data products, are packed once per
+// call for all of them (SgemmPackedA). The filter gradient sums over images, so each
+// task accumulates into its own partial dW and the partials are then added.
 // Scratch buffers (the column matrices, the partials) are thread_local vectors that
 // grow to the largest layer and stay: a training step reuses the same pages instead
 // of faulting in fresh memory every call.
