@@ -11,7 +11,8 @@ namespace polyak::cpu {
 
 enum class ConvAlgorithm {
   Im2col,       // the reference: im2col + sgemm, col2im for the data gradient; every geometry
-  ShiftedRows,  // implicit im2col on a zero-padded image; stride 1 with padding < the kernel size
+  ShiftedRows,  // implicit im2col on a zero-padded image, split into phases when strided;
+                // any stride, and stride 1 with padding < the kernel size
   Winograd,     // the forward by Winograd's F(2x2, 3x3) (winograd.cpp), the gradients by shifted rows;
                 // 3x3, stride 1, padding < 3
 };

@@ -183,6 +183,26 @@ TEST_CASE("conv algorithms: shifted rows matches im2col on random shapes, repeat
 // filters: padding 0 to 2, odd output sizes (a last tile half outside), 1x1 and 2x2
 // maps, channel counts that are not multiples of a tile, and batches that split into
 // groups of images of different sizes (9 images of 8x8: groups of 16 tiles x 4 images).
+// A strided data gradient runs on the phases of dx, each with its own subset of the taps
+// and its own padding of dy: padding as wide as the filter or wider (every phase reads
+// past dy on both sides), phases that receive no tap (stride above the filter size,
+// whose dx there is zero), and an odd width whose last phase is one shorter.
+TEST_CASE("conv algorithms: shifted rows' strided data gradient, wide padding and phases without taps") {
+  std::mt19937 gen(11);
+  const Conv2dGeom shapes[] = {
+      {2, 3, 7, 9, 4, 3, 3, 2, 2, 3, 4, 6, 8},   // padding 3 and 4 around a 3x3 filter
+      {2, 5, 9, 7, 3, 1, 3, 3, 2, 1, 3, 4, 6},   // stride 3 over one row tap: two row phases without taps
+      {1, 4, 11, 11, 6, 2, 2, 3, 3, 0, 0, 4, 4},  // 2x2 filter, stride 3: a third of the phases empty
+      {3, 8, 33, 17, 16, 3, 3, 2, 2, 1, 1, 17, 9},  // odd sizes, the ResNet stride-2 filter
+  };
+  for (const Conv2dGeom& g : shapes) {
+    REQUIRE(g.P == (g.H + 2 * g.pad_h - g.R) / g.stride_h + 1);
+    REQUIRE(g.Q == (g.W + 2 * g.pad_w - g.S) / g.stride_w + 1);
+    REQUIRE(cpu::conv_supports(ConvAlgorithm::ShiftedRows, g));
+    check_against_im2col(ConvAlgorithm::ShiftedRows, g, 2, gen);
+  }
+}
+
 TEST_CASE("conv algorithms: Winograd F(2x2, 3x3) matches im2col on random shapes, repeatably") {
   std::mt19937 gen(33);
   const ShapeOptions options{{1, 3, 9}, {1, 3, 8, 17, 33}, {1, 2, 3, 4, 5, 7, 8, 13}, {3}};
@@ -200,9 +220,14 @@ TEST_CASE("conv algorithms: Winograd F(2x2, 3x3) matches im2col on random shapes
 TEST_CASE("conv algorithms: the ResNet-20 layer shapes, threaded") {
   std::mt19937 gen(7);
   ThreadsScope scope(2);
+  std::vector<Conv2dGeom> shapes;
   for (const int64_t channels : {16, 32, 64}) {
     const int64_t size = 512 / channels;  // 32x32, 16x16, 8x8
-    const Conv2dGeom g{3, channels, size, size, channels, 3, 3, 1, 1, 1, 1, size, size};
+    shapes.push_back({3, channels, size, size, channels, 3, 3, 1, 1, 1, 1, size, size});
+    // and the first layer of the next stage: twice the filters, stride 2
+    if (channels < 64) shapes.push_back({3, channels, size, size, 2 * channels, 3, 3, 2, 2, 1, 1, size / 2, size / 2});
+  }
+  for (const Conv2dGeom& g : shapes) {
     INFO(describe(g));
     const std::vector<float> x = random_vector(g.N * g.C * g.H * g.W, gen), w = random_vector(g.K * g.C * 9, gen),
                              dy = random_vector(g.N * g.K * g.P * g.Q, gen);
