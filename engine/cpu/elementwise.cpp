@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <type_traits>
 
 #include "engine/cpu/cpu_backend.h"
 #include "engine/parallel.h"
@@ -36,30 +37,89 @@ struct RowWalker {
   }
 };
 
+// A copy's dims with those of size 1 dropped, and adjacent dims merged wherever both
+// operands step through them as through one: the interior of a channel-padded tensor
+// becomes one row per image instead of one per image row, and a contiguous copy one row.
+struct CopyGeom {
+  int ndim = 0;
+  int64_t shape[kMaxDims] = {}, dst_strides[kMaxDims] = {}, src_strides[kMaxDims] = {};
+};
+CopyGeom merge_dims(const Layout& dl, const Layout& sl) {
+  CopyGeom m;
+  for (int d = 0; d < dl.ndim; ++d) {
+    if (dl.shape[d] == 1) continue;
+    const int last = m.ndim - 1;
+    if (m.ndim > 0 && m.dst_strides[last] == dl.strides[d] * dl.shape[d] &&
+        m.src_strides[last] == sl.strides[d] * dl.shape[d]) {
+      m.shape[last] *= dl.shape[d];
+      m.dst_strides[last] = dl.strides[d];
+      m.src_strides[last] = sl.strides[d];
+    } else {
+      m.shape[m.ndim] = dl.shape[d];
+      m.dst_strides[m.ndim] = dl.strides[d];
+      m.src_strides[m.ndim] = sl.strides[d];
+      ++m.ndim;
+    }
+  }
+  return m;
+}
+
+// d[j * d_step] = s[j * s_step] for j < n. The steps of slices and their gradients (1
+// and 2) are constants to the compiler, which then moves whole vectors (permuted for a
+// step of 2); a step known only at run time costs a scalar load and store per element.
+template <class T>
+void copy_row(const T* s, int64_t s_step, T* d, int64_t d_step, int64_t n) {
+  const auto run = [s, d, n](auto s_const, auto d_const) {
+    for (int64_t j = 0; j < n; ++j) d[j * d_const] = s[j * s_const];
+  };
+  if (s_step == 1 && d_step == 1) {
+    std::memcpy(d, s, static_cast<size_t>(n) * sizeof(T));
+  } else if (s_step == 2 && d_step == 1) {
+    run(std::integral_constant<int64_t, 2>{}, std::integral_constant<int64_t, 1>{});
+  } else if (s_step == 1 && d_step == 2) {
+    run(std::integral_constant<int64_t, 1>{}, std::integral_constant<int64_t, 2>{});
+  } else {
+    run(s_step, d_step);
+  }
+}
+
 template <class T>
 void copy_rows(T* dst, const Layout& dl, const T* src, const Layout& sl) {
-  const int last = dl.ndim - 1;
-  const int64_t inner = dl.ndim ? dl.shape[last] : 1;
-  const int64_t d_inner = dl.ndim ? dl.strides[last] : 1, s_inner = dl.ndim ? sl.strides[last] : 1;
+  const CopyGeom g = merge_dims(dl, sl);
+  if (g.ndim == 0) {  // a single element
+    dst[0] = src[0];
+    return;
+  }
+  const int last = g.ndim - 1;
+  const int64_t inner = g.shape[last];
   int64_t rows = 1;
-  for (int d = 0; d < last; ++d) rows *= dl.shape[d];
-  const RowWalker walker{std::max(last, 0), dl.shape};
+  for (int d = 0; d < last; ++d) rows *= g.shape[d];
   parallel_for(rows, inner, [&](int64_t begin, int64_t end) {
+    // The index of row `begin` over the outer dims, then counted up row by row (one
+    // division per dim here, not per row).
+    int64_t index[kMaxDims] = {}, s_at = 0, d_at = 0;
+    for (int64_t d = last - 1, rest = begin; d >= 0; --d) {
+      index[d] = rest % g.shape[d];
+      rest /= g.shape[d];
+      s_at += index[d] * g.src_strides[d];
+      d_at += index[d] * g.dst_strides[d];
+    }
     for (int64_t r = begin; r < end; ++r) {
-      const T* s = src + walker.offset_of(r, sl.strides);
-      T* d = dst + walker.offset_of(r, dl.strides);
-      if (d_inner == 1 && s_inner == 1) {
-        std::memcpy(d, s, static_cast<size_t>(inner) * sizeof(T));
-      } else {
-        for (int64_t j = 0; j < inner; ++j) d[j * d_inner] = s[j * s_inner];
+      copy_row(src + s_at, g.src_strides[last], dst + d_at, g.dst_strides[last], inner);
+      for (int d = last - 1; d >= 0; --d) {  // the next row: carry through the dims
+        s_at += g.src_strides[d];
+        d_at += g.dst_strides[d];
+        if (++index[d] < g.shape[d]) break;
+        s_at -= g.shape[d] * g.src_strides[d];
+        d_at -= g.shape[d] * g.dst_strides[d];
+        index[d] = 0;
       }
     }
   });
 }
 
-// The same iteration with adjacent dims merged wherever both operands step through them
-// as through one (the output is contiguous): a same-shape add becomes one flat row
-// instead of N*C*H rows of W, each placed by a division per dim.
+// The same merging for a binary op, whose output is contiguous: a same-shape add
+// becomes one flat row instead of N*C*H rows of W, each placed by a division per dim.
 BroadcastGeom merge_dims(const BroadcastGeom& g) {
   BroadcastGeom m;
   for (int d = 0; d < g.ndim; ++d) {

@@ -80,6 +80,54 @@ TEST_CASE("tensor: views - reshape, slice, transpose, permute, contiguous") {
   CHECK_THROWS_AS(x.permute({0, 0, 1}), std::invalid_argument);
 }
 
+// Strided copies as the option-A shortcut makes them (x[:, :, ::2, ::2] into the
+// channel interior of a padded tensor, and its gradient back), with rows long enough for
+// the vectorised paths of steps 1 and 2 and their scalar tails, a step of 3, dims that
+// merge (the interior of each image is one block) and all three element sizes; every
+// element against its index formula.
+TEST_CASE("tensor: strided copies of long rows, both ways, every element size") {
+  const int64_t N = 3, C = 4, H = 6, W = 37;
+  const auto value = [W, H, C](int64_t n, int64_t c, int64_t h, int64_t w) { return ((n * C + c) * H + h) * W + w; };
+  const auto check_dtype = [&](auto zero) {
+    using T = decltype(zero);
+    std::vector<T> data(static_cast<size_t>(N * C * H * W));
+    for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<T>(i % 251);
+    const Tensor x = Tensor::from_data(data.data(), {N, C, H, W});
+    for (const int64_t step : {1, 2, 3}) {
+      INFO("dtype size " << sizeof(T) << ", step " << step);
+      // Gather: every step-th column of every second row, into the middle channels.
+      const Tensor sampled = x.slice(2, 0, H, 2).slice(3, 1, W, step);
+      const int64_t Hs = sampled.size(2), Ws = sampled.size(3);
+      Tensor padded = Tensor::zeros({N, C + 4, Hs, Ws}, dtype_of<T>());
+      padded.slice(1, 2, C + 2, 1).copy_(sampled);
+      const std::vector<T> got = padded.to_vector<T>();
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = 0; c < C + 4; ++c)
+          for (int64_t h = 0; h < Hs; ++h)
+            for (int64_t w = 0; w < Ws; ++w) {
+              const bool inside = c >= 2 && c < C + 2;
+              const T want = inside ? static_cast<T>(value(n, c - 2, 2 * h, 1 + w * step) % 251) : T{0};
+              REQUIRE(got[static_cast<size_t>(((n * (C + 4) + c) * Hs + h) * Ws + w)] == want);
+            }
+      // Scatter: the interior back into those places of a zero tensor of x's shape.
+      Tensor back = Tensor::zeros({N, C, H, W}, dtype_of<T>());
+      back.slice(2, 0, H, 2).slice(3, 1, W, step).copy_(padded.slice(1, 2, C + 2, 1));
+      const std::vector<T> scattered = back.to_vector<T>();
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t h = 0; h < H; ++h)
+            for (int64_t w = 0; w < W; ++w) {
+              const bool sampled_here = h % 2 == 0 && w >= 1 && (w - 1) % step == 0;
+              const T want = sampled_here ? static_cast<T>(value(n, c, h, w) % 251) : T{0};
+              REQUIRE(scattered[static_cast<size_t>(value(n, c, h, w))] == want);
+            }
+    }
+  };
+  check_dtype(float{});
+  check_dtype(uint8_t{});
+  check_dtype(int64_t{});
+}
+
 TEST_CASE("tensor: in-place ops and copies") {
   Tensor a = Tensor::from_vector({1, 2, 3, 4}, {2, 2});
   const Tensor b = Tensor::from_vector({10, 20, 30, 40}, {2, 2});
