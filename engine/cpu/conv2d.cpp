@@ -54,8 +54,8 @@
 // product reads it through a table of row offsets (sgemm_indirect_b), and its packing of
 // B is the only copy. The columns q >= Q of each output row wrap into the next row of
 // xp; they are computed and dropped ((Wp - Q) / Wp of the work: 6% at 32x32, 20% at 8x8;
-// rows can share their padding, which halves that where it fits whole vectors:
-// PhaseAxis::row_length).
+// rows can share their padding, which halves that where it fits whole vectors, and
+// small maps put two images side by side in each row: PhaseAxis::row_layout).
 //
 //   forward          y'[n] (K x P*Wp)  = W (K x CRS) * col, then y[n] = the columns q < Q
 //   backward data    a stride-1 convolution is its own adjoint up to flipping the filter:
@@ -252,50 +252,66 @@ struct PhaseAxis {
   }
   int64_t count() const { return static_cast<int64_t>(phases.size()); }
 
-  // The length of a row of a phase when `rows` of them are stored end to end. A read
-  // past a row's end lands in the next row, whose first `before` elements are padding
-  // (zero in every row): they can double as this row's trailing padding, which takes
-  // the row from `padded` down to as little as out + span - before (W + 1 instead of
-  // W + 2 for a 3x3 filter with padding 1), as long as every element holding input that
-  // an output reads stays inside the row. Of the lengths that work, the one whose
-  // rows * length columns make the fewest vectors of 16 floats, whole vectors first
-  // (the product reads a last panel of whole vectors in place): 33 at 32x32 (1056
-  // columns, 3% fewer than 1088), 17 at 16x16 (272 against 288), but 10 at 8x8 (80,
-  // as 72 would be 4.5 vectors).
-  int64_t row_length(int64_t rows) const {
+  // How `rows` rows of a phase are stored end to end: `images` images side by side in
+  // each row, each in a slot of `slot` elements.
+  //
+  // A read past the end of a slot lands in the next slot, or the next row's first,
+  // whose first `before` elements are padding (zero in every slot): they can double as
+  // this slot's trailing padding, which takes it from `padded` down to as little as
+  // out + span - before (W + 1 instead of W + 2 for a 3x3 filter with padding 1), as
+  // long as every element holding input that an output reads stays inside the slot.
+  //
+  // Of the layouts that work, the one whose rows * images * slot columns make the fewest
+  // vectors of 16 floats per image; then fewer images, whole vectors (the product reads
+  // a last panel of whole vectors in place), a shorter slot. One image in rows of 33 at
+  // 32x32 (1056 columns, 3% fewer than 1088), of 17 at 16x16 (272 against 288), but
+  // two images in rows of 2 x 9 at 8x8: 144 columns, 9 vectors, where one image takes 5
+  // (80 columns, as 72 would be 4.5 vectors).
+  struct RowLayout {
+    int64_t images, slot;
+  };
+  RowLayout row_layout(int64_t rows, int64_t max_images) const {
     const int64_t span = padded - out;  // the largest tap_start
     int64_t data_end = 0;               // one past the last element holding input that an output reads
     for (const int64_t ph : phases)
       data_end = std::max(data_end, std::min(out + span, before + (in - ph + stride - 1) / stride));
     const int64_t shortest = std::max({out, out + span - before, data_end});
-    const auto cost = [rows](int64_t length) {
-      return std::tuple{(rows * length + 15) / 16, (rows * length) % 16 != 0, length};
+    const auto cost = [rows](const RowLayout& l) {
+      const int64_t columns = rows * l.images * l.slot, vectors = (columns + 15) / 16;
+      // vectors per image as an exact fraction of the images' least common multiple, 12
+      return std::tuple{vectors * (12 / l.images), l.images, columns % 16 != 0, l.slot};
     };
-    int64_t best = padded;
-    for (int64_t length = shortest; length < padded; ++length)
-      if (cost(length) < cost(best)) best = length;
+    RowLayout best{1, padded};
+    for (const int64_t images : {1, 2, 3, 4}) {
+      if (images > std::max<int64_t>(1, max_images)) break;
+      for (int64_t slot = shortest; slot <= padded; ++slot)
+        if (cost({images, slot}) < cost(best)) best = {images, slot};
+    }
     return best;
   }
 };
 
-// A zero-padded image, split into phases when strided, and the row offsets of its
+// Zero-padded images, split into phases when strided, and the row offsets of their
 // implicit column matrix. The phases of both axes (ph_h, ph_w) of channel c form plane
-// (c * phases_h + ph_h) * phases_w + ph_w of the padded image, Hs x Ws floats; output
-// pixel (p, q) is column j = p * Ws + q, and row (c, r, s) of the column matrix starts at
-// its plane + tap_start_h[r] * Ws + tap_start_w[s]. With stride 1 there is one phase per
-// axis, Hs = H + 2 ph and Ws = W + 2 pw, or less where rows share their padding
-// (PhaseAxis::row_length): the plain padded image.
+// (c * phases_h + ph_h) * phases_w + ph_w, Hs x Ws floats, whose rows hold `images`
+// images side by side, each in a slot of `slot` floats (PhaseAxis::row_layout). Output
+// pixel (p, q) of image i is column j = p * Ws + i * slot + q, and row (c, r, s) of the
+// column matrix starts at its plane + tap_start_h[r] * Ws + tap_start_w[s]. With stride
+// 1 and one image there is one phase per axis, Hs = H + 2 ph and Ws = W + 2 pw, or less
+// where rows share their padding: the plain padded image.
 struct ShiftedRows {
   int64_t C;
   PhaseAxis vertical, horizontal;
-  int64_t P, Q, Hs, Ws;
+  int64_t P, Q, Hs;
+  PhaseAxis::RowLayout layout;
+  int64_t Ws;  // layout.images * layout.slot
   std::vector<int64_t> offsets;  // row (c, r, s) of the column matrix starts at xp + offsets[(c*R + r)*S + s]
 
   ShiftedRows(int64_t C_, int64_t H, int64_t W, int64_t R, int64_t S, int64_t stride_h, int64_t stride_w,
-              int64_t pad_h, int64_t pad_w)
+              int64_t pad_h, int64_t pad_w, int64_t max_images)
       : C(C_), vertical(H, R, stride_h, pad_h), horizontal(W, S, stride_w, pad_w), P(vertical.out),
-        Q(horizontal.out), Hs(vertical.padded), Ws(horizontal.row_length(P)),
-        offsets(static_cast<size_t>(C * R * S)) {
+        Q(horizontal.out), Hs(vertical.padded), layout(horizontal.row_layout(P, max_images)),
+        Ws(layout.images * layout.slot), offsets(static_cast<size_t>(C * R * S)) {
     for (int64_t c = 0; c < C; ++c)
       for (int64_t r = 0; r < R; ++r)
         for (int64_t s = 0; s < S; ++s)
@@ -314,10 +330,10 @@ struct ShiftedRows {
   int64_t padded_size() const { return planes() * Hs * Ws + tail(); }
 
   // A padded image is zeroed once (zero_border), then each image of the batch is copied
-  // into its planes, which leaves the border and the tail zero: every image writes the
-  // same places.
+  // into its planes, in slot i, which leaves the border and the tail zero: every image
+  // writes the same places.
   void zero_border(float* xp) const { std::fill(xp, xp + padded_size(), 0.0f); }
-  void copy_interior(const float* x, float* xp) const {
+  void copy_interior(const float* x, int64_t i_slot, float* xp) const {
     const int64_t H = vertical.in, W = horizontal.in, sh = vertical.stride, sw = horizontal.stride;
     for (int64_t c = 0; c < C; ++c)
       for (int64_t i = 0; i < vertical.count(); ++i)
@@ -326,8 +342,8 @@ struct ShiftedRows {
           // (as far as it reaches); likewise the columns.
           const int64_t ph_h = vertical.phases[i], ph_w = horizontal.phases[j];
           const int64_t rows = std::min(Hs - vertical.before, (H - ph_h + sh - 1) / sh);
-          const int64_t cols = std::min(Ws - horizontal.before, (W - ph_w + sw - 1) / sw);
-          float* const to = xp + plane(c, i, j) + vertical.before * Ws + horizontal.before;
+          const int64_t cols = std::min(layout.slot - horizontal.before, (W - ph_w + sw - 1) / sw);
+          float* const to = xp + plane(c, i, j) + vertical.before * Ws + i_slot * layout.slot + horizontal.before;
           for (int64_t row = 0; row < rows; ++row) {
             const float* src = x + (c * H + ph_h + row * sh) * W + ph_w;
             float* dst = to + row * Ws;
@@ -342,49 +358,60 @@ struct ShiftedRows {
         }
   }
 
+  // Calls f(first, last) for the images [begin, end) in groups of at most `images`, one
+  // product each. A last product with a slot to spare computes that slot from an
+  // earlier image (or zeros) and drops it: no output column reads another slot's input.
+  template <class F>
+  void for_each_product(int64_t begin, int64_t end, F&& f) const {
+    for (int64_t first = begin; first < end; first += layout.images) f(first, std::min(end, first + layout.images));
+  }
+
   // out (M x P*Ws) = weights (M x CRS, packed) * col.
   void product(const SgemmPackedA& weights, const float* xp, float* out) const {
     sgemm_packed_a(weights, false, columns(), 1.0f, xp, 0, offsets.data(), 0.0f, out, columns());
   }
 
-  // y (M, P, Q) = act(the columns q < Q of wide (M x P*Ws) + bias[m] + residual), with
-  // the bias, residual and act = ReLU where given.
-  void drop_wrapped(int64_t M, const float* wide, const float* bias, const float* residual, bool relu,
+  // y (M, P, Q) = act(the image in slot i_slot of wide (M x P*Ws) + bias[m] + residual),
+  // with the bias, residual and act = ReLU where given.
+  void drop_wrapped(int64_t M, const float* wide, int64_t i_slot, const float* bias, const float* residual, bool relu,
                     float* y) const {
     for (int64_t m = 0; m < M; ++m) {
       const int64_t at = m * P * Q;
-      affine_epilogue(P, Q, wide + m * P * Ws, Ws, 1.0f, bias ? bias[m] : 0.0f, residual ? residual + at : nullptr,
-                      relu, y + at);
+      affine_epilogue(P, Q, wide + m * P * Ws + i_slot * layout.slot, Ws, 1.0f, bias ? bias[m] : 0.0f,
+                      residual ? residual + at : nullptr, relu, y + at);
     }
   }
 };
 
 // The geometry of the forward's column matrix and that of the backward data's (stride 1
-// only), whose image is dy (K, P, Q) padded by R-1-ph, S-1-pw (see the top of the file).
-ShiftedRows forward_rows(const Conv2dGeom& g) {
-  return {g.C, g.H, g.W, g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w};
+// only), whose image is dy (K, P, Q) padded by R-1-ph, S-1-pw (see the top of the file),
+// with up to max_images images per product.
+ShiftedRows forward_rows(const Conv2dGeom& g, int64_t max_images) {
+  return {g.C, g.H, g.W, g.R, g.S, g.stride_h, g.stride_w, g.pad_h, g.pad_w, max_images};
 }
 ShiftedRows backward_data_rows(const Conv2dGeom& g) {
-  return {g.K, g.P, g.Q, g.R, g.S, 1, 1, g.R - 1 - g.pad_h, g.S - 1 - g.pad_w};
+  return {g.K, g.P, g.Q, g.R, g.S, 1, 1, g.R - 1 - g.pad_h, g.S - 1 - g.pad_w, g.N};
 }
 
 void shifted_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias, const Epilogue& epilogue,
                      float* y) {
-  const ShiftedRows rows = forward_rows(g);
+  const ShiftedRows rows = forward_rows(g, g.N);
   const SgemmPackedA& weights = packed_weights(false, g.K, g.C * g.R * g.S, w);
-  parallel_chunks(g.N, 1, gemm_cost(g), [&](auto&& next) {
+  parallel_chunks(g.N, rows.layout.images, gemm_cost(g), [&](auto&& next) {
     thread_local std::vector<float> image_buffer, wide_buffer;
     float* xp = scratch(image_buffer, rows.padded_size());
     float* wide = scratch(wide_buffer, g.K * rows.columns());
     rows.zero_border(xp);
     for (int64_t begin, end; next(begin, end);) {
-      for (int64_t n = begin; n < end; ++n) {
-        rows.copy_interior(x + n * g.C * g.H * g.W, xp);
+      rows.for_each_product(begin, end, [&](int64_t first, int64_t last) {
+        for (int64_t n = first; n < last; ++n) rows.copy_interior(x + n * g.C * g.H * g.W, n - first, xp);
         rows.product(weights, xp, wide);
-        const int64_t at = n * g.K * g.P * g.Q;
-        rows.drop_wrapped(g.K, wide, bias, epilogue.residual ? epilogue.residual + at : nullptr, epilogue.relu,
-                          y + at);
-      }
+        for (int64_t n = first; n < last; ++n) {
+          const int64_t at = n * g.K * g.P * g.Q;
+          rows.drop_wrapped(g.K, wide, n - first, bias, epilogue.residual ? epilogue.residual + at : nullptr,
+                            epilogue.relu, y + at);
+        }
+      });
     }
   });
 }
@@ -405,17 +432,18 @@ const float* flipped_filters(const Conv2dGeom& g, const float* w) {
 void shifted_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
   const ShiftedRows rows = backward_data_rows(g);
   const SgemmPackedA& weights = packed_weights(false, g.C, g.K * g.R * g.S, flipped_filters(g, w));
-  parallel_chunks(g.N, 1, gemm_cost(g), [&](auto&& next) {
+  parallel_chunks(g.N, rows.layout.images, gemm_cost(g), [&](auto&& next) {
     thread_local std::vector<float> image_buffer, wide_buffer;
     float* dyp = scratch(image_buffer, rows.padded_size());
     float* wide = scratch(wide_buffer, g.C * rows.columns());
     rows.zero_border(dyp);
     for (int64_t begin, end; next(begin, end);) {
-      for (int64_t n = begin; n < end; ++n) {
-        rows.copy_interior(dy + n * g.K * g.P * g.Q, dyp);
+      rows.for_each_product(begin, end, [&](int64_t first, int64_t last) {
+        for (int64_t n = first; n < last; ++n) rows.copy_interior(dy + n * g.K * g.P * g.Q, n - first, dyp);
         rows.product(weights, dyp, wide);
-        rows.drop_wrapped(g.C, wide, nullptr, nullptr, false, dx + n * g.C * g.H * g.W);
-      }
+        for (int64_t n = first; n < last; ++n)
+          rows.drop_wrapped(g.C, wide, n - first, nullptr, nullptr, false, dx + n * g.C * g.H * g.W);
+      });
     }
   });
 }
@@ -637,7 +665,7 @@ void spread_output(const Conv2dGeom& g, const float* dy, int64_t n, int64_t widt
 }
 
 void shifted_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw) {
-  const ShiftedRows rows = forward_rows(g);
+  const ShiftedRows rows = forward_rows(g, 1);
   const int64_t CRS = g.C * g.R * g.S, columns = rows.columns();
   sum_over_images(g, dw, [&](int64_t n_begin, int64_t n_end, float* acc) {
     thread_local std::vector<float> image_buffer, spread_buffer;
@@ -646,7 +674,7 @@ void shifted_backward_filter(const Conv2dGeom& g, const float* x, const float* d
     rows.zero_border(xp);
     std::fill(spread, spread + g.K * columns, 0.0f);
     for (int64_t n = n_begin; n < n_end; ++n) {
-      rows.copy_interior(x + n * g.C * g.H * g.W, xp);
+      rows.copy_interior(x + n * g.C * g.H * g.W, 0, xp);
       spread_output(g, dy, n, rows.Ws, spread);
       // acc (K x CRS) (+)= dy' (K x P*Ws) * col^T (P*Ws x CRS)
       sgemm_indirect_b(false, true, g.K, CRS, columns, 1.0f, spread, columns, xp, rows.offsets.data(),
@@ -679,7 +707,7 @@ bool channels_last_pays(const Conv2dGeom& g) { return g.stride_h == 1 && g.strid
 void channels_last_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw) {
   // The padded image's pixels laid out as shifted rows lay out a channel (rows Wp
   // pixels long, the padding shared between rows where it can be).
-  const ShiftedRows layout = forward_rows(g);
+  const ShiftedRows layout = forward_rows(g, 1);
   const int64_t Wp = layout.Ws, SC = g.S * g.C, RSC = g.R * SC, columns = layout.columns();
   const int64_t top = layout.vertical.before, left = layout.horizontal.before;
   const int64_t image_floats = (layout.Hs * layout.Ws + layout.tail()) * g.C;
@@ -831,7 +859,7 @@ ConvAlgorithm conv_algorithm(const Conv2dGeom& g) {
   // at 8x8 3.5 -> 5.0 and 32 at 16x16 2.6 -> 4.5.
   if (conv_supports(ConvAlgorithm::Winograd, g) && g.C >= 64 && g.K >= 64 && g.C * g.P * g.Q >= 16384)
     return ConvAlgorithm::Winograd;
-  const int64_t columns_per_image = g.P * PhaseAxis(g.W, g.S, g.stride_w, g.pad_w).row_length(g.P);
+  const int64_t columns_per_image = g.P * PhaseAxis(g.W, g.S, g.stride_w, g.pad_w).row_layout(g.P, 1).slot;
   if (g.R * g.S > 1 && columns_per_image >= 64 && conv_supports(ConvAlgorithm::ShiftedRows, g))
     return ConvAlgorithm::ShiftedRows;
   return ConvAlgorithm::Im2col;
