@@ -704,6 +704,15 @@ void shifted_backward_filter(const Conv2dGeom& g, const float* x, const float* d
 // per product, 12.8 -> 29.2 us (channels_last_pays).
 bool channels_last_pays(const Conv2dGeom& g) { return g.stride_h == 1 && g.stride_w == 1 && g.S * g.C >= 32; }
 
+// The filter gradients on shifted rows multiply one image per product (summing over its
+// P * Ws columns); on maps that give fewer than 64, im2col's gradient, several images
+// side by side, is faster. Two threads, 128 images of 512 channels at 4x4 (20 columns):
+// 61-66 ms against 72-79 on channels-last rows; 64 channels at 8x8 (80 columns): 6.3-6.5
+// ms against 3.2-3.7.
+bool filter_gradient_on_shifted_rows(const Conv2dGeom& g) {
+  return g.P * PhaseAxis(g.W, g.S, g.stride_w, g.pad_w).row_layout(g.P, 1).slot >= 64;
+}
+
 void channels_last_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw) {
   // The padded image's pixels laid out as shifted rows lay out a channel (rows Wp
   // pixels long, the padding shared between rows where it can be).
@@ -845,11 +854,15 @@ ConvAlgorithm conv_algorithm(const Conv2dGeom& g) {
   // stride 2, two threads, 128 images of 64 channels at 32x32: 2.7 ms against 3.3).
   // A strided 3x3 gains from shifted rows' phases: 16 channels at 32x32, stride 2,
   // forward 2.6-2.9 -> 1.8-1.9 ms, filter gradient 2.9-3.1 -> 2.2.
-  // Shifted rows multiply one image at a time, P * Ws columns; on a small map that is
-  // too few to repay packing the weights for each image, and im2col, which puts
-  // several images side by side, wins (one thread, 8 images of 512 channels at 4x4:
-  // forward 13.5 -> 5.6 ms, backward data 16.2 -> 5.5, filter 8.0 -> 5.8; at 8x8 and
-  // 64 channels shifted rows stay ahead, 1.46 ms against 2.24).
+  // A product with few columns is mostly overhead. Shifted rows put up to 4 images side
+  // by side (PhaseAxis::row_layout), but a strided data gradient multiplies one image
+  // at a time; below 64 columns per product im2col, which puts as many images side by
+  // side as make 256 columns, wins. With one image per product: one thread, 8 images of
+  // 512 channels at 4x4 (24 columns), forward 13.5 -> 5.6 ms, backward data 16.2 -> 5.5;
+  // two threads, 128 images of 256 -> 512 channels, 8x8 -> 4x4 with stride 2 (20
+  // columns), data gradient 56 against 31 ms. With 4 images (80 columns), 512 channels
+  // at 4x4, two threads, 128 images: forward 63-64 -> 54-56 ms, data gradient 61-64 ->
+  // 57-62 (its filter gradient stays im2col's: filter_gradient_on_shifted_rows).
   //
   // Winograd's F(2x2, 3x3) does 2.25 times fewer multiplications, but its transforms
   // are passes over memory of their own (16 values per 2x2 tile in and out), which pay
@@ -859,8 +872,10 @@ ConvAlgorithm conv_algorithm(const Conv2dGeom& g) {
   // at 8x8 3.5 -> 5.0 and 32 at 16x16 2.6 -> 4.5.
   if (conv_supports(ConvAlgorithm::Winograd, g) && g.C >= 64 && g.K >= 64 && g.C * g.P * g.Q >= 16384)
     return ConvAlgorithm::Winograd;
-  const int64_t columns_per_image = g.P * PhaseAxis(g.W, g.S, g.stride_w, g.pad_w).row_layout(g.P, 1).slot;
-  if (g.R * g.S > 1 && columns_per_image >= 64 && conv_supports(ConvAlgorithm::ShiftedRows, g))
+  const bool strided = g.stride_h > 1 || g.stride_w > 1;
+  const PhaseAxis::RowLayout layout = PhaseAxis(g.W, g.S, g.stride_w, g.pad_w).row_layout(g.P, strided ? 1 : g.N);
+  const int64_t columns_per_product = g.P * layout.images * layout.slot;
+  if (g.R * g.S > 1 && columns_per_product >= 64 && conv_supports(ConvAlgorithm::ShiftedRows, g))
     return ConvAlgorithm::ShiftedRows;
   return ConvAlgorithm::Im2col;
 }
@@ -890,9 +905,11 @@ void conv2d_backward_data(ConvAlgorithm algorithm, const Conv2dGeom& g, const fl
 
 void conv2d_backward_filter(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* dy, float* dw,
                             float* dbias) {
-  if ((algorithm == ConvAlgorithm::ShiftedRows || algorithm == ConvAlgorithm::Winograd) && channels_last_pays(g)) {
+  const bool shifted = (algorithm == ConvAlgorithm::ShiftedRows || algorithm == ConvAlgorithm::Winograd) &&
+                       filter_gradient_on_shifted_rows(g);
+  if (shifted && channels_last_pays(g)) {
     channels_last_backward_filter(g, x, dy, dw);
-  } else if (algorithm == ConvAlgorithm::ShiftedRows || algorithm == ConvAlgorithm::Winograd) {
+  } else if (shifted) {
     shifted_backward_filter(g, x, dy, dw);
   } else {
     im2col_backward_filter(g, x, dy, dw);

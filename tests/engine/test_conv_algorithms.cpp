@@ -140,10 +140,16 @@ TEST_CASE("conv algorithms: shifted rows covers strides, and stride 1 with paddi
   const Conv2dGeom pointwise{2, 8, 6, 6, 8, 1, 1, 1, 1, 0, 0, 6, 6};
   CHECK(cpu::conv_supports(ConvAlgorithm::ShiftedRows, pointwise));
   CHECK(cpu::conv_algorithm(pointwise) == ConvAlgorithm::Im2col);  // its image is its column matrix already
-  // 4x4 maps: 24 columns per image are too few; im2col puts images side by side.
+  // 4x4 maps: rows of 5 make 20 columns per image, enough with 4 images side by side
+  // (80); but not on 2x2 maps (4 x 3 x 2 = 24 columns), nor for a strided layer, whose
+  // data gradient multiplies one image at a time.
   const Conv2dGeom tiny{8, 512, 4, 4, 512, 3, 3, 1, 1, 1, 1, 4, 4};
-  CHECK(cpu::conv_supports(ConvAlgorithm::ShiftedRows, tiny));
-  CHECK(cpu::conv_algorithm(tiny) == ConvAlgorithm::Im2col);
+  CHECK(cpu::conv_algorithm(tiny) == ConvAlgorithm::ShiftedRows);
+  const Conv2dGeom tinier{8, 512, 2, 2, 512, 3, 3, 1, 1, 1, 1, 2, 2};
+  CHECK(cpu::conv_supports(ConvAlgorithm::ShiftedRows, tinier));
+  CHECK(cpu::conv_algorithm(tinier) == ConvAlgorithm::Im2col);
+  const Conv2dGeom onto_tiny{8, 256, 8, 8, 512, 3, 3, 2, 2, 1, 1, 4, 4};
+  CHECK(cpu::conv_algorithm(onto_tiny) == ConvAlgorithm::Im2col);
   const Conv2dGeom small{8, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 8, 8};
   CHECK(cpu::conv_algorithm(small) == ConvAlgorithm::ShiftedRows);
   // Winograd for 3x3 with many channels on maps that are not tiny (ResNet-18's stages 1-3).
@@ -183,6 +189,24 @@ TEST_CASE("conv algorithms: shifted rows matches im2col on random shapes, repeat
 // filters: padding 0 to 2, odd output sizes (a last tile half outside), 1x1 and 2x2
 // maps, channel counts that are not multiples of a tile, and batches that split into
 // groups of images of different sizes (9 images of 8x8: groups of 16 tiles x 4 images).
+// Small maps put several images side by side in each row of a product (4 at 4x4, 2 at
+// 8x8 and on the 8x8 phases of a stride-2 layer at 16x16), with batches that leave a
+// last product short of images; their filter gradients go to im2col at 4x4.
+TEST_CASE("conv algorithms: shifted rows with images side by side") {
+  std::mt19937 gen(13);
+  const Conv2dGeom shapes[] = {
+      {7, 24, 4, 4, 40, 3, 3, 1, 1, 1, 1, 4, 4},  // 4 + 3 images
+      {5, 17, 8, 8, 9, 3, 3, 1, 1, 1, 1, 8, 8},   // 2 + 2 + 1
+      {3, 8, 16, 16, 16, 3, 3, 2, 2, 1, 1, 8, 8},
+      {6, 5, 5, 5, 7, 3, 3, 1, 1, 1, 1, 5, 5},
+  };
+  for (const Conv2dGeom& g : shapes) {
+    REQUIRE(cpu::conv_supports(ConvAlgorithm::ShiftedRows, g));
+    check_against_im2col(ConvAlgorithm::ShiftedRows, g, 1, gen);
+    check_against_im2col(ConvAlgorithm::ShiftedRows, g, 2, gen);
+  }
+}
+
 // A strided data gradient runs on the phases of dx, each with its own subset of the taps
 // and its own padding of dy: padding as wide as the filter or wider (every phase reads
 // past dy on both sides), phases that receive no tap (stride above the filter size,
