@@ -86,8 +86,8 @@ TEST_CASE("tensor: views - reshape, slice, transpose, permute, contiguous") {
 // merge (the interior of each image is one block) and all three element sizes; every
 // element against its index formula.
 TEST_CASE("tensor: strided copies of long rows, both ways, every element size") {
-  const int64_t N = 3, C = 4, H = 6, W = 37;
-  const auto value = [W, H, C](int64_t n, int64_t c, int64_t h, int64_t w) { return ((n * C + c) * H + h) * W + w; };
+  constexpr int64_t N = 3, C = 4, H = 6, W = 37;
+  const auto value = [](int64_t n, int64_t c, int64_t h, int64_t w) { return ((n * C + c) * H + h) * W + w; };
   const auto check_dtype = [&](auto zero) {
     using T = decltype(zero);
     std::vector<T> data(static_cast<size_t>(N * C * H * W));
