@@ -68,7 +68,7 @@ CopyGeom merge_dims(const Layout& dl, const Layout& sl) {
 // and 2) are constants to the compiler, which then moves whole vectors (permuted for a
 // step of 2); a step known only at run time costs a scalar load and store per element.
 template <class T>
-void copy_row(const T* s, int64_t s_step, T* d, int64_t d_step, int64_t n) {
+void copy_strided_row(const T* s, int64_t s_step, T* d, int64_t d_step, int64_t n) {
   const auto run = [s, d, n](auto s_const, auto d_const) {
     for (int64_t j = 0; j < n; ++j) d[j * d_const] = s[j * s_const];
   };
@@ -105,7 +105,7 @@ void copy_rows(T* dst, const Layout& dl, const T* src, const Layout& sl) {
       d_at += index[d] * g.dst_strides[d];
     }
     for (int64_t r = begin; r < end; ++r) {
-      copy_row(src + s_at, g.src_strides[last], dst + d_at, g.dst_strides[last], inner);
+      copy_strided_row(src + s_at, g.src_strides[last], dst + d_at, g.dst_strides[last], inner);
       for (int d = last - 1; d >= 0; --d) {  // the next row: carry through the dims
         s_at += g.src_strides[d];
         d_at += g.dst_strides[d];
