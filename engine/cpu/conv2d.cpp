@@ -714,10 +714,12 @@ bool filter_gradient_on_shifted_rows(const Conv2dGeom& g) {
 }
 
 void channels_last_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw) {
-  // The padded image's pixels laid out as shifted rows lay out a channel (rows Wp
-  // pixels long, the padding shared between rows where it can be).
-  const ShiftedRows layout = forward_rows(g, 1);
-  const int64_t Wp = layout.Ws, SC = g.S * g.C, RSC = g.R * SC, columns = layout.columns();
+  // The padded images' pixels laid out as shifted rows lay out a channel (rows Wp
+  // pixels long, the padding shared between rows where it can be, small maps side by
+  // side: one product then sums over the pixels of several images).
+  const ShiftedRows layout = forward_rows(g, g.N);
+  const int64_t Wp = layout.Ws, slot = layout.layout.slot, images = layout.layout.images;
+  const int64_t SC = g.S * g.C, RSC = g.R * SC, columns = layout.columns();
   const int64_t top = layout.vertical.before, left = layout.horizontal.before;
   const int64_t image_floats = (layout.Hs * layout.Ws + layout.tail()) * g.C;
   thread_local std::vector<float> reordered_buffer;
@@ -729,16 +731,23 @@ void channels_last_backward_filter(const Conv2dGeom& g, const float* x, const fl
     float* spread = scratch(spread_buffer, g.K * columns);
     std::fill(xc, xc + image_floats, 0.0f);
     std::fill(spread, spread + g.K * columns, 0.0f);
-    for (int64_t n = n_begin; n < n_end; ++n) {
-      const float* xn = x + n * g.C * g.H * g.W;
-      for (int64_t h = 0; h < g.H; ++h)  // row h of every channel (C x W) into pixels (W x C)
-        transpose(g.C, std::min(g.W, Wp - left), xn + h * g.W, g.H * g.W, xc + ((h + top) * Wp + left) * g.C, g.C);
-      spread_output(g, dy, n, Wp, spread);
+    layout.for_each_product(n_begin, n_end, [&](int64_t first, int64_t last) {
+      for (int64_t n = first; n < last; ++n) {
+        const float* xn = x + n * g.C * g.H * g.W;
+        const int64_t at = (n - first) * slot + left;
+        for (int64_t h = 0; h < g.H; ++h)  // row h of every channel (C x W) into pixels (W x C)
+          transpose(g.C, std::min(g.W, slot - left), xn + h * g.W, g.H * g.W, xc + ((h + top) * Wp + at) * g.C, g.C);
+        spread_output(g, dy, n, Wp, spread + (n - first) * slot);
+      }
+      // A last product short of images: the slots to spare must add nothing (they
+      // hold an earlier image, or zeros).
+      for (int64_t i = last - first; i < images; ++i)
+        for (int64_t row = 0; row < g.K * g.P; ++row) std::fill_n(spread + row * Wp + i * slot, g.Q, 0.0f);
       packed_spread.pack_on_this_thread(false, g.K, columns, spread, columns);
       for (int64_t r = 0; r < g.R; ++r)
-        sgemm_packed_a(packed_spread, false, SC, 1.0f, xc + r * Wp * g.C, g.C, nullptr, n == n_begin ? 0.0f : 1.0f,
+        sgemm_packed_a(packed_spread, false, SC, 1.0f, xc + r * Wp * g.C, g.C, nullptr, first == n_begin ? 0.0f : 1.0f,
                        acc + r * SC, RSC);
-    }
+    });
   });
   parallel_for(g.K, RSC, [&](int64_t k_begin, int64_t k_end) {
     for (int64_t k = k_begin; k < k_end; ++k)
