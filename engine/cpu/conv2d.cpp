@@ -1,5 +1,5 @@
 // 2-D convolution on the CPU: matrix products on our sgemm (engine/cpu/sgemm.h), one
-// image per task, by one of two algorithms (engine/cpu/conv2d.h).
+// image per product or a few side by side, by the algorithms of engine/cpu/conv2d.h.
 //
 // Shapes (NCHW, groups = 1, dilation = 1): input x (N,C,H,W), weight w (K,C,R,S),
 // output y (N,K,P,Q) with P = (H + 2*pad_h - R) / stride_h + 1 (Q likewise), and
@@ -507,7 +507,7 @@ void strided_backward_data(const Conv2dGeom& g, const float* dy, const float* w,
   const AdjointAxis vertical(g.H, g.P, g.R, g.stride_h, g.pad_h), horizontal(g.W, g.Q, g.S, g.stride_w, g.pad_w);
   const int64_t Hs = vertical.padded, Ws = horizontal.padded, plane = Hs * Ws;
   const int64_t top = vertical.before, left = horizontal.before;
-  // The last row's dropped columns read past the last plane, up to the largest start.
+  // The last row's dropped columns read past the last plane, by less than a row.
   const int64_t tail = Ws, padded_size = g.K * plane + tail;
   const int64_t RS = g.R * g.S, pairs = g.stride_h * g.stride_w;
 
