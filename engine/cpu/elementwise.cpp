@@ -37,27 +37,25 @@ struct RowWalker {
   }
 };
 
-// A copy's dims with those of size 1 dropped, and adjacent dims merged wherever both
-// operands step through them as through one: the interior of a channel-padded tensor
-// becomes one row per image instead of one per image row, and a contiguous copy one row.
-struct CopyGeom {
-  int ndim = 0;
-  int64_t shape[kMaxDims] = {}, dst_strides[kMaxDims] = {}, src_strides[kMaxDims] = {};
-};
-CopyGeom merge_dims(const Layout& dl, const Layout& sl) {
-  CopyGeom m;
-  for (int d = 0; d < dl.ndim; ++d) {
-    if (dl.shape[d] == 1) continue;
-    const int last = m.ndim - 1;
-    if (m.ndim > 0 && m.dst_strides[last] == dl.strides[d] * dl.shape[d] &&
-        m.src_strides[last] == sl.strides[d] * dl.shape[d]) {
-      m.shape[last] *= dl.shape[d];
-      m.dst_strides[last] = dl.strides[d];
-      m.src_strides[last] = sl.strides[d];
+// The dims of two strided operands (a binary op's inputs, or a copy's destination and
+// source as a and b) with those of size 1 dropped, and adjacent dims merged wherever both
+// operands step through them as through one: a same-shape add becomes one flat row
+// instead of N*C*H rows of W, each placed by a division per dim, and the interior of a
+// channel-padded tensor one row per image instead of one per image row.
+BroadcastGeom merge_dims(const BroadcastGeom& g) {
+  BroadcastGeom m;
+  for (int d = 0; d < g.ndim; ++d) {
+    if (g.shape[d] == 1) continue;
+    const bool mergeable = m.ndim > 0 && m.a_strides[m.ndim - 1] == g.a_strides[d] * g.shape[d] &&
+                           m.b_strides[m.ndim - 1] == g.b_strides[d] * g.shape[d];
+    if (mergeable) {
+      m.shape[m.ndim - 1] *= g.shape[d];
+      m.a_strides[m.ndim - 1] = g.a_strides[d];
+      m.b_strides[m.ndim - 1] = g.b_strides[d];
     } else {
-      m.shape[m.ndim] = dl.shape[d];
-      m.dst_strides[m.ndim] = dl.strides[d];
-      m.src_strides[m.ndim] = sl.strides[d];
+      m.shape[m.ndim] = g.shape[d];
+      m.a_strides[m.ndim] = g.a_strides[d];
+      m.b_strides[m.ndim] = g.b_strides[d];
       ++m.ndim;
     }
   }
@@ -85,7 +83,14 @@ void copy_strided_row(const T* s, int64_t s_step, T* d, int64_t d_step, int64_t 
 
 template <class T>
 void copy_rows(T* dst, const Layout& dl, const T* src, const Layout& sl) {
-  const CopyGeom g = merge_dims(dl, sl);
+  BroadcastGeom both;  // a: the destination, b: the source
+  both.ndim = dl.ndim;
+  for (int d = 0; d < dl.ndim; ++d) {
+    both.shape[d] = dl.shape[d];
+    both.a_strides[d] = dl.strides[d];
+    both.b_strides[d] = sl.strides[d];
+  }
+  const BroadcastGeom g = merge_dims(both);
   if (g.ndim == 0) {  // a single element
     dst[0] = src[0];
     return;
@@ -101,42 +106,21 @@ void copy_rows(T* dst, const Layout& dl, const T* src, const Layout& sl) {
     for (int64_t d = last - 1, rest = begin; d >= 0; --d) {
       index[d] = rest % g.shape[d];
       rest /= g.shape[d];
-      s_at += index[d] * g.src_strides[d];
-      d_at += index[d] * g.dst_strides[d];
+      s_at += index[d] * g.b_strides[d];
+      d_at += index[d] * g.a_strides[d];
     }
     for (int64_t r = begin; r < end; ++r) {
-      copy_strided_row(src + s_at, g.src_strides[last], dst + d_at, g.dst_strides[last], inner);
+      copy_strided_row(src + s_at, g.b_strides[last], dst + d_at, g.a_strides[last], inner);
       for (int d = last - 1; d >= 0; --d) {  // the next row: carry through the dims
-        s_at += g.src_strides[d];
-        d_at += g.dst_strides[d];
+        s_at += g.b_strides[d];
+        d_at += g.a_strides[d];
         if (++index[d] < g.shape[d]) break;
-        s_at -= g.shape[d] * g.src_strides[d];
-        d_at -= g.shape[d] * g.dst_strides[d];
+        s_at -= g.shape[d] * g.b_strides[d];
+        d_at -= g.shape[d] * g.a_strides[d];
         index[d] = 0;
       }
     }
   });
-}
-
-// The same merging for a binary op, whose output is contiguous: a same-shape add
-// becomes one flat row instead of N*C*H rows of W, each placed by a division per dim.
-BroadcastGeom merge_dims(const BroadcastGeom& g) {
-  BroadcastGeom m;
-  for (int d = 0; d < g.ndim; ++d) {
-    const bool mergeable = m.ndim > 0 && m.a_strides[m.ndim - 1] == g.a_strides[d] * g.shape[d] &&
-                           m.b_strides[m.ndim - 1] == g.b_strides[d] * g.shape[d];
-    if (mergeable) {
-      m.shape[m.ndim - 1] *= g.shape[d];
-      m.a_strides[m.ndim - 1] = g.a_strides[d];
-      m.b_strides[m.ndim - 1] = g.b_strides[d];
-    } else {
-      m.shape[m.ndim] = g.shape[d];
-      m.a_strides[m.ndim] = g.a_strides[d];
-      m.b_strides[m.ndim] = g.b_strides[d];
-      ++m.ndim;
-    }
-  }
-  return m;
 }
 
 template <class F>
