@@ -192,6 +192,14 @@ SgemmPackedA& packed_weights(bool trans_a, int64_t M, int64_t K, const float* w)
   return packed;
 }
 
+constexpr int64_t kFloat = sizeof(float);
+
+// Part i of `parts` of a range of memory to prefetch, split at cache lines.
+SgemmPrefetch::Range part_of(const SgemmPrefetch::Range& range, int64_t i, int64_t parts) {
+  const int64_t lines = (range.bytes + 63) / 64, from = lines * i / parts * 64, to = lines * (i + 1) / parts * 64;
+  return {static_cast<const char*>(range.begin) + from, std::min(range.bytes, to) - std::min(range.bytes, from)};
+}
+
 int64_t gemm_cost(const Conv2dGeom& g) { return std::max<int64_t>(1, g.K * g.C * g.R * g.S * g.P * g.Q); }
 
 // ---- shifted rows
@@ -366,9 +374,32 @@ struct ShiftedRows {
     for (int64_t first = begin; first < end; first += layout.images) f(first, std::min(end, first + layout.images));
   }
 
+  // The same over the runs of images that next(begin, end) hands out (parallel_chunks),
+  // calling f(first, last, after_first, after_last) with the images of the product that
+  // comes after (none after the last): the run after the current one is claimed when
+  // its last product starts, so that the product can prefetch what comes next.
+  template <class Next, class F>
+  void for_each_product_ahead(Next&& next, F&& f) const {
+    int64_t begin, end;
+    if (!next(begin, end)) return;
+    for (int64_t first = begin;;) {
+      const int64_t last = std::min(end, first + layout.images);
+      if (last < end) {
+        f(first, last, last, std::min(end, last + layout.images));
+        first = last;
+      } else if (next(begin, end)) {
+        f(first, last, begin, std::min(end, begin + layout.images));
+        first = begin;
+      } else {
+        f(first, last, last, last);
+        return;
+      }
+    }
+  }
+
   // out (M x P*Ws) = weights (M x CRS, packed) * col.
-  void product(const SgemmPackedA& weights, const float* xp, float* out) const {
-    sgemm_packed_a(weights, false, columns(), 1.0f, xp, 0, offsets.data(), 0.0f, out, columns());
+  void product(const SgemmPackedA& weights, const float* xp, float* out, const SgemmPrefetch& prefetch = {}) const {
+    sgemm_packed_a(weights, false, columns(), 1.0f, xp, 0, offsets.data(), 0.0f, out, columns(), prefetch);
   }
 
   // y (M, P, Q) = act(the image in slot i_slot of wide (M x P*Ws) + bias[m] + residual),
@@ -397,22 +428,26 @@ void shifted_forward(const Conv2dGeom& g, const float* x, const float* w, const 
                      float* y) {
   const ShiftedRows rows = forward_rows(g, g.N);
   const SgemmPackedA& weights = packed_weights(false, g.K, g.C * g.R * g.S, w);
+  const int64_t image = g.C * g.H * g.W, out = g.K * g.P * g.Q;
   parallel_chunks(g.N, rows.layout.images, gemm_cost(g), [&](auto&& next) {
     thread_local std::vector<float> image_buffer, wide_buffer;
     float* xp = scratch(image_buffer, rows.padded_size());
     float* wide = scratch(wide_buffer, g.K * rows.columns());
     rows.zero_border(xp);
-    for (int64_t begin, end; next(begin, end);) {
-      rows.for_each_product(begin, end, [&](int64_t first, int64_t last) {
-        for (int64_t n = first; n < last; ++n) rows.copy_interior(x + n * g.C * g.H * g.W, n - first, xp);
-        rows.product(weights, xp, wide);
-        for (int64_t n = first; n < last; ++n) {
-          const int64_t at = n * g.K * g.P * g.Q;
-          rows.drop_wrapped(g.K, wide, n - first, bias, epilogue.residual ? epilogue.residual + at : nullptr,
-                            epilogue.relu, y + at);
-        }
-      });
-    }
+    rows.for_each_product_ahead(next, [&](int64_t first, int64_t last, int64_t after_first, int64_t after_last) {
+      for (int64_t n = first; n < last; ++n) rows.copy_interior(x + n * image, n - first, xp);
+      // The next images to copy in, the residual and the output of these.
+      SgemmPrefetch prefetch;
+      prefetch.reads[0] = {x + after_first * image, (after_last - after_first) * image * kFloat};
+      if (epilogue.residual) prefetch.reads[1] = {epilogue.residual + first * out, (last - first) * out * kFloat};
+      prefetch.write = {y + first * out, (last - first) * out * kFloat};
+      rows.product(weights, xp, wide, prefetch);
+      for (int64_t n = first; n < last; ++n) {
+        const int64_t at = n * out;
+        rows.drop_wrapped(g.K, wide, n - first, bias, epilogue.residual ? epilogue.residual + at : nullptr,
+                          epilogue.relu, y + at);
+      }
+    });
   });
 }
 
@@ -432,19 +467,21 @@ const float* flipped_filters(const Conv2dGeom& g, const float* w) {
 void shifted_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
   const ShiftedRows rows = backward_data_rows(g);
   const SgemmPackedA& weights = packed_weights(false, g.C, g.K * g.R * g.S, flipped_filters(g, w));
+  const int64_t image = g.K * g.P * g.Q, out = g.C * g.H * g.W;
   parallel_chunks(g.N, rows.layout.images, gemm_cost(g), [&](auto&& next) {
     thread_local std::vector<float> image_buffer, wide_buffer;
     float* dyp = scratch(image_buffer, rows.padded_size());
     float* wide = scratch(wide_buffer, g.C * rows.columns());
     rows.zero_border(dyp);
-    for (int64_t begin, end; next(begin, end);) {
-      rows.for_each_product(begin, end, [&](int64_t first, int64_t last) {
-        for (int64_t n = first; n < last; ++n) rows.copy_interior(dy + n * g.K * g.P * g.Q, n - first, dyp);
-        rows.product(weights, dyp, wide);
-        for (int64_t n = first; n < last; ++n)
-          rows.drop_wrapped(g.C, wide, n - first, nullptr, nullptr, false, dx + n * g.C * g.H * g.W);
-      });
-    }
+    rows.for_each_product_ahead(next, [&](int64_t first, int64_t last, int64_t after_first, int64_t after_last) {
+      for (int64_t n = first; n < last; ++n) rows.copy_interior(dy + n * image, n - first, dyp);
+      SgemmPrefetch prefetch;  // the next images to copy in, the output of these
+      prefetch.reads[0] = {dy + after_first * image, (after_last - after_first) * image * kFloat};
+      prefetch.write = {dx + first * out, (last - first) * out * kFloat};
+      rows.product(weights, dyp, wide, prefetch);
+      for (int64_t n = first; n < last; ++n)
+        rows.drop_wrapped(g.C, wide, n - first, nullptr, nullptr, false, dx + n * out);
+    });
   });
 }
 
@@ -732,6 +769,11 @@ void channels_last_backward_filter(const Conv2dGeom& g, const float* x, const fl
     std::fill(xc, xc + image_floats, 0.0f);
     std::fill(spread, spread + g.K * columns, 0.0f);
     layout.for_each_product(n_begin, n_end, [&](int64_t first, int64_t last) {
+      // The next product's images and output gradients, prefetched a third during each
+      // of this one's R products.
+      const int64_t after = std::min(n_end, last + images) - last;
+      const SgemmPrefetch::Range next_x{x + last * g.C * g.H * g.W, after * g.C * g.H * g.W * kFloat};
+      const SgemmPrefetch::Range next_dy{dy + last * g.K * g.P * g.Q, after * g.K * g.P * g.Q * kFloat};
       for (int64_t n = first; n < last; ++n) {
         const float* xn = x + n * g.C * g.H * g.W;
         const int64_t at = (n - first) * slot + left;
@@ -744,9 +786,12 @@ void channels_last_backward_filter(const Conv2dGeom& g, const float* x, const fl
       for (int64_t i = last - first; i < images; ++i)
         for (int64_t row = 0; row < g.K * g.P; ++row) std::fill_n(spread + row * Wp + i * slot, g.Q, 0.0f);
       packed_spread.pack_on_this_thread(false, g.K, columns, spread, columns);
-      for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t r = 0; r < g.R; ++r) {
+        SgemmPrefetch prefetch;
+        prefetch.reads[0] = part_of(next_x, r, g.R), prefetch.reads[1] = part_of(next_dy, r, g.R);
         sgemm_packed_a(packed_spread, false, SC, 1.0f, xc + r * Wp * g.C, g.C, nullptr, first == n_begin ? 0.0f : 1.0f,
-                       acc + r * SC, RSC);
+                       acc + r * SC, RSC, prefetch);
+      }
     });
   });
   parallel_for(g.K, RSC, [&](int64_t k_begin, int64_t k_end) {

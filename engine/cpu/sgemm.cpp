@@ -115,7 +115,7 @@ namespace {
 // already when a_packed is given (for the vector paths; the scalar one reads A).
 void sgemm_any(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                const float* A, int64_t lda, const float* a_packed, const float* B, int64_t ldb,
-               const int64_t* b_rows, float beta, float* C, int64_t ldc) {
+               const int64_t* b_rows, float beta, float* C, int64_t ldc, const SgemmPrefetch* prefetch = nullptr) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) {
     scale(M, N, beta, C, ldc);
@@ -123,10 +123,10 @@ void sgemm_any(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, i
   }
   switch (isa) {
     case SgemmIsa::Avx512:
-      detail::sgemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows, beta, C, ldc);
+      detail::sgemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows, beta, C, ldc, prefetch);
       return;
     case SgemmIsa::Avx2:
-      detail::sgemm_avx2(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows, beta, C, ldc);
+      detail::sgemm_avx2(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows, beta, C, ldc, prefetch);
       return;
     case SgemmIsa::Scalar:
       scale(M, N, beta, C, ldc);
@@ -200,9 +200,10 @@ void transpose(int64_t rows, int64_t cols, const float* src, int64_t ld_src, flo
 }
 
 void sgemm_packed_a(const SgemmPackedA& a, bool trans_b, int64_t N, float alpha, const float* B, int64_t ldb,
-                    const int64_t* b_rows, float beta, float* C, int64_t ldc) {
+                    const int64_t* b_rows, float beta, float* C, int64_t ldc, const SgemmPrefetch& prefetch) {
   const float* panels = a.isa_ == SgemmIsa::Scalar ? nullptr : a.panels_.data();
-  sgemm_any(a.isa_, a.trans_a_, trans_b, a.M_, N, a.K_, alpha, a.A_, a.lda_, panels, B, ldb, b_rows, beta, C, ldc);
+  sgemm_any(a.isa_, a.trans_a_, trans_b, a.M_, N, a.K_, alpha, a.A_, a.lda_, panels, B, ldb, b_rows, beta, C, ldc,
+            &prefetch);
 }
 
 void sgemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,

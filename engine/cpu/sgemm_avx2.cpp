@@ -33,13 +33,14 @@ struct Avx2 {
 
 POLYAK_SGEMM_TARGET void sgemm_avx2(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                                     const float* A, int64_t lda, const float* a_packed, const float* B, int64_t ldb,
-                                    const int64_t* b_rows, float beta, float* C, int64_t ldc) {
+                                    const int64_t* b_rows, float beta, float* C, int64_t ldc,
+                                    const SgemmPrefetch* prefetch) {
   if (!a_packed && dot_products_pay(trans_a, trans_b, M, K)) {  // tiles of 3 x 3: 9 accumulators, 6 loads per step
     sgemm_dot<Avx2, 3, 3>(M, N, K, alpha, A, lda, RowMap{B, ldb, b_rows}, beta, C, ldc);
     return;
   }
   sgemm_blocked<Avx2, kAvx2TileRows, 2>(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows,
-                                        beta, C, ldc);
+                                        beta, C, ldc, prefetch);
 }
 
 POLYAK_SGEMM_TARGET void sgemm_pack_a_avx2(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda,

@@ -2,7 +2,7 @@
 // 8 x 48: 24 zmm accumulators, 3 vector loads of B and 8 broadcasts of A per step of k.
 // Eight rows divide the output channels of every convolution (16..512), and 48 columns
 // divide most of the filter-gradient widths C*R*S (144, 288, 576, ...).
-#define POLYAK_SGEMM_TARGET __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bw,avx512dq")))
+#define POLYAK_SGEMM_TARGET __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bw,avx512dq,prfchw")))
 #include "engine/cpu/sgemm_blocked.h"
 
 namespace polyak::cpu::detail {
@@ -40,13 +40,14 @@ struct Avx512 {
 
 POLYAK_SGEMM_TARGET void sgemm_avx512(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                                       const float* A, int64_t lda, const float* a_packed, const float* B, int64_t ldb,
-                                      const int64_t* b_rows, float beta, float* C, int64_t ldc) {
+                                      const int64_t* b_rows, float beta, float* C, int64_t ldc,
+                                      const SgemmPrefetch* prefetch) {
   if (!a_packed && dot_products_pay(trans_a, trans_b, M, K)) {  // tiles of 4 x 5: 20 accumulators, 9 loads per step
     sgemm_dot<Avx512, 4, 5>(M, N, K, alpha, A, lda, RowMap{B, ldb, b_rows}, beta, C, ldc);
     return;
   }
   sgemm_blocked<Avx512, kAvx512TileRows, 3>(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows,
-                                            beta, C, ldc);
+                                            beta, C, ldc, prefetch);
 }
 
 POLYAK_SGEMM_TARGET void sgemm_pack_a_avx512(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda,

@@ -53,12 +53,13 @@ float* sgemm_pack_buffer(int slot, int64_t floats);
 
 // b_rows: null, or the offsets of B's stored rows (sgemm_indirect_b in sgemm.h).
 // a_packed: null, or all of op(A) packed beforehand by sgemm_pack_a_* (then A is unused).
+// prefetch: null, or the lines to request during the product (SgemmPrefetch in sgemm.h).
 void sgemm_avx512(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                   int64_t lda, const float* a_packed, const float* B, int64_t ldb, const int64_t* b_rows, float beta,
-                  float* C, int64_t ldc);
+                  float* C, int64_t ldc, const SgemmPrefetch* prefetch);
 void sgemm_avx2(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                 int64_t lda, const float* a_packed, const float* B, int64_t ldb, const int64_t* b_rows, float beta,
-                float* C, int64_t ldc);
+                float* C, int64_t ldc, const SgemmPrefetch* prefetch);
 
 // dst = src^T (engine/cpu/sgemm.h: transpose), in AVX registers.
 void sgemm_transpose_avx2(int64_t rows, int64_t cols, const float* src, int64_t ld_src, float* dst, int64_t ld_dst);
@@ -212,6 +213,15 @@ POLYAK_SGEMM_TARGET inline void transpose_blocks(int64_t rows, int64_t cols, con
   }
 }
 
+// The lines of an SgemmPrefetch still to request, shared out over the micro-kernel calls
+// of a product: each call requests the next line of each range every `every` steps of k
+// (at k = 0, every, 2 every, ...), and advances the cursors past them.
+struct PrefetchCursor {
+  const char *read[2], *read_end[2];
+  const char *write, *write_end;
+  int64_t every;  // 1 <= every <= the slice's depth
+};
+
 // C tile (ROWS x (NV-1)*L + last) = alpha * A rows * B panel + beta * C tile; beta == 0
 // never reads C. B's row k is at b + k * ldb, or with B_TABLE at b + b_rows[k]. A's
 // element (r, k) is
@@ -222,7 +232,8 @@ POLYAK_SGEMM_TARGET inline void transpose_blocks(int64_t rows, int64_t cols, con
 template <class T, int MR, int ROWS, int NV, bool A_ROWS, bool B_TABLE>
 POLYAK_SGEMM_TARGET void micro_kernel(int64_t kc, const float* __restrict a, int64_t a_next, int64_t a_step,
                                       const float* __restrict b, int64_t ldb, const int64_t* __restrict b_rows,
-                                      float* c, int64_t ldc, float alpha, float beta, int last) {
+                                      float* c, int64_t ldc, float alpha, float beta, int last,
+                                      PrefetchCursor* __restrict prefetch) {
   using V = typename T::V;
   constexpr int L = T::L;
   V acc[ROWS][NV];
@@ -232,8 +243,17 @@ POLYAK_SGEMM_TARGET void micro_kernel(int64_t kc, const float* __restrict a, int
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[r][v] = T::zero();
   }
+  PrefetchCursor pf = *prefetch;  // a local copy: the cursors stay in registers
+  int64_t next_request = 0;
 #pragma GCC unroll 2
   for (int64_t k = 0; k < kc; ++k, a += A_ROWS ? 1 : a_step, b += B_TABLE ? 0 : ldb) {
+    if (k == next_request) {
+      next_request += pf.every;
+      for (int i = 0; i < 2; ++i)
+        if (pf.read[i] < pf.read_end[i]) _mm_prefetch(pf.read[i], _MM_HINT_T1), pf.read[i] += 64;
+      // prefetchw where the target has it (the AVX-512 kernels always), else prefetcht0
+      if (pf.write < pf.write_end) __builtin_prefetch(pf.write, 1, 3), pf.write += 64;
+    }
     const float* bk = B_TABLE ? b + b_rows[k] : b;
     V bv[NV];
 #pragma GCC unroll 8
@@ -245,6 +265,7 @@ POLYAK_SGEMM_TARGET void micro_kernel(int64_t kc, const float* __restrict a, int
       for (int v = 0; v < NV; ++v) acc[r][v] = T::fma(ar, bv[v], acc[r][v]);
     }
   }
+  *prefetch = pf;
   const V va = T::set1(alpha);
   if (beta == 0.0f) {
 #pragma GCC unroll 32
@@ -293,7 +314,7 @@ POLYAK_SGEMM_TARGET void pack_a(bool trans_a, int64_t M, int64_t K, const float*
 }
 
 using KernelFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, const int64_t*, float*,
-                          int64_t, float, float, int);
+                          int64_t, float, float, int, PrefetchCursor*);
 
 // The instantiations the driver picks from: every tile of up to MR rows and NV_MAX
 // vectors on packed A (wide_table: B read in place through its row offsets), and the
@@ -320,11 +341,12 @@ struct Kernels {
 
 // The whole product, for K > 0 and alpha != 0 (the dispatcher handles the rest). With
 // b_rows, B's stored rows are at B + b_rows[i]; with a_packed, op(A) is packed already
-// (pack_a above).
+// (pack_a above); with prefetch, its lines are requested along the way.
 template <class T, int MR, int NV_MAX>
 POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                                        const float* A, int64_t lda, const float* a_packed, const float* B,
-                                       int64_t ldb, const int64_t* b_rows, float beta, float* C, int64_t ldc) {
+                                       int64_t ldb, const int64_t* b_rows, float beta, float* C, int64_t ldc,
+                                       const SgemmPrefetch* prefetch) {
   using Table = Kernels<T, MR, NV_MAX>;
   constexpr int L = T::L, NR = NV_MAX * L;
   constexpr int64_t B_BLOCK = 256 * 1024;  // floats of packed B per block: 1 MB
@@ -347,6 +369,23 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
   const bool direct_a = !a_packed && (trans_a ? N <= NR : N <= L);
   float* const a_buffer = sgemm_pack_buffer(0, direct_a || a_packed ? 0 : row_panels * MR * kc_max);
   float* const b_pack = sgemm_pack_buffer(1, nc_max * kc_max);
+
+  // The prefetches: the longest range's lines spread evenly over the micro-kernel calls
+  // (one per tile: K / kc slices of row_panels x N / NR).
+  PrefetchCursor cursor{{nullptr, nullptr}, {nullptr, nullptr}, nullptr, nullptr, kc_max};
+  if (prefetch) {
+    int64_t longest = prefetch->write.bytes;
+    for (int i = 0; i < 2; ++i) {
+      cursor.read[i] = static_cast<const char*>(prefetch->reads[i].begin);
+      cursor.read_end[i] = cursor.read[i] + prefetch->reads[i].bytes;
+      longest = std::max(longest, prefetch->reads[i].bytes);
+    }
+    cursor.write = static_cast<const char*>(prefetch->write.begin);
+    cursor.write_end = cursor.write + prefetch->write.bytes;
+    const int64_t calls = (K + kc_max - 1) / kc_max * row_panels * ((N + NR - 1) / NR);
+    const int64_t per_call = ((longest + 63) / 64 + calls - 1) / calls;
+    if (per_call > 0) cursor.every = std::clamp<int64_t>(kc_max / per_call, 1, kc_max);
+  }
 
   for (int64_t pc = 0; pc < K; pc += kc_max) {
     const int64_t kc = std::min(kc_max, K - pc);
@@ -389,11 +428,11 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
           if (vectors > 1) {  // (never with op(A) = A in place: N <= L there)
             const auto& wide = b_table ? Table::wide_table : Table::wide;
             wide[(rows - 1) * NV_MAX + vectors - 1](kc, a, a_next, a_step, b, b_step, b_table, c, ldc, alpha,
-                                                    beta_slice, last);
+                                                    beta_slice, last, &cursor);
           } else if (p % 2 == 0) {  // one vector wide: two row panels per tile
             const int tall = p + 1 < row_panels ? rows + static_cast<int>(std::min<int64_t>(MR, M - i0 - MR)) : rows;
             const auto& narrow = direct_a && !trans_a ? Table::narrow_rows : Table::narrow;
-            narrow[tall - 1](kc, a, a_next, a_step, b, b_step, nullptr, c, ldc, alpha, beta_slice, last);
+            narrow[tall - 1](kc, a, a_next, a_step, b, b_step, nullptr, c, ldc, alpha, beta_slice, last, &cursor);
           }
         }
       }

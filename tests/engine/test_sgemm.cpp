@@ -1,9 +1,11 @@
 // sgemm: every instruction set this CPU runs (avx512, avx2, scalar) against the
 // reference triple loop, over the four transpose cases, odd sizes, padded leading
 // dimensions, alpha and beta (beta = 0 over a C full of NaN), and the edge cases; each
-// case both as one call and with op(A) packed beforehand (sgemm_packed_a).
+// case both as one call and with op(A) packed beforehand (sgemm_packed_a); and the
+// prefetching a product can do for its caller.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -174,6 +176,52 @@ TEST_CASE("sgemm: op(A) packed on the calling thread gives the product packed on
                                  want.data(), N);
     CHECK(C_here == C_team);
     for (int64_t i = 0; i < M * N; ++i) REQUIRE(std::abs(C_here[i] - want[i]) <= 1e-3f * std::max(1.0f, std::abs(want[i])));
+  }
+}
+
+TEST_CASE("sgemm: prefetching during a product changes neither the product nor the memory prefetched") {
+  // The requests are spread over the micro-kernel calls: ranges shorter and far longer
+  // than the product has steps for, empty and unaligned ones, on every instruction set
+  // and on shapes with several slices of K, blocks of N and tiles one vector wide.
+  std::mt19937 gen(12);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  struct Shape {
+    int64_t M, N, K;
+    const int64_t* rows;  // B through row offsets (as a convolution's shifted rows), or not
+  };
+  std::vector<int64_t> shifted(900);
+  for (size_t k = 0; k < shifted.size(); ++k)
+    shifted[k] = static_cast<int64_t>(k % 7) * 3 + static_cast<int64_t>(k / 7);
+  const Shape shapes[] = {{16, 1056, 144, shifted.data()}, {37, 53, 411, nullptr}, {64, 80, 576, shifted.data()},
+                          {5, 16, 30, nullptr}, {40, 2000, 17, nullptr}};
+  for (const SgemmIsa isa : kIsas) {
+    if (!polyak::cpu::sgemm_isa_available(isa)) continue;
+    for (const Shape& shape : shapes) {
+      const int64_t M = shape.M, N = shape.N, K = shape.K;
+      const int64_t* rows = shape.rows;
+      const int64_t ldb = N + 3, b_floats = rows ? N + 2 * 900 : K * ldb;
+      std::vector<float> A(M * K), B(b_floats);
+      for (float& x : A) x = normal(gen);
+      for (float& x : B) x = normal(gen);
+      polyak::cpu::SgemmPackedA packed;
+      packed.pack(isa, false, M, K, A.data(), K);
+      std::vector<float> plain(M * N);
+      polyak::cpu::sgemm_packed_a(packed, false, N, 1.0f, B.data(), ldb, rows, 0.0f, plain.data(), N);
+      for (const int64_t floats : {int64_t{0}, int64_t{5}, int64_t{16 * 1024}, int64_t{1} << 20}) {
+        std::vector<float> read0(floats + 1, 1.1f), read1(floats / 2 + 1, -2.3f), write(floats + 1, 3.7f);
+        polyak::cpu::SgemmPrefetch prefetch;
+        prefetch.reads[0] = {read0.data() + 1, floats * 4};  // unaligned
+        prefetch.reads[1] = {read1.data(), floats / 2 * 4};
+        prefetch.write = {write.data(), floats * 4};
+        std::vector<float> C(M * N, std::numeric_limits<float>::quiet_NaN());
+        polyak::cpu::sgemm_packed_a(packed, false, N, 1.0f, B.data(), ldb, rows, 0.0f, C.data(), N, prefetch);
+        INFO(polyak::cpu::sgemm_isa_name(isa), " ", M, "x", N, "x", K, " prefetching ", floats, " floats");
+        CHECK(C == plain);
+        CHECK(std::all_of(read0.begin(), read0.end(), [](float v) { return v == 1.1f; }));
+        CHECK(std::all_of(read1.begin(), read1.end(), [](float v) { return v == -2.3f; }));
+        CHECK(std::all_of(write.begin(), write.end(), [](float v) { return v == 3.7f; }));
+      }
+    }
   }
 }
 
