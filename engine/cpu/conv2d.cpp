@@ -192,14 +192,6 @@ SgemmPackedA& packed_weights(bool trans_a, int64_t M, int64_t K, const float* w)
   return packed;
 }
 
-constexpr int64_t kFloat = sizeof(float);
-
-// Part i of `parts` of a range of memory to prefetch, split at cache lines.
-SgemmPrefetch::Range part_of(const SgemmPrefetch::Range& range, int64_t i, int64_t parts) {
-  const int64_t lines = (range.bytes + 63) / 64, from = lines * i / parts * 64, to = lines * (i + 1) / parts * 64;
-  return {static_cast<const char*>(range.begin) + from, std::min(range.bytes, to) - std::min(range.bytes, from)};
-}
-
 int64_t gemm_cost(const Conv2dGeom& g) { return std::max<int64_t>(1, g.K * g.C * g.R * g.S * g.P * g.Q); }
 
 // ---- shifted rows
@@ -438,9 +430,10 @@ void shifted_forward(const Conv2dGeom& g, const float* x, const float* w, const 
       for (int64_t n = first; n < last; ++n) rows.copy_interior(x + n * image, n - first, xp);
       // The next images to copy in, the residual and the output of these.
       SgemmPrefetch prefetch;
-      prefetch.reads[0] = {x + after_first * image, (after_last - after_first) * image * kFloat};
-      if (epilogue.residual) prefetch.reads[1] = {epilogue.residual + first * out, (last - first) * out * kFloat};
-      prefetch.write = {y + first * out, (last - first) * out * kFloat};
+      prefetch.reads[0] = SgemmPrefetch::Range::floats(x + after_first * image, (after_last - after_first) * image);
+      if (epilogue.residual)
+        prefetch.reads[1] = SgemmPrefetch::Range::floats(epilogue.residual + first * out, (last - first) * out);
+      prefetch.write = SgemmPrefetch::Range::floats(y + first * out, (last - first) * out);
       rows.product(weights, xp, wide, prefetch);
       for (int64_t n = first; n < last; ++n) {
         const int64_t at = n * out;
@@ -476,8 +469,8 @@ void shifted_backward_data(const Conv2dGeom& g, const float* dy, const float* w,
     rows.for_each_product_ahead(next, [&](int64_t first, int64_t last, int64_t after_first, int64_t after_last) {
       for (int64_t n = first; n < last; ++n) rows.copy_interior(dy + n * image, n - first, dyp);
       SgemmPrefetch prefetch;  // the next images to copy in, the output of these
-      prefetch.reads[0] = {dy + after_first * image, (after_last - after_first) * image * kFloat};
-      prefetch.write = {dx + first * out, (last - first) * out * kFloat};
+      prefetch.reads[0] = SgemmPrefetch::Range::floats(dy + after_first * image, (after_last - after_first) * image);
+      prefetch.write = SgemmPrefetch::Range::floats(dx + first * out, (last - first) * out);
       rows.product(weights, dyp, wide, prefetch);
       for (int64_t n = first; n < last; ++n)
         rows.drop_wrapped(g.C, wide, n - first, nullptr, nullptr, false, dx + n * out);
@@ -772,8 +765,8 @@ void channels_last_backward_filter(const Conv2dGeom& g, const float* x, const fl
       // The next product's images and output gradients, prefetched a third during each
       // of this one's R products.
       const int64_t after = std::min(n_end, last + images) - last;
-      const SgemmPrefetch::Range next_x{x + last * g.C * g.H * g.W, after * g.C * g.H * g.W * kFloat};
-      const SgemmPrefetch::Range next_dy{dy + last * g.K * g.P * g.Q, after * g.K * g.P * g.Q * kFloat};
+      const auto next_x = SgemmPrefetch::Range::floats(x + last * g.C * g.H * g.W, after * g.C * g.H * g.W);
+      const auto next_dy = SgemmPrefetch::Range::floats(dy + last * g.K * g.P * g.Q, after * g.K * g.P * g.Q);
       for (int64_t n = first; n < last; ++n) {
         const float* xn = x + n * g.C * g.H * g.W;
         const int64_t at = (n - first) * slot + left;
@@ -788,7 +781,7 @@ void channels_last_backward_filter(const Conv2dGeom& g, const float* x, const fl
       packed_spread.pack_on_this_thread(false, g.K, columns, spread, columns);
       for (int64_t r = 0; r < g.R; ++r) {
         SgemmPrefetch prefetch;
-        prefetch.reads[0] = part_of(next_x, r, g.R), prefetch.reads[1] = part_of(next_dy, r, g.R);
+        prefetch.reads[0] = next_x.part(r, g.R), prefetch.reads[1] = next_dy.part(r, g.R);
         sgemm_packed_a(packed_spread, false, SC, 1.0f, xc + r * Wp * g.C, g.C, nullptr, first == n_begin ? 0.0f : 1.0f,
                        acc + r * SC, RSC, prefetch);
       }

@@ -14,6 +14,7 @@
 // described in engine/cpu/sgemm_blocked.h.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -59,6 +60,17 @@ struct SgemmPrefetch {
   struct Range {
     const void* begin = nullptr;
     int64_t bytes = 0;
+
+    // count floats from first
+    static Range floats(const float* first, int64_t count) {
+      return {first, count * static_cast<int64_t>(sizeof(float))};
+    }
+    // Part i of `parts`, split at cache lines: for a caller that runs several products
+    // before the memory is touched.
+    Range part(int64_t i, int64_t parts) const {
+      const int64_t lines = (bytes + 63) / 64, from = lines * i / parts * 64, to = lines * (i + 1) / parts * 64;
+      return {static_cast<const char*>(begin) + std::min(bytes, from), std::min(bytes, to) - std::min(bytes, from)};
+    }
   };
   Range reads[2];
   Range write;

@@ -225,6 +225,26 @@ TEST_CASE("sgemm: prefetching during a product changes neither the product nor t
   }
 }
 
+TEST_CASE("sgemm: a prefetch range's parts cover it in order, split at cache lines") {
+  std::vector<float> memory(1000);
+  for (const int64_t floats : {int64_t{0}, int64_t{1}, int64_t{16}, int64_t{17}, int64_t{999}})
+    for (const int64_t parts : {int64_t{1}, int64_t{3}, int64_t{16}}) {
+      const auto range = polyak::cpu::SgemmPrefetch::Range::floats(memory.data() + 1, floats);
+      CHECK(range.bytes == floats * 4);
+      const char* at = static_cast<const char*>(range.begin);
+      for (int64_t i = 0; i < parts; ++i) {
+        const auto part = range.part(i, parts);
+        INFO(floats, " floats in ", parts, " parts: part ", i);
+        CHECK(part.begin == at);
+        CHECK(part.bytes >= 0);
+        // every part but the last ends on a line of the range (64 bytes from its start)
+        if (i + 1 < parts && part.bytes > 0) CHECK((at + part.bytes - static_cast<const char*>(range.begin)) % 64 == 0);
+        at += part.bytes;
+      }
+      CHECK(at == static_cast<const char*>(range.begin) + range.bytes);
+    }
+}
+
 TEST_CASE("transpose: every element lands in its place, the rest of dst is left alone") {
   std::mt19937 gen(12);
   std::normal_distribution<float> normal(0.0f, 1.0f);
