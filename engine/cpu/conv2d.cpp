@@ -44,6 +44,10 @@
 // image's output is written: in the copy out of the wide buffer (shifted rows), or right
 // after the image's product while it is still in cache (im2col).
 //
+// The copies in and out of a product wait on L3 (a layer's activations do not fit in L2),
+// so each product prefetches what the copies around it touch next, the next image in and
+// this one's output, between the steps of its micro-kernels (SgemmPrefetch, sgemm.h).
+//
 // Shifted rows: im2col without the column matrix. For stride 1, pad the image with
 // zeros into xp (C, Hp, Wp), Hp = H + 2 ph, Wp = W + 2 pw, and number the output pixels
 // on the padded width, j = p * Wp + q. Then
@@ -752,6 +756,7 @@ void channels_last_backward_filter(const Conv2dGeom& g, const float* x, const fl
   const int64_t SC = g.S * g.C, RSC = g.R * SC, columns = layout.columns();
   const int64_t top = layout.vertical.before, left = layout.horizontal.before;
   const int64_t image_floats = (layout.Hs * layout.Ws + layout.tail()) * g.C;
+  const int64_t image = g.C * g.H * g.W, out = g.K * g.P * g.Q;
   thread_local std::vector<float> reordered_buffer;
   float* const reordered = scratch(reordered_buffer, g.K * RSC);  // (K, R, S, C)
   sum_over_images(g, reordered, [&](int64_t n_begin, int64_t n_end, float* acc) {
@@ -765,10 +770,10 @@ void channels_last_backward_filter(const Conv2dGeom& g, const float* x, const fl
       // The next product's images and output gradients, prefetched a third during each
       // of this one's R products.
       const int64_t after = std::min(n_end, last + images) - last;
-      const auto next_x = SgemmPrefetch::Range::floats(x + last * g.C * g.H * g.W, after * g.C * g.H * g.W);
-      const auto next_dy = SgemmPrefetch::Range::floats(dy + last * g.K * g.P * g.Q, after * g.K * g.P * g.Q);
+      const auto next_x = SgemmPrefetch::Range::floats(x + last * image, after * image);
+      const auto next_dy = SgemmPrefetch::Range::floats(dy + last * out, after * out);
       for (int64_t n = first; n < last; ++n) {
-        const float* xn = x + n * g.C * g.H * g.W;
+        const float* xn = x + n * image;
         const int64_t at = (n - first) * slot + left;
         for (int64_t h = 0; h < g.H; ++h)  // row h of every channel (C x W) into pixels (W x C)
           transpose(g.C, std::min(g.W, slot - left), xn + h * g.W, g.H * g.W, xc + ((h + top) * Wp + at) * g.C, g.C);

@@ -61,7 +61,7 @@ struct SgemmPrefetch {
     const void* begin = nullptr;
     int64_t bytes = 0;
 
-    // count floats from first
+    // The `count` floats from `first` on.
     static Range floats(const float* first, int64_t count) {
       return {first, count * static_cast<int64_t>(sizeof(float))};
     }
