@@ -204,7 +204,8 @@ void winograd_forward(const Conv2dGeom& g, const float* x, const float* w, const
   const int64_t flop_per_group = 2 * kElements * g.K * g.C * tiles.count() * per_group;
   parallel_for(groups, flop_per_group, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> image_buffer, patch_buffer, product_buffer;
-    const int64_t padded = g.C * tiles.Hp * tiles.Wp, ld = per_group * tiles.count(), image = g.C * g.H * g.W;
+    const int64_t padded = g.C * tiles.Hp * tiles.Wp, ld = per_group * tiles.count();
+    const int64_t image = g.C * g.H * g.W, out = g.K * g.P * g.Q;
     float* xp = scratch(image_buffer, padded);
     float* V = scratch(patch_buffer, kElements * g.C * ld);
     float* M = scratch(product_buffer, kElements * g.K * ld);
@@ -217,20 +218,20 @@ void winograd_forward(const Conv2dGeom& g, const float* x, const float* w, const
       }
       // What the transforms read and write next: the next group's images, this group's
       // residual and output; a share of each is prefetched during each product.
-      const int64_t out = g.K * g.P * g.Q, after = group + 1 < end ? std::min(per_group, g.N - n0 - count) : 0;
+      const int64_t after = group + 1 < end ? std::min(per_group, g.N - n0 - count) : 0;
       const auto next_x = SgemmPrefetch::Range::floats(x + (n0 + count) * image, after * image);
-      const auto residual = epilogue.residual ? SgemmPrefetch::Range::floats(epilogue.residual + n0 * out, count * out)
-                                              : SgemmPrefetch::Range{};
-      const auto output = SgemmPrefetch::Range::floats(y + n0 * out, count * out);
+      const auto residuals = epilogue.residual ? SgemmPrefetch::Range::floats(epilogue.residual + n0 * out, count * out)
+                                               : SgemmPrefetch::Range{};
+      const auto outputs = SgemmPrefetch::Range::floats(y + n0 * out, count * out);
       for (int64_t e = 0; e < kElements; ++e) {
         SgemmPrefetch prefetch;
-        prefetch.reads[0] = next_x.part(e, kElements), prefetch.reads[1] = residual.part(e, kElements);
-        prefetch.write = output.part(e, kElements);
+        prefetch.reads[0] = next_x.part(e, kElements), prefetch.reads[1] = residuals.part(e, kElements);
+        prefetch.write = outputs.part(e, kElements);
         sgemm_packed_a(packed[e], false, width, 1.0f, V + e * g.C * ld, ld, nullptr, 0.0f, M + e * g.K * ld, ld,
                        prefetch);
       }
       for (int64_t i = 0; i < count; ++i) {
-        const int64_t at = (n0 + i) * g.K * g.P * g.Q;
+        const int64_t at = (n0 + i) * out;
         const float* residual = epilogue.residual ? epilogue.residual + at : nullptr;
         transform_outputs(g, tiles, M, i * tiles.count(), ld, bias, residual, epilogue.relu, y + at);
       }
