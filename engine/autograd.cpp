@@ -37,17 +37,27 @@ const void* target(const Edge& edge) {
   return edge.producer ? static_cast<const void*>(edge.producer.get()) : edge.leaf.impl();
 }
 
-}  // namespace
-
-void record(const Tensor& output, const char* name, std::vector<Tensor> inputs, BackwardFn backward) {
+// A new node for `output`, with an edge per input; its backward is the caller's to set.
+Node& attach_node(const Tensor& output, const char* name, const std::vector<Tensor>& inputs) {
   auto node = std::make_shared<Node>();
   node->name = name;
   node->edges.reserve(inputs.size());
   for (const Tensor& input : inputs) node->edges.push_back(edge_to(input));
-  node->backward = std::move(backward);
   TensorImpl* impl = output.impl();
   impl->grad_fn = std::move(node);
   impl->requires_grad = true;
+  return *impl->grad_fn;
+}
+
+}  // namespace
+
+void record(const Tensor& output, const char* name, std::vector<Tensor> inputs, BackwardFn backward) {
+  attach_node(output, name, inputs).backward = std::move(backward);
+}
+
+void record_summing(const Tensor& output, const char* name, std::vector<Tensor> inputs,
+                    SummingBackwardFn backward) {
+  attach_node(output, name, inputs).summing_backward = std::move(backward);
 }
 
 Tensor sum_to_shape(const Tensor& grad, const Shape& shape) {
@@ -87,6 +97,7 @@ std::vector<Edge> reverse_topological_order(const Edge& root) {
 // silently treating intermediate results as leaves.
 void release(Node& node) {
   node.backward = nullptr;
+  node.summing_backward = nullptr;
   node.edges.clear();
   node.edges.shrink_to_fit();
   node.released = true;
@@ -125,12 +136,28 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
     if (node->released)
       throw std::logic_error(std::string("backward(): the graph through '") + node->name +
                              "' was already freed by an earlier backward()");
-    std::vector<Tensor> input_grads = node->backward(grad);
+    // A summing backward is handed the sums it may add into, taken out of `pending`.
+    std::vector<Tensor> sums(node->edges.size());
+    if (node->summing_backward) {
+      for (size_t i = 0; i < node->edges.size(); ++i) {
+        if (!node->needs_grad(i)) continue;
+        const auto sum = pending.find(target(node->edges[i]));
+        if (sum == pending.end() || !sum->second.owns_data_alone()) continue;
+        sums[i] = std::move(sum->second);
+        pending.erase(sum);
+      }
+    }
+    std::vector<Tensor> input_grads =
+        node->summing_backward ? node->summing_backward(grad, sums) : node->backward(grad);
     grad = Tensor();  // spent: its buffer can serve the next node
     for (size_t i = 0; i < node->edges.size(); ++i) {
-      if (!node->needs_grad(i) || !input_grads[i].defined()) continue;
+      if (!node->needs_grad(i)) continue;
+      Tensor input_grad = std::move(input_grads[i]);
+      if (sums[i].defined() && input_grad.impl() != sums[i].impl())  // a sum not added into
+        input_grad = input_grad.defined() ? add(sums[i], input_grad) : sums[i];
+      if (!input_grad.defined()) continue;
       Tensor& slot = pending[target(node->edges[i])];
-      slot = slot.defined() ? add(slot, input_grads[i]) : input_grads[i];
+      slot = slot.defined() ? add(slot, input_grad) : input_grad;
     }
     release(*node);  // its saved activations go now, not at the end of the walk
   }

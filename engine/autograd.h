@@ -5,7 +5,8 @@
 // gradient goes, and a closure that maps the gradient of the result to the gradients
 // of the inputs (the chain rule for that op, written in the op's file next to its
 // forward). Tensor::backward() orders the graph topologically once, walks it in
-// reverse, sums the gradients that reach each node, stores them in the leaves' .grad
+// reverse, sums the gradients that reach each node (or lets an op add its own into the
+// sum as it computes it: SummingBackwardFn), stores them in the leaves' .grad
 // (adding to what is there, so gradients accumulate across calls), and then frees the
 // graph: every closure and the tensors it saved are released.
 //
@@ -32,6 +33,17 @@ namespace polyak {
 // where that input needs none).
 using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output)>;
 
+// A backward that can add an input's gradient into the sum the walk already holds for
+// that input, in the pass that computes the gradient, where the walk would otherwise
+// add the two in a pass over memory of its own (a residual block's input: the
+// shortcut's gradient arrives first, the convolution's data gradient adds to it as it
+// writes). sums[i] is that sum where the walk holds one that nothing else can see,
+// else undefined. For such an input the function either returns sums[i] itself, with
+// its gradient added in place, or leaves sums[i] as it is and returns its gradient as
+// a BackwardFn would (the walk then adds the two).
+using SummingBackwardFn =
+    std::function<std::vector<Tensor>(const Tensor& grad_output, const std::vector<Tensor>& sums)>;
+
 struct Node;
 
 // Where the gradient of one input of a node goes: to the node that produced the input,
@@ -45,7 +57,8 @@ struct Edge {
 struct Node {
   const char* name;             // op name, for error messages
   std::vector<Edge> edges;      // one per input, in the order BackwardFn returns their gradients
-  BackwardFn backward;
+  BackwardFn backward;                 // one of these two is set
+  SummingBackwardFn summing_backward;
   bool released = false;        // set once backward has run and the graph was freed
 
   bool needs_grad(size_t input) const { return edges[input].defined(); }
@@ -72,6 +85,9 @@ bool should_record(std::initializer_list<Tensor> inputs);
 // Makes `output` the result of a recorded op. `inputs` may contain undefined tensors
 // (an absent bias); they get no gradient.
 void record(const Tensor& output, const char* name, std::vector<Tensor> inputs, BackwardFn backward);
+// The same with a backward that may add into the sums of its inputs' gradients.
+void record_summing(const Tensor& output, const char* name, std::vector<Tensor> inputs,
+                    SummingBackwardFn backward);
 
 // Reduces a broadcast gradient back to `shape` by summing over the broadcast dims.
 Tensor sum_to_shape(const Tensor& grad, const Shape& shape);

@@ -154,6 +154,10 @@ int64_t Tensor::size(int64_t d) const {
   return shape()[d < 0 ? d + n : d];
 }
 
+bool Tensor::owns_data_alone() const {
+  return impl_ && impl_.use_count() == 1 && impl_->storage.use_count() == 1;
+}
+
 bool Tensor::is_contiguous() const {
   const Shape& s = shape();
   const Shape& st = strides();

@@ -83,6 +83,9 @@ class Tensor {
   Device device() const;
   bool is_contiguous() const;
   TensorImpl* impl() const { return impl_.get(); }
+  // Whether no other handle or view can see this tensor's data: writes through it are
+  // then seen by nobody else.
+  bool owns_data_alone() const;
   const std::shared_ptr<Storage>& storage() const;
 
   // Pointer to the first element of this view (a device pointer on a GPU). The

@@ -461,7 +461,8 @@ const float* flipped_filters(const Conv2dGeom& g, const float* w) {
   return flipped;
 }
 
-void shifted_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
+// dx = the data gradient, or with `add` dx += it.
+void shifted_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx, bool add) {
   const ShiftedRows rows = backward_data_rows(g);
   const SgemmPackedA& weights = packed_weights(false, g.C, g.K * g.R * g.S, flipped_filters(g, w));
   const int64_t image = g.K * g.P * g.Q, out = g.C * g.H * g.W;
@@ -476,8 +477,10 @@ void shifted_backward_data(const Conv2dGeom& g, const float* dy, const float* w,
       prefetch.reads[0] = SgemmPrefetch::Range::floats(dy + after_first * image, (after_last - after_first) * image);
       prefetch.write = SgemmPrefetch::Range::floats(dx + first * out, (last - first) * out);
       rows.product(weights, dyp, wide, prefetch);
-      for (int64_t n = first; n < last; ++n)
-        rows.drop_wrapped(g.C, wide, n - first, nullptr, nullptr, false, dx + n * out);
+      for (int64_t n = first; n < last; ++n) {
+        float* const dx_image = dx + n * out;
+        rows.drop_wrapped(g.C, wide, n - first, nullptr, add ? dx_image : nullptr, false, dx_image);
+      }
     });
   });
 }
@@ -623,9 +626,11 @@ void strided_backward_data(const Conv2dGeom& g, const float* dy, const float* w,
 // ---- Winograd (winograd.cpp): the backward data as the forward of dy padded by
 // R-1-ph, S-1-pw with the flipped filter, the same identity as shifted rows use.
 
-void winograd_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
+// With `add`, dx += the gradient: dx is also the forward's residual, read where it is
+// written.
+void winograd_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx, bool add) {
   const Conv2dGeom adjoint{g.N, g.K, g.P, g.Q, g.C, g.R, g.S, 1, 1, g.R - 1 - g.pad_h, g.S - 1 - g.pad_w, g.H, g.W};
-  winograd_forward(adjoint, dy, flipped_filters(g, w), nullptr, Epilogue{}, dx);
+  winograd_forward(adjoint, dy, flipped_filters(g, w), nullptr, Epilogue{add ? dx : nullptr, false}, dx);
 }
 
 // ---- the filter gradient: a sum over images
@@ -943,11 +948,33 @@ void conv2d_forward(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x
   }
 }
 
+namespace {
+
+// Whether the data gradient by `algorithm` is a stride-1 forward (Winograd's or shifted
+// rows'), whose epilogue can add a residual as it writes.
+bool backward_data_is_a_forward(ConvAlgorithm algorithm, const Conv2dGeom& g) {
+  return algorithm == ConvAlgorithm::Winograd ||
+         (algorithm == ConvAlgorithm::ShiftedRows && g.stride_h == 1 && g.stride_w == 1);
+}
+
+}  // namespace
+
+bool conv2d_backward_data_add(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w,
+                              float* dx) {
+  if (!backward_data_is_a_forward(algorithm, g)) return false;
+  if (algorithm == ConvAlgorithm::Winograd) {
+    winograd_backward_data(g, dy, w, dx, true);
+  } else {
+    shifted_backward_data(g, dy, w, dx, true);
+  }
+  return true;
+}
+
 void conv2d_backward_data(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
   if (algorithm == ConvAlgorithm::Winograd) {
-    winograd_backward_data(g, dy, w, dx);
-  } else if (algorithm == ConvAlgorithm::ShiftedRows && g.stride_h == 1 && g.stride_w == 1) {
-    shifted_backward_data(g, dy, w, dx);
+    winograd_backward_data(g, dy, w, dx, false);
+  } else if (backward_data_is_a_forward(algorithm, g)) {
+    shifted_backward_data(g, dy, w, dx, false);
   } else if (algorithm == ConvAlgorithm::ShiftedRows) {
     strided_backward_data(g, dy, w, dx);
   } else {
@@ -980,6 +1007,10 @@ void CpuBackend::conv2d_forward(const Conv2dGeom& g, const float* x, const float
 
 void CpuBackend::conv2d_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
   cpu::conv2d_backward_data(cpu::conv_algorithm(g), g, dy, w, dx);
+}
+
+bool CpuBackend::conv2d_backward_data_add(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
+  return cpu::conv2d_backward_data_add(cpu::conv_algorithm(g), g, dy, w, dx);
 }
 
 void CpuBackend::conv2d_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw,

@@ -24,6 +24,10 @@ ConvAlgorithm conv_algorithm(const Conv2dGeom& g);
 void conv2d_forward(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* w,
                     const float* bias /*nullable*/, const Epilogue& epilogue, float* y);
 void conv2d_backward_data(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w, float* dx);
+// dx += the data gradient where `algorithm`'s kernel for g adds it as it writes dx (a
+// stride-1 data gradient by Winograd or shifted rows); false, dx untouched, elsewhere.
+bool conv2d_backward_data_add(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w,
+                              float* dx);
 // winograd.cpp
 bool winograd_applies(const Conv2dGeom& g);
 void winograd_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias /*nullable*/,

@@ -49,6 +49,7 @@ class CpuBackend final : public Backend {
   void conv2d_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias,
                       const Epilogue& epilogue, float* y) override;
   void conv2d_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) override;
+  bool conv2d_backward_data_add(const Conv2dGeom& g, const float* dy, const float* w, float* dx) override;
   void conv2d_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw,
                               float* dbias) override;
 

@@ -96,9 +96,11 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dO
     const bool need_db = bias.defined() && bias.requires_grad();
     const bool need_dr = residual.defined() && residual.requires_grad();
     // Keep only what the wanted gradients read: dx needs w, dw needs x, the ReLU its output.
-    record(out, "conv2d", {x, weight, bias, residual},
+    // The data gradient adds into the sum autograd holds for x where the kernel can: in a
+    // residual block, the shortcut's gradient, which arrives first.
+    record_summing(out, "conv2d", {x, weight, bias, residual},
            [g, need_dx, need_dw, need_db, need_dr, xs = need_dw ? xc : Tensor(), ws = need_dx ? wc : Tensor(),
-            relu_output = options.relu ? out.detach() : Tensor()](const Tensor& grad) {
+            relu_output = options.relu ? out.detach() : Tensor()](const Tensor& grad, const std::vector<Tensor>& sums) {
              Tensor dy = grad.contiguous();
              Backend& be = backend(dy.device());
              if (relu_output.defined()) {
@@ -108,8 +110,15 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dO
              }
              Tensor dx, dw, db;
              if (need_dx) {
-               dx = Tensor::empty({g.N, g.C, g.H, g.W}, DType::F32, dy.device());
-               be.conv2d_backward_data(g, dy.data<float>(), ws.data<float>(), dx.data<float>());
+               const Tensor& x_sum = sums[0];
+               const Shape x_shape{g.N, g.C, g.H, g.W};
+               if (x_sum.defined() && x_sum.shape() == x_shape && x_sum.is_contiguous() &&
+                   be.conv2d_backward_data_add(g, dy.data<float>(), ws.data<float>(), x_sum.data<float>())) {
+                 dx = x_sum;
+               } else {
+                 dx = Tensor::empty(x_shape, DType::F32, dy.device());
+                 be.conv2d_backward_data(g, dy.data<float>(), ws.data<float>(), dx.data<float>());
+               }
              }
              if (need_dw) {
                dw = Tensor::empty({g.K, g.C, g.R, g.S}, DType::F32, dy.device());

@@ -21,6 +21,51 @@ TEST_CASE("autograd: shared sub-expressions receive the sum of their uses") {
   check_close(x.grad(), expected);
 }
 
+namespace {
+
+// y = k x through a summing backward, which adds k * dy into the sum it is handed when
+// `add_into_sums`, else returns k * dy as a plain backward does; counts the sums handed.
+Tensor scaled(const Tensor& x, float k, bool add_into_sums, int& sums_handed) {
+  Tensor y = (x * k).detach();
+  record_summing(y, "scaled", {x}, [k, add_into_sums, &sums_handed](const Tensor& grad, const std::vector<Tensor>& sums) {
+    const Tensor dx = grad * k;
+    if (!sums[0].defined()) return std::vector<Tensor>{dx};
+    ++sums_handed;
+    if (!add_into_sums) return std::vector<Tensor>{dx};
+    Tensor sum = sums[0];
+    sum.add_(dx);
+    return std::vector<Tensor>{sum};
+  });
+  return y;
+}
+
+}  // namespace
+
+TEST_CASE("autograd: a summing backward adds into the sum the walk holds, only where nothing else sees it") {
+  const Tensor x = Tensor::from_vector({1, -2}, {2}).requires_grad_();
+  int sums_handed = 0;
+  SUBCASE("a sum held only by the walk is handed over") {
+    for (const bool add_into_sums : {true, false}) {
+      CAPTURE(add_into_sums);
+      sums_handed = 0;
+      x.set_grad({});
+      const Tensor h = x * 2.0f;
+      // The walk reaches h * 5 first (it is the later input of the sum), whose backward
+      // makes a fresh gradient for h: the sum that `scaled` is handed.
+      sum(scaled(h, 3.0f, add_into_sums, sums_handed) + h * 5.0f).backward();
+      CHECK(sums_handed == 1);
+      check_close(x.grad(), std::vector<float>{16, 16});  // 2 * (3 + 5), added in place or by the walk
+    }
+  }
+  SUBCASE("a sum another pending gradient shares is not") {
+    const Tensor h = x * 2.0f;
+    // h + c hands h the very tensor that `scaled` receives as its own gradient.
+    sum(scaled(h, 3.0f, true, sums_handed) + (h + Tensor::ones({2}))).backward();
+    CHECK(sums_handed == 0);
+    check_close(x.grad(), std::vector<float>{8, 8});  // 2 * (3 + 1)
+  }
+}
+
 TEST_CASE("autograd: gradients accumulate across backward calls until zeroed") {
   Tensor w = Tensor::from_vector({1, 2}, {2}).requires_grad_();
   sum(w * 3.0f).backward();

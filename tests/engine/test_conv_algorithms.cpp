@@ -56,6 +56,8 @@ void check_near(const std::vector<float>& got, const std::vector<float>& want, c
 struct ConvOutputs {
   std::vector<float> y, dx, dw, db;
   std::vector<float> y_epilogue;  // relu(y + dy): dy doubles as the residual
+  std::vector<float> x_plus_dx;   // x + dx where conv2d_backward_data_add adds, x where it declines
+  bool added;
 };
 
 ConvOutputs run(ConvAlgorithm algorithm, const Conv2dGeom& g, const std::vector<float>& x,
@@ -63,11 +65,13 @@ ConvOutputs run(ConvAlgorithm algorithm, const Conv2dGeom& g, const std::vector<
   const float nan = std::numeric_limits<float>::quiet_NaN();  // the kernels must overwrite every element
   ConvOutputs out{std::vector<float>(dy.size(), nan), std::vector<float>(x.size(), nan),
                   std::vector<float>(w.size(), nan), std::vector<float>(b.size(), nan),
-                  std::vector<float>(dy.size(), nan)};
+                  std::vector<float>(dy.size(), nan), {}, false};
   cpu::conv2d_forward(algorithm, g, x.data(), w.data(), b.data(), {}, out.y.data());
   cpu::conv2d_forward(algorithm, g, x.data(), w.data(), b.data(), {dy.data(), true}, out.y_epilogue.data());
   cpu::conv2d_backward_data(algorithm, g, dy.data(), w.data(), out.dx.data());
   cpu::conv2d_backward_filter(algorithm, g, x.data(), dy.data(), out.dw.data(), out.db.data());
+  out.x_plus_dx = x;
+  out.added = cpu::conv2d_backward_data_add(algorithm, g, dy.data(), w.data(), out.x_plus_dx.data());
   return out;
 }
 
@@ -114,6 +118,16 @@ Trial check_against_im2col(ConvAlgorithm algorithm, const Conv2dGeom& g, int thr
   check_near(got.dx, want.dx, "backward data");
   check_near(got.dw, want.dw, "backward filter");
   check_near(got.db, want.db, "bias gradient");
+  // The data gradients that are stride-1 forwards add into dx as they write it.
+  const bool stride_1 = g.stride_h == 1 && g.stride_w == 1;
+  CHECK(got.added == (algorithm == ConvAlgorithm::Winograd || (algorithm == ConvAlgorithm::ShiftedRows && stride_1)));
+  if (got.added) {
+    std::vector<float> x_plus_dx = x;
+    for (size_t i = 0; i < x_plus_dx.size(); ++i) x_plus_dx[i] += want.dx[i];
+    check_near(got.x_plus_dx, x_plus_dx, "backward data added to x");
+  } else {
+    CHECK(got.x_plus_dx == x);  // declined: untouched
+  }
   const ConvOutputs again = run(algorithm, g, x, w, b, dy);
   CHECK(again.y == got.y);
   CHECK(again.dx == got.dx);
