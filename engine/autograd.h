@@ -30,7 +30,8 @@
 namespace polyak {
 
 // Maps the gradient of an op's result to one gradient per input (an undefined Tensor
-// where that input needs none).
+// where that input needs none). The walk drops grad_output after the call: where
+// grad_output.owns_data_alone(), the function may write its results over it.
 using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output)>;
 
 // A backward that can add an input's gradient into the sum the walk already holds for

@@ -132,14 +132,22 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
               relu_output = options.relu && rc.defined() ? out.detach() : Tensor(),
               want_w = wc.defined() && wc.requires_grad(), want_b = bc.defined() && bc.requires_grad(),
               want_r = rc.defined() && rc.requires_grad()](const Tensor& grad) {
+               const bool dy_free = grad.owns_data_alone();
                const Tensor dy = grad.contiguous();
                const Device dev = dy.device();
-               Tensor dx = Tensor::empty(input.shape(), DType::F32, dev);
+               // dx and the masked gradient are written in place of the saved input and of
+               // dy where nothing else sees those (the walk drops grad after this call, and
+               // the input is saved for this backward alone): a pass that writes where it has
+               // just read saves the read of each line that a fresh buffer's stores cost.
+               const auto in_place_of = [dev](const Tensor& t, bool free) {
+                 return free ? t : Tensor::empty(t.shape(), DType::F32, dev);
+               };
+               Tensor dx = in_place_of(input, input.owns_data_alone());
                Tensor dgamma = want_w ? Tensor::empty({geom.C}, DType::F32, dev) : Tensor();
                Tensor dbeta = want_b ? Tensor::empty({geom.C}, DType::F32, dev) : Tensor();
                // Without the ReLU the residual's gradient is dy itself.
                const bool masked_residual = want_r && relu;
-               Tensor dresidual = masked_residual ? Tensor::empty(input.shape(), DType::F32, dev)
+               Tensor dresidual = masked_residual ? in_place_of(dy, dy_free)
                                                   : (want_r ? dy : Tensor());
                backend(dev).batchnorm_backward(geom, input.data<float>(), dy.data<float>(), nullable(gamma),
                                                nullable(beta), save_mean.data<float>(), save_invstd.data<float>(),

@@ -403,6 +403,45 @@ TEST_CASE("batchnorm fused epilogue: relu(bn(x) + residual) matches the separate
   }
 }
 
+TEST_CASE("batchnorm train backward: in place of what nothing else sees, the same gradients; shared data untouched") {
+  Rng rng(41);
+  const Shape shape{4, 3, 5, 6};
+  const Tensor x0 = Tensor::normal(shape, 0.3f, 1.2f, rng), r0 = Tensor::normal(shape, 0.0f, 1.0f, rng);
+  const Tensor w0 = Tensor::normal({3}, 1.0f, 0.3f, rng), b0 = Tensor::normal({3}, 0.2f, 0.3f, rng);
+  const Tensor dy = Tensor::normal(shape, 0.0f, 1.0f, rng);
+  for (const bool relu : {false, true})
+    for (const bool with_residual : {false, true}) {
+      CAPTURE(relu);
+      CAPTURE(with_residual);
+      // The gradients of x, w, b and r through bn(1.5 x) with dy. Unless `shared`, the
+      // BN's input (1.5 x) and its incoming gradient (that of a product by 1) are seen
+      // by nothing else, and its backward writes dx and the masked gradient over them;
+      // `shared` holds on to both, so the backward must leave them as they are.
+      const auto gradients = [&](bool shared) {
+        const Tensor x = x0.clone().requires_grad_(), r = r0.clone().requires_grad_();
+        const Tensor w = w0.clone().requires_grad_(), b = b0.clone().requires_grad_();
+        Tensor input = x * 1.5f;
+        const std::vector<float> input_values = input.to_vector<float>(), dy_values = dy.to_vector<float>();
+        BatchNormOptions options;
+        options.relu = relu;
+        const Tensor y = batch_norm(input, w, b, {}, {}, {}, options, with_residual ? r : Tensor());
+        if (shared) {
+          y.backward(dy);  // dy is the test's
+          CHECK(input.to_vector<float>() == input_values);
+          CHECK(dy.to_vector<float>() == dy_values);
+        } else {
+          input = Tensor();
+          (y * 1.0f).backward(dy);
+        }
+        std::vector<std::vector<float>> out{x.grad().to_vector<float>(), w.grad().to_vector<float>(),
+                                            b.grad().to_vector<float>()};
+        if (with_residual) out.push_back(r.grad().to_vector<float>());
+        return out;
+      };
+      CHECK(gradients(false) == gradients(true));
+    }
+}
+
 TEST_CASE("batchnorm fused epilogue gradcheck, training and evaluation") {
   Rng rng(37);
   const Tensor x = Tensor::normal({3, 2, 3, 3}, 0.2f, 1.0f, rng).requires_grad_();
