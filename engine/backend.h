@@ -64,6 +64,14 @@ struct BatchNormGeom {
   int64_t N, C, HW;
 };
 
+// The moments of each plane of HW values of an (N, C, HW) tensor, kPlaneMoments floats
+// per plane at (n * C + c) * kPlaneMoments: the plane's mean as the sum of two floats
+// (a value and its rounding error, so that it keeps a double's precision), then the
+// sum of squared deviations from it. A convolution can compute them as it writes its
+// output (conv2d_forward_moments), and a training BatchNorm that follows combine them
+// into its batch statistics instead of a pass over its input.
+constexpr int64_t kPlaneMoments = 3;
+
 // What a fused op does to its result r before writing it: y = act(r + residual). The
 // tail of a residual block (or of a conv-BN-ReLU with no residual) in the same pass over
 // memory as the op's own output, instead of two more passes (add, then ReLU).
@@ -144,6 +152,13 @@ class Backend {
                                         float* /*dx*/) {
     return false;
   }
+  // conv2d_forward without an epilogue that also writes the kPlaneMoments of each plane
+  // of y (N x K planes of P*Q), computed as it writes the plane, where this backend's
+  // kernel for g can; false, nothing written, where it cannot.
+  virtual bool conv2d_forward_moments(const Conv2dGeom& /*g*/, const float* /*x*/, const float* /*w*/,
+                                      const float* /*bias*/, float* /*y*/, float* /*plane_moments*/) {
+    return false;
+  }
   virtual void conv2d_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw,
                                       float* dbias /*nullable*/) = 0;
 
@@ -151,9 +166,11 @@ class Backend {
   // Training: normalise with the batch statistics, save mean and 1/sqrt(var + eps)
   // (biased var) for backward, and when running stats are given move them towards
   // the batch statistics: r = (1 - f) r + f * stat, with the unbiased variance.
-  virtual void batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* gamma,
-                                       const float* beta, float eps, float factor, float* running_mean,
-                                       float* running_var, const Epilogue& epilogue, float* y,
+  // plane_moments, when given, are x's (kPlaneMoments), which the backend may combine
+  // into the statistics instead of reading x for them.
+  virtual void batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* plane_moments,
+                                       const float* gamma, const float* beta, float eps, float factor,
+                                       float* running_mean, float* running_var, const Epilogue& epilogue, float* y,
                                        float* save_mean, float* save_invstd) = 0;
   virtual void batchnorm_forward_eval(const BatchNormGeom& g, const float* x, const float* gamma,
                                       const float* beta, const float* running_mean,

@@ -66,6 +66,15 @@ struct Conv2dOptions {
 // that writes the output: the end of a residual block whose BatchNorm is folded in.
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias = {}, Conv2dOptions options = {},
               const Tensor& residual = {});
+// conv2d (without options.relu), and the moments of each plane of its output
+// (N, K, kPlaneMoments; engine/backend.h) where the backend's kernel computes them as it
+// writes the output, else undefined: what a training batch_norm that follows combines
+// into its statistics (its plane_moments) instead of a pass over its input.
+struct ConvWithMoments {
+  Tensor output, plane_moments;
+};
+ConvWithMoments conv2d_with_moments(const Tensor& x, const Tensor& weight, const Tensor& bias = {},
+                                    Conv2dOptions options = {});
 
 // ---- batch normalisation (ops/batchnorm.cpp) ----
 struct BatchNormOptions {
@@ -82,9 +91,11 @@ struct BatchNormOptions {
 // (a 0-dim int64 tensor, may be undefined) is incremented, as in PyTorch. residual
 // (shaped as x, may be undefined) is added to the normalised output, before the ReLU
 // when options.relu: relu(bn(x) + residual) in one pass, the end of a residual block.
+// plane_moments (may be undefined): x's, from conv2d_with_moments; in training the batch
+// statistics are combined from them instead of summed over x.
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                   const Tensor& running_var, const Tensor& num_batches_tracked, const BatchNormOptions& options,
-                  const Tensor& residual = {});
+                  const Tensor& residual = {}, const Tensor& plane_moments = {});
 
 // ---- relu (ops/relu.cpp) ----
 Tensor relu(const Tensor& x);

@@ -32,16 +32,16 @@
 // (the two subtracted terms are the gradient flowing through the mean and through the
 // variance).
 //
-// The sums run over rows of HW floats in kLanes float lanes (a fixed order the compiler
-// turns into vector adds; one double accumulator would make a serial chain of dependent
-// adds, 4 cycles per element), which are added into a double total every kFlush
-// elements: after every row, that costs more than a row of an 8x8 map (64 floats).
+// The sums run over rows in LaneSum (engine/cpu/moments.h). With the convolution that
+// computes its output's plane moments as it writes them (plane_moments), the statistics
+// combine those instead of reading x (combine_plane_moments).
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cpu/epilogue.h"
+#include "engine/cpu/moments.h"
 #include "engine/cpu/scratch.h"
 #include "engine/parallel.h"
 
@@ -49,41 +49,7 @@ namespace polyak {
 
 namespace {
 
-constexpr int kLanes = 16;
-constexpr int64_t kFlush = 1024;
-
-// A running sum of values given row by row, in kLanes float lanes that are flushed into
-// a double total every kFlush values.
-struct LaneSum {
-  float lanes[kLanes] = {};
-  double total = 0.0;
-  int64_t pending = 0;
-
-  // Adds f(s) for the row's elements s < n.
-  template <class F>
-  void add_row(int64_t n, F f) {
-    float acc[kLanes];  // a local copy: the row cannot alias it, so it stays in registers
-    std::copy(lanes, lanes + kLanes, acc);
-    int64_t i = 0;
-    for (; i + kLanes <= n; i += kLanes)
-      for (int l = 0; l < kLanes; ++l) acc[l] += f(i + l);
-    for (int l = 0; i < n; ++i, ++l) acc[l] += f(i);
-    std::copy(acc, acc + kLanes, lanes);
-    pending += n;
-    if (pending >= kFlush) flush();
-  }
-  void flush() {
-    for (float& lane : lanes) {
-      total += lane;
-      lane = 0.0f;
-    }
-    pending = 0;
-  }
-  double sum() {
-    flush();
-    return total;
-  }
-};
+using cpu::LaneSum;
 
 // A channel's sums of d = x - shift and d^2 (see the top of the file), the shift being
 // the mean of the channel's first row.
@@ -139,9 +105,9 @@ void affine_channels(const BatchNormGeom& g, int64_t c0, int64_t c1, const float
 
 }  // namespace
 
-void CpuBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* gamma,
-                                         const float* beta, float eps, float factor, float* running_mean,
-                                         float* running_var, const Epilogue& epilogue, float* y,
+void CpuBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* plane_moments,
+                                         const float* gamma, const float* beta, float eps, float factor,
+                                         float* running_mean, float* running_var, const Epilogue& epilogue, float* y,
                                          float* save_mean, float* save_invstd) {
   const int64_t N = g.N, C = g.C, HW = g.HW, M = N * HW;
   parallel_for(C, 3 * M, [&](int64_t c0, int64_t c1) {
@@ -149,12 +115,18 @@ void CpuBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x,
     thread_local std::vector<Affine> map_buffer;
     Moments* moments = cpu::scratch(moments_buffer, c1 - c0);
     Affine* maps = cpu::scratch(map_buffer, c1 - c0);
-    for (int64_t c = c0; c < c1; ++c) moments[c - c0] = Moments(x + c * HW, N > 0 ? HW : 0);
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t c = c0; c < c1; ++c) moments[c - c0].add_row(x + (n * C + c) * HW, HW);
+    if (!plane_moments) {
+      for (int64_t c = c0; c < c1; ++c) moments[c - c0] = Moments(x + c * HW, N > 0 ? HW : 0);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = c0; c < c1; ++c) moments[c - c0].add_row(x + (n * C + c) * HW, HW);
+    }
     for (int64_t c = c0; c < c1; ++c) {
       double mean, var;
-      moments[c - c0].result(M, mean, var);
+      if (plane_moments) {
+        cpu::combine_plane_moments(plane_moments, N, C, c, HW, mean, var);
+      } else {
+        moments[c - c0].result(M, mean, var);
+      }
       const double sq = var * static_cast<double>(M);
       const double invstd = 1.0 / std::sqrt(var + static_cast<double>(eps));
       save_mean[c] = static_cast<float>(mean);

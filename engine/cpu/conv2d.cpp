@@ -88,6 +88,7 @@
 #include "engine/cpu/conv2d.h"
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cpu/epilogue.h"
+#include "engine/cpu/moments.h"
 #include "engine/cpu/padded_copy.h"
 #include "engine/cpu/scratch.h"
 #include "engine/cpu/sgemm.h"
@@ -420,8 +421,10 @@ ShiftedRows backward_data_rows(const Conv2dGeom& g) {
   return {g.K, g.P, g.Q, g.R, g.S, 1, 1, g.R - 1 - g.pad_h, g.S - 1 - g.pad_w, g.N};
 }
 
+// With plane_moments, also the kPlaneMoments of each plane of y, each computed right
+// after the copy-out has written its plane (in L1).
 void shifted_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias, const Epilogue& epilogue,
-                     float* y) {
+                     float* y, float* plane_moments) {
   const ShiftedRows rows = forward_rows(g, g.N);
   const SgemmPackedA& weights = packed_weights(false, g.K, g.C * g.R * g.S, w);
   const int64_t image = g.C * g.H * g.W, out = g.K * g.P * g.Q;
@@ -439,10 +442,14 @@ void shifted_forward(const Conv2dGeom& g, const float* x, const float* w, const 
         prefetch.reads[1] = SgemmPrefetch::Range::floats(epilogue.residual + first * out, (last - first) * out);
       prefetch.write = SgemmPrefetch::Range::floats(y + first * out, (last - first) * out);
       rows.product(weights, xp, wide, prefetch);
+      const int64_t plane = g.P * g.Q;
       for (int64_t n = first; n < last; ++n) {
         const int64_t at = n * out;
         rows.drop_wrapped(g.K, wide, n - first, bias, epilogue.residual ? epilogue.residual + at : nullptr,
                           epilogue.relu, y + at);
+        if (plane_moments)
+          for (int64_t k = 0; k < g.K; ++k)
+            cpu::plane_moments(y + at + k * plane, plane, plane_moments + (n * g.K + k) * kPlaneMoments);
       }
     });
   });
@@ -942,7 +949,7 @@ void conv2d_forward(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x
   if (algorithm == ConvAlgorithm::Winograd) {
     winograd_forward(g, x, w, bias, epilogue, y);
   } else if (algorithm == ConvAlgorithm::ShiftedRows) {
-    shifted_forward(g, x, w, bias, epilogue, y);
+    shifted_forward(g, x, w, bias, epilogue, y, nullptr);
   } else {
     im2col_forward(g, x, w, bias, epilogue, y);
   }
@@ -958,6 +965,13 @@ bool backward_data_is_a_forward(ConvAlgorithm algorithm, const Conv2dGeom& g) {
 }
 
 }  // namespace
+
+bool conv2d_forward_moments(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* w,
+                            const float* bias, float* y, float* plane_moments) {
+  if (algorithm != ConvAlgorithm::ShiftedRows) return false;
+  shifted_forward(g, x, w, bias, Epilogue{}, y, plane_moments);
+  return true;
+}
 
 bool conv2d_backward_data_add(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w,
                               float* dx) {
@@ -1007,6 +1021,11 @@ void CpuBackend::conv2d_forward(const Conv2dGeom& g, const float* x, const float
 
 void CpuBackend::conv2d_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
   cpu::conv2d_backward_data(cpu::conv_algorithm(g), g, dy, w, dx);
+}
+
+bool CpuBackend::conv2d_forward_moments(const Conv2dGeom& g, const float* x, const float* w, const float* bias,
+                                        float* y, float* plane_moments) {
+  return cpu::conv2d_forward_moments(cpu::conv_algorithm(g), g, x, w, bias, y, plane_moments);
 }
 
 bool CpuBackend::conv2d_backward_data_add(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {

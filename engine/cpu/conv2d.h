@@ -23,6 +23,11 @@ ConvAlgorithm conv_algorithm(const Conv2dGeom& g);
 
 void conv2d_forward(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* w,
                     const float* bias /*nullable*/, const Epilogue& epilogue, float* y);
+// conv2d_forward without an epilogue that also writes the plane moments of y
+// (engine/backend.h) where `algorithm`'s kernel computes them as it writes y (shifted
+// rows); false, nothing written, elsewhere.
+bool conv2d_forward_moments(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* w,
+                            const float* bias /*nullable*/, float* y, float* plane_moments);
 void conv2d_backward_data(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w, float* dx);
 // dx += the data gradient where `algorithm`'s kernel for g adds it as it writes dx (a
 // stride-1 data gradient by Winograd or shifted rows); false, dx untouched, elsewhere.

@@ -49,14 +49,16 @@ class CpuBackend final : public Backend {
   void conv2d_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias,
                       const Epilogue& epilogue, float* y) override;
   void conv2d_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) override;
+  bool conv2d_forward_moments(const Conv2dGeom& g, const float* x, const float* w, const float* bias, float* y,
+                              float* plane_moments) override;
   bool conv2d_backward_data_add(const Conv2dGeom& g, const float* dy, const float* w, float* dx) override;
   void conv2d_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw,
                               float* dbias) override;
 
   // batchnorm.cpp
-  void batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* gamma, const float* beta,
-                               float eps, float factor, float* running_mean, float* running_var,
-                               const Epilogue& epilogue, float* y, float* save_mean,
+  void batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* plane_moments,
+                               const float* gamma, const float* beta, float eps, float factor, float* running_mean,
+                               float* running_var, const Epilogue& epilogue, float* y, float* save_mean,
                                float* save_invstd) override;
   void batchnorm_forward_eval(const BatchNormGeom& g, const float* x, const float* gamma, const float* beta,
                               const float* running_mean, const float* running_var, float eps,

@@ -227,10 +227,12 @@ unsigned channel_blocks(uint32_t C) { return (C + kThreads - 1) / kThreads; }
 
 }  // namespace
 
-void CudaBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* gamma,
-                                          const float* beta, float eps, float factor, float* running_mean,
-                                          float* running_var, const Epilogue& epilogue, float* y,
-                                          float* save_mean, float* save_invstd) {
+// The statistics are summed from x on the GPU: no convolution here writes plane moments
+// (conv2d_forward_moments), so plane_moments is never given, and summing x is always right.
+void CudaBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* /*plane_moments*/,
+                                          const float* gamma, const float* beta, float eps, float factor,
+                                          float* running_mean, float* running_var, const Epilogue& epilogue,
+                                          float* y, float* save_mean, float* save_invstd) {
   if (g.C <= 0) return;
   const Plan p = plan_for(g, sm_count_);
   Scratch partial(*this, sizeof(double) * 2 * p.C * p.S);

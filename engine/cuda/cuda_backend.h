@@ -113,9 +113,9 @@ class CudaBackend final : public Backend {
                               float* dbias) override;
 
   // batchnorm.cu
-  void batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* gamma, const float* beta,
-                               float eps, float factor, float* running_mean, float* running_var,
-                               const Epilogue& epilogue, float* y, float* save_mean,
+  void batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* plane_moments,
+                               const float* gamma, const float* beta, float eps, float factor, float* running_mean,
+                               float* running_var, const Epilogue& epilogue, float* y, float* save_mean,
                                float* save_invstd) override;
   void batchnorm_forward_eval(const BatchNormGeom& g, const float* x, const float* gamma, const float* beta,
                               const float* running_mean, const float* running_var, float eps,

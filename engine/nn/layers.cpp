@@ -44,7 +44,14 @@ void BatchNorm2d::reset_running_stats() {
 }
 
 Tensor conv_bn(Conv2d& conv, BatchNorm2d& bn, const Tensor& x, const ConvBnEpilogue& then) {
-  if (bn.is_training()) return bn.forward(conv.forward(x), then.residual, then.relu);
+  if (bn.is_training()) {
+    // The convolution sums its output planes' moments as it writes them, where it can;
+    // the BatchNorm then combines those instead of reading the output for its statistics.
+    const ConvWithMoments z = conv2d_with_moments(x, conv.weight, conv.bias, conv.options);
+    return batch_norm(z.output, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.num_batches_tracked,
+                      {.training = true, .eps = bn.eps, .momentum = bn.momentum, .relu = then.relu}, then.residual,
+                      z.plane_moments);
+  }
   const int64_t filters = conv.weight.size(0);
   if (bn.running_mean.numel() != filters)
     throw std::invalid_argument("conv_bn: a convolution with " + std::to_string(filters) +

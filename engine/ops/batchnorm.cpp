@@ -59,7 +59,7 @@ void check_counter(const Tensor& counter) {
 
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                   const Tensor& running_var, const Tensor& num_batches_tracked, const BatchNormOptions& options,
-                  const Tensor& residual) {
+                  const Tensor& residual, const Tensor& plane_moments) {
   if (x.dtype() != DType::F32)
     throw std::invalid_argument(std::string("batch_norm: input must be float32, got ") + dtype_name(x.dtype()));
   if (x.dim() != 2 && x.dim() != 4)
@@ -91,6 +91,14 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
                                   shape_str(residual.shape()) + " on " + device_name(residual.device()));
   }
 
+  if (plane_moments.defined() &&
+      (plane_moments.dtype() != DType::F32 || plane_moments.shape() != Shape{N, C, kPlaneMoments} ||
+       plane_moments.device() != device || !plane_moments.is_contiguous()))
+    throw std::invalid_argument("batch_norm: plane_moments must be contiguous float32 " +
+                                shape_str(Shape{N, C, kPlaneMoments}) + " on " + device_name(device) +
+                                " for input " + shape_str(x.shape()) + ", got " + dtype_name(plane_moments.dtype()) +
+                                " " + shape_str(plane_moments.shape()) + " on " + device_name(plane_moments.device()));
+
   const BatchNormGeom geom{N, C, HW};
   const Tensor xc = x.contiguous();
   const Tensor rc = residual.defined() ? residual.contiguous() : Tensor();
@@ -119,7 +127,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
     }
     Tensor save_mean = Tensor::empty({C}, DType::F32, device);
     Tensor save_invstd = Tensor::empty({C}, DType::F32, device);
-    be.batchnorm_forward_train(geom, xc.data<float>(), nullable(wc), nullable(bc), options.eps, factor,
+    be.batchnorm_forward_train(geom, xc.data<float>(), nullable(plane_moments), nullable(wc), nullable(bc), options.eps, factor,
                                tracking ? running_mean.data<float>() : nullptr,
                                tracking ? running_var.data<float>() : nullptr, epilogue, out.data<float>(),
                                save_mean.data<float>(), save_invstd.data<float>());

@@ -69,10 +69,10 @@ Conv2dGeom conv2d_geometry(const Tensor& x, const Tensor& weight, const Tensor& 
   return g;
 }
 
-}  // namespace
-
-Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions options,
-              const Tensor& residual) {
+// conv2d, and where plane_moments is given and the backend's kernel can, the moments of
+// each plane of the output into *plane_moments (left undefined where it cannot).
+Tensor convolve(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions options,
+                const Tensor& residual, Tensor* plane_moments) {
   const Conv2dGeom g = conv2d_geometry(x, weight, bias, options);
   const Shape out_shape{g.N, g.K, g.P, g.Q};
   if (residual.defined() &&
@@ -87,8 +87,15 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dO
   Backend& be = backend(x.device());
 
   Tensor out = Tensor::empty(out_shape, DType::F32, x.device());
-  be.conv2d_forward(g, xc.data<float>(), wc.data<float>(), bc.defined() ? bc.data<float>() : nullptr,
-                    {rc.defined() ? rc.data<float>() : nullptr, options.relu}, out.data<float>());
+  const float* const b = bc.defined() ? bc.data<float>() : nullptr;
+  Tensor moments = plane_moments ? Tensor::empty({g.N, g.K, kPlaneMoments}, DType::F32, x.device()) : Tensor();
+  if (moments.defined() &&
+      be.conv2d_forward_moments(g, xc.data<float>(), wc.data<float>(), b, out.data<float>(), moments.data<float>())) {
+    *plane_moments = moments;
+  } else {
+    be.conv2d_forward(g, xc.data<float>(), wc.data<float>(), b, {rc.defined() ? rc.data<float>() : nullptr, options.relu},
+                      out.data<float>());
+  }
 
   if (should_record({x, weight, bias, residual})) {
     const bool need_dx = x.requires_grad();
@@ -132,6 +139,21 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dO
            });
   }
   return out;
+}
+
+}  // namespace
+
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dOptions options,
+              const Tensor& residual) {
+  return convolve(x, weight, bias, options, residual, nullptr);
+}
+
+ConvWithMoments conv2d_with_moments(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                    Conv2dOptions options) {
+  if (options.relu) fail("the plane moments are the convolution's own output's: no fused ReLU");
+  ConvWithMoments result;
+  result.output = convolve(x, weight, bias, options, Tensor(), &result.plane_moments);
+  return result;
 }
 
 }  // namespace polyak

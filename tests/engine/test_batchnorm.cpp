@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "engine/autograd.h"
+#include "engine/backend.h"
+#include "engine/cpu/moments.h"
 #include "engine/ops.h"
 #include "engine/parallel.h"
 #include "engine/rng.h"
@@ -199,39 +201,50 @@ TEST_CASE("batchnorm train: statistics against a double loop, with a large mean 
     Shape shape;
     float mean, stddev;
   };
-  for (const Case& c : {Case{{64, 3, 8, 8}, 1.0e4f, 0.5f}, Case{{128, 5, 8, 8}, -3.0f, 2.0f},
-                        Case{{300, 4}, 250.0f, 0.1f}, Case{{1, 2, 33, 31}, 0.0f, 1.0f}}) {
-    CAPTURE(shape_str(c.shape));
-    const int64_t N = c.shape[0], C = c.shape[1], HW = c.shape.size() == 4 ? c.shape[2] * c.shape[3] : 1;
-    const Tensor x = Tensor::normal(c.shape, c.mean, c.stddev, rng);
-    Tensor running_mean = Tensor::zeros({C}), running_var = Tensor::zeros({C});
-    BatchNormOptions options;
-    options.momentum = 1.0f;  // the running statistics become this batch's
-    const Tensor y = batch_norm(x, {}, {}, running_mean, running_var, {}, options);
-    const std::vector<float> xv = x.to_vector<float>(), yv = y.to_vector<float>();
-    const std::vector<float> mean = running_mean.to_vector<float>(), var = running_var.to_vector<float>();
-    for (int64_t ch = 0; ch < C; ++ch) {
-      double sum = 0.0, sq = 0.0;
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t s = 0; s < HW; ++s) sum += xv[(n * C + ch) * HW + s];
-      const double m = sum / static_cast<double>(N * HW);
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t s = 0; s < HW; ++s) sq += std::pow(xv[(n * C + ch) * HW + s] - m, 2);
-      const double unbiased = sq / static_cast<double>(N * HW - 1);
-      CHECK(mean[ch] == doctest::Approx(m).epsilon(1e-7));
-      CHECK(var[ch] == doctest::Approx(unbiased).epsilon(1e-4));
-      double y_sum = 0.0, y_sq = 0.0;  // the output: mean 0, biased variance 1 (up to eps)
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t s = 0; s < HW; ++s) {
-          const double v = yv[(n * C + ch) * HW + s];
-          y_sum += v, y_sq += v * v;
-        }
-      const double ym = y_sum / static_cast<double>(N * HW), yvar = y_sq / static_cast<double>(N * HW) - ym * ym;
-      CHECK(std::abs(ym) < 1e-3);
-      CHECK(yvar == doctest::Approx(sq / static_cast<double>(N * HW) / (sq / static_cast<double>(N * HW) + 1e-5))
-                        .epsilon(1e-3));
+  // Summed over x, or combined from its planes' moments (as a convolution before the
+  // BatchNorm computes them); 70x70 planes are longer than what those sum in float.
+  for (const bool from_planes : {false, true})
+    for (const Case& c : {Case{{64, 3, 8, 8}, 1.0e4f, 0.5f}, Case{{128, 5, 8, 8}, -3.0f, 2.0f},
+                          Case{{300, 4}, 250.0f, 0.1f}, Case{{1, 2, 33, 31}, 0.0f, 1.0f},
+                          Case{{3, 2, 70, 70}, 100.0f, 3.0f}}) {
+      CAPTURE(shape_str(c.shape));
+      CAPTURE(from_planes);
+      const int64_t N = c.shape[0], C = c.shape[1], HW = c.shape.size() == 4 ? c.shape[2] * c.shape[3] : 1;
+      const Tensor x = Tensor::normal(c.shape, c.mean, c.stddev, rng);
+      Tensor running_mean = Tensor::zeros({C}), running_var = Tensor::zeros({C});
+      BatchNormOptions options;
+      options.momentum = 1.0f;  // the running statistics become this batch's
+      Tensor moments;
+      if (from_planes) {
+        moments = Tensor::empty({N, C, kPlaneMoments});
+        for (int64_t plane = 0; plane < N * C; ++plane)
+          cpu::plane_moments(x.data<float>() + plane * HW, HW, moments.data<float>() + plane * kPlaneMoments);
+      }
+      const Tensor y = batch_norm(x, {}, {}, running_mean, running_var, {}, options, {}, moments);
+      const std::vector<float> xv = x.to_vector<float>(), yv = y.to_vector<float>();
+      const std::vector<float> mean = running_mean.to_vector<float>(), var = running_var.to_vector<float>();
+      for (int64_t ch = 0; ch < C; ++ch) {
+        double sum = 0.0, sq = 0.0;
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t s = 0; s < HW; ++s) sum += xv[(n * C + ch) * HW + s];
+        const double m = sum / static_cast<double>(N * HW);
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t s = 0; s < HW; ++s) sq += std::pow(xv[(n * C + ch) * HW + s] - m, 2);
+        const double unbiased = sq / static_cast<double>(N * HW - 1);
+        CHECK(mean[ch] == doctest::Approx(m).epsilon(1e-7));
+        CHECK(var[ch] == doctest::Approx(unbiased).epsilon(1e-4));
+        double y_sum = 0.0, y_sq = 0.0;  // the output: mean 0, biased variance 1 (up to eps)
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t s = 0; s < HW; ++s) {
+            const double v = yv[(n * C + ch) * HW + s];
+            y_sum += v, y_sq += v * v;
+          }
+        const double ym = y_sum / static_cast<double>(N * HW), yvar = y_sq / static_cast<double>(N * HW) - ym * ym;
+        CHECK(std::abs(ym) < 1e-3);
+        CHECK(yvar == doctest::Approx(sq / static_cast<double>(N * HW) / (sq / static_cast<double>(N * HW) + 1e-5))
+                          .epsilon(1e-3));
+      }
     }
-  }
 }
 
 TEST_CASE("batchnorm: results do not depend on the thread count") {
@@ -322,6 +335,8 @@ TEST_CASE("batchnorm: argument errors") {
   CHECK_THROWS_AS(batch_norm(x, {}, {}, Tensor::zeros({3}), rv, {}, {}), std::invalid_argument);
   CHECK_THROWS_AS(batch_norm(x, {}, {}, rm, {}, {}, {}), std::invalid_argument);
   CHECK_THROWS_AS(batch_norm(x, {}, {}, {}, {}, {}, eval), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(batch_norm(x, {}, {}, {}, {}, {}, {}, {}, Tensor::zeros({x.size(0), x.size(1), 2})),
+                       doctest::Contains("plane_moments must be contiguous float32"), std::invalid_argument);
   CHECK_THROWS_AS(batch_norm(x, {}, {}, rm, rv, {}, cumulative), std::invalid_argument);
   CHECK_THROWS_AS(batch_norm(x, {}, {}, rm, rv, Tensor::zeros({1}), {}), std::invalid_argument);  // float counter
   CHECK_THROWS_AS(batch_norm(Tensor::ones({1, 2}), {}, {}, {}, {}, {}, {}), std::invalid_argument);

@@ -348,6 +348,9 @@ TEST_CASE("conv2d rejects bad shapes with clear messages") {
   const Tensor x = Tensor::zeros({2, 3, 5, 5});
   const Tensor w = Tensor::zeros({4, 3, 3, 3});
   using doctest::Contains;
+  CHECK_THROWS_WITH_AS(conv2d_with_moments(x, w, {}, {.relu = true}),
+                       Contains("the plane moments are the convolution's own output's: no fused ReLU"),
+                       std::invalid_argument);
   CHECK_THROWS_WITH_AS(conv2d(Tensor::zeros({3, 5, 5}), w), Contains("input must be 4-D (N, C, H, W), got shape [3, 5, 5]"),
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(conv2d(x, Tensor::zeros({4, 3, 3})), Contains("weight must be 4-D (K, C, R, S), got shape [4, 3, 3]"),

@@ -58,6 +58,8 @@ struct ConvOutputs {
   std::vector<float> y_epilogue;  // relu(y + dy): dy doubles as the residual
   std::vector<float> x_plus_dx;   // x + dx where conv2d_backward_data_add adds, x where it declines
   bool added;
+  std::vector<float> y_with_moments, plane_moments;  // from conv2d_forward_moments, where it writes them
+  bool moments_written;
 };
 
 ConvOutputs run(ConvAlgorithm algorithm, const Conv2dGeom& g, const std::vector<float>& x,
@@ -65,13 +67,16 @@ ConvOutputs run(ConvAlgorithm algorithm, const Conv2dGeom& g, const std::vector<
   const float nan = std::numeric_limits<float>::quiet_NaN();  // the kernels must overwrite every element
   ConvOutputs out{std::vector<float>(dy.size(), nan), std::vector<float>(x.size(), nan),
                   std::vector<float>(w.size(), nan), std::vector<float>(b.size(), nan),
-                  std::vector<float>(dy.size(), nan), {}, false};
+                  std::vector<float>(dy.size(), nan), {}, false, std::vector<float>(dy.size(), nan),
+                  std::vector<float>(static_cast<size_t>(g.N * g.K * kPlaneMoments), nan), false};
   cpu::conv2d_forward(algorithm, g, x.data(), w.data(), b.data(), {}, out.y.data());
   cpu::conv2d_forward(algorithm, g, x.data(), w.data(), b.data(), {dy.data(), true}, out.y_epilogue.data());
   cpu::conv2d_backward_data(algorithm, g, dy.data(), w.data(), out.dx.data());
   cpu::conv2d_backward_filter(algorithm, g, x.data(), dy.data(), out.dw.data(), out.db.data());
   out.x_plus_dx = x;
   out.added = cpu::conv2d_backward_data_add(algorithm, g, dy.data(), w.data(), out.x_plus_dx.data());
+  out.moments_written = cpu::conv2d_forward_moments(algorithm, g, x.data(), w.data(), b.data(),
+                                                    out.y_with_moments.data(), out.plane_moments.data());
   return out;
 }
 
@@ -127,6 +132,24 @@ Trial check_against_im2col(ConvAlgorithm algorithm, const Conv2dGeom& g, int thr
     check_near(got.x_plus_dx, x_plus_dx, "backward data added to x");
   } else {
     CHECK(got.x_plus_dx == x);  // declined: untouched
+  }
+  // Shifted rows' forward sums each output plane's moments as it writes the plane.
+  CHECK(got.moments_written == (algorithm == ConvAlgorithm::ShiftedRows));
+  if (got.moments_written) {
+    CHECK(got.y_with_moments == got.y);
+    const int64_t plane = g.P * g.Q;
+    for (int64_t i = 0; i < g.N * g.K; ++i) {
+      double sum = 0.0, squares = 0.0;
+      for (int64_t s = 0; s < plane; ++s) sum += got.y[i * plane + s];
+      const double mean = sum / static_cast<double>(plane);
+      for (int64_t s = 0; s < plane; ++s) squares += std::pow(got.y[i * plane + s] - mean, 2);
+      const float* m = got.plane_moments.data() + i * kPlaneMoments;
+      INFO("plane " << i);
+      CHECK(static_cast<double>(m[0]) + m[1] == doctest::Approx(mean).epsilon(1e-5).scale(1.0));
+      CHECK(m[2] == doctest::Approx(squares).epsilon(1e-4).scale(1.0));
+    }
+  } else {
+    CHECK(std::all_of(got.plane_moments.begin(), got.plane_moments.end(), [](float v) { return std::isnan(v); }));
   }
   const ConvOutputs again = run(algorithm, g, x, w, b, dy);
   CHECK(again.y == got.y);

@@ -147,10 +147,18 @@ TEST_CASE("nn: conv_bn folds an evaluation-mode BatchNorm into the convolution")
         const Tensor x = Tensor::normal({2, 3, 7, 6}, 0.0f, 1.0f, rng);
 
         // Training mode: the two steps as written, batch statistics and all.
-        const Tensor running_before = bn.running_mean.clone();
+        // (Where the convolution computes its output planes' moments, the BatchNorm's
+        // statistics come from those.)
+        const Tensor running_before = bn.running_mean.clone(), running_var_before = bn.running_var.clone();
         (void)nn::conv_bn(conv, bn, x);
-        check_close(bn.running_mean, running_before * 0.9f + mean(conv.forward(x), {0, 2, 3}) * 0.1f);
+        const Tensor z = conv.forward(x);
+        const Tensor z_mean = mean(z, {0, 2, 3}, true);
+        const float values_per_channel = static_cast<float>(z.numel() / z.size(1));
+        const Tensor z_var = mean((z - z_mean) * (z - z_mean), {0, 2, 3}) * (values_per_channel / (values_per_channel - 1));
+        check_close(bn.running_mean, running_before * 0.9f + z_mean.reshape({5}) * 0.1f);
+        check_close(bn.running_var, running_var_before * 0.9f + z_var * 0.1f, 1e-5, 1e-5);
         bn.running_mean.copy_(running_before);
+        bn.running_var.copy_(running_var_before);
 
         // Evaluation mode: one convolution, equal to the two steps up to rounding, and
         // the gradients reach the same parameters with the same values.
