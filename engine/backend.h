@@ -148,6 +148,12 @@ class Backend {
   // dx += the data gradient, added as the kernel writes dx, where this backend's kernel
   // for g can (autograd then sums a second gradient of x without a pass of its own);
   // false, with dx untouched, where it cannot.
+  // The data gradient written over dy (same shape as dx: stride 1, C = K, P = H, Q = W)
+  // where this backend's kernel for g reads each part of dy before it writes that part
+  // of dx; false, dy untouched, where it cannot.
+  virtual bool conv2d_backward_data_in_place(const Conv2dGeom& /*g*/, float* /*dy_then_dx*/, const float* /*w*/) {
+    return false;
+  }
   virtual bool conv2d_backward_data_add(const Conv2dGeom& /*g*/, const float* /*dy*/, const float* /*w*/,
                                         float* /*dx*/) {
     return false;

@@ -973,6 +973,16 @@ bool conv2d_forward_moments(ConvAlgorithm algorithm, const Conv2dGeom& g, const 
   return true;
 }
 
+bool conv2d_backward_data_in_place(ConvAlgorithm algorithm, const Conv2dGeom& g, float* dy_then_dx, const float* w) {
+  const bool same_shape = g.C == g.K && g.H == g.P && g.W == g.Q;
+  if (algorithm != ConvAlgorithm::ShiftedRows || !backward_data_is_a_forward(algorithm, g) || !same_shape)
+    return false;
+  // Each product copies its images of dy into its padded buffer before it writes theirs
+  // of dx, and no product reads another's images but to prefetch those it takes next.
+  shifted_backward_data(g, dy_then_dx, w, dy_then_dx, false);
+  return true;
+}
+
 bool conv2d_backward_data_add(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w,
                               float* dx) {
   if (!backward_data_is_a_forward(algorithm, g)) return false;
@@ -1026,6 +1036,10 @@ void CpuBackend::conv2d_backward_data(const Conv2dGeom& g, const float* dy, cons
 bool CpuBackend::conv2d_forward_moments(const Conv2dGeom& g, const float* x, const float* w, const float* bias,
                                         float* y, float* plane_moments) {
   return cpu::conv2d_forward_moments(cpu::conv_algorithm(g), g, x, w, bias, y, plane_moments);
+}
+
+bool CpuBackend::conv2d_backward_data_in_place(const Conv2dGeom& g, float* dy_then_dx, const float* w) {
+  return cpu::conv2d_backward_data_in_place(cpu::conv_algorithm(g), g, dy_then_dx, w);
 }
 
 bool CpuBackend::conv2d_backward_data_add(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {

@@ -29,6 +29,10 @@ void conv2d_forward(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x
 bool conv2d_forward_moments(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* w,
                             const float* bias /*nullable*/, float* y, float* plane_moments);
 void conv2d_backward_data(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w, float* dx);
+// The data gradient written over dy, where dx has dy's shape and `algorithm`'s kernel
+// for g copies each image of dy in before it writes that image of dx (shifted rows,
+// stride 1); false, dy untouched, elsewhere.
+bool conv2d_backward_data_in_place(ConvAlgorithm algorithm, const Conv2dGeom& g, float* dy_then_dx, const float* w);
 // dx += the data gradient where `algorithm`'s kernel for g adds it as it writes dx (a
 // stride-1 data gradient by Winograd or shifted rows); false, dx untouched, elsewhere.
 bool conv2d_backward_data_add(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w,

@@ -51,6 +51,7 @@ class CpuBackend final : public Backend {
   void conv2d_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) override;
   bool conv2d_forward_moments(const Conv2dGeom& g, const float* x, const float* w, const float* bias, float* y,
                               float* plane_moments) override;
+  bool conv2d_backward_data_in_place(const Conv2dGeom& g, float* dy_then_dx, const float* w) override;
   bool conv2d_backward_data_add(const Conv2dGeom& g, const float* dy, const float* w, float* dx) override;
   void conv2d_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw,
                               float* dbias) override;

@@ -93,8 +93,8 @@ Tensor convolve(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2
       be.conv2d_forward_moments(g, xc.data<float>(), wc.data<float>(), b, out.data<float>(), moments.data<float>())) {
     *plane_moments = moments;
   } else {
-    be.conv2d_forward(g, xc.data<float>(), wc.data<float>(), b, {rc.defined() ? rc.data<float>() : nullptr, options.relu},
-                      out.data<float>());
+    const Epilogue epilogue{rc.defined() ? rc.data<float>() : nullptr, options.relu};
+    be.conv2d_forward(g, xc.data<float>(), wc.data<float>(), b, epilogue, out.data<float>());
   }
 
   if (should_record({x, weight, bias, residual})) {
@@ -108,25 +108,19 @@ Tensor convolve(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2
     record_summing(out, "conv2d", {x, weight, bias, residual},
            [g, need_dx, need_dw, need_db, need_dr, xs = need_dw ? xc : Tensor(), ws = need_dx ? wc : Tensor(),
             relu_output = options.relu ? out.detach() : Tensor()](const Tensor& grad, const std::vector<Tensor>& sums) {
+             // The incoming gradient is ours to overwrite when nothing else sees it (the walk
+             // drops grad after this call), or when it is the masked copy made here.
+             bool dy_free = grad.owns_data_alone();
              Tensor dy = grad.contiguous();
              Backend& be = backend(dy.device());
              if (relu_output.defined()) {
                Tensor masked = Tensor::empty(dy.shape(), DType::F32, dy.device());
                be.relu_backward(dy.numel(), relu_output.data<float>(), dy.data<float>(), masked.data<float>());
                dy = masked;
+               dy_free = true;
              }
+             // The filter and bias gradients first: the data gradient may then write over dy.
              Tensor dx, dw, db;
-             if (need_dx) {
-               const Tensor& x_sum = sums[0];
-               const Shape x_shape{g.N, g.C, g.H, g.W};
-               if (x_sum.defined() && x_sum.shape() == x_shape && x_sum.is_contiguous() &&
-                   be.conv2d_backward_data_add(g, dy.data<float>(), ws.data<float>(), x_sum.data<float>())) {
-                 dx = x_sum;
-               } else {
-                 dx = Tensor::empty(x_shape, DType::F32, dy.device());
-                 be.conv2d_backward_data(g, dy.data<float>(), ws.data<float>(), dx.data<float>());
-               }
-             }
              if (need_dw) {
                dw = Tensor::empty({g.K, g.C, g.R, g.S}, DType::F32, dy.device());
                if (need_db) db = Tensor::empty({g.K}, DType::F32, dy.device());
@@ -134,6 +128,23 @@ Tensor convolve(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2
                                          need_db ? db.data<float>() : nullptr);
              } else if (need_db) {
                db = sum(dy, {0, 2, 3});
+             }
+             if (need_dx) {
+               // Into the sum autograd holds for x, or over dy where dx has its shape and no
+               // one else reads dy (a store over a line just read costs no read of it first),
+               // or into a fresh buffer.
+               const Tensor& x_sum = sums[0];
+               const Shape x_shape{g.N, g.C, g.H, g.W};
+               if (x_sum.defined() && x_sum.shape() == x_shape && x_sum.is_contiguous() &&
+                   be.conv2d_backward_data_add(g, dy.data<float>(), ws.data<float>(), x_sum.data<float>())) {
+                 dx = x_sum;
+               } else if (dy_free && !need_dr && dy.shape() == x_shape &&
+                          be.conv2d_backward_data_in_place(g, dy.data<float>(), ws.data<float>())) {
+                 dx = dy;
+               } else {
+                 dx = Tensor::empty(x_shape, DType::F32, dy.device());
+                 be.conv2d_backward_data(g, dy.data<float>(), ws.data<float>(), dx.data<float>());
+               }
              }
              return std::vector<Tensor>{dx, dw, db, need_dr ? dy : Tensor()};
            });

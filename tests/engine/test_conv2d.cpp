@@ -344,6 +344,33 @@ TEST_CASE("conv2d CPU-vs-GPU parity") {
   });
 }
 
+TEST_CASE("conv2d backward: dx over an incoming gradient nothing else sees, the same gradients; shared dy untouched") {
+  Rng rng(17);
+  ThreadsScope scope(2);
+  // 8 channels in and out at 9x9, stride 1, padding 1: dx has dy's shape.
+  const Tensor x0 = Tensor::normal({3, 8, 9, 9}, 0.0f, 1.0f, rng), w0 = Tensor::normal({8, 8, 3, 3}, 0.0f, 0.3f, rng);
+  const Tensor dy = Tensor::normal({3, 8, 9, 9}, 0.0f, 1.0f, rng);
+  const std::vector<float> dy_values = dy.to_vector<float>();
+  // Unless `shared`, the convolution's incoming gradient is that of a product by 1,
+  // which nothing else sees: its data gradient may be written over it.
+  const auto gradients = [&](bool shared) {
+    const Tensor x = (x0 * 1.0f).detach().requires_grad_(), w = w0.clone().requires_grad_();
+    const Tensor y = conv2d(x, w, {}, {.stride = 1, .padding = 1});
+    if (shared) {
+      y.backward(dy);
+      CHECK(dy.to_vector<float>() == dy_values);
+    } else {
+      (y * 1.0f).backward(dy);
+    }
+    return std::vector<std::vector<float>>{x.grad().to_vector<float>(), w.grad().to_vector<float>()};
+  };
+  const auto in_place = gradients(false), shared = gradients(true);
+  CHECK(in_place == shared);
+  const NaiveConv ref({3, 8, 9, 9, 8, 3, 3, 1, 1, false});
+  check_close(Tensor::from_vector(in_place[0], {3, 8, 9, 9}), ref.backward_data(dy_values, w0.to_vector<float>()),
+              1e-4, 1e-4);
+}
+
 TEST_CASE("conv2d rejects bad shapes with clear messages") {
   const Tensor x = Tensor::zeros({2, 3, 5, 5});
   const Tensor w = Tensor::zeros({4, 3, 3, 3});

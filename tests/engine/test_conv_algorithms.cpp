@@ -60,6 +60,8 @@ struct ConvOutputs {
   bool added;
   std::vector<float> y_with_moments, plane_moments;  // from conv2d_forward_moments, where it writes them
   bool moments_written;
+  std::vector<float> dy_then_dx;  // dx written over dy, where conv2d_backward_data_in_place can; dy where not
+  bool in_place;
 };
 
 ConvOutputs run(ConvAlgorithm algorithm, const Conv2dGeom& g, const std::vector<float>& x,
@@ -68,7 +70,7 @@ ConvOutputs run(ConvAlgorithm algorithm, const Conv2dGeom& g, const std::vector<
   ConvOutputs out{std::vector<float>(dy.size(), nan), std::vector<float>(x.size(), nan),
                   std::vector<float>(w.size(), nan), std::vector<float>(b.size(), nan),
                   std::vector<float>(dy.size(), nan), {}, false, std::vector<float>(dy.size(), nan),
-                  std::vector<float>(static_cast<size_t>(g.N * g.K * kPlaneMoments), nan), false};
+                  std::vector<float>(static_cast<size_t>(g.N * g.K * kPlaneMoments), nan), false, dy, false};
   cpu::conv2d_forward(algorithm, g, x.data(), w.data(), b.data(), {}, out.y.data());
   cpu::conv2d_forward(algorithm, g, x.data(), w.data(), b.data(), {dy.data(), true}, out.y_epilogue.data());
   cpu::conv2d_backward_data(algorithm, g, dy.data(), w.data(), out.dx.data());
@@ -77,6 +79,7 @@ ConvOutputs run(ConvAlgorithm algorithm, const Conv2dGeom& g, const std::vector<
   out.added = cpu::conv2d_backward_data_add(algorithm, g, dy.data(), w.data(), out.x_plus_dx.data());
   out.moments_written = cpu::conv2d_forward_moments(algorithm, g, x.data(), w.data(), b.data(),
                                                     out.y_with_moments.data(), out.plane_moments.data());
+  out.in_place = cpu::conv2d_backward_data_in_place(algorithm, g, out.dy_then_dx.data(), w.data());
   return out;
 }
 
@@ -132,6 +135,14 @@ Trial check_against_im2col(ConvAlgorithm algorithm, const Conv2dGeom& g, int thr
     check_near(got.x_plus_dx, x_plus_dx, "backward data added to x");
   } else {
     CHECK(got.x_plus_dx == x);  // declined: untouched
+  }
+  // Shifted rows' stride-1 data gradient can write over dy when dx has its shape.
+  const bool same_shape = g.C == g.K && g.H == g.P && g.W == g.Q;
+  CHECK(got.in_place == (algorithm == ConvAlgorithm::ShiftedRows && stride_1 && same_shape));
+  if (got.in_place) {
+    check_near(got.dy_then_dx, want.dx, "backward data over dy");
+  } else {
+    CHECK(got.dy_then_dx == dy);  // declined: untouched
   }
   // Shifted rows' forward sums each output plane's moments as it writes the plane.
   CHECK(got.moments_written == (algorithm == ConvAlgorithm::ShiftedRows));
