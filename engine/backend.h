@@ -145,15 +145,15 @@ class Backend {
   virtual void conv2d_forward(const Conv2dGeom& g, const float* x, const float* w,
                               const float* bias /*nullable*/, const Epilogue& epilogue, float* y) = 0;
   virtual void conv2d_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) = 0;
-  // dx += the data gradient, added as the kernel writes dx, where this backend's kernel
-  // for g can (autograd then sums a second gradient of x without a pass of its own);
-  // false, with dx untouched, where it cannot.
   // The data gradient written over dy (same shape as dx: stride 1, C = K, P = H, Q = W)
   // where this backend's kernel for g reads each part of dy before it writes that part
   // of dx; false, dy untouched, where it cannot.
   virtual bool conv2d_backward_data_in_place(const Conv2dGeom& /*g*/, float* /*dy_then_dx*/, const float* /*w*/) {
     return false;
   }
+  // dx += the data gradient, added as the kernel writes dx, where this backend's kernel
+  // for g can (autograd then sums a second gradient of x without a pass of its own);
+  // false, with dx untouched, where it cannot.
   virtual bool conv2d_backward_data_add(const Conv2dGeom& /*g*/, const float* /*dy*/, const float* /*w*/,
                                         float* /*dx*/) {
     return false;

@@ -113,7 +113,7 @@ void CpuBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x,
   parallel_for(C, 3 * M, [&](int64_t c0, int64_t c1) {
     thread_local std::vector<Moments> moments_buffer;
     thread_local std::vector<Affine> map_buffer;
-    Moments* moments = cpu::scratch(moments_buffer, c1 - c0);
+    Moments* moments = plane_moments ? nullptr : cpu::scratch(moments_buffer, c1 - c0);
     Affine* maps = cpu::scratch(map_buffer, c1 - c0);
     if (!plane_moments) {
       for (int64_t c = c0; c < c1; ++c) moments[c - c0] = Moments(x + c * HW, N > 0 ? HW : 0);

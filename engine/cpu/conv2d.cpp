@@ -975,8 +975,7 @@ bool conv2d_forward_moments(ConvAlgorithm algorithm, const Conv2dGeom& g, const 
 
 bool conv2d_backward_data_in_place(ConvAlgorithm algorithm, const Conv2dGeom& g, float* dy_then_dx, const float* w) {
   const bool same_shape = g.C == g.K && g.H == g.P && g.W == g.Q;
-  if (algorithm != ConvAlgorithm::ShiftedRows || !backward_data_is_a_forward(algorithm, g) || !same_shape)
-    return false;
+  if (algorithm != ConvAlgorithm::ShiftedRows || g.stride_h != 1 || g.stride_w != 1 || !same_shape) return false;
   // Each product copies its images of dy into its padded buffer before it writes theirs
   // of dx, and no product reads another's images but to prefetch those it takes next.
   shifted_backward_data(g, dy_then_dx, w, dy_then_dx, false);
