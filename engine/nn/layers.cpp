@@ -32,9 +32,10 @@ BatchNorm2d::BatchNorm2d(int64_t num_features, float eps_, std::optional<float> 
 
 Tensor BatchNorm2d::forward(const Tensor& x) { return forward(x, Tensor(), false); }
 
-Tensor BatchNorm2d::forward(const Tensor& x, const Tensor& residual, bool relu) {
+Tensor BatchNorm2d::forward(const Tensor& x, const Tensor& residual, bool relu, const Tensor& plane_moments) {
   return batch_norm(x, weight, bias, running_mean, running_var, num_batches_tracked,
-                    {.training = is_training(), .eps = eps, .momentum = momentum, .relu = relu}, residual);
+                    {.training = is_training(), .eps = eps, .momentum = momentum, .relu = relu}, residual,
+                    plane_moments);
 }
 
 void BatchNorm2d::reset_running_stats() {
@@ -48,9 +49,7 @@ Tensor conv_bn(Conv2d& conv, BatchNorm2d& bn, const Tensor& x, const ConvBnEpilo
     // The convolution sums its output planes' moments as it writes them, where it can;
     // the BatchNorm then combines those instead of reading the output for its statistics.
     const ConvWithMoments z = conv2d_with_moments(x, conv.weight, conv.bias, conv.options);
-    return batch_norm(z.output, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.num_batches_tracked,
-                      {.training = true, .eps = bn.eps, .momentum = bn.momentum, .relu = then.relu}, then.residual,
-                      z.plane_moments);
+    return bn.forward(z.output, then.residual, then.relu, z.plane_moments);
   }
   const int64_t filters = conv.weight.size(0);
   if (bn.running_mean.numel() != filters)

@@ -33,8 +33,9 @@ class BatchNorm2d : public Module {
                        bool affine = true);
   Tensor forward(const Tensor& x) override;
   // relu(bn(x) + residual) (the residual when defined, the ReLU when asked) in one op:
-  // batch_norm's fused epilogue.
-  Tensor forward(const Tensor& x, const Tensor& residual, bool relu);
+  // batch_norm's fused epilogue; plane_moments, when defined, are x's
+  // (conv2d_with_moments), for the batch statistics in training.
+  Tensor forward(const Tensor& x, const Tensor& residual, bool relu, const Tensor& plane_moments = {});
   // Running mean 0, variance 1, counter 0 (as reset_running_stats()).
   void reset_running_stats();
 

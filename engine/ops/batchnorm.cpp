@@ -127,8 +127,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
     }
     Tensor save_mean = Tensor::empty({C}, DType::F32, device);
     Tensor save_invstd = Tensor::empty({C}, DType::F32, device);
-    be.batchnorm_forward_train(geom, xc.data<float>(), nullable(plane_moments), nullable(wc), nullable(bc), options.eps, factor,
-                               tracking ? running_mean.data<float>() : nullptr,
+    be.batchnorm_forward_train(geom, xc.data<float>(), nullable(plane_moments), nullable(wc), nullable(bc),
+                               options.eps, factor, tracking ? running_mean.data<float>() : nullptr,
                                tracking ? running_var.data<float>() : nullptr, epilogue, out.data<float>(),
                                save_mean.data<float>(), save_invstd.data<float>());
     if (should_record({xc, wc, bc, rc})) {
