@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <stdexcept>
+#include <string>
 
 #include <sys/mman.h>
 
@@ -60,15 +62,26 @@ void scale(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
 // Portable loops, for CPUs without AVX2 (C already scaled by beta): rows of C updated
 // by rows of op(B), which the compiler vectorises, or dot products when op(B) = B^T has
 // its columns along k.
+// With row_edges (op(B) = B), the elements of B's left and right taps across an image
+// row's edge count as zero (sgemm_packed_a in sgemm.h).
 void sgemm_scalar(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                  int64_t lda, const detail::RowMap& B, float* C, int64_t ldc) {
+                  int64_t lda, const detail::RowMap& B, float* C, int64_t ldc, int64_t row_edges = 0) {
   for (int64_t i = 0; i < M; ++i) {
     float* c = C + i * ldc;
     if (!trans_b) {
       for (int64_t k = 0; k < K; ++k) {
         const float a = alpha * (trans_a ? A[k * lda + i] : A[i * lda + k]);
         const float* b = B(k);
-        for (int64_t j = 0; j < N; ++j) c[j] += a * b[j];
+        if (row_edges == 0) {
+          for (int64_t j = 0; j < N; ++j) c[j] += a * b[j];
+          continue;
+        }
+        const int64_t tap = k % 3;  // 0: the left neighbour, 1: the column itself, 2: the right one
+        for (int64_t j = 0; j < N; ++j) {
+          const int64_t column = j % row_edges;
+          const bool across = (tap == 0 && column == 0) || (tap == 2 && column == row_edges - 1);
+          if (!across) c[j] += a * b[j];
+        }
       }
     } else {
       for (int64_t j = 0; j < N; ++j) {
@@ -115,7 +128,12 @@ namespace {
 // already when a_packed is given (for the vector paths; the scalar one reads A).
 void sgemm_any(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                const float* A, int64_t lda, const float* a_packed, const float* B, int64_t ldb,
-               const int64_t* b_rows, float beta, float* C, int64_t ldc, const SgemmPrefetch* prefetch = nullptr) {
+               const int64_t* b_rows, float beta, float* C, int64_t ldc, const SgemmPrefetch* prefetch = nullptr,
+               int64_t row_edges = 0) {
+  if (row_edges > 0 && (!b_rows || trans_b || !sgemm_row_edges_supported(isa, row_edges, N)))
+    throw std::invalid_argument("sgemm: row edges of " + std::to_string(row_edges) + " columns over " +
+                                std::to_string(N) + " need B through row offsets, op(B) = B and " +
+                                "a supported shape and instruction set (" + sgemm_isa_name(isa) + ")");
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) {
     scale(M, N, beta, C, ldc);
@@ -123,14 +141,15 @@ void sgemm_any(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, i
   }
   switch (isa) {
     case SgemmIsa::Avx512:
-      detail::sgemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows, beta, C, ldc, prefetch);
+      detail::sgemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows, beta, C, ldc, prefetch,
+                           row_edges);
       return;
     case SgemmIsa::Avx2:
       detail::sgemm_avx2(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows, beta, C, ldc, prefetch);
       return;
     case SgemmIsa::Scalar:
       scale(M, N, beta, C, ldc);
-      sgemm_scalar(trans_a, trans_b, M, N, K, alpha, A, lda, detail::RowMap{B, ldb, b_rows}, C, ldc);
+      sgemm_scalar(trans_a, trans_b, M, N, K, alpha, A, lda, detail::RowMap{B, ldb, b_rows}, C, ldc, row_edges);
       return;
   }
 }
@@ -200,11 +219,20 @@ void transpose(int64_t rows, int64_t cols, const float* src, int64_t ld_src, flo
 }
 
 void sgemm_packed_a(const SgemmPackedA& a, bool trans_b, int64_t N, float alpha, const float* B, int64_t ldb,
-                    const int64_t* b_rows, float beta, float* C, int64_t ldc, const SgemmPrefetch& prefetch) {
+                    const int64_t* b_rows, float beta, float* C, int64_t ldc, const SgemmPrefetch& prefetch,
+                    int64_t row_edges) {
   const float* panels = a.isa_ == SgemmIsa::Scalar ? nullptr : a.panels_.data();
   sgemm_any(a.isa_, a.trans_a_, trans_b, a.M_, N, a.K_, alpha, a.A_, a.lda_, panels, B, ldb, b_rows, beta, C, ldc,
-            &prefetch);
+            &prefetch, row_edges);
 }
+
+bool sgemm_row_edges_supported(SgemmIsa isa, int64_t row_length, int64_t N) {
+  constexpr int64_t lanes = 16;  // of an AVX-512 vector; the scalar path takes any shape
+  const bool shape = row_length > 0 && (row_length % lanes == 0 || lanes % row_length == 0) && N % lanes == 0;
+  return isa == SgemmIsa::Scalar || (isa == SgemmIsa::Avx512 && shape);
+}
+
+SgemmIsa packed_isa(const SgemmPackedA& a) { return a.isa_; }
 
 void sgemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                      int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {

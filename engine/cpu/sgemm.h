@@ -95,7 +95,8 @@ class SgemmPackedA {
  private:
   friend void sgemm_packed_a(const SgemmPackedA& a, bool trans_b, int64_t N, float alpha, const float* B,
                              int64_t ldb, const int64_t* b_rows, float beta, float* C, int64_t ldc,
-                             const SgemmPrefetch& prefetch);
+                             const SgemmPrefetch& prefetch, int64_t row_edges);
+  friend SgemmIsa packed_isa(const SgemmPackedA& a);
   SgemmIsa isa_ = SgemmIsa::Scalar;
   bool trans_a_ = false;
   int64_t M_ = 0, K_ = 0, lda_ = 0;
@@ -107,8 +108,25 @@ class SgemmPackedA {
 
 // C (M x N) = alpha * op(A) * op(B) + beta * C, with op(A) (M x K) packed in `a`; B's
 // rows ldb apart, or at the offsets b_rows as in sgemm_indirect_b (ldb unused).
+//
+// Row edges (row_edges > 0; with b_rows and op(B) = B): B holds images whose rows of
+// row_edges columns lie end to end, with no padding column between them, and B's rows
+// come in triples, rows 3t, 3t + 1 and 3t + 2 reading each column's left neighbour, the
+// column itself and its right neighbour: the taps of a filter 3 wide on an image padded
+// by one column. At the first column of an image row, the left tap reads the previous
+// row's last value, and at the last column the right tap reads the next row's first:
+// those elements of B are taken as zero, which is what the padding column would have
+// held. So a convolution needs no padding columns, and computes no output columns for
+// them. row_edges must be a multiple of 16 or divide 16, and N a multiple of 16; it
+// needs lane masks: the AVX-512 and scalar paths have them (sgemm_row_edges_supported).
 void sgemm_packed_a(const SgemmPackedA& a, bool trans_b, int64_t N, float alpha, const float* B, int64_t ldb,
-                    const int64_t* b_rows, float beta, float* C, int64_t ldc, const SgemmPrefetch& prefetch = {});
+                    const int64_t* b_rows, float beta, float* C, int64_t ldc, const SgemmPrefetch& prefetch = {},
+                    int64_t row_edges = 0);
+// Whether sgemm_packed_a takes row edges with `isa`, and on a row length of `row_length`
+// and N columns.
+bool sgemm_row_edges_supported(SgemmIsa isa, int64_t row_length, int64_t N);
+// The instruction set of a packed A.
+SgemmIsa packed_isa(const SgemmPackedA& a);
 
 // dst (cols x rows, rows ld_dst apart) = src^T, src being rows x cols with rows ld_src
 // apart: in blocks of 8 x 8 through vector registers where the CPU has AVX2.

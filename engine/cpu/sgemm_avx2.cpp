@@ -10,6 +10,7 @@ namespace {
 struct Avx2 {
   using V = __m256;
   static constexpr int L = 8;
+  static constexpr bool kMasks = false;  // no lane masks: no row edges (sgemm_packed_a)
   POLYAK_SGEMM_TARGET static __m256i first(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }

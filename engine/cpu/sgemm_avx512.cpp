@@ -10,12 +10,15 @@ namespace {
 
 struct Avx512 {
   using V = __m512;
+  using Mask = __mmask16;
   static constexpr int L = 16;
+  static constexpr bool kMasks = true;  // lane masks: the kernels can read B under row edges
   POLYAK_SGEMM_TARGET static __mmask16 first(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
   POLYAK_SGEMM_TARGET static V zero() { return _mm512_setzero_ps(); }
   POLYAK_SGEMM_TARGET static V set1(float x) { return _mm512_set1_ps(x); }
   POLYAK_SGEMM_TARGET static V load(const float* p) { return _mm512_loadu_ps(p); }
   POLYAK_SGEMM_TARGET static V load_first(const float* p, int n) { return _mm512_maskz_loadu_ps(first(n), p); }
+  POLYAK_SGEMM_TARGET static V load_masked(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
   POLYAK_SGEMM_TARGET static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   POLYAK_SGEMM_TARGET static void store_first(float* p, V v, int n) { _mm512_mask_storeu_ps(p, first(n), v); }
   POLYAK_SGEMM_TARGET static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
@@ -41,13 +44,14 @@ struct Avx512 {
 POLYAK_SGEMM_TARGET void sgemm_avx512(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                                       const float* A, int64_t lda, const float* a_packed, const float* B, int64_t ldb,
                                       const int64_t* b_rows, float beta, float* C, int64_t ldc,
-                                      const SgemmPrefetch* prefetch) {
-  if (!a_packed && dot_products_pay(trans_a, trans_b, M, K)) {  // tiles of 4 x 5: 20 accumulators, 9 loads per step
+                                      const SgemmPrefetch* prefetch, int64_t row_edges) {
+  if (!a_packed && row_edges == 0 && dot_products_pay(trans_a, trans_b, M, K)) {
+    // tiles of 4 x 5: 20 accumulators, 9 loads per step
     sgemm_dot<Avx512, 4, 5>(M, N, K, alpha, A, lda, RowMap{B, ldb, b_rows}, beta, C, ldc);
     return;
   }
   sgemm_blocked<Avx512, kAvx512TileRows, 3>(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows,
-                                            beta, C, ldc, prefetch);
+                                            beta, C, ldc, prefetch, row_edges);
 }
 
 POLYAK_SGEMM_TARGET void sgemm_pack_a_avx512(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda,

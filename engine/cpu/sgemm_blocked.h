@@ -42,6 +42,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 #include "engine/cpu/sgemm.h"
@@ -54,9 +55,11 @@ float* sgemm_pack_buffer(int slot, int64_t floats);
 // b_rows: null, or the offsets of B's stored rows (sgemm_indirect_b in sgemm.h).
 // a_packed: null, or all of op(A) packed beforehand by sgemm_pack_a_* (then A is unused).
 // prefetch: null, or the lines to request during the product (SgemmPrefetch in sgemm.h).
+// row_edges: 0, or (with b_rows, AVX-512 only) the row length of B's edge masks
+// (sgemm_packed_a in sgemm.h).
 void sgemm_avx512(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                   int64_t lda, const float* a_packed, const float* B, int64_t ldb, const int64_t* b_rows, float beta,
-                  float* C, int64_t ldc, const SgemmPrefetch* prefetch);
+                  float* C, int64_t ldc, const SgemmPrefetch* prefetch, int64_t row_edges);
 void sgemm_avx2(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                 int64_t lda, const float* a_packed, const float* B, int64_t ldb, const int64_t* b_rows, float beta,
                 float* C, int64_t ldc, const SgemmPrefetch* prefetch);
@@ -222,6 +225,73 @@ struct PrefetchCursor {
   int64_t every;  // 1 <= every <= the slice's depth
 };
 
+// Where a tile of B read through row offsets meets the edges of the image rows it
+// holds (row edges: sgemm_packed_a in sgemm.h): B's rows come in triples of taps that
+// read the column to the left, the column itself and the one to the right; row k0 of
+// the tile's slice is row k0 of B, and its columns start at col.
+struct TileEdges {
+  int64_t row_length, k0, col;
+};
+
+// The lanes of the tile's vectors that a left tap (left) and a right tap (right) keep:
+// all but those at the first column of an image row (for left taps, which would read the
+// previous row's last value) and at its last column (for right taps). Columns start at
+// `col`, a multiple of L, and row_length is a multiple of L or divides it.
+template <class T, int NV>
+POLYAK_SGEMM_INLINE void edge_masks(const TileEdges& edges, typename T::Mask (&left)[NV],
+                                    typename T::Mask (&right)[NV]) {
+  constexpr int L = T::L;
+  const int64_t length = edges.row_length;
+  for (int v = 0; v < NV; ++v) {
+    uint32_t first = 0, final = 0;  // the lanes at a row's first and last column
+    if (length % L == 0) {
+      const int64_t at = (edges.col + v * L) % length;
+      if (at == 0) first = 1u;
+      if (at + L == length) final = 1u << (L - 1);
+    } else {
+      for (int64_t lane = 0; lane < L; lane += length) first |= 1u << lane, final |= 1u << (lane + length - 1);
+    }
+    constexpr uint32_t all = (1u << L) - 1u;
+    left[v] = static_cast<typename T::Mask>(all & ~first);
+    right[v] = static_cast<typename T::Mask>(all & ~final);
+  }
+}
+
+// Requests the cursors' next lines at steps 0, every, 2 every, ... of k.
+POLYAK_SGEMM_INLINE void prefetch_at(PrefetchCursor& pf, int64_t k, int64_t& next_request) {
+  if (k != next_request) return;
+  next_request += pf.every;
+  for (int i = 0; i < 2; ++i)
+    if (pf.read[i] < pf.read_end[i]) _mm_prefetch(pf.read[i], _MM_HINT_T1), pf.read[i] += 64;
+  // prefetchw where the target has it (the AVX-512 kernels always), else prefetcht0
+  if (pf.write < pf.write_end) __builtin_prefetch(pf.write, 1, 3), pf.write += 64;
+}
+
+// One step of k: acc[r][v] += A(r, k) * the vectors of B's row at bk, loaded under
+// `masks` (lanes outside read as zero) unless Mask is std::nullptr_t. A's element (r, k)
+// is at a + r * a_next (A_ROWS) or a + (r / MR) * a_next + r % MR (see micro_kernel).
+template <class T, int MR, int ROWS, int NV, bool A_ROWS, class Mask>
+POLYAK_SGEMM_INLINE void tile_step(typename T::V (&acc)[ROWS][NV], const float* a, int64_t a_next,
+                                   const float* bk, Mask masks) {
+  using V = typename T::V;
+  constexpr int L = T::L;
+  V bv[NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    if constexpr (std::is_same_v<Mask, std::nullptr_t>) {
+      bv[v] = T::load(bk + v * L);
+    } else {
+      bv[v] = T::load_masked(bk + v * L, masks[v]);
+    }
+  }
+#pragma GCC unroll 32
+  for (int r = 0; r < ROWS; ++r) {
+    const V ar = T::set1(A_ROWS ? a[r * a_next] : a[(r / MR) * a_next + r % MR]);
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[r][v] = T::fma(ar, bv[v], acc[r][v]);
+  }
+}
+
 // C tile (ROWS x (NV-1)*L + last) = alpha * A rows * B panel + beta * C tile; beta == 0
 // never reads C. B's row k is at b + k * ldb, or with B_TABLE at b + b_rows[k]. A's
 // element (r, k) is
@@ -229,11 +299,13 @@ struct PrefetchCursor {
 //                 k, a_step apart (packed: a_step = MR, and a tile taller than MR spans
 //                 consecutive panels, a_next apart; or op(A) = A^T read in place)
 //   A_ROWS true:  a[r * a_next + k]: rows along k (op(A) = A read in place).
-template <class T, int MR, int ROWS, int NV, bool A_ROWS, bool B_TABLE>
+// With EDGES (and B_TABLE), B's lanes across the edges of its image rows read as zero
+// (TileEdges, edges non-null).
+template <class T, int MR, int ROWS, int NV, bool A_ROWS, bool B_TABLE, bool EDGES = false>
 POLYAK_SGEMM_TARGET void micro_kernel(int64_t kc, const float* __restrict a, int64_t a_next, int64_t a_step,
                                       const float* __restrict b, int64_t ldb, const int64_t* __restrict b_rows,
                                       float* c, int64_t ldc, float alpha, float beta, int last,
-                                      PrefetchCursor* __restrict prefetch) {
+                                      PrefetchCursor* __restrict prefetch, const TileEdges* edges) {
   using V = typename T::V;
   constexpr int L = T::L;
   V acc[ROWS][NV];
@@ -245,24 +317,37 @@ POLYAK_SGEMM_TARGET void micro_kernel(int64_t kc, const float* __restrict a, int
   }
   PrefetchCursor pf = *prefetch;  // a local copy: the cursors stay in registers
   int64_t next_request = 0;
-#pragma GCC unroll 2
-  for (int64_t k = 0; k < kc; ++k, a += A_ROWS ? 1 : a_step, b += B_TABLE ? 0 : ldb) {
-    if (k == next_request) {
-      next_request += pf.every;
-      for (int i = 0; i < 2; ++i)
-        if (pf.read[i] < pf.read_end[i]) _mm_prefetch(pf.read[i], _MM_HINT_T1), pf.read[i] += 64;
-      // prefetchw where the target has it (the AVX-512 kernels always), else prefetcht0
-      if (pf.write < pf.write_end) __builtin_prefetch(pf.write, 1, 3), pf.write += 64;
+  const int64_t a_k = A_ROWS ? 1 : a_step;  // A's step along k
+  if constexpr (EDGES) {
+    static_assert(B_TABLE, "row edges are read through row offsets");
+    using Mask = typename T::Mask;
+    Mask left[NV], right[NV], all[NV];
+    edge_masks<T, NV>(*edges, left, right);
+    for (int v = 0; v < NV; ++v) all[v] = static_cast<Mask>((1u << L) - 1u);
+    const Mask* const by_tap[3] = {left, all, right};
+    // Row k of the slice is tap (k0 + k) % 3 of its triple: single steps up to the first
+    // left tap, whole triples with their masks fixed, single steps after the last.
+    const int64_t phase = edges->k0 % 3;
+    const auto single = [&](int64_t k) {
+      prefetch_at(pf, k, next_request);
+      tile_step<T, MR, ROWS, NV, A_ROWS>(acc, a + k * a_k, a_next, b + b_rows[k], by_tap[(phase + k) % 3]);
+    };
+    int64_t k = 0;
+    for (; k < kc && (phase + k) % 3 != 0; ++k) single(k);
+    for (; k + 3 <= kc; k += 3) {
+      prefetch_at(pf, k, next_request);
+      tile_step<T, MR, ROWS, NV, A_ROWS>(acc, a + k * a_k, a_next, b + b_rows[k], left);
+      prefetch_at(pf, k + 1, next_request);
+      tile_step<T, MR, ROWS, NV, A_ROWS>(acc, a + (k + 1) * a_k, a_next, b + b_rows[k + 1], nullptr);
+      prefetch_at(pf, k + 2, next_request);
+      tile_step<T, MR, ROWS, NV, A_ROWS>(acc, a + (k + 2) * a_k, a_next, b + b_rows[k + 2], right);
     }
-    const float* bk = B_TABLE ? b + b_rows[k] : b;
-    V bv[NV];
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) bv[v] = T::load(bk + v * L);
-#pragma GCC unroll 32
-    for (int r = 0; r < ROWS; ++r) {
-      const V ar = T::set1(A_ROWS ? a[r * a_next] : a[(r / MR) * a_next + r % MR]);
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[r][v] = T::fma(ar, bv[v], acc[r][v]);
+    for (; k < kc; ++k) single(k);
+  } else {
+#pragma GCC unroll 2
+    for (int64_t k = 0; k < kc; ++k, a += a_k, b += B_TABLE ? 0 : ldb) {
+      prefetch_at(pf, k, next_request);
+      tile_step<T, MR, ROWS, NV, A_ROWS>(acc, a, a_next, B_TABLE ? b + b_rows[k] : b, nullptr);
     }
   }
   *prefetch = pf;
@@ -314,19 +399,20 @@ POLYAK_SGEMM_TARGET void pack_a(bool trans_a, int64_t M, int64_t K, const float*
 }
 
 using KernelFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, const int64_t*, float*,
-                          int64_t, float, float, int, PrefetchCursor*);
+                          int64_t, float, float, int, PrefetchCursor*, const TileEdges*);
 
 // The instantiations the driver picks from: every tile of up to MR rows and NV_MAX
-// vectors on packed A (wide_table: B read in place through its row offsets), and the
-// tiles one vector wide of up to 2 * MR rows on packed or unpacked A. A tile one vector
-// wide needs the taller shape to keep enough FMAs in flight and to amortise its loads of
-// B. (B is read in place only in whole panels, which are never one vector wide.)
+// vectors on packed A (wide_table: B read in place through its row offsets; wide_edges:
+// the same with row edges, where the vector type has masks), and the tiles one vector
+// wide of up to 2 * MR rows on packed or unpacked A. A tile one vector wide needs the
+// taller shape to keep enough FMAs in flight and to amortise its loads of B. (B is read
+// in place only in whole panels, which are never one vector wide, but with row edges.)
 template <class T, int MR, int NV_MAX>
 struct Kernels {
-  template <bool B_TABLE, size_t... I>
+  template <bool B_TABLE, bool EDGES = false, size_t... I>
   static constexpr std::array<KernelFn, MR * NV_MAX> make_wide(std::index_sequence<I...>) {
     return {&micro_kernel<T, MR, static_cast<int>(I / NV_MAX) + 1, static_cast<int>(I % NV_MAX) + 1, false,
-                          B_TABLE>...};
+                          B_TABLE, EDGES>...};
   }
   template <bool A_ROWS, size_t... I>
   static constexpr std::array<KernelFn, 2 * MR> make_narrow(std::index_sequence<I...>) {
@@ -335,18 +421,23 @@ struct Kernels {
   static constexpr std::array<KernelFn, MR * NV_MAX> wide = make_wide<false>(std::make_index_sequence<MR * NV_MAX>{});
   static constexpr std::array<KernelFn, MR * NV_MAX> wide_table =
       make_wide<true>(std::make_index_sequence<MR * NV_MAX>{});
+  static constexpr std::array<KernelFn, MR * NV_MAX> wide_edges() {
+    return make_wide<true, true>(std::make_index_sequence<MR * NV_MAX>{});
+  }
   static constexpr std::array<KernelFn, 2 * MR> narrow = make_narrow<false>(std::make_index_sequence<2 * MR>{});
   static constexpr std::array<KernelFn, 2 * MR> narrow_rows = make_narrow<true>(std::make_index_sequence<2 * MR>{});
 };
 
 // The whole product, for K > 0 and alpha != 0 (the dispatcher handles the rest). With
 // b_rows, B's stored rows are at B + b_rows[i]; with a_packed, op(A) is packed already
-// (pack_a above); with prefetch, its lines are requested along the way.
+// (pack_a above); with prefetch, its lines are requested along the way; with row_edges
+// (b_rows, op(B) = B, N whole vectors, and a vector type with masks), B is read in place
+// under the edge masks (sgemm_packed_a in sgemm.h).
 template <class T, int MR, int NV_MAX>
 POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                                        const float* A, int64_t lda, const float* a_packed, const float* B,
                                        int64_t ldb, const int64_t* b_rows, float beta, float* C, int64_t ldc,
-                                       const SgemmPrefetch* prefetch) {
+                                       const SgemmPrefetch* prefetch, int64_t row_edges = 0) {
   using Table = Kernels<T, MR, NV_MAX>;
   constexpr int L = T::L, NR = NV_MAX * L;
   constexpr int64_t B_BLOCK = 256 * 1024;  // floats of packed B per block: 1 MB
@@ -364,7 +455,8 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
   // filters: 130-146 -> 135-161 GFLOP/s). A panel of op(A)
   // serves one tile when N fits one panel, and is then read in place: op(A) = A^T
   // as it is, op(A) = A (one row of A per row of C) only by the tiles one vector wide.
-  const bool direct_b = !trans_b && row_panels <= 32;
+  // Row edges mask B as the kernels read it: it is never packed.
+  const bool direct_b = !trans_b && (row_panels <= 32 || row_edges > 0);
   const RowMap a_rows{A, lda, nullptr}, b_map{B, ldb, b_rows};
   const bool direct_a = !a_packed && (trans_a ? N <= NR : N <= L);
   float* const a_buffer = sgemm_pack_buffer(0, direct_a || a_packed ? 0 : row_panels * MR * kc_max);
@@ -398,7 +490,7 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
       // whole vectors (the kernel loads no further) and at least two of them (a tile one
       // vector wide has no kernel that reads B through row offsets).
       const int64_t rest = nc % NR;
-      const int64_t full = !direct_b ? 0 : rest % L == 0 && rest >= 2 * L ? nc : nc - rest;
+      const int64_t full = !direct_b ? 0 : rest % L == 0 && (rest >= 2 * L || row_edges > 0) ? nc : nc - rest;
       if (trans_b) {
         for (int64_t j0 = 0; j0 < nc; j0 += NR) {  // op(B)[k][j] = B[j*ldb + k]
           const int cols = static_cast<int>(std::min<int64_t>(NR, nc - j0));
@@ -425,14 +517,24 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
           } else if (direct_a) {  // in place, one row of A per row of C
             a = A + i0 * lda + pc, a_next = lda, a_step = 1;
           }
+          if constexpr (T::kMasks) {
+            if (row_edges > 0) {
+              static constexpr std::array<KernelFn, MR * NV_MAX> wide_edges = Table::wide_edges();
+              const TileEdges edges{row_edges, pc, jc + j0};
+              wide_edges[(rows - 1) * NV_MAX + vectors - 1](kc, a, a_next, a_step, b, b_step, b_table, c, ldc, alpha,
+                                                            beta_slice, last, &cursor, &edges);
+              continue;
+            }
+          }
           if (vectors > 1) {  // (never with op(A) = A in place: N <= L there)
             const auto& wide = b_table ? Table::wide_table : Table::wide;
             wide[(rows - 1) * NV_MAX + vectors - 1](kc, a, a_next, a_step, b, b_step, b_table, c, ldc, alpha,
-                                                    beta_slice, last, &cursor);
+                                                    beta_slice, last, &cursor, nullptr);
           } else if (p % 2 == 0) {  // one vector wide: two row panels per tile
             const int tall = p + 1 < row_panels ? rows + static_cast<int>(std::min<int64_t>(MR, M - i0 - MR)) : rows;
             const auto& narrow = direct_a && !trans_a ? Table::narrow_rows : Table::narrow;
-            narrow[tall - 1](kc, a, a_next, a_step, b, b_step, nullptr, c, ldc, alpha, beta_slice, last, &cursor);
+            narrow[tall - 1](kc, a, a_next, a_step, b, b_step, nullptr, c, ldc, alpha, beta_slice, last, &cursor,
+                             nullptr);
           }
         }
       }

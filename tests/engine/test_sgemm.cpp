@@ -1,8 +1,9 @@
 // sgemm: every instruction set this CPU runs (avx512, avx2, scalar) against the
 // reference triple loop, over the four transpose cases, odd sizes, padded leading
 // dimensions, alpha and beta (beta = 0 over a C full of NaN), and the edge cases; each
-// case both as one call and with op(A) packed beforehand (sgemm_packed_a); and the
-// prefetching a product can do for its caller.
+// case both as one call and with op(A) packed beforehand (sgemm_packed_a); the
+// prefetching a product can do for its caller; and the row edges of a convolution's
+// shifted rows.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -222,6 +224,70 @@ TEST_CASE("sgemm: prefetching during a product changes neither the product nor t
         CHECK(std::all_of(write.begin(), write.end(), [](float v) { return v == 3.7f; }));
       }
     }
+  }
+}
+
+TEST_CASE("sgemm: row edges zero the taps across an image row's edge, at every phase of K's slices") {
+  // B as a convolution with a filter 3 wide reads it: images with rows of `length`
+  // columns end to end in one buffer, row k of B starting (k % 3) - 1 columns off each
+  // output column. The expected product is the plain one on B gathered with those
+  // elements zeroed. K = 387 and 400 give two slices whose second starts inside a
+  // triple (rows 194 and 200: phases 2 and 2), 777 three (259 and 518: 1 and 2); M = 5
+  // and 24 partial and several row panels; N from one vector to whole panels and more.
+  std::mt19937 gen(13);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t lengths[] = {1, 2, 4, 8, 16, 32, 48};
+  const int64_t depths[] = {3, 30, 387, 400, 777};
+  for (const SgemmIsa isa : kIsas) {
+    if (!polyak::cpu::sgemm_isa_available(isa)) continue;
+    for (const int64_t length : lengths)
+      for (const int64_t N : {int64_t{16}, int64_t{48}, int64_t{64}, int64_t{112}}) {
+        if (!polyak::cpu::sgemm_row_edges_supported(isa, length, N)) continue;
+        for (const int64_t K : depths)
+          for (const int64_t M : {int64_t{5}, int64_t{24}}) {
+            // Row k starts at a column of its own (as channels and filter rows do), then
+            // steps (k % 3) - 1 columns sideways; a margin keeps the reads inside.
+            std::vector<int64_t> rows(K);
+            for (int64_t k = 0; k < K; ++k) rows[k] = 16 + (k / 3) * 7 + k % 3 - 1;
+            std::vector<float> A(M * K), B(16 + (K / 3) * 7 + N + 16), gathered(K * N), C(M * N), want(M * N);
+            for (float& x : A) x = normal(gen);
+            for (float& x : B) x = normal(gen);
+            for (int64_t k = 0; k < K; ++k)
+              for (int64_t j = 0; j < N; ++j) {
+                const int64_t column = j % length;
+                const bool across = (k % 3 == 0 && column == 0) || (k % 3 == 2 && column == length - 1);
+                gathered[k * N + j] = across ? 0.0f : B[rows[k] + j];
+              }
+            polyak::cpu::SgemmPackedA packed;
+            packed.pack(isa, false, M, K, A.data(), K);
+            polyak::cpu::sgemm_packed_a(packed, false, N, 1.0f, B.data(), 0, rows.data(), 0.0f, C.data(), N, {},
+                                        length);
+            polyak::cpu::sgemm_reference(false, false, M, N, K, 1.0f, A.data(), K, gathered.data(), N, 0.0f,
+                                         want.data(), N);
+            INFO(polyak::cpu::sgemm_isa_name(isa), " rows of ", length, ", M=", M, " N=", N, " K=", K);
+            for (int64_t i = 0; i < M * N; ++i)
+              REQUIRE(std::abs(C[i] - want[i]) <= 1e-5f * static_cast<float>(K) * std::max(1.0f, std::abs(want[i])));
+          }
+      }
+  }
+  // Shapes and instruction sets without them are refused, not computed wrongly.
+  polyak::cpu::SgemmPackedA packed;
+  std::vector<float> A(8 * 9, 1.0f), B(256, 1.0f), C(8 * 48);
+  std::vector<int64_t> rows(9, 16);
+  if (polyak::cpu::sgemm_isa_available(SgemmIsa::Avx512)) {
+    CHECK_FALSE(polyak::cpu::sgemm_row_edges_supported(SgemmIsa::Avx512, 12, 48));  // 12: neither divides 16 nor 16 it
+    CHECK_FALSE(polyak::cpu::sgemm_row_edges_supported(SgemmIsa::Avx512, 16, 40));  // N: not whole vectors
+    packed.pack(SgemmIsa::Avx512, false, 8, 9, A.data(), 9);
+    CHECK_THROWS_AS(polyak::cpu::sgemm_packed_a(packed, false, 48, 1.0f, B.data(), 0, rows.data(), 0.0f, C.data(), 48,
+                                                {}, 12),
+                    std::invalid_argument);
+  }
+  if (polyak::cpu::sgemm_isa_available(SgemmIsa::Avx2)) {
+    CHECK_FALSE(polyak::cpu::sgemm_row_edges_supported(SgemmIsa::Avx2, 16, 48));
+    packed.pack(SgemmIsa::Avx2, false, 8, 9, A.data(), 9);
+    CHECK_THROWS_AS(polyak::cpu::sgemm_packed_a(packed, false, 48, 1.0f, B.data(), 0, rows.data(), 0.0f, C.data(), 48,
+                                                {}, 16),
+                    std::invalid_argument);
   }
 }
 
