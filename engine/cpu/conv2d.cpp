@@ -973,9 +973,10 @@ ConvAlgorithm conv_algorithm(const Conv2dGeom& g) {
   // Winograd's F(2x2, 3x3) does 2.25 times fewer multiplications, but its transforms
   // are passes over memory of their own (16 values per 2x2 tile in and out), which pay
   // only with enough channels to multiply per transformed value and enough tiles per
-  // image. Two threads, 128 images, forward, shifted rows against Winograd: 64 channels
-  // at 32x32 41.0 -> 32.9 ms, 128 at 16x16 36.5 -> 29.0, 256 at 8x8 56.1 -> 40.2; but 64
-  // at 8x8 3.5 -> 5.0 and 32 at 16x16 2.6 -> 4.5.
+  // image. Two threads, 128 images, forward, shifted rows against Winograd (AMD EPYC,
+  // Zen 5): 64 channels at 32x32 20.5 -> 16.0 ms, 128 at 16x16 19.7 -> 14.0, 256 at 8x8
+  // 19.7 -> 14.8; but 64 at 8x8 1.42 -> 2.6, 32 at 16x16 1.35 -> 2.0, and 512 at 4x4
+  // and 128 at 8x8 about even (22.3 and 23.2, 5.1 and 4.9).
   if (conv_supports(ConvAlgorithm::Winograd, g) && g.C >= 64 && g.K >= 64 && g.C * g.P * g.Q >= 16384)
     return ConvAlgorithm::Winograd;
   const bool strided = g.stride_h > 1 || g.stride_w > 1;
