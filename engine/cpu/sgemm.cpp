@@ -63,9 +63,11 @@ void scale(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
 // by rows of op(B), which the compiler vectorises, or dot products when op(B) = B^T has
 // its columns along k.
 // With row_edges (op(B) = B), the elements of B's left and right taps across an image
-// row's edge count as zero (sgemm_packed_a in sgemm.h).
+// row's edge count as zero (sgemm_packed_a in sgemm.h), the taps along B's rows or,
+// with tap_columns, along its columns.
 void sgemm_scalar(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                  int64_t lda, const detail::RowMap& B, float* C, int64_t ldc, int64_t row_edges = 0) {
+                  int64_t lda, const detail::RowMap& B, float* C, int64_t ldc, int64_t row_edges = 0,
+                  int64_t tap_columns = 0) {
   for (int64_t i = 0; i < M; ++i) {
     float* c = C + i * ldc;
     if (!trans_b) {
@@ -76,9 +78,10 @@ void sgemm_scalar(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, f
           for (int64_t j = 0; j < N; ++j) c[j] += a * b[j];
           continue;
         }
-        const int64_t tap = k % 3;  // 0: the left neighbour, 1: the column itself, 2: the right one
         for (int64_t j = 0; j < N; ++j) {
-          const int64_t column = j % row_edges;
+          // tap 0: the left neighbour, 1: the pixel itself, 2: the right one
+          const int64_t tap = tap_columns > 0 ? j / tap_columns : k % 3;
+          const int64_t column = tap_columns > 0 ? k % row_edges : j % row_edges;
           const bool across = (tap == 0 && column == 0) || (tap == 2 && column == row_edges - 1);
           if (!across) c[j] += a * b[j];
         }
@@ -122,6 +125,8 @@ const char* sgemm_isa_name(SgemmIsa isa) {
 
 const char* sgemm_isa() { return sgemm_isa_name(active_isa()); }
 
+SgemmIsa sgemm_active_isa() { return active_isa(); }
+
 namespace {
 
 // Every entry point: B's rows ldb apart, or at the offsets b_rows; op(A) packed
@@ -129,11 +134,14 @@ namespace {
 void sgemm_any(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                const float* A, int64_t lda, const float* a_packed, const float* B, int64_t ldb,
                const int64_t* b_rows, float beta, float* C, int64_t ldc, const SgemmPrefetch* prefetch = nullptr,
-               int64_t row_edges = 0) {
-  if (row_edges > 0 && (!b_rows || trans_b || !sgemm_row_edges_supported(isa, row_edges, N)))
-    throw std::invalid_argument("sgemm: row edges of " + std::to_string(row_edges) + " columns over " +
-                                std::to_string(N) + " need B through row offsets, op(B) = B and " +
-                                "a supported shape and instruction set (" + sgemm_isa_name(isa) + ")");
+               int64_t row_edges = 0, int64_t tap_columns = 0) {
+  const bool b_as_needed = tap_columns > 0 ? !b_rows : b_rows != nullptr;
+  if (row_edges > 0 && (!b_as_needed || trans_b || !sgemm_row_edges_supported(isa, row_edges, N, tap_columns)))
+    throw std::invalid_argument("sgemm: row edges of " + std::to_string(row_edges) + " over " + std::to_string(N) +
+                                " columns (taps along " + (tap_columns > 0 ? "columns" : "rows") +
+                                ") need op(B) = B, B through row offsets for taps along its rows and ldb apart " +
+                                "for taps along its columns, and a supported shape and instruction set (" +
+                                sgemm_isa_name(isa) + ")");
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) {
     scale(M, N, beta, C, ldc);
@@ -142,14 +150,15 @@ void sgemm_any(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, i
   switch (isa) {
     case SgemmIsa::Avx512:
       detail::sgemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows, beta, C, ldc, prefetch,
-                           row_edges);
+                           row_edges, tap_columns);
       return;
     case SgemmIsa::Avx2:
       detail::sgemm_avx2(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows, beta, C, ldc, prefetch);
       return;
     case SgemmIsa::Scalar:
       scale(M, N, beta, C, ldc);
-      sgemm_scalar(trans_a, trans_b, M, N, K, alpha, A, lda, detail::RowMap{B, ldb, b_rows}, C, ldc, row_edges);
+      sgemm_scalar(trans_a, trans_b, M, N, K, alpha, A, lda, detail::RowMap{B, ldb, b_rows}, C, ldc, row_edges,
+                   tap_columns);
       return;
   }
 }
@@ -220,15 +229,20 @@ void transpose(int64_t rows, int64_t cols, const float* src, int64_t ld_src, flo
 
 void sgemm_packed_a(const SgemmPackedA& a, bool trans_b, int64_t N, float alpha, const float* B, int64_t ldb,
                     const int64_t* b_rows, float beta, float* C, int64_t ldc, const SgemmPrefetch& prefetch,
-                    int64_t row_edges) {
+                    int64_t row_edges, int64_t tap_columns) {
   const float* panels = a.isa_ == SgemmIsa::Scalar ? nullptr : a.panels_.data();
   sgemm_any(a.isa_, a.trans_a_, trans_b, a.M_, N, a.K_, alpha, a.A_, a.lda_, panels, B, ldb, b_rows, beta, C, ldc,
-            &prefetch, row_edges);
+            &prefetch, row_edges, tap_columns);
 }
 
-bool sgemm_row_edges_supported(SgemmIsa isa, int64_t row_length, int64_t N) {
-  constexpr int64_t lanes = 16;  // of an AVX-512 vector; the scalar path takes any shape
-  const bool shape = row_length > 0 && (row_length % lanes == 0 || lanes % row_length == 0) && N % lanes == 0;
+bool sgemm_row_edges_supported(SgemmIsa isa, int64_t row_length, int64_t N, int64_t tap_columns) {
+  constexpr int64_t lanes = 16;  // of an AVX-512 vector
+  if (row_length <= 0 || tap_columns < 0) return false;
+  if (tap_columns > 0) {  // the masks are per step of k: any row length, taps in whole vectors
+    if (N != 3 * tap_columns) return false;
+    return isa == SgemmIsa::Scalar || (isa == SgemmIsa::Avx512 && tap_columns % lanes == 0);
+  }
+  const bool shape = (row_length % lanes == 0 || lanes % row_length == 0) && N % lanes == 0;
   return isa == SgemmIsa::Scalar || (isa == SgemmIsa::Avx512 && shape);
 }
 

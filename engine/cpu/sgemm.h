@@ -25,8 +25,9 @@ enum class SgemmIsa { Scalar, Avx2, Avx512 };
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
-// The instruction set sgemm uses: "avx512", "avx2" or "scalar".
+// The instruction set sgemm uses: "avx512", "avx2" or "scalar"; and as the enum.
 const char* sgemm_isa();
+SgemmIsa sgemm_active_isa();
 
 // For tests and benchmarks: whether this CPU runs `isa`, its name, and the product
 // computed with that instruction set (which must be available).
@@ -95,7 +96,7 @@ class SgemmPackedA {
  private:
   friend void sgemm_packed_a(const SgemmPackedA& a, bool trans_b, int64_t N, float alpha, const float* B,
                              int64_t ldb, const int64_t* b_rows, float beta, float* C, int64_t ldc,
-                             const SgemmPrefetch& prefetch, int64_t row_edges);
+                             const SgemmPrefetch& prefetch, int64_t row_edges, int64_t tap_columns);
   friend SgemmIsa packed_isa(const SgemmPackedA& a);
   SgemmIsa isa_ = SgemmIsa::Scalar;
   bool trans_a_ = false;
@@ -119,12 +120,19 @@ class SgemmPackedA {
 // held. So a convolution needs no padding columns, and computes no output columns for
 // them. row_edges must be a multiple of 16 or divide 16, and N a multiple of 16; it
 // needs lane masks: the AVX-512 and scalar paths have them (sgemm_row_edges_supported).
+//
+// With tap_columns > 0 (and row_edges > 0, B ldb apart, op(B) = B), the roles turn:
+// B's rows are the pixels, row_edges of them per image row end to end, and its columns
+// the three taps in blocks of tap_columns (a filter gradient's image laid out channels
+// last). Element (i, j) is taken as zero where tap j / tap_columns (0: left, 2: right)
+// reads across the edge: i mod row_edges is 0 for the left tap, row_edges - 1 for the
+// right one. tap_columns must be a multiple of 16, and N = 3 * tap_columns.
 void sgemm_packed_a(const SgemmPackedA& a, bool trans_b, int64_t N, float alpha, const float* B, int64_t ldb,
                     const int64_t* b_rows, float beta, float* C, int64_t ldc, const SgemmPrefetch& prefetch = {},
-                    int64_t row_edges = 0);
+                    int64_t row_edges = 0, int64_t tap_columns = 0);
 // Whether sgemm_packed_a takes row edges with `isa`, and on a row length of `row_length`
-// and N columns.
-bool sgemm_row_edges_supported(SgemmIsa isa, int64_t row_length, int64_t N);
+// and N columns; with tap_columns, on taps along the columns.
+bool sgemm_row_edges_supported(SgemmIsa isa, int64_t row_length, int64_t N, int64_t tap_columns = 0);
 // The instruction set of a packed A.
 SgemmIsa packed_isa(const SgemmPackedA& a);
 

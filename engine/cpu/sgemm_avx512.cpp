@@ -44,14 +44,14 @@ struct Avx512 {
 POLYAK_SGEMM_TARGET void sgemm_avx512(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                                       const float* A, int64_t lda, const float* a_packed, const float* B, int64_t ldb,
                                       const int64_t* b_rows, float beta, float* C, int64_t ldc,
-                                      const SgemmPrefetch* prefetch, int64_t row_edges) {
+                                      const SgemmPrefetch* prefetch, int64_t row_edges, int64_t tap_columns) {
   if (!a_packed && row_edges == 0 && dot_products_pay(trans_a, trans_b, M, K)) {
     // tiles of 4 x 5: 20 accumulators, 9 loads per step
     sgemm_dot<Avx512, 4, 5>(M, N, K, alpha, A, lda, RowMap{B, ldb, b_rows}, beta, C, ldc);
     return;
   }
   sgemm_blocked<Avx512, kAvx512TileRows, 3>(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows,
-                                            beta, C, ldc, prefetch, row_edges);
+                                            beta, C, ldc, prefetch, row_edges, tap_columns);
 }
 
 POLYAK_SGEMM_TARGET void sgemm_pack_a_avx512(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda,

@@ -55,11 +55,11 @@ float* sgemm_pack_buffer(int slot, int64_t floats);
 // b_rows: null, or the offsets of B's stored rows (sgemm_indirect_b in sgemm.h).
 // a_packed: null, or all of op(A) packed beforehand by sgemm_pack_a_* (then A is unused).
 // prefetch: null, or the lines to request during the product (SgemmPrefetch in sgemm.h).
-// row_edges: 0, or (with b_rows, AVX-512 only) the row length of B's edge masks
-// (sgemm_packed_a in sgemm.h).
+// row_edges, tap_columns: B's edge masks, AVX-512 only (sgemm_packed_a in sgemm.h);
+// row_edges 0 for none.
 void sgemm_avx512(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                   int64_t lda, const float* a_packed, const float* B, int64_t ldb, const int64_t* b_rows, float beta,
-                  float* C, int64_t ldc, const SgemmPrefetch* prefetch, int64_t row_edges);
+                  float* C, int64_t ldc, const SgemmPrefetch* prefetch, int64_t row_edges, int64_t tap_columns);
 void sgemm_avx2(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                 int64_t lda, const float* a_packed, const float* B, int64_t ldb, const int64_t* b_rows, float beta,
                 float* C, int64_t ldc, const SgemmPrefetch* prefetch);
@@ -225,13 +225,19 @@ struct PrefetchCursor {
   int64_t every;  // 1 <= every <= the slice's depth
 };
 
-// Where a tile of B read through row offsets meets the edges of the image rows it
-// holds (row edges: sgemm_packed_a in sgemm.h): B's rows come in triples of taps that
-// read the column to the left, the column itself and the one to the right; row k0 of
-// the tile's slice is row k0 of B, and its columns start at col.
+// Where a tile of B meets the edges of the image rows it holds (row edges:
+// sgemm_packed_a in sgemm.h). Either B's rows come in triples of taps that read the
+// column to the left, the column itself and the one to the right, and its columns are
+// pixels (tap_columns 0; B is read through row offsets); or its rows are pixels and its
+// columns the three taps in blocks of tap_columns. Row k0 of the tile's slice is row
+// k0 of B, and its columns start at col.
 struct TileEdges {
-  int64_t row_length, k0, col;
+  int64_t row_length, k0, col, tap_columns;
 };
+
+// How a kernel reads B: whole, or under the edge masks of taps along its rows or along
+// its columns.
+enum class Edges { None, TapRows, TapColumns };
 
 // The lanes of the tile's vectors that a left tap (left) and a right tap (right) keep:
 // all but those at the first column of an image row (for left taps, which would read the
@@ -299,9 +305,10 @@ POLYAK_SGEMM_INLINE void tile_step(typename T::V (&acc)[ROWS][NV], const float* 
 //                 k, a_step apart (packed: a_step = MR, and a tile taller than MR spans
 //                 consecutive panels, a_next apart; or op(A) = A^T read in place)
 //   A_ROWS true:  a[r * a_next + k]: rows along k (op(A) = A read in place).
-// With EDGES (and B_TABLE), B's lanes across the edges of its image rows read as zero
-// (TileEdges, edges non-null).
-template <class T, int MR, int ROWS, int NV, bool A_ROWS, bool B_TABLE, bool EDGES = false>
+// With EDGES (TileEdges, edges non-null), B's elements across the edges of its image
+// rows read as zero: lanes of the left and right taps' rows (TapRows, with B_TABLE), or
+// the left and right taps' columns at an image row's first and last pixel (TapColumns).
+template <class T, int MR, int ROWS, int NV, bool A_ROWS, bool B_TABLE, Edges EDGES = Edges::None>
 POLYAK_SGEMM_TARGET void micro_kernel(int64_t kc, const float* __restrict a, int64_t a_next, int64_t a_step,
                                       const float* __restrict b, int64_t ldb, const int64_t* __restrict b_rows,
                                       float* c, int64_t ldc, float alpha, float beta, int last,
@@ -318,7 +325,30 @@ POLYAK_SGEMM_TARGET void micro_kernel(int64_t kc, const float* __restrict a, int
   PrefetchCursor pf = *prefetch;  // a local copy: the cursors stay in registers
   int64_t next_request = 0;
   const int64_t a_k = A_ROWS ? 1 : a_step;  // A's step along k
-  if constexpr (EDGES) {
+  if constexpr (EDGES == Edges::TapColumns) {
+    // A vector lies in one tap's block of columns (tap_columns is whole vectors).
+    using Mask = typename T::Mask;
+    constexpr Mask all = static_cast<Mask>((1u << L) - 1u);
+    bool left_tap[NV], right_tap[NV];
+    for (int v = 0; v < NV; ++v) {
+      const int64_t tap = (edges->col + v * L) / edges->tap_columns;
+      left_tap[v] = tap == 0, right_tap[v] = tap == 2;
+    }
+    const int64_t length = edges->row_length;
+    int64_t column = edges->k0 % length;  // of row k's pixel in its image row
+    for (int64_t k = 0; k < kc; ++k, column = column + 1 == length ? 0 : column + 1) {
+      prefetch_at(pf, k, next_request);
+      const float* bk = B_TABLE ? b + b_rows[k] : b + k * ldb;
+      if (column == 0 || column == length - 1) {  // the first or last pixel: drop the taps across the edge
+        Mask masks[NV];
+        for (int v = 0; v < NV; ++v)
+          masks[v] = (column == 0 && left_tap[v]) || (column == length - 1 && right_tap[v]) ? Mask{0} : all;
+        tile_step<T, MR, ROWS, NV, A_ROWS>(acc, a + k * a_k, a_next, bk, masks);
+      } else {
+        tile_step<T, MR, ROWS, NV, A_ROWS>(acc, a + k * a_k, a_next, bk, nullptr);
+      }
+    }
+  } else if constexpr (EDGES == Edges::TapRows) {
     static_assert(B_TABLE, "row edges are read through row offsets");
     using Mask = typename T::Mask;
     Mask left[NV], right[NV], all[NV];
@@ -409,7 +439,7 @@ using KernelFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*,
 // in place only in whole panels, which are never one vector wide, but with row edges.)
 template <class T, int MR, int NV_MAX>
 struct Kernels {
-  template <bool B_TABLE, bool EDGES = false, size_t... I>
+  template <bool B_TABLE, Edges EDGES = Edges::None, size_t... I>
   static constexpr std::array<KernelFn, MR * NV_MAX> make_wide(std::index_sequence<I...>) {
     return {&micro_kernel<T, MR, static_cast<int>(I / NV_MAX) + 1, static_cast<int>(I % NV_MAX) + 1, false,
                           B_TABLE, EDGES>...};
@@ -422,7 +452,10 @@ struct Kernels {
   static constexpr std::array<KernelFn, MR * NV_MAX> wide_table =
       make_wide<true>(std::make_index_sequence<MR * NV_MAX>{});
   static constexpr std::array<KernelFn, MR * NV_MAX> wide_edges() {
-    return make_wide<true, true>(std::make_index_sequence<MR * NV_MAX>{});
+    return make_wide<true, Edges::TapRows>(std::make_index_sequence<MR * NV_MAX>{});
+  }
+  static constexpr std::array<KernelFn, MR * NV_MAX> wide_tap_columns() {
+    return make_wide<false, Edges::TapColumns>(std::make_index_sequence<MR * NV_MAX>{});
   }
   static constexpr std::array<KernelFn, 2 * MR> narrow = make_narrow<false>(std::make_index_sequence<2 * MR>{});
   static constexpr std::array<KernelFn, 2 * MR> narrow_rows = make_narrow<true>(std::make_index_sequence<2 * MR>{});
@@ -437,7 +470,8 @@ template <class T, int MR, int NV_MAX>
 POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                                        const float* A, int64_t lda, const float* a_packed, const float* B,
                                        int64_t ldb, const int64_t* b_rows, float beta, float* C, int64_t ldc,
-                                       const SgemmPrefetch* prefetch, int64_t row_edges = 0) {
+                                       const SgemmPrefetch* prefetch, int64_t row_edges = 0,
+                                       int64_t tap_columns = 0) {
   using Table = Kernels<T, MR, NV_MAX>;
   constexpr int L = T::L, NR = NV_MAX * L;
   constexpr int64_t B_BLOCK = 256 * 1024;  // floats of packed B per block: 1 MB
@@ -520,9 +554,11 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
           if constexpr (T::kMasks) {
             if (row_edges > 0) {
               static constexpr std::array<KernelFn, MR * NV_MAX> wide_edges = Table::wide_edges();
-              const TileEdges edges{row_edges, pc, jc + j0};
-              wide_edges[(rows - 1) * NV_MAX + vectors - 1](kc, a, a_next, a_step, b, b_step, b_table, c, ldc, alpha,
-                                                            beta_slice, last, &cursor, &edges);
+              static constexpr std::array<KernelFn, MR * NV_MAX> wide_tap_columns = Table::wide_tap_columns();
+              const TileEdges edges{row_edges, pc, jc + j0, tap_columns};
+              const auto& kernels = tap_columns > 0 ? wide_tap_columns : wide_edges;
+              kernels[(rows - 1) * NV_MAX + vectors - 1](kc, a, a_next, a_step, b, b_step, b_table, c, ldc, alpha,
+                                                         beta_slice, last, &cursor, &edges);
               continue;
             }
           }

@@ -270,6 +270,40 @@ TEST_CASE("sgemm: row edges zero the taps across an image row's edge, at every p
           }
       }
   }
+  // Taps along the columns (a filter gradient's channels-last image): B's rows are
+  // pixels, `length` per image row, ldb = C apart (overlapping, as shifted views of one
+  // image are), and its 3 * C columns the left, centre and right taps' blocks of C.
+  // K = 387 and 400 start their second slice mid-row at most lengths.
+  for (const SgemmIsa isa : kIsas) {
+    if (!polyak::cpu::sgemm_isa_available(isa)) continue;
+    for (const int64_t length : {int64_t{1}, int64_t{5}, int64_t{8}, int64_t{32}})
+      for (const int64_t C : {int64_t{16}, int64_t{32}, int64_t{64}}) {
+        const int64_t N = 3 * C;
+        if (!polyak::cpu::sgemm_row_edges_supported(isa, length, N, C)) continue;
+        for (const int64_t K : {int64_t{7}, int64_t{387}, int64_t{400}})
+          for (const int64_t M : {int64_t{5}, int64_t{24}}) {
+            std::vector<float> A(M * K), B((K + 3) * C + N), gathered(K * N), got(M * N), want(M * N);
+            for (float& x : A) x = normal(gen);
+            for (float& x : B) x = normal(gen);
+            for (int64_t k = 0; k < K; ++k)
+              for (int64_t j = 0; j < N; ++j) {
+                const int64_t tap = j / C, column = k % length;
+                const bool across = (tap == 0 && column == 0) || (tap == 2 && column == length - 1);
+                gathered[k * N + j] = across ? 0.0f : B[k * C + j];
+              }
+            polyak::cpu::SgemmPackedA packed;
+            packed.pack(isa, false, M, K, A.data(), K);
+            polyak::cpu::sgemm_packed_a(packed, false, N, 1.0f, B.data(), C, nullptr, 0.0f, got.data(), N, {}, length,
+                                        C);
+            polyak::cpu::sgemm_reference(false, false, M, N, K, 1.0f, A.data(), K, gathered.data(), N, 0.0f,
+                                         want.data(), N);
+            INFO(polyak::cpu::sgemm_isa_name(isa), " taps along columns, rows of ", length, ", C=", C, " M=", M,
+                 " K=", K);
+            for (int64_t i = 0; i < M * N; ++i)
+              REQUIRE(std::abs(got[i] - want[i]) <= 1e-5f * static_cast<float>(K) * std::max(1.0f, std::abs(want[i])));
+          }
+      }
+  }
   // Shapes and instruction sets without them are refused, not computed wrongly.
   polyak::cpu::SgemmPackedA packed;
   std::vector<float> A(8 * 9, 1.0f), B(256, 1.0f), C(8 * 48);
