@@ -453,8 +453,8 @@ struct ShiftedRows {
 // The geometry of the forward's column matrix and that of the backward data's (stride 1
 // only), whose image is dy (K, P, Q) padded by R-1-ph, S-1-pw (see the top of the file),
 // with up to max_images images per product; for a product by `weights` (an instruction
-// set), rows without padding columns where they take edges. The filter gradients read
-// the padded rows as they are (forward_rows without weights).
+// set), rows without padding columns where they take edges. Without weights, the
+// padded rows (shifted_backward_filter's dot products read them as they are).
 ShiftedRows forward_rows(const Conv2dGeom& g, int64_t max_images, const SgemmPackedA* weights = nullptr) {
   const bool edges = weights && g.stride_h == 1 &&
                      rows_take_edges(PhaseAxis(g.W, g.S, g.stride_w, g.pad_w), g.S, g.pad_w, packed_isa(*weights));

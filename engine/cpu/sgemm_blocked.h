@@ -432,11 +432,12 @@ using KernelFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*,
                           int64_t, float, float, int, PrefetchCursor*, const TileEdges*);
 
 // The instantiations the driver picks from: every tile of up to MR rows and NV_MAX
-// vectors on packed A (wide_table: B read in place through its row offsets; wide_edges:
-// the same with row edges, where the vector type has masks), and the tiles one vector
-// wide of up to 2 * MR rows on packed or unpacked A. A tile one vector wide needs the
-// taller shape to keep enough FMAs in flight and to amortise its loads of B. (B is read
-// in place only in whole panels, which are never one vector wide, but with row edges.)
+// vectors on packed A (wide_table: B read in place through its row offsets; where the
+// vector type has masks, wide_edges: the same with row edges, and wide_tap_columns: B
+// ldb apart with its taps along the columns), and the tiles one vector wide of up to
+// 2 * MR rows on packed or unpacked A. A tile one vector wide needs the taller shape to
+// keep enough FMAs in flight and to amortise its loads of B. (B is read in place only in
+// whole panels, which are never one vector wide, but with row edges.)
 template <class T, int MR, int NV_MAX>
 struct Kernels {
   template <bool B_TABLE, Edges EDGES = Edges::None, size_t... I>
@@ -464,8 +465,9 @@ struct Kernels {
 // The whole product, for K > 0 and alpha != 0 (the dispatcher handles the rest). With
 // b_rows, B's stored rows are at B + b_rows[i]; with a_packed, op(A) is packed already
 // (pack_a above); with prefetch, its lines are requested along the way; with row_edges
-// (b_rows, op(B) = B, N whole vectors, and a vector type with masks), B is read in place
-// under the edge masks (sgemm_packed_a in sgemm.h).
+// (op(B) = B, N whole vectors, a vector type with masks, and B through b_rows for taps
+// along its rows or ldb apart for taps along its columns), B is read in place under the
+// edge masks (sgemm_packed_a in sgemm.h).
 template <class T, int MR, int NV_MAX>
 POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                                        const float* A, int64_t lda, const float* a_packed, const float* B,
