@@ -308,10 +308,8 @@ struct PhaseAxis {
 // channels at 32x32 1.53 -> 1.47 and 1.45 -> 1.42 ms, 32 at 16x16 1.45 -> 1.35 and
 // 1.43 -> 1.36, 64 at 8x8 1.54 -> 1.42 and 1.51 -> 1.39.
 bool rows_take_edges(const PhaseAxis& axis, int64_t taps, int64_t pad, SgemmIsa isa) {
-  constexpr int64_t lanes = 16;
-  const int64_t width = axis.in, row = width < lanes ? lanes : width;  // images side by side below 16
-  return taps == 3 && pad == 1 && axis.stride == 1 && width > 0 && (width % lanes == 0 || lanes % width == 0) &&
-         sgemm_row_edges_supported(isa, width, row);
+  const int64_t width = axis.in, row = std::max<int64_t>(width, 16);  // images side by side below 16 (ShiftedRows)
+  return taps == 3 && pad == 1 && axis.stride == 1 && width > 0 && sgemm_row_edges_supported(isa, width, row);
 }
 
 // Zero-padded images, split into phases when strided, and the row offsets of their

@@ -326,6 +326,7 @@ POLYAK_SGEMM_TARGET void micro_kernel(int64_t kc, const float* __restrict a, int
   int64_t next_request = 0;
   const int64_t a_k = A_ROWS ? 1 : a_step;  // A's step along k
   if constexpr (EDGES == Edges::TapColumns) {
+    static_assert(!B_TABLE, "taps along the columns are read ldb apart");
     // A vector lies in one tap's block of columns (tap_columns is whole vectors).
     using Mask = typename T::Mask;
     constexpr Mask all = static_cast<Mask>((1u << L) - 1u);
@@ -338,7 +339,7 @@ POLYAK_SGEMM_TARGET void micro_kernel(int64_t kc, const float* __restrict a, int
     int64_t column = edges->k0 % length;  // of row k's pixel in its image row
     for (int64_t k = 0; k < kc; ++k, column = column + 1 == length ? 0 : column + 1) {
       prefetch_at(pf, k, next_request);
-      const float* bk = B_TABLE ? b + b_rows[k] : b + k * ldb;
+      const float* bk = b + k * ldb;
       if (column == 0 || column == length - 1) {  // the first or last pixel: drop the taps across the edge
         Mask masks[NV];
         for (int v = 0; v < NV; ++v)
