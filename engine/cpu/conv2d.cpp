@@ -307,9 +307,16 @@ struct PhaseAxis {
 // rows against these (alternated in one process), forward and data gradient: 16
 // channels at 32x32 1.53 -> 1.47 and 1.45 -> 1.42 ms, 32 at 16x16 1.45 -> 1.35 and
 // 1.43 -> 1.36, 64 at 8x8 1.54 -> 1.42 and 1.51 -> 1.39.
+//
+// The rows are laid out for vectors of kEdgeVector floats: images narrower than that go
+// side by side until a row fills one (edge_images), and the planes get a vector's margin.
+constexpr int64_t kEdgeVector = 16;
+int64_t edge_images(int64_t width) { return std::max<int64_t>(1, kEdgeVector / width); }
+
 bool rows_take_edges(const PhaseAxis& axis, int64_t taps, int64_t pad, SgemmIsa isa) {
-  const int64_t width = axis.in, row = std::max<int64_t>(width, 16);  // images side by side below 16 (ShiftedRows)
-  return taps == 3 && pad == 1 && axis.stride == 1 && width > 0 && sgemm_row_edges_supported(isa, width, row);
+  const int64_t width = axis.in;
+  return taps == 3 && pad == 1 && axis.stride == 1 && width > 0 &&
+         sgemm_row_edges_supported(isa, width, edge_images(width) * width);
 }
 
 // Zero-padded images, split into phases when strided, and the row offsets of their
@@ -340,7 +347,7 @@ struct ShiftedRows {
               int64_t pad_h, int64_t pad_w, int64_t max_images, bool edges = false)
       : C(C_), vertical(H, R, stride_h, pad_h), horizontal(W, S, stride_w, pad_w), P(vertical.out),
         Q(horizontal.out), Hs(vertical.padded), row_edges(edges ? W : 0),
-        layout(edges ? PhaseAxis::RowLayout{std::max<int64_t>(1, 16 / W), W} : horizontal.row_layout(P, max_images)),
+        layout(edges ? PhaseAxis::RowLayout{edge_images(W), W} : horizontal.row_layout(P, max_images)),
         Ws(layout.images * layout.slot), left(edges ? 0 : horizontal.before), offsets(static_cast<size_t>(C * R * S)) {
     for (int64_t c = 0; c < C; ++c)
       for (int64_t r = 0; r < R; ++r)
@@ -358,7 +365,7 @@ struct ShiftedRows {
   int64_t planes() const { return C * vertical.count() * horizontal.count(); }
   // The last row's dropped columns read up to the largest tap_start of the horizontal
   // axis past the last plane: zeros. With edges, a vector's margin on either side.
-  int64_t margin() const { return row_edges ? 16 : 0; }
+  int64_t margin() const { return row_edges ? kEdgeVector : 0; }
   int64_t tail() const { return row_edges ? margin() : horizontal.padded - horizontal.out; }
   int64_t padded_size() const { return margin() + planes() * Hs * Ws + tail(); }
 
