@@ -58,16 +58,24 @@ void sgemm_indirect_b(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t 
 // their read-for-ownership. Only a hint: nothing is read or written through it, and the
 // lines the product has no steps left for are not requested.
 struct SgemmPrefetch {
+  // `runs` runs of `bytes` bytes, each `stride` bytes after the one before: the rows of
+  // a block of a feature map (the same rows of every channel plane), or one run.
   struct Range {
     const void* begin = nullptr;
     int64_t bytes = 0;
+    int64_t runs = 1, stride = 0;
 
     // The `count` floats from `first` on.
     static Range floats(const float* first, int64_t count) {
       return {first, count * static_cast<int64_t>(sizeof(float))};
     }
+    // `runs` runs of `count` floats from `first` on, `stride` floats apart.
+    static Range runs_of_floats(const float* first, int64_t count, int64_t runs, int64_t stride) {
+      constexpr auto size = static_cast<int64_t>(sizeof(float));
+      return {first, count * size, runs, stride * size};
+    }
     // Part i of `parts`, split at cache lines: for a caller that runs several products
-    // before the memory is touched.
+    // before the memory is touched (one run).
     Range part(int64_t i, int64_t parts) const {
       const int64_t lines = (bytes + 63) / 64, from = lines * i / parts * 64, to = lines * (i + 1) / parts * 64;
       return {static_cast<const char*>(begin) + std::min(bytes, from), std::min(bytes, to) - std::min(bytes, from)};

@@ -216,12 +216,32 @@ POLYAK_SGEMM_TARGET inline void transpose_blocks(int64_t rows, int64_t cols, con
   }
 }
 
+// The lines of one range of an SgemmPrefetch still to request: the next (at) up to the
+// end of its run, then `runs_left` more runs, `stride` bytes apart.
+struct PrefetchStream {
+  const char *at = nullptr, *run_begin = nullptr, *run_end = nullptr;
+  int64_t stride = 0, runs_left = 0;
+
+  explicit PrefetchStream(const SgemmPrefetch::Range& range)
+      : at(static_cast<const char*>(range.begin)),
+        run_begin(at),
+        run_end(at + (range.runs > 0 ? range.bytes : 0)),
+        stride(range.stride),
+        runs_left(range.runs - 1) {}
+  PrefetchStream() = default;
+  static int64_t lines(const SgemmPrefetch::Range& range) { return range.runs * ((range.bytes + 63) / 64); }
+  // Past the line just requested, into the next run at the end of this one.
+  void advance() {
+    at += 64;
+    if (at >= run_end && runs_left > 0) run_begin += stride, run_end += stride, at = run_begin, --runs_left;
+  }
+};
+
 // The lines of an SgemmPrefetch still to request, shared out over the micro-kernel calls
 // of a product: each call requests the next line of each range every `every` steps of k
 // (at k = 0, every, 2 every, ...), and advances the cursors past them.
 struct PrefetchCursor {
-  const char *read[2], *read_end[2];
-  const char *write, *write_end;
+  PrefetchStream read[2], write;
   int64_t every;  // 1 <= every <= the slice's depth
 };
 
@@ -267,10 +287,10 @@ POLYAK_SGEMM_INLINE void edge_masks(const TileEdges& edges, typename T::Mask (&l
 POLYAK_SGEMM_INLINE void prefetch_at(PrefetchCursor& pf, int64_t k, int64_t& next_request) {
   if (k != next_request) return;
   next_request += pf.every;
-  for (int i = 0; i < 2; ++i)
-    if (pf.read[i] < pf.read_end[i]) _mm_prefetch(pf.read[i], _MM_HINT_T1), pf.read[i] += 64;
+  for (PrefetchStream& read : pf.read)
+    if (read.at < read.run_end) _mm_prefetch(read.at, _MM_HINT_T1), read.advance();
   // prefetchw where the target has it (the AVX-512 kernels always), else prefetcht0
-  if (pf.write < pf.write_end) __builtin_prefetch(pf.write, 1, 3), pf.write += 64;
+  if (pf.write.at < pf.write.run_end) __builtin_prefetch(pf.write.at, 1, 3), pf.write.advance();
 }
 
 // One step of k: acc[r][v] += A(r, k) * the vectors of B's row at bk, loaded under
@@ -501,18 +521,16 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
 
   // The prefetches: the longest range's lines spread evenly over the micro-kernel calls
   // (one per tile: K / kc slices of row_panels x N / NR).
-  PrefetchCursor cursor{{nullptr, nullptr}, {nullptr, nullptr}, nullptr, nullptr, kc_max};
+  PrefetchCursor cursor{{}, {}, kc_max};
   if (prefetch) {
-    int64_t longest = prefetch->write.bytes;
+    int64_t longest = PrefetchStream::lines(prefetch->write);  // in lines
     for (int i = 0; i < 2; ++i) {
-      cursor.read[i] = static_cast<const char*>(prefetch->reads[i].begin);
-      cursor.read_end[i] = cursor.read[i] + prefetch->reads[i].bytes;
-      longest = std::max(longest, prefetch->reads[i].bytes);
+      cursor.read[i] = PrefetchStream(prefetch->reads[i]);
+      longest = std::max(longest, PrefetchStream::lines(prefetch->reads[i]));
     }
-    cursor.write = static_cast<const char*>(prefetch->write.begin);
-    cursor.write_end = cursor.write + prefetch->write.bytes;
+    cursor.write = PrefetchStream(prefetch->write);
     const int64_t calls = (K + kc_max - 1) / kc_max * row_panels * ((N + NR - 1) / NR);
-    const int64_t per_call = ((longest + 63) / 64 + calls - 1) / calls;
+    const int64_t per_call = (longest + calls - 1) / calls;
     if (per_call > 0) cursor.every = std::clamp<int64_t>(kc_max / per_call, 1, kc_max);
   }
 
