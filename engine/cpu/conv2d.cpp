@@ -683,9 +683,19 @@ void strided_backward_data(const Conv2dGeom& g, const float* dy, const float* w,
 
 // With `add`, dx += the gradient: dx is also the forward's residual, read where it is
 // written.
-void winograd_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx, bool add) {
+void winograd_backward_data(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w, float* dx,
+                            bool add) {
   const Conv2dGeom adjoint{g.N, g.K, g.P, g.Q, g.C, g.R, g.S, 1, 1, g.R - 1 - g.pad_h, g.S - 1 - g.pad_w, g.H, g.W};
-  winograd_forward(adjoint, dy, flipped_filters(g, w), nullptr, Epilogue{add ? dx : nullptr, false}, dx);
+  const Epilogue epilogue{add ? dx : nullptr, false};
+  if (algorithm == ConvAlgorithm::WinogradLanes) {
+    winograd_lanes_forward(adjoint, dy, flipped_filters(g, w), nullptr, epilogue, dx);
+  } else {
+    winograd_forward(adjoint, dy, flipped_filters(g, w), nullptr, epilogue, dx);
+  }
+}
+
+bool is_winograd(ConvAlgorithm algorithm) {
+  return algorithm == ConvAlgorithm::Winograd || algorithm == ConvAlgorithm::WinogradLanes;
 }
 
 // ---- the filter gradient: a sum over images
@@ -980,6 +990,8 @@ bool conv_supports(ConvAlgorithm algorithm, const Conv2dGeom& g) {
       return g.stride_h > 1 || g.stride_w > 1 || (g.pad_h < g.R && g.pad_w < g.S);
     case ConvAlgorithm::Winograd:
       return winograd_applies(g) && conv_supports(ConvAlgorithm::ShiftedRows, g);
+    case ConvAlgorithm::WinogradLanes:
+      return winograd_lanes_available() && conv_supports(ConvAlgorithm::Winograd, g);
   }
   return false;
 }
@@ -1007,6 +1019,22 @@ ConvAlgorithm conv_algorithm(const Conv2dGeom& g) {
   // Zen 5): 64 channels at 32x32 20.5 -> 16.0 ms, 128 at 16x16 19.7 -> 14.0, 256 at 8x8
   // 19.7 -> 14.8; but 64 at 8x8 1.42 -> 2.6, 32 at 16x16 1.35 -> 2.0, and 512 at 4x4
   // and 128 at 8x8 about even (22.3 and 23.2, 5.1 and 4.9).
+  //
+  // On maps of 16x16 and smaller, 16 images in the lanes of AVX-512 vectors win over
+  // both (winograd.cpp has the method). Two threads, 128 images, forward with residual
+  // and ReLU, shifted rows -> image by image -> lanes: 32 channels at 16x16 1.36 ->
+  // 1.62 -> 1.12 ms and 64 at 8x8 1.42 -> 1.79 -> 0.93 with the tensors in L3 (1.38 ->
+  // 1.47 and 1.44 -> 1.25 ms for shifted rows and lanes when they come from DRAM); 128
+  // at 16x16 21.6 -> 14.7 -> 13.1, 256 at 8x8 21.3 -> 15.8 -> 12.9, 512 at 4x4 25.3 ->
+  // 22.8 -> 23.3 (two sets of tensors in turn). Not with 16 channels (at 32x32 1.7
+  // times shifted rows' time: the transforms' share grows as the channels shrink), not
+  // where a row of tiles makes more than 1 MiB of transformed patches (16 elements x
+  // channels x tiles x 16 images, which a task keeps in L2), and not with a quarter of
+  // the lanes or more left empty (small batches).
+  const int64_t lanes = 16 * ((g.N + 15) / 16), row_of_tiles = 16 * std::max(g.C, g.K) * ((g.Q + 1) / 2) * 16 * 4;
+  if (sgemm_active_isa() == SgemmIsa::Avx512 && conv_supports(ConvAlgorithm::WinogradLanes, g) && g.C >= 32 &&
+      g.K >= 32 && g.P * g.Q <= 256 && row_of_tiles <= (1 << 20) && 4 * g.N >= 3 * lanes)
+    return ConvAlgorithm::WinogradLanes;
   if (conv_supports(ConvAlgorithm::Winograd, g) && g.C >= 64 && g.K >= 64 && g.C * g.P * g.Q >= 16384)
     return ConvAlgorithm::Winograd;
   const bool strided = g.stride_h > 1 || g.stride_w > 1;
@@ -1021,6 +1049,8 @@ void conv2d_forward(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x
                     const Epilogue& epilogue, float* y) {
   if (algorithm == ConvAlgorithm::Winograd) {
     winograd_forward(g, x, w, bias, epilogue, y);
+  } else if (algorithm == ConvAlgorithm::WinogradLanes) {
+    winograd_lanes_forward(g, x, w, bias, epilogue, y);
   } else if (algorithm == ConvAlgorithm::ShiftedRows) {
     shifted_forward(g, x, w, bias, epilogue, y, nullptr);
   } else {
@@ -1033,8 +1063,7 @@ namespace {
 // Whether the data gradient by `algorithm` is a stride-1 forward (Winograd's or shifted
 // rows'), whose epilogue can add a residual as it writes.
 bool backward_data_is_a_forward(ConvAlgorithm algorithm, const Conv2dGeom& g) {
-  return algorithm == ConvAlgorithm::Winograd ||
-         (algorithm == ConvAlgorithm::ShiftedRows && g.stride_h == 1 && g.stride_w == 1);
+  return is_winograd(algorithm) || (algorithm == ConvAlgorithm::ShiftedRows && g.stride_h == 1 && g.stride_w == 1);
 }
 
 }  // namespace
@@ -1058,8 +1087,8 @@ bool conv2d_backward_data_in_place(ConvAlgorithm algorithm, const Conv2dGeom& g,
 bool conv2d_backward_data_add(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w,
                               float* dx) {
   if (!backward_data_is_a_forward(algorithm, g)) return false;
-  if (algorithm == ConvAlgorithm::Winograd) {
-    winograd_backward_data(g, dy, w, dx, true);
+  if (is_winograd(algorithm)) {
+    winograd_backward_data(algorithm, g, dy, w, dx, true);
   } else {
     shifted_backward_data(g, dy, w, dx, true);
   }
@@ -1067,8 +1096,8 @@ bool conv2d_backward_data_add(ConvAlgorithm algorithm, const Conv2dGeom& g, cons
 }
 
 void conv2d_backward_data(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
-  if (algorithm == ConvAlgorithm::Winograd) {
-    winograd_backward_data(g, dy, w, dx, false);
+  if (is_winograd(algorithm)) {
+    winograd_backward_data(algorithm, g, dy, w, dx, false);
   } else if (backward_data_is_a_forward(algorithm, g)) {
     shifted_backward_data(g, dy, w, dx, false);
   } else if (algorithm == ConvAlgorithm::ShiftedRows) {
@@ -1080,7 +1109,7 @@ void conv2d_backward_data(ConvAlgorithm algorithm, const Conv2dGeom& g, const fl
 
 void conv2d_backward_filter(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* dy, float* dw,
                             float* dbias) {
-  const bool shifted = (algorithm == ConvAlgorithm::ShiftedRows || algorithm == ConvAlgorithm::Winograd) &&
+  const bool shifted = (algorithm == ConvAlgorithm::ShiftedRows || is_winograd(algorithm)) &&
                        filter_gradient_on_shifted_rows(g);
   if (shifted && channels_last_pays(g)) {
     channels_last_backward_filter(g, x, dy, dw);

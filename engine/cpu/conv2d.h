@@ -15,6 +15,7 @@ enum class ConvAlgorithm {
                 // any stride, and stride 1 with padding < the kernel size
   Winograd,     // the forward by Winograd's F(2x2, 3x3) (winograd.cpp), the gradients by shifted rows;
                 // 3x3, stride 1, padding < 3
+  WinogradLanes,  // the same with 16 images in the vector lanes; on CPUs with AVX-512
 };
 
 bool conv_supports(ConvAlgorithm algorithm, const Conv2dGeom& g);
@@ -37,10 +38,14 @@ bool conv2d_backward_data_in_place(ConvAlgorithm algorithm, const Conv2dGeom& g,
 // stride-1 data gradient by Winograd or shifted rows); false, dx untouched, elsewhere.
 bool conv2d_backward_data_add(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w,
                               float* dx);
-// winograd.cpp
+// winograd.cpp: the forward image by image, and 16 images at a time in the lanes of
+// AVX-512 vectors where the CPU has them
 bool winograd_applies(const Conv2dGeom& g);
 void winograd_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias /*nullable*/,
                       const Epilogue& epilogue, float* y);
+bool winograd_lanes_available();
+void winograd_lanes_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias /*nullable*/,
+                            const Epilogue& epilogue, float* y);
 
 void conv2d_backward_filter(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* dy, float* dw,
                             float* dbias /*nullable*/);

@@ -17,15 +17,17 @@
 // fewer. The transforms only add and halve, so the rounding stays close to the direct
 // sum's.
 //
-// Per thread, a group of images (enough for 64 tiles) is transformed into V, multiplied
-// (U packed once per call for all of them: SgemmPackedA), and transformed back into y,
-// with the epilogue (bias, residual, ReLU) applied as each output pixel is written.
+// Two ways to run it. Image by image (winograd_forward, any CPU): per thread, a group of
+// images (enough for 64 tiles) is transformed into V, multiplied (U packed once per call
+// for all of them: SgemmPackedA), and transformed back into y, with the epilogue (bias,
+// residual, ReLU) applied as each output pixel is written. With 16 images in the lanes
+// of AVX-512 vectors (winograd_lanes_forward, below), for small maps.
 //
-// V and M are stored channel by channel, the 16 elements' rows of tiles of a channel
-// one after the other: V[c][e][t] and M[k][e][t]; product e reads and writes every 16th
-// row. Stored element by element (V[e][c][t]), the 16 rows a transform writes or reads
-// for one channel lay C * ld floats apart, 16 KB and more: all in the same L1 set, more
-// lines than its 12 ways hold. Two threads, 128 images, forward, against that layout:
+// Image by image, V and M are stored channel by channel, the 16 elements' rows of tiles
+// of a channel one after the other: V[c][e][t] and M[k][e][t]; product e reads and
+// writes every 16th row. Stored element by element (V[e][c][t]), the 16 rows a
+// transform writes or reads for one channel lay C * ld floats apart, 16 KB and more:
+// all in the same L1 set, more lines than its 12 ways hold. Two threads, 128 images, forward, against that layout:
 // 64 channels at 32x32 17.4 -> 15.6 ms, 128 at 16x16 15.3 -> 13.4, 256 at 8x8 18.9 ->
 // 14.2 (AMD EPYC, Zen 5).
 //
@@ -34,8 +36,11 @@
 // the tiles, dU[e] (K x C) = (A dY A^T)[e] (K x T) * V[e]^T, it measured 0.4 to 1.06
 // times their speed on ResNet-18's layers (each product transposes V[e], and is only C
 // columns wide).
+#include <immintrin.h>
+
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <vector>
 
 #include "engine/cpu/conv2d.h"
@@ -67,28 +72,48 @@ struct Tiles {
 };
 
 // U[e][k][c] = (G g G^T)[e] for the 3x3 filter g of output channel k and input channel c.
+// Blocks of filters at a time, tap by tap across the block: the loops over the block
+// vectorise, where one filter at a time is scalar code storing to 16 places KC apart
+// (512 x 512 filters: 9.4 ms on two threads, and an eighth of a 64-channel layer).
 void transform_filters(const Conv2dGeom& g, const float* w, float* U) {
+  constexpr int64_t kBlock = 64;
   const int64_t KC = g.K * g.C;
-  parallel_for(KC, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t kc = begin; kc < end; ++kc) {
-      const float* f = w + kc * 9;
-      float t[4][3];  // G g
-      for (int j = 0; j < 3; ++j) {
-        const float f0 = f[j], f1 = f[3 + j], f2 = f[6 + j];
-        t[0][j] = f0;
-        t[1][j] = 0.5f * (f0 + f1 + f2);
-        t[2][j] = 0.5f * (f0 - f1 + f2);
-        t[3][j] = f2;
-      }
-      for (int i = 0; i < 4; ++i) {  // (G g) G^T
-        const float a = t[i][0], b = t[i][1], c = t[i][2];
-        float* u = U + (i * 4) * KC + kc;
-        u[0 * KC] = a;
-        u[1 * KC] = 0.5f * (a + b + c);
-        u[2 * KC] = 0.5f * (a - b + c);
-        u[3 * KC] = c;
+  parallel_for((KC + kBlock - 1) / kBlock, 64 * kBlock, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t first = block * kBlock, n = std::min(kBlock, KC - first);
+      float taps[9][kBlock] = {};
+      for (int64_t i = 0; i < n; ++i)
+        for (int t = 0; t < 9; ++t) taps[t][i] = w[(first + i) * 9 + t];
+      float gg[4][3][kBlock];  // G g, column j of the filter
+      for (int j = 0; j < 3; ++j)
+        for (int64_t i = 0; i < kBlock; ++i) {
+          const float f0 = taps[j][i], f1 = taps[3 + j][i], f2 = taps[6 + j][i];
+          gg[0][j][i] = f0;
+          gg[1][j][i] = 0.5f * (f0 + f1 + f2);
+          gg[2][j][i] = 0.5f * (f0 - f1 + f2);
+          gg[3][j][i] = f2;
+        }
+      for (int r = 0; r < 4; ++r) {  // (G g) G^T, row r
+        float* u = U + (r * 4) * KC + first;
+        for (int64_t i = 0; i < n; ++i) {
+          const float a = gg[r][0][i], b = gg[r][1][i], c = gg[r][2][i];
+          u[i] = a;
+          u[KC + i] = 0.5f * (a + b + c);
+          u[2 * KC + i] = 0.5f * (a - b + c);
+          u[3 * KC + i] = c;
+        }
       }
     }
+  });
+}
+
+// The 16 products' left operands: U[e] (K x C) packed, in `packed` (the calling thread's).
+void pack_filters(const Conv2dGeom& g, const float* w, std::vector<float>& filter_buffer,
+                  std::array<SgemmPackedA, kElements>& packed) {
+  float* const U = scratch(filter_buffer, kElements * g.K * g.C);
+  transform_filters(g, w, U);
+  parallel_for(kElements, g.K * g.C, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) packed[e].pack_on_this_thread(false, g.K, g.C, U + e * g.K * g.C, g.C);
   });
 }
 
@@ -186,6 +211,264 @@ void transform_outputs(const Conv2dGeom& g, const Tiles& tiles, const float* M, 
   }
 }
 
+
+// ---- 16 images in the vector lanes (AVX-512)
+//
+// On small maps a row of tiles is short (4 tiles at 8x8), and the loops above, which run
+// along it, are mostly overhead. Here the 16 lanes of an AVX-512 vector hold the same
+// pixel of 16 images instead, so every step of a transform is one vector operation
+// whatever the map's size: a tile's 16 elements, for 16 images, are 16 vectors. Images
+// come in and go out through 16 x 16 transposes in registers: 16 consecutive pixels of
+// each of 16 images in, each pixel across the images out, and back for the outputs.
+//
+// The work is split into tasks: a group of 16 images by a block of whole tile rows,
+// small enough that V and M (16 x C x columns floats, columns = 16 x the block's tiles)
+// stay in L2. A task transforms its patches channel by channel, runs the 16 products,
+// then transforms them back channel by channel and writes its outputs with the
+// epilogue. Between the products it prefetches what the epilogue reads and writes (an
+// image's lines per product) and the next task's input rows.
+//
+// V is stored V[e][c][column] with its rows ld floats apart, ld an odd number of cache
+// lines, and the elements e an odd number of lines apart as well (M likewise): a
+// transform writes the 16 elements of a tile, a product reads the C rows of one
+// element, and with power-of-two strides either would crowd one L1 set.
+//
+// The prefetches matter more here than image by image: a task's input and output are
+// a few rows of each of C (or K) planes of 16 images, scattered runs that the hardware
+// prefetchers do not follow. Requested as rows of planes during the products
+// (SgemmPrefetch's runs), 32 channels at 16x16 took 1.52 instead of 2.05 ms with its
+// tensors coming from DRAM (two threads, 128 images).
+//
+// Where this wins over image by image and shifted rows, with measurements:
+// conv_algorithm (conv2d.cpp).
+
+#define POLYAK_WINOGRAD_LANES __attribute__((target("avx512f,prfchw")))
+#define POLYAK_WINOGRAD_LANES_INLINE POLYAK_WINOGRAD_LANES inline __attribute__((always_inline))
+
+constexpr int64_t kLanes = 16;
+// The bytes of V (and of M) per task: tile rows are added to a task while they fit.
+constexpr int64_t kLanesBlockBytes = 256 * 1024;
+
+// Every lane: GCC 12 warns that the plain forms of the shuffles and of max read an
+// uninitialised value (they pass _mm512_undefined_ps() as the source of lanes the mask
+// keeps; GCC bug 105593), and the zero-masked forms with every lane selected are the
+// same instructions.
+constexpr __mmask16 kAll = 0xFFFF;
+constexpr __mmask8 kAllDoubles = 0xFF;
+
+// r[i][j] -> r[j][i] for 16 x 16 floats: four rounds of 16 shuffles, each interleaving
+// the rows' elements in runs twice as long as the round before (1, 2, 4, then 8 floats).
+POLYAK_WINOGRAD_LANES_INLINE void transpose_16x16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_maskz_unpacklo_ps(kAll, r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_maskz_unpackhi_ps(kAll, r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 2; ++j) {
+      const __m512d a = _mm512_castps_pd(t[4 * i + j]), b = _mm512_castps_pd(t[4 * i + 2 + j]);
+      r[4 * i + 2 * j] = _mm512_castpd_ps(_mm512_maskz_unpacklo_pd(kAllDoubles, a, b));
+      r[4 * i + 2 * j + 1] = _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(kAllDoubles, a, b));
+    }
+  for (int i = 0; i < 2; ++i)
+    for (int m = 0; m < 4; ++m) {
+      t[8 * i + m] = _mm512_maskz_shuffle_f32x4(kAll, r[8 * i + m], r[8 * i + 4 + m], 0x88);
+      t[8 * i + 4 + m] = _mm512_maskz_shuffle_f32x4(kAll, r[8 * i + m], r[8 * i + 4 + m], 0xdd);
+    }
+  for (int m = 0; m < 8; ++m) {
+    r[m] = _mm512_maskz_shuffle_f32x4(kAll, t[m], t[8 + m], 0x88);
+    r[8 + m] = _mm512_maskz_shuffle_f32x4(kAll, t[m], t[8 + m], 0xdd);
+  }
+}
+
+POLYAK_WINOGRAD_LANES_INLINE __mmask16 first_lanes(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
+
+// A floats pointer rounded up to a cache line (the scratch holds 16 floats more).
+float* line_aligned(float* p) {
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~static_cast<uintptr_t>(63));
+}
+
+// The tasks of a call: groups of 16 images by blocks of tile rows.
+struct LaneTasks {
+  Tiles tiles;
+  int64_t rows_per_block, blocks, groups;
+  explicit LaneTasks(const Conv2dGeom& g)
+      : tiles(g),
+        rows_per_block(std::clamp<int64_t>(
+            kLanesBlockBytes / (kElements * std::max(g.C, g.K) * tiles.tw * kLanes * 4), 1, tiles.th)),
+        blocks((tiles.th + rows_per_block - 1) / rows_per_block),
+        groups((g.N + kLanes - 1) / kLanes) {}
+  int64_t count() const { return groups * blocks; }
+  int64_t max_columns() const { return rows_per_block * tiles.tw * kLanes; }
+};
+
+// One task: images n0 .. n0 + images, tile rows ty0 .. ty0 + tile_rows.
+struct LaneTask {
+  int64_t n0, images, ty0, tile_rows;
+  LaneTask(const Conv2dGeom& g, const LaneTasks& tasks, int64_t task)
+      : n0(task / tasks.blocks * kLanes),
+        images(std::min(kLanes, g.N - n0)),
+        ty0(task % tasks.blocks * tasks.rows_per_block),
+        tile_rows(std::min(tasks.rows_per_block, tasks.tiles.th - ty0)) {}
+  // The input rows its patches read (those inside the image).
+  int64_t first_row(const Conv2dGeom& g) const { return std::max<int64_t>(0, 2 * ty0 - g.pad_h); }
+  int64_t end_row(const Conv2dGeom& g) const { return std::min<int64_t>(g.H, 2 * ty0 - g.pad_h + 2 * tile_rows + 2); }
+};
+
+// The least stride of at least `floats` floats (a multiple of 16) that is an odd number
+// of cache lines: V's and M's rows and elements.
+int64_t odd_lines(int64_t floats) { return floats / kLanes % 2 ? floats : floats + kLanes; }
+
+// V[e][c][column] (rows ld apart, elements e_stride apart) = (B^T d B)[e] for the task's
+// tiles, column (tile row, tile) * 16 + image. `rows`: the task's padded input rows for
+// one channel, pixel by pixel, 16 images a pixel (zero where the padding is).
+POLYAK_WINOGRAD_LANES void lanes_transform_patches(const Conv2dGeom& g, const LaneTasks& tasks, const LaneTask& task,
+                                                   const float* x, float* rows, float* V, int64_t ld,
+                                                   int64_t e_stride) {
+  const int64_t tw = tasks.tiles.tw, row_width = 2 * tw + 2, image = g.C * g.H * g.W;
+  const int64_t h0 = 2 * task.ty0 - g.pad_h;  // the input row of rows' first row
+  std::fill(rows, rows + (2 * task.tile_rows + 2) * row_width * kLanes, 0.0f);
+  const int64_t first = task.first_row(g) * g.W, end = task.end_row(g) * g.W;  // in the plane, row by row
+  for (int64_t c = 0; c < g.C; ++c) {
+    const float* plane = x + task.n0 * image + c * g.H * g.W;
+    // 16 pixels of the plane at a time, for each image, transposed into 16 pixels of
+    // 16 images each; a run of 16 may cross from one row into the next.
+    for (int64_t from = first; from < end; from += kLanes) {
+      const int64_t pixels = std::min(kLanes, end - from);
+      __m512 r[kLanes];
+      for (int64_t i = 0; i < kLanes; ++i)
+        r[i] = i < task.images ? _mm512_maskz_loadu_ps(first_lanes(pixels), plane + i * image + from)
+                               : _mm512_setzero_ps();
+      transpose_16x16(r);
+      int64_t h = from / g.W, w = from - h * g.W;
+      for (int64_t j = 0; j < pixels; ++j) {
+        _mm512_store_ps(rows + ((h - h0) * row_width + w + g.pad_w) * kLanes, r[j]);
+        if (++w == g.W) w = 0, ++h;
+      }
+    }
+    for (int64_t ty = 0; ty < task.tile_rows; ++ty)
+      for (int64_t tx = 0; tx < tw; ++tx) {
+        const float* d = rows + (2 * ty * row_width + 2 * tx) * kLanes;  // the patch's top left pixel
+        __m512 bt_d[4][4];                                                 // B^T d
+        for (int j = 0; j < 4; ++j) {
+          const __m512 d0 = _mm512_load_ps(d + j * kLanes), d1 = _mm512_load_ps(d + (row_width + j) * kLanes);
+          const __m512 d2 = _mm512_load_ps(d + (2 * row_width + j) * kLanes);
+          const __m512 d3 = _mm512_load_ps(d + (3 * row_width + j) * kLanes);
+          bt_d[0][j] = _mm512_sub_ps(d0, d2);
+          bt_d[1][j] = _mm512_add_ps(d1, d2);
+          bt_d[2][j] = _mm512_sub_ps(d2, d1);
+          bt_d[3][j] = _mm512_sub_ps(d1, d3);
+        }
+        float* v = V + c * ld + (ty * tw + tx) * kLanes;
+        for (int i = 0; i < 4; ++i) {  // (B^T d) B, row i
+          const __m512* b = bt_d[i];
+          _mm512_store_ps(v + (4 * i) * e_stride, _mm512_sub_ps(b[0], b[2]));
+          _mm512_store_ps(v + (4 * i + 1) * e_stride, _mm512_add_ps(b[1], b[2]));
+          _mm512_store_ps(v + (4 * i + 2) * e_stride, _mm512_sub_ps(b[2], b[1]));
+          _mm512_store_ps(v + (4 * i + 3) * e_stride, _mm512_sub_ps(b[1], b[3]));
+        }
+      }
+  }
+}
+
+// y = act(A^T M A + bias + residual) for the task's tiles, output channel by channel:
+// the 2x2 pixels of every tile for 16 images into `out` (the block's output rows, pixel
+// by pixel, 16 images a pixel), then 16 pixels at a time transposed into 16 pixels of
+// each image and written with the epilogue.
+POLYAK_WINOGRAD_LANES void lanes_transform_outputs(const Conv2dGeom& g, const LaneTasks& tasks, const LaneTask& task,
+                                                   const float* M, int64_t ld, int64_t e_stride, const float* bias,
+                                                   const Epilogue& epilogue, float* out, float* y) {
+  const int64_t tw = tasks.tiles.tw, row_width = 2 * tw, image = g.K * g.P * g.Q;
+  const int64_t p0 = 2 * task.ty0;
+  const int64_t first = p0 * g.Q, end = std::min(g.P, p0 + 2 * task.tile_rows) * g.Q;
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t k = 0; k < g.K; ++k) {
+    for (int64_t ty = 0; ty < task.tile_rows; ++ty)
+      for (int64_t tx = 0; tx < tw; ++tx) {
+        const float* m = M + k * ld + (ty * tw + tx) * kLanes;
+        __m512 at_m[2][4];  // A^T m
+        for (int j = 0; j < 4; ++j) {
+          const __m512 m0 = _mm512_load_ps(m + j * e_stride), m1 = _mm512_load_ps(m + (4 + j) * e_stride);
+          const __m512 m2 = _mm512_load_ps(m + (8 + j) * e_stride), m3 = _mm512_load_ps(m + (12 + j) * e_stride);
+          at_m[0][j] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+          at_m[1][j] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+        }
+        for (int i = 0; i < 2; ++i) {  // (A^T m) A, row i
+          const __m512* a = at_m[i];
+          float* o = out + ((2 * ty + i) * row_width + 2 * tx) * kLanes;
+          _mm512_store_ps(o, _mm512_add_ps(_mm512_add_ps(a[0], a[1]), a[2]));
+          _mm512_store_ps(o + kLanes, _mm512_sub_ps(_mm512_sub_ps(a[1], a[2]), a[3]));
+        }
+      }
+    const __m512 shift = _mm512_set1_ps(bias ? bias[k] : 0.0f);
+    for (int64_t from = first; from < end; from += kLanes) {
+      const int64_t pixels = std::min(kLanes, end - from);
+      __m512 r[kLanes];
+      int64_t p = from / g.Q, q = from - p * g.Q;
+      for (int64_t j = 0; j < kLanes; ++j) {  // past `pixels`: the last again (its lanes are not stored)
+        r[j] = _mm512_load_ps(out + ((p - p0) * row_width + q) * kLanes);
+        if (j + 1 < pixels && ++q == g.Q) q = 0, ++p;
+      }
+      transpose_16x16(r);
+      const __mmask16 mask = first_lanes(pixels);
+      for (int64_t i = 0; i < task.images; ++i) {
+        const int64_t at = (task.n0 + i) * image + k * g.P * g.Q + from;
+        __m512 v = _mm512_add_ps(r[i], shift);
+        if (epilogue.residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, epilogue.residual + at));
+        if (epilogue.relu) v = _mm512_maskz_max_ps(kAll, v, zero);
+        _mm512_mask_storeu_ps(y + at, mask, v);
+      }
+    }
+  }
+}
+
+// What product e requests as it runs (SgemmPrefetch), for what follows the products:
+// image e's output rows of the task in every channel (written, and read as the
+// residual), and its input rows of the thread's next task in every channel.
+SgemmPrefetch lanes_prefetch(const Conv2dGeom& g, const LaneTask& task, const LaneTask* next, int64_t e,
+                             const float* x, const float* residual, const float* y) {
+  SgemmPrefetch prefetch;
+  const int64_t out_plane = g.P * g.Q, in_plane = g.H * g.W;
+  if (e < task.images) {
+    const int64_t first = 2 * task.ty0 * g.Q, end = std::min(g.P, 2 * task.ty0 + 2 * task.tile_rows) * g.Q;
+    const int64_t at = (task.n0 + e) * g.K * out_plane + first;
+    prefetch.write = SgemmPrefetch::Range::runs_of_floats(y + at, end - first, g.K, out_plane);
+    if (residual) prefetch.reads[0] = SgemmPrefetch::Range::runs_of_floats(residual + at, end - first, g.K, out_plane);
+  }
+  if (next && e < next->images) {
+    const int64_t first = next->first_row(g) * g.W, end = next->end_row(g) * g.W;
+    const float* image = x + (next->n0 + e) * g.C * in_plane;
+    prefetch.reads[1] = SgemmPrefetch::Range::runs_of_floats(image + first, end - first, g.C, in_plane);
+  }
+  return prefetch;
+}
+
+void lanes_forward(const Conv2dGeom& g, const float* x, const std::array<SgemmPackedA, kElements>& packed,
+                   const float* bias, const Epilogue& epilogue, float* y) {
+  const LaneTasks tasks(g);
+  const int64_t flop_per_task = 2 * kElements * g.K * g.C * tasks.max_columns();
+  parallel_for(tasks.count(), flop_per_task, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> rows_buffer, patch_buffer, product_buffer, out_buffer;
+    const int64_t columns = tasks.max_columns(), ld_max = odd_lines(columns), tw = tasks.tiles.tw;
+    float* rows = line_aligned(scratch(rows_buffer, (2 * tasks.rows_per_block + 2) * (2 * tw + 2) * kLanes + 16));
+    float* V = line_aligned(scratch(patch_buffer, kElements * (g.C * ld_max + kLanes) + 16));
+    float* M = line_aligned(scratch(product_buffer, kElements * (g.K * ld_max + kLanes) + 16));
+    float* out = line_aligned(scratch(out_buffer, 2 * tasks.rows_per_block * 2 * tw * kLanes + 16));
+    for (int64_t t = begin; t < end; ++t) {
+      const LaneTask task(g, tasks, t);
+      const int64_t width = task.tile_rows * tw * kLanes, ld = odd_lines(width);
+      const int64_t v_stride = odd_lines(g.C * ld), m_stride = odd_lines(g.K * ld);
+      lanes_transform_patches(g, tasks, task, x, rows, V, ld, v_stride);
+      const LaneTask next(g, tasks, std::min(t + 1, end - 1));
+      for (int64_t e = 0; e < kElements; ++e) {
+        const SgemmPrefetch prefetch = lanes_prefetch(g, task, t + 1 < end ? &next : nullptr, e, x, epilogue.residual, y);
+        sgemm_packed_a(packed[e], false, width, 1.0f, V + e * v_stride, ld, nullptr, 0.0f, M + e * m_stride, ld,
+                       prefetch);
+      }
+      lanes_transform_outputs(g, tasks, task, M, ld, m_stride, bias, epilogue, out, y);
+    }
+  });
+}
 }  // namespace
 
 bool winograd_applies(const Conv2dGeom& g) {
@@ -204,9 +487,7 @@ void winograd_forward(const Conv2dGeom& g, const float* x, const float* w, const
   // Both belong to the calling thread; the workers reach them through these references.
   thread_local std::vector<float> filter_buffer;
   thread_local std::array<SgemmPackedA, kElements> packed_buffer;
-  float* const U = scratch(filter_buffer, kElements * g.K * g.C);
-  transform_filters(g, w, U);
-  for (int64_t e = 0; e < kElements; ++e) packed_buffer[e].pack(false, g.K, g.C, U + e * g.K * g.C, g.C);
+  pack_filters(g, w, filter_buffer, packed_buffer);
   const std::array<SgemmPackedA, kElements>& packed = packed_buffer;
 
   const int64_t flop_per_group = 2 * kElements * g.K * g.C * tiles.count() * per_group;
@@ -245,6 +526,20 @@ void winograd_forward(const Conv2dGeom& g, const float* x, const float* w, const
       }
     }
   });
+}
+
+}  // namespace polyak::cpu
+
+namespace polyak::cpu {
+
+bool winograd_lanes_available() { return sgemm_isa_available(SgemmIsa::Avx512); }
+
+void winograd_lanes_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias,
+                            const Epilogue& epilogue, float* y) {
+  thread_local std::vector<float> filter_buffer;
+  thread_local std::array<SgemmPackedA, kElements> packed;
+  pack_filters(g, w, filter_buffer, packed);
+  lanes_forward(g, x, packed, bias, epilogue, y);
 }
 
 }  // namespace polyak::cpu

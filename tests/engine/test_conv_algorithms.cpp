@@ -128,7 +128,8 @@ Trial check_against_im2col(ConvAlgorithm algorithm, const Conv2dGeom& g, int thr
   check_near(got.db, want.db, "bias gradient");
   // The data gradients that are stride-1 forwards add into dx as they write it.
   const bool stride_1 = g.stride_h == 1 && g.stride_w == 1;
-  CHECK(got.added == (algorithm == ConvAlgorithm::Winograd || (algorithm == ConvAlgorithm::ShiftedRows && stride_1)));
+  const bool winograd = algorithm == ConvAlgorithm::Winograd || algorithm == ConvAlgorithm::WinogradLanes;
+  CHECK(got.added == (winograd || (algorithm == ConvAlgorithm::ShiftedRows && stride_1)));
   if (got.added) {
     std::vector<float> x_plus_dx = x;
     for (size_t i = 0; i < x_plus_dx.size(); ++i) x_plus_dx[i] += want.dx[i];
@@ -207,6 +208,23 @@ TEST_CASE("conv algorithms: shifted rows covers strides, and stride 1 with paddi
     CHECK(cpu::conv_supports(ConvAlgorithm::Winograd, deep));
     CHECK(cpu::conv_algorithm(deep) == ConvAlgorithm::Winograd);
   }
+  // With AVX-512, 16 images in the lanes on ResNet-20's stride-1 layers at 16x16 and
+  // 8x8 and ResNet-18's from 16x16 to 4x4; not on a batch that leaves a quarter of the
+  // lanes empty, nor on 32x32 maps or with 16 channels.
+  if (cpu::sgemm_active_isa() == SgemmIsa::Avx512) {
+    for (const int64_t channels : {32, 64, 128, 256, 512}) {
+      const int64_t size = channels <= 64 ? 512 / channels : 2048 / channels;
+      const Conv2dGeom batch{128, channels, size, size, channels, 3, 3, 1, 1, 1, 1, size, size};
+      CHECK(cpu::conv_algorithm(batch) == ConvAlgorithm::WinogradLanes);
+      Conv2dGeom sparse = batch;
+      sparse.N = 20;  // 12 of 32 lanes empty
+      CHECK(cpu::conv_algorithm(sparse) != ConvAlgorithm::WinogradLanes);
+    }
+    CHECK(cpu::conv_algorithm(Conv2dGeom{128, 16, 32, 32, 16, 3, 3, 1, 1, 1, 1, 32, 32}) == ConvAlgorithm::ShiftedRows);
+    CHECK(cpu::conv_algorithm(Conv2dGeom{128, 64, 32, 32, 64, 3, 3, 1, 1, 1, 1, 32, 32}) == ConvAlgorithm::Winograd);
+  }
+  CHECK(cpu::conv_supports(ConvAlgorithm::WinogradLanes, same) == cpu::winograd_lanes_available());
+  CHECK_FALSE(cpu::conv_supports(ConvAlgorithm::WinogradLanes, strided));
   CHECK_FALSE(cpu::conv_supports(ConvAlgorithm::Winograd, strided));
   CHECK_FALSE(cpu::conv_supports(ConvAlgorithm::Winograd, pointwise));
   CHECK_FALSE(cpu::conv_supports(ConvAlgorithm::Winograd, Conv2dGeom{1, 4, 8, 8, 4, 5, 5, 1, 1, 2, 2, 8, 8}));
@@ -287,6 +305,27 @@ TEST_CASE("conv algorithms: Winograd F(2x2, 3x3) matches im2col on random shapes
     ++tested;
   }
   CHECK(tested >= 35);
+}
+
+// The same with 16 images in the vector lanes: batches that fill the groups of 16 or
+// leave the last one short (17, 33), channel counts below a vector, and maps from 1x1
+// to 13x13 whose tasks take from one tile row (many channels) to all of them (few).
+TEST_CASE("conv algorithms: Winograd with images in the vector lanes matches im2col on random shapes") {
+  if (!cpu::winograd_lanes_available()) {
+    MESSAGE("skipped: this CPU has no AVX-512");
+    return;
+  }
+  std::mt19937 gen(35);
+  const ShapeOptions options{{1, 16, 17, 33}, {1, 3, 8, 17, 33, 70}, {1, 2, 3, 4, 5, 7, 8, 13}, {3}};
+  int tested = 0;
+  for (int trial = 0; trial < 40; ++trial) {
+    const Conv2dGeom g = random_geometry(options, gen);
+    if (g.P < 1 || g.Q < 1) continue;
+    REQUIRE(cpu::conv_supports(ConvAlgorithm::WinogradLanes, g));
+    check_against_im2col(ConvAlgorithm::WinogradLanes, g, 1 + trial % 3, gen);
+    ++tested;
+  }
+  CHECK(tested >= 28);
 }
 
 TEST_CASE("conv algorithms: the ResNet-20 layer shapes, threaded") {
