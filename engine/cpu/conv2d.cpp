@@ -92,6 +92,7 @@
 #include "engine/cpu/epilogue.h"
 #include "engine/cpu/moments.h"
 #include "engine/cpu/padded_copy.h"
+#include "engine/cpu/partial_sums.h"
 #include "engine/cpu/scratch.h"
 #include "engine/cpu/sgemm.h"
 #include "engine/parallel.h"
@@ -700,46 +701,11 @@ bool is_winograd(ConvAlgorithm algorithm) {
 
 // ---- the filter gradient: a sum over images
 
-// dw = sum over images of their filter gradients (K x CRS each). One slot per thread
-// (at most one per image); parallel_for hands each thread a contiguous run of slots,
-// and accumulate(n_begin, n_end, acc) overwrites the partial of the run's first slot
-// with the sum over its images. The partials are then added in slot order, so the sum
-// is the same on every run with the same thread count.
+// dw = sum over images of their filter gradients (K x CRS each): accumulate(n_begin,
+// n_end, acc) overwrites acc with the sum over images [n_begin, n_end).
 template <class Accumulate>
 void sum_over_images(const Conv2dGeom& g, float* dw, Accumulate&& accumulate) {
-  const int64_t KCRS = g.K * g.C * g.R * g.S;
-  const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(num_threads(), g.N));
-  // The partials belong to the calling thread; the workers reach them through this
-  // pointer (naming a thread_local inside the parallel body would give each worker its own).
-  thread_local std::vector<std::vector<float>> partial_buffers;
-  if (static_cast<int64_t>(partial_buffers.size()) < slots) partial_buffers.resize(static_cast<size_t>(slots));
-  for (int64_t t = 0; t < slots; ++t) scratch(partial_buffers[t], KCRS);
-  std::vector<float>* const partials = partial_buffers.data();
-  std::vector<char> used(static_cast<size_t>(slots), 0);
-
-  if (g.N > 0) {
-    parallel_for(slots, gemm_cost(g) * g.N / slots, [&](int64_t slot_begin, int64_t slot_end) {
-      float* acc = partials[slot_begin].data();
-      const int64_t n_begin = g.N * slot_begin / slots, n_end = g.N * slot_end / slots;
-      if (n_end > n_begin) accumulate(n_begin, n_end, acc);
-      used[slot_begin] = n_end > n_begin;
-    });
-  }
-
-  std::vector<const float*> sources;
-  for (int64_t t = 0; t < slots; ++t)
-    if (used[t]) sources.push_back(partials[t].data());
-  parallel_for(KCRS, static_cast<int64_t>(sources.size()) + 1, [&](int64_t begin, int64_t end) {
-    if (sources.empty()) {
-      std::fill(dw + begin, dw + end, 0.0f);
-      return;
-    }
-    std::copy(sources[0] + begin, sources[0] + end, dw + begin);
-    for (size_t t = 1; t < sources.size(); ++t) {
-      const float* src = sources[t];
-      for (int64_t i = begin; i < end; ++i) dw[i] += src[i];
-    }
-  });
+  sum_in_slots(g.N, g.K * g.C * g.R * g.S, gemm_cost(g), dw, accumulate);
 }
 
 // dbias[k] = sum over n, p, q of dy[n, k, p, q]
@@ -1111,7 +1077,9 @@ void conv2d_backward_filter(ConvAlgorithm algorithm, const Conv2dGeom& g, const 
                             float* dbias) {
   const bool shifted = (algorithm == ConvAlgorithm::ShiftedRows || is_winograd(algorithm)) &&
                        filter_gradient_on_shifted_rows(g);
-  if (shifted && channels_last_pays(g)) {
+  if (algorithm == ConvAlgorithm::WinogradLanes) {
+    winograd_lanes_backward_filter(g, x, dy, dw);
+  } else if (shifted && channels_last_pays(g)) {
     channels_last_backward_filter(g, x, dy, dw);
   } else if (shifted) {
     shifted_backward_filter(g, x, dy, dw);

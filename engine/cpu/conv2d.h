@@ -15,7 +15,8 @@ enum class ConvAlgorithm {
                 // any stride, and stride 1 with padding < the kernel size
   Winograd,     // the forward by Winograd's F(2x2, 3x3) (winograd.cpp), the gradients by shifted rows;
                 // 3x3, stride 1, padding < 3
-  WinogradLanes,  // the same with 16 images in the vector lanes; on CPUs with AVX-512
+  WinogradLanes,  // the same with 16 images in the vector lanes, and the filter gradient as Winograd's
+                  // adjoint; on CPUs with AVX-512
 };
 
 bool conv_supports(ConvAlgorithm algorithm, const Conv2dGeom& g);
@@ -46,6 +47,7 @@ void winograd_forward(const Conv2dGeom& g, const float* x, const float* w, const
 bool winograd_lanes_available();
 void winograd_lanes_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias /*nullable*/,
                             const Epilogue& epilogue, float* y);
+void winograd_lanes_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw);
 
 void conv2d_backward_filter(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* dy, float* dw,
                             float* dbias /*nullable*/);

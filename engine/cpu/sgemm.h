@@ -85,6 +85,10 @@ struct SgemmPrefetch {
   Range write;
 };
 
+// sgemm above, requesting the lines of `prefetch` as it runs.
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const SgemmPrefetch& prefetch);
+
 // op(A) packed once for several products that share it: a convolution's weights, with
 // one product per image (or a few). Each product then skips its own pass over A, which
 // for the weights of a deep layer (512 x 4608 floats) costs about as much as the

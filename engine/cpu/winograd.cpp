@@ -32,10 +32,11 @@
 // 14.2 (AMD EPYC, Zen 5).
 //
 // The data gradient is this forward run on dy with the flipped filter (conv2d.cpp). The
-// filter gradient stays on shifted rows: as Winograd's adjoint, 16 products summing over
-// the tiles, dU[e] (K x C) = (A dY A^T)[e] (K x T) * V[e]^T, it measured 0.4 to 1.06
-// times their speed on ResNet-18's layers (each product transposes V[e], and is only C
-// columns wide).
+// filter gradient is Winograd's adjoint, 16 products summing over the tiles, dU[e] (K x
+// C) = (A dY A^T)[e] (K x T) * V[e]^T, then dw = G^T dU G. Image by image it measured
+// 0.4 to 1.06 times shifted rows' speed on ResNet-18's layers (each product transposes
+// V[e], and is only C columns wide) and stays there; with images in the lanes it wins
+// (below).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -46,6 +47,7 @@
 #include "engine/cpu/conv2d.h"
 #include "engine/cpu/epilogue.h"
 #include "engine/cpu/padded_copy.h"
+#include "engine/cpu/partial_sums.h"
 #include "engine/cpu/scratch.h"
 #include "engine/cpu/sgemm.h"
 #include "engine/parallel.h"
@@ -240,7 +242,10 @@ void transform_outputs(const Conv2dGeom& g, const Tiles& tiles, const float* M, 
 // tensors coming from DRAM (two threads, 128 images).
 //
 // Where this wins over image by image and shifted rows, with measurements:
-// conv_algorithm (conv2d.cpp).
+// conv_algorithm (conv2d.cpp). Its filter gradient (lanes_backward_filter) against
+// shifted rows' (channels last), two threads, 128 images: 32 channels at 16x16 1.35 ->
+// 1.27-1.32 ms, 64 at 8x8 1.38 -> 1.00, 128 at 16x16 20.7 -> 14.8, 256 at 8x8 21.3 ->
+// 12.9, 512 at 4x4 29.7 -> 19.7.
 
 #define POLYAK_WINOGRAD_LANES __attribute__((target("avx512f,prfchw")))
 #define POLYAK_WINOGRAD_LANES_INLINE POLYAK_WINOGRAD_LANES inline __attribute__((always_inline))
@@ -310,10 +315,24 @@ struct LaneTask {
         images(std::min(kLanes, g.N - n0)),
         ty0(task % tasks.blocks * tasks.rows_per_block),
         tile_rows(std::min(tasks.rows_per_block, tasks.tiles.th - ty0)) {}
-  // The input rows its patches read (those inside the image).
-  int64_t first_row(const Conv2dGeom& g) const { return std::max<int64_t>(0, 2 * ty0 - g.pad_h); }
-  int64_t end_row(const Conv2dGeom& g) const { return std::min<int64_t>(g.H, 2 * ty0 - g.pad_h + 2 * tile_rows + 2); }
+  // The input rows its patches read (those inside the image), as a range of floats of
+  // a plane.
+  int64_t first_input(const Conv2dGeom& g) const { return std::max<int64_t>(0, 2 * ty0 - g.pad_h) * g.W; }
+  int64_t end_input(const Conv2dGeom& g) const {
+    return std::min<int64_t>(g.H, 2 * ty0 - g.pad_h + 2 * tile_rows + 2) * g.W;
+  }
+  // Its output rows (those inside the map), likewise.
+  int64_t first_output(const Conv2dGeom& g) const { return 2 * ty0 * g.Q; }
+  int64_t end_output(const Conv2dGeom& g) const { return std::min(g.P, 2 * ty0 + 2 * tile_rows) * g.Q; }
 };
+
+// Image e of a task's rows [first, end) in each of the `planes` planes of a tensor, for
+// SgemmPrefetch: one run a plane.
+SgemmPrefetch::Range rows_of_planes(const float* tensor, const LaneTask& task, int64_t e, int64_t planes,
+                                    int64_t plane, int64_t first, int64_t end) {
+  return SgemmPrefetch::Range::runs_of_floats(tensor + ((task.n0 + e) * planes) * plane + first, end - first, planes,
+                                              plane);
+}
 
 // The least stride of at least `floats` floats (a multiple of 16) that is an odd number
 // of cache lines: V's and M's rows and elements.
@@ -328,7 +347,7 @@ POLYAK_WINOGRAD_LANES void lanes_transform_patches(const Conv2dGeom& g, const La
   const int64_t tw = tasks.tiles.tw, row_width = 2 * tw + 2, image = g.C * g.H * g.W;
   const int64_t h0 = 2 * task.ty0 - g.pad_h;  // the input row of rows' first row
   std::fill(rows, rows + (2 * task.tile_rows + 2) * row_width * kLanes, 0.0f);
-  const int64_t first = task.first_row(g) * g.W, end = task.end_row(g) * g.W;  // in the plane, row by row
+  const int64_t first = task.first_input(g), end = task.end_input(g);  // in the plane, row by row
   for (int64_t c = 0; c < g.C; ++c) {
     const float* plane = x + task.n0 * image + c * g.H * g.W;
     // 16 pixels of the plane at a time, for each image, transposed into 16 pixels of
@@ -379,8 +398,7 @@ POLYAK_WINOGRAD_LANES void lanes_transform_outputs(const Conv2dGeom& g, const La
                                                    const float* M, int64_t ld, int64_t e_stride, const float* bias,
                                                    const Epilogue& epilogue, float* out, float* y) {
   const int64_t tw = tasks.tiles.tw, row_width = 2 * tw, image = g.K * g.P * g.Q;
-  const int64_t p0 = 2 * task.ty0;
-  const int64_t first = p0 * g.Q, end = std::min(g.P, p0 + 2 * task.tile_rows) * g.Q;
+  const int64_t p0 = 2 * task.ty0, first = task.first_output(g), end = task.end_output(g);
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t k = 0; k < g.K; ++k) {
     for (int64_t ty = 0; ty < task.tile_rows; ++ty)
@@ -422,24 +440,91 @@ POLYAK_WINOGRAD_LANES void lanes_transform_outputs(const Conv2dGeom& g, const La
   }
 }
 
-// What product e requests as it runs (SgemmPrefetch), for what follows the products:
-// image e's output rows of the task in every channel (written, and read as the
-// residual), and its input rows of the thread's next task in every channel.
+// dM[e][k][column] = (A dY A^T)[e] for the task's tiles, the adjoint of the output
+// transform, from the output gradients dY of a tile (zero past P or Q): the task's rows
+// of dy go into `rows` (pixel by pixel, 16 images a pixel) as the inputs do for the
+// patches, channel by channel.
+POLYAK_WINOGRAD_LANES void lanes_transform_gradients(const Conv2dGeom& g, const LaneTasks& tasks,
+                                                     const LaneTask& task, const float* dy, float* rows, float* dM,
+                                                     int64_t ld, int64_t e_stride) {
+  const int64_t tw = tasks.tiles.tw, row_width = 2 * tw, image = g.K * g.P * g.Q;
+  const int64_t p0 = 2 * task.ty0, first = task.first_output(g), end = task.end_output(g);
+  std::fill(rows, rows + 2 * task.tile_rows * row_width * kLanes, 0.0f);  // what lies past P or Q stays zero
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t k = 0; k < g.K; ++k) {
+    const float* plane = dy + task.n0 * image + k * g.P * g.Q;
+    for (int64_t from = first; from < end; from += kLanes) {
+      const int64_t pixels = std::min(kLanes, end - from);
+      __m512 r[kLanes];
+      for (int64_t i = 0; i < kLanes; ++i)
+        r[i] = i < task.images ? _mm512_maskz_loadu_ps(first_lanes(pixels), plane + i * image + from) : zero;
+      transpose_16x16(r);
+      int64_t p = from / g.Q, q = from - p * g.Q;
+      for (int64_t j = 0; j < pixels; ++j) {
+        _mm512_store_ps(rows + ((p - p0) * row_width + q) * kLanes, r[j]);
+        if (++q == g.Q) q = 0, ++p;
+      }
+    }
+    for (int64_t ty = 0; ty < task.tile_rows; ++ty)
+      for (int64_t tx = 0; tx < tw; ++tx) {
+        const float* d = rows + (2 * ty * row_width + 2 * tx) * kLanes;  // the tile's top left pixel
+        const __m512 y00 = _mm512_load_ps(d), y01 = _mm512_load_ps(d + kLanes);
+        const __m512 y10 = _mm512_load_ps(d + row_width * kLanes), y11 = _mm512_load_ps(d + (row_width + 1) * kLanes);
+        // A dY, with A = (A^T)^T: rows y0, y0 + y1, y0 - y1, -y1 of dY's rows y0, y1
+        const __m512 a_dy[4][2] = {{y00, y01},
+                                   {_mm512_add_ps(y00, y10), _mm512_add_ps(y01, y11)},
+                                   {_mm512_sub_ps(y00, y10), _mm512_sub_ps(y01, y11)},
+                                   {_mm512_sub_ps(zero, y10), _mm512_sub_ps(zero, y11)}};
+        float* m = dM + k * ld + (ty * tw + tx) * kLanes;
+        for (int i = 0; i < 4; ++i) {  // (A dY) A^T, row i: columns t0, t0 + t1, t0 - t1, -t1
+          const __m512 t0 = a_dy[i][0], t1 = a_dy[i][1];
+          _mm512_store_ps(m + (4 * i) * e_stride, t0);
+          _mm512_store_ps(m + (4 * i + 1) * e_stride, _mm512_add_ps(t0, t1));
+          _mm512_store_ps(m + (4 * i + 2) * e_stride, _mm512_sub_ps(t0, t1));
+          _mm512_store_ps(m + (4 * i + 3) * e_stride, _mm512_sub_ps(zero, t1));
+        }
+      }
+  }
+}
+
+// dw[k][c] (3x3) = G^T dU[k][c] G from the 16 elements dU[e][k][c]: the adjoint of the
+// filter transform.
+void transform_filter_gradients(const Conv2dGeom& g, const float* dU, float* dw) {
+  const int64_t KC = g.K * g.C;
+  parallel_for(KC, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t kc = begin; kc < end; ++kc) {
+      float t[3][4];  // G^T dU
+      for (int j = 0; j < 4; ++j) {
+        const float u0 = dU[j * KC + kc], u1 = dU[(4 + j) * KC + kc], u2 = dU[(8 + j) * KC + kc];
+        const float u3 = dU[(12 + j) * KC + kc];
+        t[0][j] = u0 + 0.5f * (u1 + u2);
+        t[1][j] = 0.5f * (u1 - u2);
+        t[2][j] = 0.5f * (u1 + u2) + u3;
+      }
+      float* f = dw + kc * 9;
+      for (int r = 0; r < 3; ++r) {  // (G^T dU) G, row r
+        f[3 * r] = t[r][0] + 0.5f * (t[r][1] + t[r][2]);
+        f[3 * r + 1] = 0.5f * (t[r][1] - t[r][2]);
+        f[3 * r + 2] = 0.5f * (t[r][1] + t[r][2]) + t[r][3];
+      }
+    }
+  });
+}
+
+// What forward product e requests as it runs, for what follows the products: image e's
+// output rows of the task (written, and read as the residual), and its input rows of
+// the thread's next task.
 SgemmPrefetch lanes_prefetch(const Conv2dGeom& g, const LaneTask& task, const LaneTask* next, int64_t e,
                              const float* x, const float* residual, const float* y) {
   SgemmPrefetch prefetch;
   const int64_t out_plane = g.P * g.Q, in_plane = g.H * g.W;
   if (e < task.images) {
-    const int64_t first = 2 * task.ty0 * g.Q, end = std::min(g.P, 2 * task.ty0 + 2 * task.tile_rows) * g.Q;
-    const int64_t at = (task.n0 + e) * g.K * out_plane + first;
-    prefetch.write = SgemmPrefetch::Range::runs_of_floats(y + at, end - first, g.K, out_plane);
-    if (residual) prefetch.reads[0] = SgemmPrefetch::Range::runs_of_floats(residual + at, end - first, g.K, out_plane);
+    const int64_t first = task.first_output(g), end = task.end_output(g);
+    prefetch.write = rows_of_planes(y, task, e, g.K, out_plane, first, end);
+    if (residual) prefetch.reads[0] = rows_of_planes(residual, task, e, g.K, out_plane, first, end);
   }
-  if (next && e < next->images) {
-    const int64_t first = next->first_row(g) * g.W, end = next->end_row(g) * g.W;
-    const float* image = x + (next->n0 + e) * g.C * in_plane;
-    prefetch.reads[1] = SgemmPrefetch::Range::runs_of_floats(image + first, end - first, g.C, in_plane);
-  }
+  if (next && e < next->images)
+    prefetch.reads[1] = rows_of_planes(x, *next, e, g.C, in_plane, next->first_input(g), next->end_input(g));
   return prefetch;
 }
 
@@ -468,6 +553,45 @@ void lanes_forward(const Conv2dGeom& g, const float* x, const std::array<SgemmPa
       lanes_transform_outputs(g, tasks, task, M, ld, m_stride, bias, epilogue, out, y);
     }
   });
+}
+
+// The filter gradient, Winograd's adjoint: dU[e] (K x C) = the sum over the tasks of
+// dM[e] (K x columns) * V[e]^T, each task's V as the forward makes it and dM from dy;
+// then dw = G^T dU G. The sum runs in one partial per thread (sum_in_slots).
+void lanes_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw) {
+  const LaneTasks tasks(g);
+  const int64_t KC = g.K * g.C, tw = tasks.tiles.tw;
+  thread_local std::vector<float> gradient_buffer;
+  float* const dU = scratch(gradient_buffer, kElements * KC);
+  const int64_t flop_per_task = 2 * kElements * KC * tasks.max_columns();
+  sum_in_slots(tasks.count(), kElements * KC, flop_per_task, dU, [&](int64_t begin, int64_t end, float* acc) {
+    thread_local std::vector<float> rows_buffer, patch_buffer, gradient_rows_buffer, product_buffer;
+    const int64_t ld_max = odd_lines(tasks.max_columns());
+    float* rows = line_aligned(scratch(rows_buffer, (2 * tasks.rows_per_block + 2) * (2 * tw + 2) * kLanes + 16));
+    float* V = line_aligned(scratch(patch_buffer, kElements * (g.C * ld_max + kLanes) + 16));
+    float* dy_rows = line_aligned(scratch(gradient_rows_buffer, 2 * tasks.rows_per_block * 2 * tw * kLanes + 16));
+    float* dM = line_aligned(scratch(product_buffer, kElements * (g.K * ld_max + kLanes) + 16));
+    for (int64_t t = begin; t < end; ++t) {
+      const LaneTask task(g, tasks, t);
+      const int64_t width = task.tile_rows * tw * kLanes, ld = odd_lines(width);
+      const int64_t v_stride = odd_lines(g.C * ld), m_stride = odd_lines(g.K * ld);
+      lanes_transform_patches(g, tasks, task, x, rows, V, ld, v_stride);
+      lanes_transform_gradients(g, tasks, task, dy, dy_rows, dM, ld, m_stride);
+      // Image e's rows of the next task, input and output gradient, requested during
+      // product e.
+      const LaneTask next(g, tasks, std::min(t + 1, end - 1));
+      for (int64_t e = 0; e < kElements; ++e) {
+        SgemmPrefetch prefetch;
+        if (t + 1 < end && e < next.images) {
+          prefetch.reads[0] = rows_of_planes(x, next, e, g.C, g.H * g.W, next.first_input(g), next.end_input(g));
+          prefetch.reads[1] = rows_of_planes(dy, next, e, g.K, g.P * g.Q, next.first_output(g), next.end_output(g));
+        }
+        sgemm(false, true, g.K, g.C, width, 1.0f, dM + e * m_stride, ld, V + e * v_stride, ld, t == begin ? 0.0f : 1.0f,
+              acc + e * KC, g.C, prefetch);
+      }
+    }
+  });
+  transform_filter_gradients(g, dU, dw);
 }
 }  // namespace
 
@@ -540,6 +664,14 @@ void winograd_lanes_forward(const Conv2dGeom& g, const float* x, const float* w,
   thread_local std::array<SgemmPackedA, kElements> packed;
   pack_filters(g, w, filter_buffer, packed);
   lanes_forward(g, x, packed, bias, epilogue, y);
+}
+
+}  // namespace polyak::cpu
+
+namespace polyak::cpu {
+
+void winograd_lanes_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw) {
+  lanes_backward_filter(g, x, dy, dw);
 }
 
 }  // namespace polyak::cpu
