@@ -988,11 +988,11 @@ ConvAlgorithm conv_algorithm(const Conv2dGeom& g) {
   //
   // On maps of 16x16 and smaller, 16 images in the lanes of AVX-512 vectors win over
   // both (winograd.cpp has the method). Two threads, 128 images, forward with residual
-  // and ReLU, shifted rows -> image by image -> lanes: 32 channels at 16x16 1.36 ->
-  // 1.62 -> 1.12 ms and 64 at 8x8 1.42 -> 1.79 -> 0.93 with the tensors in L3 (1.38 ->
-  // 1.47 and 1.44 -> 1.25 ms for shifted rows and lanes when they come from DRAM); 128
-  // at 16x16 21.6 -> 14.7 -> 13.1, 256 at 8x8 21.3 -> 15.8 -> 12.9, 512 at 4x4 25.3 ->
-  // 22.8 -> 23.3 (two sets of tensors in turn). Not with 16 channels (at 32x32 1.7
+  // and ReLU, shifted rows -> image by image -> lanes: 32 channels at 16x16 1.43 ->
+  // 1.71 -> 1.16-1.22 ms and 64 at 8x8 1.47-1.52 -> 1.84-1.88 -> 0.82-0.83 with the
+  // tensors in L3 (1.41-1.47 -> 1.23 and 1.49-1.51 -> 0.89-0.91 for shifted rows and
+  // lanes when they come from DRAM); 128 at 16x16 21.6 -> 14.7 -> 13.1, 256 at 8x8 21.3
+  // -> 15.8 -> 12.9, 512 at 4x4 25.3 -> 22.8 -> 23.3 (two sets of tensors in turn). Not with 16 channels (at 32x32 1.7
   // times shifted rows' time: the transforms' share grows as the channels shrink), not
   // where a row of tiles makes more than 1 MiB of transformed patches (16 elements x
   // channels x tiles x 16 images, which a task keeps in L2), and not with a quarter of

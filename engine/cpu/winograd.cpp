@@ -42,6 +42,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "engine/cpu/conv2d.h"
@@ -224,8 +225,8 @@ void transform_outputs(const Conv2dGeom& g, const Tiles& tiles, const float* M, 
 // each of 16 images in, each pixel across the images out, and back for the outputs.
 //
 // The work is split into tasks: a group of 16 images by a block of whole tile rows,
-// small enough that V and M (16 x C x columns floats, columns = 16 x the block's tiles)
-// stay in L2. A task transforms its patches channel by channel, runs the 16 products,
+// up to about 1 MiB each of V and M (16 x C x columns floats, columns = 16 x the block's
+// tiles). A task transforms its patches channel by channel, runs the 16 products,
 // then transforms them back channel by channel and writes its outputs with the
 // epilogue. Between the products it prefetches what the epilogue reads and writes (an
 // image's lines per product) and the next task's input rows.
@@ -239,20 +240,31 @@ void transform_outputs(const Conv2dGeom& g, const Tiles& tiles, const float* M, 
 // a few rows of each of C (or K) planes of 16 images, scattered runs that the hardware
 // prefetchers do not follow. Requested as rows of planes during the products
 // (SgemmPrefetch's runs), 32 channels at 16x16 took 1.52 instead of 2.05 ms with its
-// tensors coming from DRAM (two threads, 128 images).
+// tensors coming from DRAM (two threads, 128 images, tasks of 256 KiB).
 //
 // Where this wins over image by image and shifted rows, with measurements:
 // conv_algorithm (conv2d.cpp). Its filter gradient (lanes_backward_filter) against
 // shifted rows' (channels last), two threads, 128 images: 32 channels at 16x16 1.35 ->
-// 1.27-1.32 ms, 64 at 8x8 1.38 -> 1.00, 128 at 16x16 20.7 -> 14.8, 256 at 8x8 21.3 ->
-// 12.9, 512 at 4x4 29.7 -> 19.7.
+// 1.19 ms with the tensors in L3 but 1.42 -> 1.52 from DRAM, 64 at 8x8 1.42 -> 0.94
+// (1.40 -> 1.00 from DRAM), 128 at 16x16 20.7 -> 14.8, 256 at 8x8 21.3 -> 12.9, 512 at
+// 4x4 29.7 -> 19.7.
 
 #define POLYAK_WINOGRAD_LANES __attribute__((target("avx512f,prfchw")))
 #define POLYAK_WINOGRAD_LANES_INLINE POLYAK_WINOGRAD_LANES inline __attribute__((always_inline))
 
 constexpr int64_t kLanes = 16;
 // The bytes of V (and of M) per task: tile rows are added to a task while they fit.
-constexpr int64_t kLanesBlockBytes = 256 * 1024;
+// Larger tasks read fewer rows twice (a task's patches reach one row into the next
+// task's on either side) and run wider products. Two threads, 128 images, forward,
+// 256 KiB -> 1 MiB: 64 channels at 8x8 1.02 -> 0.78 ms with the tensors in L3, 1.22 ->
+// 0.85 from DRAM (whole images: 256 columns); 32 at 16x16 1.09 -> 1.10 and 1.49 ->
+// 1.23 (half images); 2 MiB measured the same as 1.
+constexpr int64_t kLanesBlockBytes = 1024 * 1024;
+// The filter gradient's products sum over a task's columns, K rows by C columns. From
+// 512 columns with at most 32 rows sgemm takes them as dot products (dot_products_pay
+// in sgemm_blocked.h), slower on these small outputs: capped at 256 columns, resnet20's
+// training step went 95.3/96.7/99.5 -> 92.7/94.7/94.9 ms (32 channels at 16x16 had 512).
+constexpr int64_t kLanesGradientColumns = 256;
 
 // Every lane: GCC 12 warns that the plain forms of the shuffles and of max read an
 // uninitialised value (they pass _mm512_undefined_ps() as the source of lanes the mask
@@ -293,14 +305,16 @@ float* line_aligned(float* p) {
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~static_cast<uintptr_t>(63));
 }
 
-// The tasks of a call: groups of 16 images by blocks of tile rows.
+// The tasks of a call: groups of 16 images by blocks of tile rows, as many rows as
+// make block_bytes of V (or M) and at most column_cap columns, and at least one.
 struct LaneTasks {
   Tiles tiles;
   int64_t rows_per_block, blocks, groups;
-  explicit LaneTasks(const Conv2dGeom& g)
+  LaneTasks(const Conv2dGeom& g, int64_t block_bytes, int64_t column_cap)
       : tiles(g),
         rows_per_block(std::clamp<int64_t>(
-            kLanesBlockBytes / (kElements * std::max(g.C, g.K) * tiles.tw * kLanes * 4), 1, tiles.th)),
+            std::min(block_bytes / (kElements * std::max(g.C, g.K) * 4), column_cap) / (tiles.tw * kLanes), 1,
+            tiles.th)),
         blocks((tiles.th + rows_per_block - 1) / rows_per_block),
         groups((g.N + kLanes - 1) / kLanes) {}
   int64_t count() const { return groups * blocks; }
@@ -530,7 +544,7 @@ SgemmPrefetch lanes_prefetch(const Conv2dGeom& g, const LaneTask& task, const La
 
 void lanes_forward(const Conv2dGeom& g, const float* x, const std::array<SgemmPackedA, kElements>& packed,
                    const float* bias, const Epilogue& epilogue, float* y) {
-  const LaneTasks tasks(g);
+  const LaneTasks tasks(g, kLanesBlockBytes, std::numeric_limits<int64_t>::max());
   const int64_t flop_per_task = 2 * kElements * g.K * g.C * tasks.max_columns();
   parallel_for(tasks.count(), flop_per_task, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> rows_buffer, patch_buffer, product_buffer, out_buffer;
@@ -559,7 +573,7 @@ void lanes_forward(const Conv2dGeom& g, const float* x, const std::array<SgemmPa
 // dM[e] (K x columns) * V[e]^T, each task's V as the forward makes it and dM from dy;
 // then dw = G^T dU G. The sum runs in one partial per thread (sum_in_slots).
 void lanes_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw) {
-  const LaneTasks tasks(g);
+  const LaneTasks tasks(g, kLanesBlockBytes, kLanesGradientColumns);
   const int64_t KC = g.K * g.C, tw = tasks.tiles.tw;
   thread_local std::vector<float> gradient_buffer;
   float* const dU = scratch(gradient_buffer, kElements * KC);
