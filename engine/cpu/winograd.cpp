@@ -214,7 +214,6 @@ void transform_outputs(const Conv2dGeom& g, const Tiles& tiles, const float* M, 
   }
 }
 
-
 // ---- 16 images in the vector lanes (AVX-512)
 //
 // On small maps a row of tiles is short (4 tiles at 8x8), and the loops above, which run
@@ -229,7 +228,8 @@ void transform_outputs(const Conv2dGeom& g, const Tiles& tiles, const float* M, 
 // tiles). A task transforms its patches channel by channel, runs the 16 products,
 // then transforms them back channel by channel and writes its outputs with the
 // epilogue. Between the products it prefetches what the epilogue reads and writes (an
-// image's lines per product) and the next task's input rows.
+// image's lines per product) and the next task's input rows. The filter gradient runs
+// the same tasks on x and dy (lanes_backward_filter).
 //
 // V is stored V[e][c][column] with its rows ld floats apart, ld an odd number of cache
 // lines, and the elements e an odd number of lines apart as well (M likewise): a
@@ -558,9 +558,10 @@ void lanes_forward(const Conv2dGeom& g, const float* x, const std::array<SgemmPa
       const int64_t width = task.tile_rows * tw * kLanes, ld = odd_lines(width);
       const int64_t v_stride = odd_lines(g.C * ld), m_stride = odd_lines(g.K * ld);
       lanes_transform_patches(g, tasks, task, x, rows, V, ld, v_stride);
-      const LaneTask next(g, tasks, std::min(t + 1, end - 1));
+      const LaneTask next_task(g, tasks, std::min(t + 1, end - 1));
+      const LaneTask* const next = t + 1 < end ? &next_task : nullptr;
       for (int64_t e = 0; e < kElements; ++e) {
-        const SgemmPrefetch prefetch = lanes_prefetch(g, task, t + 1 < end ? &next : nullptr, e, x, epilogue.residual, y);
+        const SgemmPrefetch prefetch = lanes_prefetch(g, task, next, e, x, epilogue.residual, y);
         sgemm_packed_a(packed[e], false, width, 1.0f, V + e * v_stride, ld, nullptr, 0.0f, M + e * m_stride, ld,
                        prefetch);
       }
