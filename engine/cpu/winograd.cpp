@@ -352,6 +352,29 @@ SgemmPrefetch::Range rows_of_planes(const float* tensor, const LaneTask& task, i
 // of cache lines: V's and M's rows and elements.
 int64_t odd_lines(int64_t floats) { return floats / kLanes % 2 ? floats : floats + kLanes; }
 
+// Rows of a plane of 16 images into `rows`, pixel by pixel, 16 images a pixel: the
+// floats [first, end) of each image's plane (`width` floats a row; the planes `image`
+// floats apart from `plane` on; those past `images` read as zero), pixel (h, w) to
+// rows + ((h - row0) * row_width + w + column0) * 16. 16 pixels of each image at a time,
+// transposed into 16 pixels of 16 images each; a run of 16 may cross from one row into
+// the next.
+POLYAK_WINOGRAD_LANES_INLINE void gather_images(const float* plane, int64_t image, int64_t images, int64_t first,
+                                                int64_t end, int64_t width, int64_t row0, int64_t column0,
+                                                int64_t row_width, float* rows) {
+  for (int64_t from = first; from < end; from += kLanes) {
+    const int64_t pixels = std::min(kLanes, end - from);
+    __m512 r[kLanes];
+    for (int64_t i = 0; i < kLanes; ++i)
+      r[i] = i < images ? _mm512_maskz_loadu_ps(first_lanes(pixels), plane + i * image + from) : _mm512_setzero_ps();
+    transpose_16x16(r);
+    int64_t h = from / width, w = from - h * width;
+    for (int64_t j = 0; j < pixels; ++j) {
+      _mm512_store_ps(rows + ((h - row0) * row_width + w + column0) * kLanes, r[j]);
+      if (++w == width) w = 0, ++h;
+    }
+  }
+}
+
 // V[e][c][column] (rows ld apart, elements e_stride apart) = (B^T d B)[e] for the task's
 // tiles, column (tile row, tile) * 16 + image. `rows`: the task's padded input rows for
 // one channel, pixel by pixel, 16 images a pixel (zero where the padding is).
@@ -363,22 +386,8 @@ POLYAK_WINOGRAD_LANES void lanes_transform_patches(const Conv2dGeom& g, const La
   std::fill(rows, rows + (2 * task.tile_rows + 2) * row_width * kLanes, 0.0f);
   const int64_t first = task.first_input(g), end = task.end_input(g);  // in the plane, row by row
   for (int64_t c = 0; c < g.C; ++c) {
-    const float* plane = x + task.n0 * image + c * g.H * g.W;
-    // 16 pixels of the plane at a time, for each image, transposed into 16 pixels of
-    // 16 images each; a run of 16 may cross from one row into the next.
-    for (int64_t from = first; from < end; from += kLanes) {
-      const int64_t pixels = std::min(kLanes, end - from);
-      __m512 r[kLanes];
-      for (int64_t i = 0; i < kLanes; ++i)
-        r[i] = i < task.images ? _mm512_maskz_loadu_ps(first_lanes(pixels), plane + i * image + from)
-                               : _mm512_setzero_ps();
-      transpose_16x16(r);
-      int64_t h = from / g.W, w = from - h * g.W;
-      for (int64_t j = 0; j < pixels; ++j) {
-        _mm512_store_ps(rows + ((h - h0) * row_width + w + g.pad_w) * kLanes, r[j]);
-        if (++w == g.W) w = 0, ++h;
-      }
-    }
+    gather_images(x + task.n0 * image + c * g.H * g.W, image, task.images, first, end, g.W, h0, g.pad_w, row_width,
+                  rows);
     for (int64_t ty = 0; ty < task.tile_rows; ++ty)
       for (int64_t tx = 0; tx < tw; ++tx) {
         const float* d = rows + (2 * ty * row_width + 2 * tx) * kLanes;  // the patch's top left pixel
@@ -456,8 +465,8 @@ POLYAK_WINOGRAD_LANES void lanes_transform_outputs(const Conv2dGeom& g, const La
 
 // dM[e][k][column] = (A dY A^T)[e] for the task's tiles, the adjoint of the output
 // transform, from the output gradients dY of a tile (zero past P or Q): the task's rows
-// of dy go into `rows` (pixel by pixel, 16 images a pixel) as the inputs do for the
-// patches, channel by channel.
+// of dy go into `rows` (gather_images) as the inputs do for the patches, channel by
+// channel.
 POLYAK_WINOGRAD_LANES void lanes_transform_gradients(const Conv2dGeom& g, const LaneTasks& tasks,
                                                      const LaneTask& task, const float* dy, float* rows, float* dM,
                                                      int64_t ld, int64_t e_stride) {
@@ -466,19 +475,7 @@ POLYAK_WINOGRAD_LANES void lanes_transform_gradients(const Conv2dGeom& g, const 
   std::fill(rows, rows + 2 * task.tile_rows * row_width * kLanes, 0.0f);  // what lies past P or Q stays zero
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t k = 0; k < g.K; ++k) {
-    const float* plane = dy + task.n0 * image + k * g.P * g.Q;
-    for (int64_t from = first; from < end; from += kLanes) {
-      const int64_t pixels = std::min(kLanes, end - from);
-      __m512 r[kLanes];
-      for (int64_t i = 0; i < kLanes; ++i)
-        r[i] = i < task.images ? _mm512_maskz_loadu_ps(first_lanes(pixels), plane + i * image + from) : zero;
-      transpose_16x16(r);
-      int64_t p = from / g.Q, q = from - p * g.Q;
-      for (int64_t j = 0; j < pixels; ++j) {
-        _mm512_store_ps(rows + ((p - p0) * row_width + q) * kLanes, r[j]);
-        if (++q == g.Q) q = 0, ++p;
-      }
-    }
+    gather_images(dy + task.n0 * image + k * g.P * g.Q, image, task.images, first, end, g.Q, p0, 0, row_width, rows);
     for (int64_t ty = 0; ty < task.tile_rows; ++ty)
       for (int64_t tx = 0; tx < tw; ++tx) {
         const float* d = rows + (2 * ty * row_width + 2 * tx) * kLanes;  // the tile's top left pixel

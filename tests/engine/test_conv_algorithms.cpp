@@ -293,18 +293,28 @@ TEST_CASE("conv algorithms: shifted rows' strided data gradient, wide padding an
   }
 }
 
+namespace {
+
+// `trials` random shapes from `options`, each with an output checked against im2col on
+// 1 to 3 threads; returns how many were.
+int check_random_shapes(ConvAlgorithm algorithm, const ShapeOptions& options, int trials, std::mt19937& gen) {
+  int tested = 0;
+  for (int trial = 0; trial < trials; ++trial) {
+    const Conv2dGeom g = random_geometry(options, gen);
+    if (g.P < 1 || g.Q < 1) continue;
+    REQUIRE(cpu::conv_supports(algorithm, g));
+    check_against_im2col(algorithm, g, 1 + trial % 3, gen);
+    ++tested;
+  }
+  return tested;
+}
+
+}  // namespace
+
 TEST_CASE("conv algorithms: Winograd F(2x2, 3x3) matches im2col on random shapes, repeatably") {
   std::mt19937 gen(33);
   const ShapeOptions options{{1, 3, 9}, {1, 3, 8, 17, 33}, {1, 2, 3, 4, 5, 7, 8, 13}, {3}};
-  int tested = 0;
-  for (int trial = 0; trial < 50; ++trial) {
-    const Conv2dGeom g = random_geometry(options, gen);
-    if (g.P < 1 || g.Q < 1) continue;
-    REQUIRE(cpu::conv_supports(ConvAlgorithm::Winograd, g));
-    check_against_im2col(ConvAlgorithm::Winograd, g, 1 + trial % 3, gen);
-    ++tested;
-  }
-  CHECK(tested >= 35);
+  CHECK(check_random_shapes(ConvAlgorithm::Winograd, options, 50, gen) >= 35);
 }
 
 // The same with 16 images in the vector lanes: batches that fill the groups of 16 or
@@ -317,15 +327,7 @@ TEST_CASE("conv algorithms: Winograd with images in the vector lanes matches im2
   }
   std::mt19937 gen(35);
   const ShapeOptions options{{1, 16, 17, 33}, {1, 3, 8, 17, 33, 70}, {1, 2, 3, 4, 5, 7, 8, 13}, {3}};
-  int tested = 0;
-  for (int trial = 0; trial < 40; ++trial) {
-    const Conv2dGeom g = random_geometry(options, gen);
-    if (g.P < 1 || g.Q < 1) continue;
-    REQUIRE(cpu::conv_supports(ConvAlgorithm::WinogradLanes, g));
-    check_against_im2col(ConvAlgorithm::WinogradLanes, g, 1 + trial % 3, gen);
-    ++tested;
-  }
-  CHECK(tested >= 28);
+  CHECK(check_random_shapes(ConvAlgorithm::WinogradLanes, options, 40, gen) >= 28);
 }
 
 TEST_CASE("conv algorithms: the ResNet-20 layer shapes, threaded") {
