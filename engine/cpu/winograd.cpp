@@ -229,7 +229,7 @@ void transform_outputs(const Conv2dGeom& g, const Tiles& tiles, const float* M, 
 // then transforms them back channel by channel and writes its outputs with the
 // epilogue. Between the products it prefetches what the epilogue reads and writes (an
 // image's lines per product) and the next task's input rows. The filter gradient runs
-// the same tasks on x and dy (lanes_backward_filter).
+// the same tasks on x and dy (winograd_lanes_backward_filter).
 //
 // V is stored V[e][c][column] with its rows ld floats apart, ld an odd number of cache
 // lines, and the elements e an odd number of lines apart as well (M likewise): a
@@ -243,7 +243,7 @@ void transform_outputs(const Conv2dGeom& g, const Tiles& tiles, const float* M, 
 // tensors coming from DRAM (two threads, 128 images, tasks of 256 KiB).
 //
 // Where this wins over image by image and shifted rows, with measurements:
-// conv_algorithm (conv2d.cpp). Its filter gradient (lanes_backward_filter) against
+// conv_algorithm (conv2d.cpp). Its filter gradient (winograd_lanes_backward_filter) against
 // shifted rows' (channels last), two threads, 128 images: 32 channels at 16x16 1.35 ->
 // 1.19 ms with the tensors in L3 but 1.42 -> 1.52 from DRAM, 64 at 8x8 1.42 -> 0.94
 // (1.40 -> 1.00 from DRAM), 128 at 16x16 20.7 -> 14.8, 256 at 8x8 21.3 -> 12.9, 512 at
@@ -567,44 +567,6 @@ void lanes_forward(const Conv2dGeom& g, const float* x, const std::array<SgemmPa
   });
 }
 
-// The filter gradient, Winograd's adjoint: dU[e] (K x C) = the sum over the tasks of
-// dM[e] (K x columns) * V[e]^T, each task's V as the forward makes it and dM from dy;
-// then dw = G^T dU G. The sum runs in one partial per thread (sum_in_slots).
-void lanes_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw) {
-  const LaneTasks tasks(g, kLanesBlockBytes, kLanesGradientColumns);
-  const int64_t KC = g.K * g.C, tw = tasks.tiles.tw;
-  thread_local std::vector<float> gradient_buffer;
-  float* const dU = scratch(gradient_buffer, kElements * KC);
-  const int64_t flop_per_task = 2 * kElements * KC * tasks.max_columns();
-  sum_in_slots(tasks.count(), kElements * KC, flop_per_task, dU, [&](int64_t begin, int64_t end, float* acc) {
-    thread_local std::vector<float> rows_buffer, patch_buffer, gradient_rows_buffer, product_buffer;
-    const int64_t ld_max = odd_lines(tasks.max_columns());
-    float* rows = line_aligned(scratch(rows_buffer, (2 * tasks.rows_per_block + 2) * (2 * tw + 2) * kLanes + 16));
-    float* V = line_aligned(scratch(patch_buffer, kElements * (g.C * ld_max + kLanes) + 16));
-    float* dy_rows = line_aligned(scratch(gradient_rows_buffer, 2 * tasks.rows_per_block * 2 * tw * kLanes + 16));
-    float* dM = line_aligned(scratch(product_buffer, kElements * (g.K * ld_max + kLanes) + 16));
-    for (int64_t t = begin; t < end; ++t) {
-      const LaneTask task(g, tasks, t);
-      const int64_t width = task.tile_rows * tw * kLanes, ld = odd_lines(width);
-      const int64_t v_stride = odd_lines(g.C * ld), m_stride = odd_lines(g.K * ld);
-      lanes_transform_patches(g, tasks, task, x, rows, V, ld, v_stride);
-      lanes_transform_gradients(g, tasks, task, dy, dy_rows, dM, ld, m_stride);
-      // Image e's rows of the next task, input and output gradient, requested during
-      // product e.
-      const LaneTask next(g, tasks, std::min(t + 1, end - 1));
-      for (int64_t e = 0; e < kElements; ++e) {
-        SgemmPrefetch prefetch;
-        if (t + 1 < end && e < next.images) {
-          prefetch.reads[0] = rows_of_planes(x, next, e, g.C, g.H * g.W, next.first_input(g), next.end_input(g));
-          prefetch.reads[1] = rows_of_planes(dy, next, e, g.K, g.P * g.Q, next.first_output(g), next.end_output(g));
-        }
-        sgemm(false, true, g.K, g.C, width, 1.0f, dM + e * m_stride, ld, V + e * v_stride, ld, t == begin ? 0.0f : 1.0f,
-              acc + e * KC, g.C, prefetch);
-      }
-    }
-  });
-  transform_filter_gradients(g, dU, dw);
-}
 }  // namespace
 
 bool winograd_applies(const Conv2dGeom& g) {
@@ -678,12 +640,43 @@ void winograd_lanes_forward(const Conv2dGeom& g, const float* x, const float* w,
   lanes_forward(g, x, packed, bias, epilogue, y);
 }
 
-}  // namespace polyak::cpu
-
-namespace polyak::cpu {
-
+// The filter gradient, Winograd's adjoint: dU[e] (K x C) = the sum over the tasks of
+// dM[e] (K x columns) * V[e]^T, each task's V as the forward makes it and dM from dy;
+// then dw = G^T dU G. The sum runs in one partial per thread (sum_in_slots).
 void winograd_lanes_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw) {
-  lanes_backward_filter(g, x, dy, dw);
+  const LaneTasks tasks(g, kLanesBlockBytes, kLanesGradientColumns);
+  const int64_t KC = g.K * g.C, tw = tasks.tiles.tw;
+  thread_local std::vector<float> gradient_buffer;
+  float* const dU = scratch(gradient_buffer, kElements * KC);
+  const int64_t flop_per_task = 2 * kElements * KC * tasks.max_columns();
+  sum_in_slots(tasks.count(), kElements * KC, flop_per_task, dU, [&](int64_t begin, int64_t end, float* acc) {
+    thread_local std::vector<float> rows_buffer, patch_buffer, gradient_rows_buffer, product_buffer;
+    const int64_t ld_max = odd_lines(tasks.max_columns());
+    float* rows = line_aligned(scratch(rows_buffer, (2 * tasks.rows_per_block + 2) * (2 * tw + 2) * kLanes + 16));
+    float* V = line_aligned(scratch(patch_buffer, kElements * (g.C * ld_max + kLanes) + 16));
+    float* dy_rows = line_aligned(scratch(gradient_rows_buffer, 2 * tasks.rows_per_block * 2 * tw * kLanes + 16));
+    float* dM = line_aligned(scratch(product_buffer, kElements * (g.K * ld_max + kLanes) + 16));
+    for (int64_t t = begin; t < end; ++t) {
+      const LaneTask task(g, tasks, t);
+      const int64_t width = task.tile_rows * tw * kLanes, ld = odd_lines(width);
+      const int64_t v_stride = odd_lines(g.C * ld), m_stride = odd_lines(g.K * ld);
+      lanes_transform_patches(g, tasks, task, x, rows, V, ld, v_stride);
+      lanes_transform_gradients(g, tasks, task, dy, dy_rows, dM, ld, m_stride);
+      // Image e's rows of the next task, input and output gradient, requested during
+      // product e.
+      const LaneTask next(g, tasks, std::min(t + 1, end - 1));
+      for (int64_t e = 0; e < kElements; ++e) {
+        SgemmPrefetch prefetch;
+        if (t + 1 < end && e < next.images) {
+          prefetch.reads[0] = rows_of_planes(x, next, e, g.C, g.H * g.W, next.first_input(g), next.end_input(g));
+          prefetch.reads[1] = rows_of_planes(dy, next, e, g.K, g.P * g.Q, next.first_output(g), next.end_output(g));
+        }
+        sgemm(false, true, g.K, g.C, width, 1.0f, dM + e * m_stride, ld, V + e * v_stride, ld, t == begin ? 0.0f : 1.0f,
+              acc + e * KC, g.C, prefetch);
+      }
+    }
+  });
+  transform_filter_gradients(g, dU, dw);
 }
 
 }  // namespace polyak::cpu
