@@ -626,10 +626,6 @@ void winograd_forward(const Conv2dGeom& g, const float* x, const float* w, const
   });
 }
 
-}  // namespace polyak::cpu
-
-namespace polyak::cpu {
-
 bool winograd_lanes_available() { return sgemm_isa_available(SgemmIsa::Avx512); }
 
 void winograd_lanes_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias,
