@@ -321,14 +321,25 @@ struct LaneTasks {
   int64_t max_columns() const { return rows_per_block * tiles.tw * kLanes; }
 };
 
-// One task: images n0 .. n0 + images, tile rows ty0 .. ty0 + tile_rows.
+// The least stride of at least `floats` floats (a multiple of 16) that is an odd number
+// of cache lines: V's and M's rows and elements.
+int64_t odd_lines(int64_t floats) { return floats / kLanes % 2 ? floats : floats + kLanes; }
+
+// One task: images n0 .. n0 + images, tile rows ty0 .. ty0 + tile_rows; and the layout
+// of its V and M: `columns` columns (16 a tile) in rows ld floats apart, the elements
+// v_stride (V) and m_stride (M) floats apart.
 struct LaneTask {
   int64_t n0, images, ty0, tile_rows;
+  int64_t columns, ld, v_stride, m_stride;
   LaneTask(const Conv2dGeom& g, const LaneTasks& tasks, int64_t task)
       : n0(task / tasks.blocks * kLanes),
         images(std::min(kLanes, g.N - n0)),
         ty0(task % tasks.blocks * tasks.rows_per_block),
-        tile_rows(std::min(tasks.rows_per_block, tasks.tiles.th - ty0)) {}
+        tile_rows(std::min(tasks.rows_per_block, tasks.tiles.th - ty0)),
+        columns(tile_rows * tasks.tiles.tw * kLanes),
+        ld(odd_lines(columns)),
+        v_stride(odd_lines(g.C * ld)),
+        m_stride(odd_lines(g.K * ld)) {}
   // The input rows its patches read (those inside the image), as a range of floats of
   // a plane.
   int64_t first_input(const Conv2dGeom& g) const { return std::max<int64_t>(0, 2 * ty0 - g.pad_h) * g.W; }
@@ -347,10 +358,6 @@ SgemmPrefetch::Range rows_of_planes(const float* tensor, const LaneTask& task, i
   return SgemmPrefetch::Range::runs_of_floats(tensor + ((task.n0 + e) * planes) * plane + first, end - first, planes,
                                               plane);
 }
-
-// The least stride of at least `floats` floats (a multiple of 16) that is an odd number
-// of cache lines: V's and M's rows and elements.
-int64_t odd_lines(int64_t floats) { return floats / kLanes % 2 ? floats : floats + kLanes; }
 
 // Rows of a plane of 16 images into `rows`, pixel by pixel, 16 images a pixel: the
 // floats [first, end) of each image's plane (`width` floats a row; the planes `image`
@@ -375,12 +382,27 @@ POLYAK_WINOGRAD_LANES_INLINE void gather_images(const float* plane, int64_t imag
   }
 }
 
-// V[e][c][column] (rows ld apart, elements e_stride apart) = (B^T d B)[e] for the task's
-// tiles, column (tile row, tile) * 16 + image. `rows`: the task's padded input rows for
-// one channel, pixel by pixel, 16 images a pixel (zero where the padding is).
+// A thread's memory for its tasks, kept from call to call and shared by the forward and
+// the filter gradient (never at once on one thread), each buffer cache-line aligned:
+// the task's input rows (`rows`), V, M (or dM), and its output rows (or dy's).
+struct LaneBuffers {
+  float *rows, *V, *M, *out;
+};
+LaneBuffers lane_buffers(const Conv2dGeom& g, const LaneTasks& tasks) {
+  thread_local std::vector<float> rows_buffer, patch_buffer, product_buffer, out_buffer;
+  const int64_t ld_max = odd_lines(tasks.max_columns()), tw = tasks.tiles.tw;
+  return {line_aligned(scratch(rows_buffer, (2 * tasks.rows_per_block + 2) * (2 * tw + 2) * kLanes + 16)),
+          line_aligned(scratch(patch_buffer, kElements * (g.C * ld_max + kLanes) + 16)),
+          line_aligned(scratch(product_buffer, kElements * (g.K * ld_max + kLanes) + 16)),
+          line_aligned(scratch(out_buffer, 2 * tasks.rows_per_block * 2 * tw * kLanes + 16))};
+}
+
+// V[e][c][column] (rows task.ld apart, elements task.v_stride apart) = (B^T d B)[e] for
+// the task's tiles, column (tile row, tile) * 16 + image. `rows`: the task's padded input
+// rows for one channel, pixel by pixel, 16 images a pixel (zero where the padding is).
 POLYAK_WINOGRAD_LANES void lanes_transform_patches(const Conv2dGeom& g, const LaneTasks& tasks, const LaneTask& task,
-                                                   const float* x, float* rows, float* V, int64_t ld,
-                                                   int64_t e_stride) {
+                                                   const float* x, float* rows, float* V) {
+  const int64_t ld = task.ld, e_stride = task.v_stride;
   const int64_t tw = tasks.tiles.tw, row_width = 2 * tw + 2, image = g.C * g.H * g.W;
   const int64_t h0 = 2 * task.ty0 - g.pad_h;  // the input row of rows' first row
   std::fill(rows, rows + (2 * task.tile_rows + 2) * row_width * kLanes, 0.0f);
@@ -418,9 +440,10 @@ POLYAK_WINOGRAD_LANES void lanes_transform_patches(const Conv2dGeom& g, const La
 // by pixel, 16 images a pixel), then 16 pixels at a time transposed into 16 pixels of
 // each image and written with the epilogue.
 POLYAK_WINOGRAD_LANES void lanes_transform_outputs(const Conv2dGeom& g, const LaneTasks& tasks, const LaneTask& task,
-                                                   const float* M, int64_t ld, int64_t e_stride, const float* bias,
-                                                   const Epilogue& epilogue, float* out, float* y) {
+                                                   const float* M, const float* bias, const Epilogue& epilogue,
+                                                   float* out, float* y) {
   const int64_t tw = tasks.tiles.tw, row_width = 2 * tw, image = g.K * g.P * g.Q;
+  const int64_t ld = task.ld, e_stride = task.m_stride;
   const int64_t p0 = 2 * task.ty0, first = task.first_output(g), end = task.end_output(g);
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t k = 0; k < g.K; ++k) {
@@ -468,9 +491,10 @@ POLYAK_WINOGRAD_LANES void lanes_transform_outputs(const Conv2dGeom& g, const La
 // of dy go into `rows` (gather_images) as the inputs do for the patches, channel by
 // channel.
 POLYAK_WINOGRAD_LANES void lanes_transform_gradients(const Conv2dGeom& g, const LaneTasks& tasks,
-                                                     const LaneTask& task, const float* dy, float* rows, float* dM,
-                                                     int64_t ld, int64_t e_stride) {
+                                                     const LaneTask& task, const float* dy, float* rows,
+                                                     float* dM) {
   const int64_t tw = tasks.tiles.tw, row_width = 2 * tw, image = g.K * g.P * g.Q;
+  const int64_t ld = task.ld, e_stride = task.m_stride;
   const int64_t p0 = 2 * task.ty0, first = task.first_output(g), end = task.end_output(g);
   std::fill(rows, rows + 2 * task.tile_rows * row_width * kLanes, 0.0f);  // what lies past P or Q stays zero
   const __m512 zero = _mm512_setzero_ps();
@@ -544,25 +568,18 @@ void lanes_forward(const Conv2dGeom& g, const float* x, const std::array<SgemmPa
   const LaneTasks tasks(g, kLanesBlockBytes, std::numeric_limits<int64_t>::max());
   const int64_t flop_per_task = 2 * kElements * g.K * g.C * tasks.max_columns();
   parallel_for(tasks.count(), flop_per_task, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<float> rows_buffer, patch_buffer, product_buffer, out_buffer;
-    const int64_t columns = tasks.max_columns(), ld_max = odd_lines(columns), tw = tasks.tiles.tw;
-    float* rows = line_aligned(scratch(rows_buffer, (2 * tasks.rows_per_block + 2) * (2 * tw + 2) * kLanes + 16));
-    float* V = line_aligned(scratch(patch_buffer, kElements * (g.C * ld_max + kLanes) + 16));
-    float* M = line_aligned(scratch(product_buffer, kElements * (g.K * ld_max + kLanes) + 16));
-    float* out = line_aligned(scratch(out_buffer, 2 * tasks.rows_per_block * 2 * tw * kLanes + 16));
+    const LaneBuffers buffers = lane_buffers(g, tasks);
     for (int64_t t = begin; t < end; ++t) {
       const LaneTask task(g, tasks, t);
-      const int64_t width = task.tile_rows * tw * kLanes, ld = odd_lines(width);
-      const int64_t v_stride = odd_lines(g.C * ld), m_stride = odd_lines(g.K * ld);
-      lanes_transform_patches(g, tasks, task, x, rows, V, ld, v_stride);
+      lanes_transform_patches(g, tasks, task, x, buffers.rows, buffers.V);
       const LaneTask next_task(g, tasks, std::min(t + 1, end - 1));
       const LaneTask* const next = t + 1 < end ? &next_task : nullptr;
       for (int64_t e = 0; e < kElements; ++e) {
         const SgemmPrefetch prefetch = lanes_prefetch(g, task, next, e, x, epilogue.residual, y);
-        sgemm_packed_a(packed[e], false, width, 1.0f, V + e * v_stride, ld, nullptr, 0.0f, M + e * m_stride, ld,
-                       prefetch);
+        sgemm_packed_a(packed[e], false, task.columns, 1.0f, buffers.V + e * task.v_stride, task.ld, nullptr, 0.0f,
+                       buffers.M + e * task.m_stride, task.ld, prefetch);
       }
-      lanes_transform_outputs(g, tasks, task, M, ld, m_stride, bias, epilogue, out, y);
+      lanes_transform_outputs(g, tasks, task, buffers.M, bias, epilogue, buffers.out, y);
     }
   });
 }
@@ -641,23 +658,16 @@ void winograd_lanes_forward(const Conv2dGeom& g, const float* x, const float* w,
 // then dw = G^T dU G. The sum runs in one partial per thread (sum_in_slots).
 void winograd_lanes_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw) {
   const LaneTasks tasks(g, kLanesBlockBytes, kLanesGradientColumns);
-  const int64_t KC = g.K * g.C, tw = tasks.tiles.tw;
+  const int64_t KC = g.K * g.C;
   thread_local std::vector<float> gradient_buffer;
   float* const dU = scratch(gradient_buffer, kElements * KC);
   const int64_t flop_per_task = 2 * kElements * KC * tasks.max_columns();
   sum_in_slots(tasks.count(), kElements * KC, flop_per_task, dU, [&](int64_t begin, int64_t end, float* acc) {
-    thread_local std::vector<float> rows_buffer, patch_buffer, gradient_rows_buffer, product_buffer;
-    const int64_t ld_max = odd_lines(tasks.max_columns());
-    float* rows = line_aligned(scratch(rows_buffer, (2 * tasks.rows_per_block + 2) * (2 * tw + 2) * kLanes + 16));
-    float* V = line_aligned(scratch(patch_buffer, kElements * (g.C * ld_max + kLanes) + 16));
-    float* dy_rows = line_aligned(scratch(gradient_rows_buffer, 2 * tasks.rows_per_block * 2 * tw * kLanes + 16));
-    float* dM = line_aligned(scratch(product_buffer, kElements * (g.K * ld_max + kLanes) + 16));
+    const LaneBuffers buffers = lane_buffers(g, tasks);  // M holds dM, `out` dy's rows
     for (int64_t t = begin; t < end; ++t) {
       const LaneTask task(g, tasks, t);
-      const int64_t width = task.tile_rows * tw * kLanes, ld = odd_lines(width);
-      const int64_t v_stride = odd_lines(g.C * ld), m_stride = odd_lines(g.K * ld);
-      lanes_transform_patches(g, tasks, task, x, rows, V, ld, v_stride);
-      lanes_transform_gradients(g, tasks, task, dy, dy_rows, dM, ld, m_stride);
+      lanes_transform_patches(g, tasks, task, x, buffers.rows, buffers.V);
+      lanes_transform_gradients(g, tasks, task, dy, buffers.out, buffers.M);
       // Image e's rows of the next task, input and output gradient, requested during
       // product e.
       const LaneTask next(g, tasks, std::min(t + 1, end - 1));
@@ -667,8 +677,8 @@ void winograd_lanes_backward_filter(const Conv2dGeom& g, const float* x, const f
           prefetch.reads[0] = rows_of_planes(x, next, e, g.C, g.H * g.W, next.first_input(g), next.end_input(g));
           prefetch.reads[1] = rows_of_planes(dy, next, e, g.K, g.P * g.Q, next.first_output(g), next.end_output(g));
         }
-        sgemm(false, true, g.K, g.C, width, 1.0f, dM + e * m_stride, ld, V + e * v_stride, ld, t == begin ? 0.0f : 1.0f,
-              acc + e * KC, g.C, prefetch);
+        sgemm(false, true, g.K, g.C, task.columns, 1.0f, buffers.M + e * task.m_stride, task.ld,
+              buffers.V + e * task.v_stride, task.ld, t == begin ? 0.0f : 1.0f, acc + e * KC, g.C, prefetch);
       }
     }
   });
