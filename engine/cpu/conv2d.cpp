@@ -687,12 +687,8 @@ void strided_backward_data(const Conv2dGeom& g, const float* dy, const float* w,
 void winograd_backward_data(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* dy, const float* w, float* dx,
                             bool add) {
   const Conv2dGeom adjoint{g.N, g.K, g.P, g.Q, g.C, g.R, g.S, 1, 1, g.R - 1 - g.pad_h, g.S - 1 - g.pad_w, g.H, g.W};
-  const Epilogue epilogue{add ? dx : nullptr, false};
-  if (algorithm == ConvAlgorithm::WinogradLanes) {
-    winograd_lanes_forward(adjoint, dy, flipped_filters(g, w), nullptr, epilogue, dx);
-  } else {
-    winograd_forward(adjoint, dy, flipped_filters(g, w), nullptr, epilogue, dx);
-  }
+  const auto forward = algorithm == ConvAlgorithm::WinogradLanes ? winograd_lanes_forward : winograd_forward;
+  forward(adjoint, dy, flipped_filters(g, w), nullptr, Epilogue{add ? dx : nullptr, false}, dx);
 }
 
 bool is_winograd(ConvAlgorithm algorithm) {
