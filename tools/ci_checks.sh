@@ -7,7 +7,7 @@
 #      one thread each: on two cores that beats one suite at a time on both.
 #   2. the fuzz smoke: every parser fuzzed for SECONDS (tests/fuzz/run.sh), starting
 #      with the regression inputs of tests/fuzz/corpus
-# Only what these need is built (not bench, sgemm_bench or report).
+# Only what these need is built (not sgemm_bench).
 #   usage: tools/ci_checks.sh [SECONDS per fuzz target, default 20]
 set -euo pipefail
 cd "$(dirname "$0")/.."

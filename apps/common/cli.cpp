@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <sstream>
+#include <stdexcept>
 
 #include "data/error.h"
 #include "engine/backend.h"
@@ -112,12 +113,50 @@ void write_output(const std::string& flag, const std::string& target, const std:
   }
 }
 
+namespace {
+
+// The words of the command line that made parsing throw `failure` (a std::exception
+// that is not CLI11's own ParseError: a conversion inside CLI11, such as std::stoll on
+// a flag's value, or a callback of ours), found by parsing ever longer prefixes of argv
+// until one throws: its last word, with the word before it when the last is a value
+// ("--epochs 1e999"). "" when no prefix throws on its own.
+std::string failing_words(CLI::App& app, int argc, char** argv) {
+  for (int words = 2; words <= argc; ++words) {
+    try {
+      app.parse(words, argv);
+    } catch (const CLI::ParseError&) {  // e.g. a required argument not reached yet
+    } catch (const std::exception&) {
+      const std::string last = argv[words - 1];
+      return words > 2 && (last.empty() || last[0] != '-') ? std::string(argv[words - 2]) + " " + last : last;
+    }
+  }
+  return "";
+}
+
+// What a standard exception says of a value, in words: std::stoll's "stoll" alone does
+// not tell a user that the number is too large.
+std::string value_problem(const std::exception& e) {
+  if (dynamic_cast<const std::out_of_range*>(&e)) return std::string("out of range (") + e.what() + ")";
+  if (dynamic_cast<const std::invalid_argument*>(&e)) return std::string("not a valid value (") + e.what() + ")";
+  return e.what();
+}
+
+}  // namespace
+
 int run_app(const char* name, CLI::App& app, int argc, char** argv, const std::function<int()>& body) {
+  // CLI11 reports what it checks as a ParseError; anything else thrown while parsing
+  // (CLI11 2.1 lets std::stoll's std::out_of_range out of "--no-flag=<huge number>")
+  // is a bad value too: one line naming the words that caused it, exit code 2.
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);  // prints --help, or the parse error naming the flag
     return code == 0 ? 0 : 2;
+  } catch (const std::exception& e) {
+    const std::string problem = value_problem(e);
+    const std::string words = failing_words(app, argc, argv);
+    std::fprintf(stderr, "%s: %s%s\n", name, words.empty() ? "" : (words + ": ").c_str(), problem.c_str());
+    return 2;
   }
   const auto fail = [name](const std::exception& e, int code) {
     std::fprintf(stderr, "%s: %s\n", name, e.what());

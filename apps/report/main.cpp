@@ -6,27 +6,20 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
-#include <filesystem>
 
+#include "apps/common/cli.h"
 #include "apps/report/report.h"
 
 int main(int argc, char** argv) {
+  using namespace polyak::app;
   CLI::App app{"polyak report: an HTML page with the plots and the selected models of one or more runs"};
-  std::vector<std::string> runs;
-  std::string output;
-  app.add_option("runs", runs, "run folders (several: seeds of one configuration)")->required();
-  app.add_option("-o,--output", output, "the HTML file to write (default: FIRST_RUN/report.html)");
-  CLI11_PARSE(app, argc, argv);
-  if (output.empty()) output = (std::filesystem::path(runs.front()) / "report.html").string();
-  try {
-    polyak::app::write_report(runs, output);
-  } catch (const std::invalid_argument& e) {
-    std::fprintf(stderr, "report: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "report: %s\n", e.what());
-    return 1;
-  }
-  std::printf("report: %s\n", output.c_str());
-  return 0;
+  ReportConfig config;
+  add_report_flags(app, config);
+  return run_app("report", app, argc, argv, [&] {
+    const std::string output = config.output_file();
+    check_output_file("--output", config.output);  // before the work; "" (the default) passes
+    write_report(config.runs, output);
+    std::printf("report: %s\n", output.c_str());
+    return 0;
+  });
 }

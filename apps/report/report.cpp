@@ -10,6 +10,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include <CLI/CLI.hpp>
+
 #include "apps/report/svg.h"
 #include "engine/io/atomic_file.h"
 
@@ -866,6 +868,15 @@ std::string render_report(const std::vector<std::string>& run_dirs) {
 
 void write_report(const std::vector<std::string>& run_dirs, const std::string& output) {
   io::write_file_atomically(output, render_report(run_dirs));
+}
+
+std::string ReportConfig::output_file() const {
+  return output.empty() ? (std::filesystem::path(runs.front()) / "report.html").string() : output;
+}
+
+void add_report_flags(CLI::App& app, ReportConfig& config) {
+  app.add_option("runs", config.runs, "run folders (several: seeds of one configuration)")->required();
+  app.add_option("-o,--output", config.output, "the HTML file to write (default: FIRST_RUN/report.html)");
 }
 
 json reliability_to_json(const Reliability& r) {

@@ -70,6 +70,10 @@
 
 #include "apps/common/metrics.h"
 
+namespace CLI {
+class App;
+}
+
 namespace polyak::app {
 
 // One row of metrics.jsonl; absent numbers are NaN.
@@ -101,6 +105,14 @@ std::string render_report(const std::vector<RunData>& runs);
 std::string render_report(const std::vector<std::string>& run_dirs);
 // Renders and writes `output` (through a temporary file and a rename).
 void write_report(const std::vector<std::string>& run_dirs, const std::string& output);
+
+// The report app's command line.
+struct ReportConfig {
+  std::vector<std::string> runs;  // run folders (several: seeds of one configuration)
+  std::string output;             // "" = FIRST_RUN/report.html
+  std::string output_file() const;
+};
+void add_report_flags(CLI::App& app, ReportConfig& config);
 
 // ---- writers of reliability.json, for the apps that evaluate models ----
 
