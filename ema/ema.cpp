@@ -1,8 +1,10 @@
 #include "ema/ema.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <sstream>
 #include <stdexcept>
 
@@ -121,19 +123,29 @@ void EmaSet::load_state(const std::vector<nn::NamedTensor>& tensors, const std::
       throw std::invalid_argument(std::string("checkpoint EMA setting ") + key + " is " + theirs + ", this run has " +
                                   mine.at(key));
   }
+  // The update count, read before anything is copied: a malformed one leaves the set as it was.
+  const auto count = metadata.find("polyak.ema.updates");
+  if (count == metadata.end()) throw std::invalid_argument("checkpoint has no polyak.ema.updates");
+  char* end = nullptr;
+  errno = 0;
+  const long long updates = std::strtoll(count->second.c_str(), &end, 10);
+  if (count->second.empty() || *end != '\0' || errno == ERANGE || updates < 0)
+    throw std::invalid_argument("checkpoint polyak.ema.updates is '" + count->second + "', expected an integer >= 0");
   std::map<std::string, const Tensor*> by_name;
   for (const auto& [n, t] : tensors) by_name[n] = &t;
   std::vector<std::pair<Tensor, const Tensor*>> copies;
   for (const auto& [n, t] : state_tensors()) {
     const auto it = by_name.find(n);
     if (it == by_name.end()) throw std::invalid_argument("checkpoint has no EMA tensor '" + n + "'");
+    if (it->second->dtype() != t.dtype())
+      throw std::invalid_argument("checkpoint EMA tensor '" + n + "' is not of the averages' type (float32)");
     if (it->second->shape() != t.shape())
       throw std::invalid_argument("checkpoint EMA tensor '" + n + "' has shape " + shape_str(it->second->shape()) +
                                   ", expected " + shape_str(t.shape()));
     copies.emplace_back(t, it->second);
   }
   for (auto& [dst, src] : copies) dst.copy_(*src);
-  updates_ = std::stoll(metadata.at("polyak.ema.updates"));
+  updates_ = updates;
 }
 
 }  // namespace polyak::ema

@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cctype>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -30,6 +32,20 @@ int64_t metadata_int(const io::SafetensorsFile& file, const std::string& key, st
   } catch (const std::exception&) {
     throw std::invalid_argument(file.path + ": metadata '" + key + "' is not an integer: '" + it->second + "'");
   }
+}
+
+// The RNG's seed and position are unsigned 64-bit numbers (a --seed past 2^63 is valid).
+uint64_t metadata_uint(const io::SafetensorsFile& file, const std::string& key) {
+  const auto it = file.metadata.find(key);
+  if (it == file.metadata.end())
+    throw std::invalid_argument(file.path + ": not a training checkpoint (no '" + key + "' in its metadata)");
+  const std::string& text = it->second;
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long value = std::strtoull(text.c_str(), &end, 10);
+  if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0])) || *end != '\0' || errno == ERANGE)
+    throw std::invalid_argument(file.path + ": metadata '" + key + "' is not an unsigned integer: '" + text + "'");
+  return value;
 }
 
 // Doubles travel as C99 hexadecimal floats: exact, and readable back with strtod.
@@ -146,8 +162,8 @@ TrainingState load_training_checkpoint(const io::SafetensorsFile& file, nn::Modu
   TrainingState state;
   state.epoch = metadata_int(file, "polyak.epoch");
   state.step = metadata_int(file, "polyak.step");
-  state.rng.seed = static_cast<uint64_t>(metadata_int(file, "polyak.rng_seed"));
-  state.rng.position = static_cast<uint64_t>(metadata_int(file, "polyak.rng_position"));
+  state.rng.seed = metadata_uint(file, "polyak.rng_seed");
+  state.rng.position = metadata_uint(file, "polyak.rng_position");
   state.loader.epoch = metadata_int(file, "polyak.loader_epoch");
   state.loader.next_batch = metadata_int(file, "polyak.loader_next_batch");
   state.epoch_loss_sum = metadata_double(file, "polyak.epoch_loss_sum");

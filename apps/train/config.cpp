@@ -4,8 +4,10 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <filesystem>
 #include <sstream>
 #include <stdexcept>
@@ -179,12 +181,46 @@ TrainConfig TrainConfig::definition() const {
 
 std::string TrainConfig::to_json() const { return nlohmann::json(*this).dump(2); }
 
+namespace {
+
+// Whether `value` may be read into the setting whose default is `like` without a
+// cast that loses or invents anything: the same JSON kind, an integer for an integer
+// setting (nlohmann would truncate 10.7 to 10), a finite number within float's range
+// for a real one (a larger one does not convert: undefined behaviour), and integers in
+// a list of integers.
+bool same_kind(const nlohmann::json& value, const nlohmann::json& like) {
+  if (like.is_number_integer()) return value.is_number_integer();
+  if (like.is_number_float())
+    return value.is_number() && std::isfinite(value.get<double>()) &&
+           std::fabs(value.get<double>()) <= std::numeric_limits<float>::max();
+  if (like.is_array())
+    return value.is_array() && std::all_of(value.begin(), value.end(), [](const auto& x) { return x.is_number_integer(); });
+  return value.type() == like.type();
+}
+
+}  // namespace
+
 TrainConfig TrainConfig::from_json(const std::string& text) {
-  try {
-    return nlohmann::json::parse(text).get<TrainConfig>();
-  } catch (const nlohmann::json::exception& e) {
-    throw std::invalid_argument(std::string("bad run configuration: ") + e.what());
+  // Read strictly: a hand-edited or damaged configuration must fail with a reason,
+  // never continue as a silently different run. Settings it lacks keep their defaults
+  // (a checkpoint of an older version, written before the setting existed).
+  const nlohmann::json given = nlohmann::json::parse(text, nullptr, false);
+  if (given.is_discarded() || !given.is_object()) throw std::invalid_argument("bad run configuration: not a JSON object");
+  const nlohmann::json defaults = TrainConfig{};
+  for (const auto& [key, value] : given.items()) {
+    if (!defaults.contains(key)) throw std::invalid_argument("bad run configuration: unknown setting '" + key + "'");
+    if (!same_kind(value, defaults[key]))
+      throw std::invalid_argument("bad run configuration: " + key + " is " + value.dump() + ", expected a value like " +
+                                  defaults[key].dump());
   }
+  TrainConfig config = given.get<TrainConfig>();
+  // Integers that do not fit their setting (a seed below 0, epochs past 2^31) come out
+  // changed: what was read must write back as it was given.
+  const nlohmann::json read = config;
+  for (const auto& [key, value] : given.items())
+    if (!defaults[key].is_number_float() && read[key].dump() != value.dump())  // dump: nlohmann finds -1 == 2^64 - 1
+      throw std::invalid_argument("bad run configuration: " + key + " " + value.dump() + " is out of range");
+  return config;
 }
 
 }  // namespace polyak::app

@@ -18,8 +18,10 @@
 #include "apps/common/progress.h"
 #include "apps/report/report.h"
 #include "apps/train/protocol.h"
+#include "apps/train/resume.h"
 #include "engine/backend.h"
 #include "engine/cuda/settings.h"
+#include "engine/host_memory.h"
 #include "engine/io/atomic_file.h"
 #include "data/labels.h"
 #include "data/loader.h"
@@ -35,29 +37,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-// The checkpoint a --resume continues, read once: for its configuration first, then
-// for the state it restores.
-io::SafetensorsFile read_resumed_checkpoint(const std::string& path) {
-  if (!fs::is_regular_file(path)) throw std::invalid_argument("--resume " + path + ": no such file");
-  return io::load_safetensors(path);
-}
-
-// The configuration a --resume continues: the checkpoint's, with only the settings
-// that do not change the result taken from the command line.
-TrainConfig resumed_config(const TrainConfig& given, const io::SafetensorsFile& file) {
-  const auto it = file.metadata.find("polyak.config");
-  if (it == file.metadata.end())
-    throw std::invalid_argument("--resume " + given.resume + ": not a training checkpoint (no run configuration)");
-  TrainConfig config = TrainConfig::from_json(it->second);
-  config.resume = given.resume;
-  if (given.threads) config.threads = given.threads;
-  config.max_steps = given.max_steps;
-  if (given.save_every) config.save_every = given.save_every;
-  config.output = given.output.empty() ? fs::path(given.resume).parent_path().string() : given.output;
-  if (config.output.empty()) config.output = ".";
-  return config;
-}
 
 // Keeps the first n images of `set` (all when n is 0 or not smaller than the set).
 void keep_first(data::ImageSet& set, int64_t n) {
@@ -120,6 +99,14 @@ std::vector<Tensor> copy_buffers(const nn::Module& model) {
 void restore_buffers(const nn::Module& model, const std::vector<Tensor>& copies) {
   size_t i = 0;
   for (const auto& [name, b] : model.named_buffers()) Tensor(b).copy_(copies.at(i++));
+}
+
+// The process's memory at the end of an epoch's steps, for the train row: a measurement
+// of this process, not a result (a resumed run's rows differ here and only here).
+json memory_json(const HostMemory& m) {
+  const auto mib = [](double x) { return std::round(x * 10) / 10; };
+  return {{"rss_mib", mib(m.rss_mib)}, {"peak_rss_mib", mib(m.peak_rss_mib)}, {"live_heap_mib", mib(m.live_heap_mib())},
+          {"malloc_mib", mib(m.malloc_mib)}, {"tensor_mib", mib(m.tensor_mib)}};
 }
 
 // Test hook: with POLYAK_FAULT_STOP_AT_STEP=N the process stops itself (SIGSTOP) right
@@ -219,16 +206,11 @@ int run_training(TrainConfig config) {
   std::string saved_path;  // the last good checkpoint, and its step
   int64_t saved_step = 0;
   if (checkpoint) {
-    const io::SafetensorsFile& file = *checkpoint;
-    state = load_training_checkpoint(file, *model, sgd);
+    Resumed resumed = restore_run(*checkpoint, config, steps_per_epoch, *model, sgd, averages ? &*averages : nullptr);
+    state = resumed.state;
+    protocol.set_selection(std::move(resumed.selection));
     saved_path = config.resume;
     saved_step = state.step;
-    if (averages) {
-      std::vector<nn::NamedTensor> tensors(file.tensors.begin(), file.tensors.end());
-      averages->load_state(tensors, file.metadata);
-    }
-    if (file.metadata.count("polyak.selection"))
-      protocol.set_selection(json::parse(file.metadata.at("polyak.selection")));
     rng.set_state(state.rng);
     metrics.keep_through_epoch(state.epoch);
     std::printf("resumed %s at epoch %lld, step %lld\n", config.resume.c_str(), static_cast<long long>(state.epoch),
@@ -351,7 +333,7 @@ int run_training(TrainConfig config) {
       const json base = {{"epoch", state.epoch}, {"step", state.step}, {"lr", lr}, {"model", "sgd"}, {"bn", "running"}};
       json train_row = base;
       train_row.update({{"split", "train"}, {"accuracy", accuracy}, {"loss", loss}, {"images", state.epoch_seen},
-                        {"skipped", state.epoch_skipped}});
+                        {"skipped", state.epoch_skipped}, {"memory", memory_json(host_memory())}});
       metrics.append(train_row);
       std::string summary = "epoch " + std::to_string(state.epoch) + "/" + std::to_string(config.epochs);
       char buf[160];
