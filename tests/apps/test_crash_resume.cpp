@@ -21,9 +21,11 @@
 #include "engine/io/atomic_file.h"
 #include "engine/io/safetensors.h"
 #include "support/gradcheck.h"
+#include "support/metrics_rows.h"
 #include "support/temp_dir.h"
 
 namespace fs = std::filesystem;
+using polyak::testing::metrics_results;
 using polyak::testing::read_file;
 using polyak::testing::ChildResult;
 using polyak::testing::run_child;
@@ -142,7 +144,8 @@ TEST_CASE("train app: killed at seeded random steps and inside file writes, resu
 
   check_same_tensors(whole / "last.safetensors", killed / "last.safetensors");
   check_same_tensors(whole / "model.safetensors", killed / "model.safetensors");
-  for (const char* file : {"model.safetensors", "last.safetensors", "metrics.jsonl", "selection.json", "reliability.json",
+  CHECK(metrics_results(whole / "metrics.jsonl") == metrics_results(killed / "metrics.jsonl"));
+  for (const char* file : {"model.safetensors", "last.safetensors", "selection.json", "reliability.json",
                            "best_acc_ema0.99.safetensors", "best_loss_sgd.safetensors"}) {
     CAPTURE(file);
     CHECK(read_file(whole / file) == read_file(killed / file));

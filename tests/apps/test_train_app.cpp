@@ -11,9 +11,11 @@
 
 #include "engine/io/safetensors.h"
 #include "support/gradcheck.h"
+#include "support/metrics_rows.h"
 #include "support/temp_dir.h"
 
 namespace fs = std::filesystem;
+using polyak::testing::metrics_results;
 using polyak::testing::read_file;
 
 namespace {
@@ -72,7 +74,7 @@ TEST_CASE("train app: a run stopped inside an epoch and resumed is bit-identical
     CHECK(std::memcmp(x.tensors[i].second.raw_data(), y.tensors[i].second.raw_data(), bytes) == 0);
   }
   CHECK(x.metadata == y.metadata);
-  CHECK(read_file(whole / "metrics.jsonl") == read_file(parts / "metrics.jsonl"));
+  CHECK(metrics_results(whole / "metrics.jsonl") == metrics_results(parts / "metrics.jsonl"));
   CHECK(read_file(whole / "selection.json") == read_file(parts / "selection.json"));
   CHECK(read_file(whole / "best_acc_ema0.99.safetensors") == read_file(parts / "best_acc_ema0.99.safetensors"));
   CHECK(read_file(whole / "last.safetensors") == read_file(parts / "last.safetensors"));
