@@ -5,7 +5,7 @@
 #   1. the whole test suite under the sanitizers: any report aborts the process that
 #      made it (-fno-sanitize-recover=all), which fails its test. Two suites at a time,
 #      one thread each: on two cores that beats one suite at a time on both.
-#   2. the fuzz smoke: every parser fuzzed for SECONDS (tests/fuzz/run.sh), starting
+#   2. the fuzz smoke: every parser fuzzed for SECONDS, two at a time (tests/fuzz/run.sh), starting
 #      with the regression inputs of tests/fuzz/corpus
 # Only what these need is built (not sgemm_bench).
 #   usage: tools/ci_checks.sh [SECONDS per fuzz target, default 20]
@@ -17,4 +17,4 @@ rm -rf build-checks
 CC=clang CXX=clang++ cmake -S . -B build-checks -DPOLYAK_FUZZ=ON -DPOLYAK_CUDA=OFF
 cmake --build build-checks -j2 --target test_engine test_data test_e2e test_models test_apps test_ema fuzzers
 POLYAK_THREADS=1 ctest --test-dir build-checks --output-on-failure -j2
-tests/fuzz/run.sh build-checks "$seconds"
+tests/fuzz/run.sh build-checks "$seconds" 2

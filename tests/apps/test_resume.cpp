@@ -39,7 +39,9 @@ TEST_CASE("TrainConfig::from_json: a configuration written by the app reads back
       {R"([1, 2])", "not a JSON object"},
       {R"({"epochs": )", "not a JSON object"},
   };
-  for (const auto& [text, reason] : refused) {
+  for (const auto& entry : refused) {
+    const std::string& text = entry.first;
+    const std::string& reason = entry.second;
     CAPTURE(text);
     CHECK_THROWS_WITH_AS(TrainConfig::from_json(text), doctest::Contains(reason.c_str()), std::invalid_argument);
   }
@@ -131,7 +133,9 @@ TEST_CASE("restore_run: a checkpoint restores as written; damaged counters, aver
                                                         "val": {"accuracy": 1, "loss": 1}}}})";
        }},
   };
-  for (const auto& [reason, edit] : damage) {
+  for (const auto& entry : damage) {
+    const std::string& reason = entry.first;
+    const auto& edit = entry.second;
     CAPTURE(reason);
     CHECK_THROWS_WITH_AS(run.resume_edited(edit), doctest::Contains(reason.c_str()), std::invalid_argument);
   }

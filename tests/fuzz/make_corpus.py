@@ -3,7 +3,12 @@
 small valid inputs each, in the input layout the target's header comment describes.
 Deterministic (gzip without a time stamp), so rerunning it changes nothing. The JPEG
 seed comes from stb_image_write (libstb-dev), through a throwaway C++ program.
-Regression inputs (crash-*) are added by hand next to these and are left alone."""
+Regression inputs (crash-*) are added by hand next to these and are left alone.
+The seed of fuzz_resume_checkpoint is a training checkpoint that the train app wrote
+(tiny_cnn, one average, stopped inside epoch 2 with a selection for epoch 1):
+  train --model tiny_cnn --train-subset 256 --test-subset 64 --batch-size 64 --epochs 3 --max-steps 5
+        --ema-decays 0.9 --ema-every 2 --val-split 0.25 --bn-recompute epoch --bn-recompute-batches 2 --threads 1
+then last.safetensors copied to corpus/fuzz_resume_checkpoint/tiny_cnn_mid_epoch."""
 import gzip
 import json
 import os
@@ -130,9 +135,43 @@ def train_flags():
     put("fuzz_train_flags", "bad_value", "--epochs 0 --lr -1\n")
 
 
+def app_flags():
+    # "c.safetensors" exists in the targets' working folder (fuzz_flags.h); the regression input
+    # crash-no-nesterov-out-of-range of fuzz_train_flags is kept by hand
+    put("fuzz_eval_flags", "ema_recompute",
+        "c.safetensors --ema sgd,ema0.998,all --split val --val-split 0.1 --seed 3 --bn-recompute on "
+        "--bn-recompute-batches 20 --batch-size 256 --no-augment --train-subset 1000 --test-subset 100 --json -\n")
+    put("fuzz_eval_flags", "folder_model", "c.safetensors c.safetensors --model resnet20 --dataset folder --data . "
+        "--split train --device cpu --threads 2\n")
+    put("fuzz_probe_flags", "defaults", "c.safetensors --ema ema0.998 --dataset cifar100 --epochs 5 --lr 0.01 "
+        "--momentum 0.9 --no-nesterov --weight-decay 0 --sched cosine --augment --output head.safetensors\n")
+    put("fuzz_probe_flags", "bad_values", "c.safetensors --epochs 0 --batch-size 70000 --sched step --threads 2000\n")
+    put("fuzz_report_flags", "seeds", "run1 run2 run3 -o report.html\n")
+    put("fuzz_report_flags", "one", "run --output=out/report.html\n")
+    put("fuzz_bench_flags", "compare", "--model resnet18 --batch-size 64 --threads 1,2 --windows 3 --steps 2 "
+        "--rounds 2 --compare-torch --python python3 --tcmalloc /nonexistent --json -\n")
+    put("fuzz_bench_flags", "worker", "--worker --threads 1 --weight-decay 5e-4 --device cuda --tf32 --deterministic\n")
+
+
+def resume_config():
+    config = {"model": "resnet20", "dataset": "cifar10", "data_dir": "../shared/data/cifar10", "epochs": 10,
+              "batch_size": 128, "lr": 0.10000000149011612, "momentum": 0.8999999761581421, "nesterov": True,
+              "weight_decay": 9.999999747378752e-05, "sched": "multistep", "warmup_epochs": 0.25,
+              "milestones": [3, 6, 8], "gamma": 0.20000000298023224, "seed": 18446744073709551615, "threads": 0,
+              "val_split": 0.1, "labels_file": "", "label_noise": 0.2, "noise_type": "asym", "output": "runs/x",
+              "resume": "", "init": "", "augment": True, "shuffle": True, "max_steps": 0, "save_every": 100,
+              "on_nonfinite": "skip", "max_skips": 10, "eval_every": 2, "train_subset": 0, "test_subset": 0,
+              "device": "cpu", "tf32": False, "deterministic": False, "ema_decays": "0.99,0.999", "ema_every": 16,
+              "ema_warmup": True, "ema_buffers": "average", "bn_recompute": "epoch", "bn_recompute_batches": 40}
+    put("fuzz_resume_config", "full", json.dumps(config, indent=2))
+    put("fuzz_resume_config", "partial", json.dumps({"epochs": 3, "ema_decays": "scaled", "lr": 0.05}))
+
+
 if __name__ == "__main__":
     cifar()
     safetensors_seeds()
     images()
     labels()
     train_flags()
+    app_flags()
+    resume_config()
