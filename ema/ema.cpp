@@ -20,15 +20,32 @@ BufferPolicy parse_buffer_policy(const std::string& name) {
 
 const char* buffer_policy_name(BufferPolicy policy) { return policy == BufferPolicy::Average ? "average" : "copy"; }
 
-EmaOptions scaled_to_run(const EmaOptions& paper, int64_t total_steps) {
-  constexpr double kPaperSteps = 200.0 * 391.0;
+namespace {
+
+// x > 0 rounded to `digits` significant decimal digits.
+double round_significant(double x, int digits) {
+  const double scale = std::pow(10.0, digits - 1 - std::floor(std::log10(x)));
+  return std::round(x * scale) / scale;
+}
+
+}  // namespace
+
+EmaOptions scaled_to_run(const EmaOptions& paper, int64_t total_steps, int64_t every) {
+  constexpr double kPaperSteps = 200.0 * 391.0, kPaperEvery = 16.0, kFastestUpdates = 30.0;
   const double steps = static_cast<double>(std::max<int64_t>(total_steps, 1));
-  EmaOptions scaled = paper;  // T stays: see the header for why
-  for (float& a : scaled.decays) {
-    const double one_minus = (1.0 - a) * (kPaperSteps / steps);
-    a = static_cast<float>(std::clamp(1.0 - one_minus, 0.5, 0.99999));  // very short runs: at least 0.5
+  // Each window's share of the run, f_k = T / ((1 - a_k) N), in the paper.
+  std::vector<double> shares;
+  for (float a : paper.decays) shares.push_back(kPaperEvery / ((1.0 - a) * kPaperSteps));
+  EmaOptions scaled = paper;
+  const double fastest_window = *std::min_element(shares.begin(), shares.end()) * steps;
+  scaled.every = every > 0 ? every
+                           : static_cast<int64_t>(std::clamp(std::floor(fastest_window / kFastestUpdates), 1.0, kPaperEvery));
+  scaled.decays.clear();
+  for (double share : shares) {
+    const double one_minus = round_significant(static_cast<double>(scaled.every) / (share * steps), 2);
+    scaled.decays.push_back(static_cast<float>(std::clamp(1.0 - one_minus, 0.5, 0.99999)));
   }
-  // A short run can clamp several decays to the same value: keep each once.
+  // A very short run can clamp or round several decays to one value: keep each once.
   scaled.decays.erase(std::unique(scaled.decays.begin(), scaled.decays.end()), scaled.decays.end());
   return scaled;
 }
@@ -59,7 +76,9 @@ std::string EmaSet::name(size_t k) const {
 float EmaSet::effective_decay(size_t k, int64_t t) const {
   const float a = decay(k);
   if (!options_.warmup) return a;
-  return std::min(a, static_cast<float>(t + 1) / static_cast<float>(t + 10));
+  const float cap = static_cast<float>(t + 1) / static_cast<float>(t + 10);  // the paper's, at T = 16
+  if (options_.every == 16) return std::min(a, cap);
+  return std::min(a, static_cast<float>(std::pow(static_cast<double>(cap), static_cast<double>(options_.every) / 16.0)));
 }
 
 bool EmaSet::after_step(int64_t t) {

@@ -1,10 +1,16 @@
 // EmaSet: K exponential moving averages of one model's weights, kept side by side.
 //
 // The rule (Morales-Brotons, Vogels & Hendrikx, TMLR 2024): every T optimiser steps,
-//   e_k <- a_k e_k + (1 - a_k) w,    a_k = min(decay_k, (t + 1) / (t + 10)) with warm-up,
-// where w are the live weights, t the optimiser steps taken so far (counting the one
-// just taken, so t = T at the first update), e_k starts as the initial weights and
-// there is no bias correction. The averages never feed back into training.
+//   e_k <- a_k e_k + (1 - a_k) w,    a_k = min(decay_k, ((t + 1) / (t + 10))^(T / 16))
+// with warm-up, where w are the live weights, t the optimiser steps taken so far
+// (counting the one just taken, so t = T at the first update), e_k starts as the
+// initial weights and there is no bias correction. The averages never feed back into
+// training. The paper's warm-up min(a, (t+1)/(t+10)) is stated at its T = 16; at
+// another period it is converted by the paper's own rule for changing T, a' = a^(T/16)
+// (App. F), so that it caps every average at the same window in steps, about 1.8 t:
+// no average reaches further back than the run has gone. At T = 1 the unconverted
+// formula would cap the windows at t / 9 and hold the slow averages in warm-up for most
+// of a short run.
 //
 // Each average is one flat tensor shaped like the model's parameter arena (and one
 // like its buffer arena), so one kernel updates all K averages reading every weight
@@ -37,16 +43,19 @@ struct EmaOptions {
 };
 
 // The paper's schedule is T = 16 with its five decays over 200 epochs of 391 steps
-// (78,200 steps). For a run of `total_steps`, returns decays that keep each average's
-// window, about T / (1 - a) steps, the same fraction of the run, with T unchanged:
-//   1 - a' = (1 - a) (78200 / total),  clamped to [0.5, 0.99999].
-// Why T stays 16: the warm-up min(a, (t+1)/(t+10)) counts optimiser steps t, and it caps
-// a until t = (10a - 1) / (1 - a), about 9 / (1 - a) steps, which is 9/T of the window
-// T / (1 - a). Only with the paper's T does the warm-up end at the paper's fraction of
-// the run (5.7% for 0.998) relative to the window. Shrinking T instead (T = 1 for a
-// 20-epoch run) keeps the slowest average in warm-up for 92% of the run, where it equals
-// the next slowest one: a measured 20-epoch run showed exactly that.
-EmaOptions scaled_to_run(const EmaOptions& paper, int64_t total_steps);
+// (78,200 steps). Average k spans a window of about T / (1 - a_k) steps: a share
+// f_k = 16 / ((1 - a_k) 78200) of the run, from 0.64% (0.968, 31 updates) to 10.2%
+// (0.998, 500 updates). For a run of `total_steps` N, scaled_to_run keeps every share
+// and gives the fastest window at least 30 updates, by shrinking T before the decays:
+//   T' = clamp(floor(f_0 N / 30), 1, 16),   1 - a'_k = T' / (f_k N),
+// with 1 - a'_k then rounded to two significant digits (names like ema0.9972; the
+// windows move by at most 2.5%). `every` > 0 fixes T' instead. Example: 10 epochs of
+// 352 steps (CIFAR-10 less a 10% validation split, batch 128), N = 3,520: f_0 N = 22.5
+// steps, so T' = 1 and the decays are 0.956, 0.978, 0.989, 0.9944 and 0.9972. A run
+// shorter than 30 / f_0 = 4,700 steps has fewer than 30 steps in its fastest window,
+// and gets T' = 1. Decays are clamped to 0.5 only when f_0 N < 2 steps (runs of under
+// 313 steps; CIFAR's epoch at batch 128 has 352 to 391).
+EmaOptions scaled_to_run(const EmaOptions& paper, int64_t total_steps, int64_t every = 0);
 
 class EmaSet {
  public:

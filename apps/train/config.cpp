@@ -80,7 +80,7 @@ void add_train_flags(CLI::App& app, TrainConfig& c) {
   app.add_option("--ema-decays", c.ema_decays,
                  "EMA decays: a list (0.99,0.999), 'paper' (0.968..0.998 at T=16), 'scaled' (the paper's, scaled to "
                  "the run's length) or 'none'")->capture_default_str();
-  app.add_option("--ema-every", c.ema_every, "EMA period T in optimiser steps (0: 16)")->capture_default_str();
+  app.add_option("--ema-every", c.ema_every, "EMA period T in optimiser steps (0: 16, or derived from the run's length with 'scaled')")->capture_default_str();
   app.add_option_function<std::string>(
          "--ema-warmup", [&c](const std::string& v) { c.ema_warmup = v == "on"; },
          "decay warm-up min(a, (t+1)/(t+10)): on or off")
@@ -151,7 +151,7 @@ std::optional<ema::EmaOptions> TrainConfig::ema_options(int64_t total_steps) con
   options.warmup = ema_warmup;
   options.buffers = ema::parse_buffer_policy(ema_buffers);
   if (ema_decays == "scaled") {
-    options = ema::scaled_to_run(options, total_steps);
+    options = ema::scaled_to_run(options, total_steps, ema_every);
   } else if (ema_decays != "paper") {
     options.decays.clear();
     std::stringstream list(ema_decays);

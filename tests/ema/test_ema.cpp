@@ -73,6 +73,10 @@ TEST_CASE("ema: warm-up decay and period T, K decays in one pass") {
     }
   }
   CHECK(set.effective_decay(0, 16) == doctest::Approx(17.0 / 26.0));
+  // At another period the paper's warm-up is converted as the paper converts decays: a^(T/16).
+  ema::EmaSet every_step(*net, {.decays = decays, .every = 1, .warmup = true});
+  CHECK(every_step.effective_decay(4, 16) == doctest::Approx(std::pow(17.0 / 26.0, 1.0 / 16.0)));
+  CHECK(every_step.effective_decay(4, 100000) == 0.998f);
   for (size_t k = 0; k < decays.size(); ++k)
     check_close(set.parameters(k).slice(0, 4), std::vector<float>(4, static_cast<float>(expected[k])), 1e-5, 1e-5);
   CHECK(set.name(4) == "ema0.998");
@@ -139,26 +143,55 @@ TEST_CASE("ema: state survives a checkpoint round trip exactly; other settings a
   CHECK_THROWS_AS(ema::EmaSet(*net, {.decays = {0.9f}, .every = 0}), std::invalid_argument);
 }
 
-TEST_CASE("ema: scaling the paper's schedule to a shorter run keeps the windows' and the warm-up's fractions") {
+TEST_CASE("ema: scaling the paper's schedule to a run keeps each window's share, 30 updates in the fastest, and the warm-up's share") {
   const ema::EmaOptions paper;
+  constexpr double kPaperSteps = 200.0 * 391.0;
+  // At the paper's length: the paper's five decays at T = 16, exactly.
   const ema::EmaOptions same = ema::scaled_to_run(paper, 200 * 391);
   CHECK(same.every == 16);
-  for (size_t k = 0; k < paper.decays.size(); ++k) CHECK(same.decays[k] == doctest::Approx(paper.decays[k]));
+  CHECK(same.decays == paper.decays);
+  // The README's worked example: 10 epochs of 352 steps.
+  const ema::EmaOptions ten = ema::scaled_to_run(paper, 3520);
+  CHECK(ten.every == 1);
+  CHECK(ten.decays == std::vector<float>{0.956f, 0.978f, 0.989f, 0.9944f, 0.9972f});
+  // A fixed T gives the decays for that T.
+  CHECK(ema::scaled_to_run(paper, 3520, 4).every == 4);
+  CHECK(ema::scaled_to_run(paper, 3520, 4).decays.front() == doctest::Approx(1 - 4 / 22.5).epsilon(0.01));
 
-  const int64_t steps = 10 * 391;  // 10 epochs: 20 times shorter
-  const ema::EmaOptions short_run = ema::scaled_to_run(paper, steps);
-  CHECK(short_run.every == 16);
-  // window T/(1-a): 16 / 0.002 = 8000 of 78,200 steps; 16 / (1 - a') = 400 of 3,910.
-  CHECK(16.0 / (1.0 - short_run.decays.back()) == doctest::Approx(400.0).epsilon(1e-3));
-  // 1 - 0.032 * 20 < 0.5: the fastest is clamped; the others keep their order.
-  REQUIRE(short_run.decays.size() == 5);
-  CHECK(short_run.decays[0] == 0.5f);
-  for (size_t k = 1; k < short_run.decays.size(); ++k) CHECK(short_run.decays[k] > short_run.decays[k - 1]);
-  // The warm-up (t+1)/(t+10) reaches a at t = (10a - 1)/(1 - a): 4,490 of 78,200 steps
-  // (5.7%) for the paper's 0.998, and the same fraction of the short run.
-  auto warmup_end = [](double a) { return (10.0 * a - 1.0) / (1.0 - a); };
-  CHECK(warmup_end(short_run.decays.back()) / steps ==
-        doctest::Approx(warmup_end(paper.decays.back()) / (200.0 * 391.0)).epsilon(0.05));
+  // The slowest average's warm-up ends where ((t+1)/(t+10))^(T/16) reaches a: at t =
+  // (10b - 1)/(1 - b) with b = a^(16/T); 4,490 of the paper's 78,200 steps (5.7%).
+  const auto warmup_end = [](double a, double every) {
+    const double b = std::pow(a, 16.0 / every);
+    return (10.0 * b - 1.0) / (1.0 - b);
+  };
+  const double paper_warmup_share = warmup_end(paper.decays.back(), 16) / kPaperSteps;
+  // From one epoch (352 steps) up, no decay is clamped, all five stay apart, each
+  // window keeps its share of the run (within the 2.5% of the rounding), the fastest
+  // has 30 updates once the run allows it, and the warm-up keeps about its share.
+  for (const int64_t steps : {352, 391, 1000, 3520, 4700, 7040, 35200, 78200, 391000}) {
+    CAPTURE(steps);
+    const ema::EmaOptions s = ema::scaled_to_run(paper, steps);
+    REQUIRE(s.decays.size() == 5);
+    CHECK(s.every >= 1);
+    CHECK(s.every <= 16);
+    for (size_t k = 0; k < 5; ++k) {
+      CAPTURE(k);
+      CHECK(s.decays[k] > 0.5f);
+      if (k) CHECK(s.decays[k] > s.decays[k - 1]);
+      const double share = static_cast<double>(s.every) / (1.0 - s.decays[k]) / static_cast<double>(steps);
+      const double paper_share = 16.0 / (1.0 - paper.decays[k]) / kPaperSteps;
+      CHECK(share == doctest::Approx(paper_share).epsilon(0.026));
+    }
+    const double fastest_updates = 1.0 / (1.0 - s.decays[0]);
+    if (steps >= 4700) CHECK(fastest_updates >= 29.0);
+    if (steps < 4700) CHECK(s.every == 1);
+    // The paper's 10-step offset in (t+1)/(t+10) does not scale: it shortens the warm-up
+    // of a run of a few epochs by some steps.
+    const double warmup_share = warmup_end(s.decays.back(), static_cast<double>(s.every)) / static_cast<double>(steps);
+    if (steps >= 3520) CHECK(warmup_share == doctest::Approx(paper_warmup_share).epsilon(0.1));
+    CHECK(warmup_share > 0.5 * paper_warmup_share);
+    CHECK(warmup_share < 1.1 * paper_warmup_share);
+  }
 }
 
 TEST_CASE("bn recompute: running statistics become the exact statistics of each BN input over the batches") {
