@@ -83,7 +83,8 @@ std::string find_tcmalloc() {
   for (const char* dir : {"/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
                           "/usr/local/lib"}) {
     const std::filesystem::path library = std::filesystem::path(dir) / "libtcmalloc_minimal.so.4";
-    if (std::filesystem::exists(library)) return library.string();
+    std::error_code ec;
+    if (std::filesystem::exists(library, ec)) return library.string();
   }
   return "";
 }
@@ -124,10 +125,8 @@ int run_bench(Options& o) {
   // This very binary, even if it is rebuilt meanwhile.
   std::vector<Implementation> implementations = {{"polyak", {"/proc/self/exe", "--worker"}, {}}};
   if (o.compare_torch) {
-    if (!std::filesystem::exists(o.torch_script))
-      throw std::invalid_argument("--torch-script " + o.torch_script + ": no such file");
-    if (!o.tcmalloc.empty() && !std::filesystem::exists(o.tcmalloc))
-      throw std::invalid_argument("--tcmalloc " + o.tcmalloc + ": no such file");
+    app::require_file("--torch-script", o.torch_script);
+    if (!o.tcmalloc.empty()) app::require_file("--tcmalloc", o.tcmalloc);
     const std::string tcmalloc = o.tcmalloc.empty() ? find_tcmalloc() : o.tcmalloc;
     const std::string python = find_torch_python(o.python);
     report["pytorch"] = {{"python", python}, {"tcmalloc", nullptr}};

@@ -57,6 +57,21 @@ bool is_utf8(std::string_view text) {
   return true;
 }
 
+void require_file(const std::string& what, const std::string& path) {
+  std::error_code ec;
+  const std::filesystem::file_status status = std::filesystem::status(path, ec);
+  if (status.type() == std::filesystem::file_type::regular) return;
+  const std::string why = status.type() == std::filesystem::file_type::not_found ? "no such file"
+                          : ec                                                   ? ec.message()
+                                                                                 : "not a file";
+  throw std::invalid_argument(what + " " + path + ": " + why);
+}
+
+bool is_folder(const std::string& path) {
+  std::error_code ec;
+  return std::filesystem::is_directory(path, ec);
+}
+
 Device device_from_flag(const std::string& value) {
   if (value != "cpu" && value != "cuda") bad_flag("--device", value, "cpu or cuda");
   const Device device = value == "cuda" ? Device::CUDA : Device::CPU;
@@ -94,8 +109,8 @@ void prepare_output_folder(const std::string& flag, const std::string& dir) {
 void check_output_file(const std::string& flag, const std::string& path) {
   if (path.empty() || path == "-") return;
   const std::filesystem::path parent = std::filesystem::path(path).parent_path();
-  if (!parent.empty() && !std::filesystem::is_directory(parent)) bad_flag(flag, path, "a file in an existing folder");
-  if (std::filesystem::is_directory(path)) bad_flag(flag, path, "a file name, not a folder");
+  if (!parent.empty() && !is_folder(parent.string())) bad_flag(flag, path, "a file in an existing folder");
+  if (is_folder(path)) bad_flag(flag, path, "a file name, not a folder");
   const std::string dir = parent.empty() ? "." : parent.string();
   if (const std::string why = unwritable_reason(dir); !why.empty())
     throw std::invalid_argument(flag + " " + path + ": cannot write in its folder " + dir + ": " + why);

@@ -35,6 +35,14 @@ std::string number_str(double value);
 // JSON text is Unicode, and a Linux path may be any bytes.
 bool is_utf8(std::string_view text);
 
+// Checks that `path` names a regular file; std::invalid_argument "<what> <path>: <why>"
+// otherwise ("no such file", "not a file", or the system's reason, such as a name too
+// long). Never throws anything else: std::filesystem's own checks throw
+// filesystem_error for a path the system cannot even look up.
+void require_file(const std::string& what, const std::string& path);
+// Whether `path` is an existing folder (false for any path the system cannot look up).
+bool is_folder(const std::string& path);
+
 // The device a --device value names ("cpu" or "cuda"); std::invalid_argument when it
 // is neither, or when this build or machine has no such device.
 Device device_from_flag(const std::string& value);

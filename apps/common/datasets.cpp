@@ -23,7 +23,8 @@ Datasets load_datasets(const std::string& dataset, const std::string& dir) {
     Datasets sets;
     sets.train = data::load_image_folder((root / "train").string());
     for (const char* held_out : {"test", "val"}) {
-      if (!std::filesystem::is_directory(root / held_out)) continue;
+      std::error_code ec;
+      if (!std::filesystem::is_directory(root / held_out, ec)) continue;
       // The held-out split uses the train split's classes and normalisation.
       data::FolderOptions options;
       options.classes = sets.train.class_names;

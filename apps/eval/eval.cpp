@@ -106,7 +106,7 @@ json row_json(const Row& r) {
 void EvalConfig::validate() const {
   if (checkpoints.empty()) bad_flag("checkpoints", "(none)", "one or more .safetensors files");
   for (const std::string& path : checkpoints)
-    if (!fs::is_regular_file(path)) throw std::invalid_argument("checkpoint " + path + ": no such file");
+    require_file("checkpoint", path);
   if (!model.empty()) {
     const auto& names = models::model_names();
     if (std::find(names.begin(), names.end(), model) == names.end()) {

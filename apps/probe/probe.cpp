@@ -83,7 +83,7 @@ std::vector<float> all_features(models::Classifier& backbone, const data::ImageS
 }  // namespace
 
 void ProbeConfig::validate() const {
-  if (!fs::is_regular_file(checkpoint)) throw std::invalid_argument("checkpoint " + checkpoint + ": no such file");
+  require_file("checkpoint", checkpoint);
   if (!model.empty()) {
     const auto& names = models::model_names();
     if (std::find(names.begin(), names.end(), model) == names.end()) {

@@ -12,6 +12,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "apps/common/cli.h"
 #include "apps/report/svg.h"
 #include "engine/io/atomic_file.h"
 
@@ -36,7 +37,8 @@ std::string read_text(const fs::path& path) {
 
 // The JSON object in `path`, or null when the file does not exist.
 json read_optional_json(const fs::path& path) {
-  if (!fs::exists(path)) return nullptr;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return nullptr;
   const json value = json::parse(read_text(path), nullptr, false);
   if (value.is_discarded() || !value.is_object())
     throw std::invalid_argument(path.string() + ": not a JSON object");
@@ -682,9 +684,10 @@ code { background: #f4f4f4; padding: 0 3px; }
 
 RunData load_run(const std::string& dir) {
   const fs::path root(dir);
-  if (!fs::is_directory(root)) throw std::invalid_argument(dir + ": no such run folder");
+  if (!is_folder(dir)) throw std::invalid_argument(dir + ": no such run folder");
   const fs::path metrics = root / "metrics.jsonl";
-  if (!fs::exists(metrics))
+  std::error_code ec;
+  if (!fs::exists(metrics, ec))
     throw std::invalid_argument(dir + ": no metrics.jsonl (is this a run folder written by train?)");
   RunData run;
   run.dir = dir;

@@ -135,7 +135,7 @@ void TrainConfig::validate() const {
   if (train_subset < 0) bad_flag("--train-subset", std::to_string(train_subset), "an integer >= 0");
   if (test_subset < 0) bad_flag("--test-subset", std::to_string(test_subset), "an integer >= 0");
   if (!resume.empty() && !init.empty()) bad_flag("--init with --resume", init, "only one of them");
-  if (!init.empty() && !std::filesystem::is_regular_file(init)) throw std::invalid_argument("--init " + init + ": no such file");
+  if (!init.empty()) require_file("--init", init);
   if (device != "cpu" && device != "cuda") bad_flag("--device", device, "cpu or cuda");
   (void)ema_options(1);  // parses and range-checks the decays
   if (ema_every < 0) bad_flag("--ema-every", std::to_string(ema_every), "an integer >= 1 (0: 16)");

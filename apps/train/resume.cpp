@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <vector>
 
+#include "apps/common/cli.h"
+
 namespace polyak::app {
 
 namespace fs = std::filesystem;
@@ -84,7 +86,7 @@ void check_selection(const std::string& path, const json& selection, const std::
 }  // namespace
 
 io::SafetensorsFile read_resumed_checkpoint(const std::string& path) {
-  if (!fs::is_regular_file(path)) throw std::invalid_argument("--resume " + path + ": no such file");
+  require_file("--resume", path);
   return io::load_safetensors(path);
 }
 
