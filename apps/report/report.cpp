@@ -340,7 +340,8 @@ void flatten_into(json& row, const json& object, const std::string& prefix) {
 std::vector<json> selection_rows(const RunData& run) {
   if (run.selection.is_null()) return derived_selection(run);
   std::vector<json> rows;
-  for (const auto& [model, criteria] : run.selection.items()) {
+  const json& models = run.selection.contains("models") ? run.selection["models"] : run.selection;
+  for (const auto& [model, criteria] : models.items()) {
     if (!criteria.is_object()) continue;
     for (const auto& [criterion, chosen] : criteria.items()) {
       if (!chosen.is_object()) continue;
@@ -509,6 +510,38 @@ std::string selection_table(const std::vector<RunData>& runs) {
   }
   html += "</tbody>\n</table>\n";
   return html;
+}
+
+// The paper's rows (selection.json's "reported"), one table row per row of the paper,
+// over the runs: means with their ranges, the models each run chose.
+std::string reported_html_table(const std::vector<RunData>& runs) {
+  static const std::vector<Column> columns = {
+      {"model", "model", 0},          {"epoch", "epoch", 0},           {"bn", "BN statistics", 0},
+      {"val_accuracy", "val acc (%)", 2}, {"test_accuracy", "test acc (%)", 2}, {"test_loss", "test loss", 4},
+      {"test_ece", "test ECE (%)", 2}, {"checkpoint", "checkpoint", 0}};
+  std::string html = "<table class=\"selection\">\n<thead><tr><th>row</th>";
+  for (const Column& c : columns) html += "<th>" + svg::escape(c.header) + "</th>";
+  html += "</tr></thead>\n<tbody>\n";
+  for (const auto& [key, label] : reported_row_labels()) {
+    std::vector<json> rows;
+    for (const RunData& run : runs)
+      if (run.selection.contains("reported") && run.selection["reported"].contains(key)) {
+        json row;
+        flatten_into(row, run.selection["reported"][key], "");
+        rows.push_back(row);
+      }
+    if (rows.empty()) continue;
+    html += "<tr><td>" + svg::escape(label) + "</td>";
+    for (const Column& c : columns) {
+      std::vector<const json*> values;
+      for (const json& r : rows)
+        if (r.contains(c.key)) values.push_back(&r[c.key]);
+      const bool numeric = !values.empty() && values.front()->is_number();
+      html += std::string("<td") + (numeric ? " class=\"num\"" : "") + ">" + cell(values, c) + "</td>";
+    }
+    html += "</tr>\n";
+  }
+  return html + "</tbody>\n</table>\n";
 }
 
 // ---------------------------------------------------------------- reliability diagrams
@@ -847,6 +880,18 @@ std::string render_report(const std::vector<RunData>& runs) {
   }
   html += "</div>\n";
 
+  const bool reported = std::any_of(runs.begin(), runs.end(), [](const RunData& r) {
+    return r.selection.is_object() && r.selection.contains("reported") && !r.selection["reported"].empty();
+  });
+  if (reported) {
+    html += "<h2>The paper's rows</h2>\n<p>As the paper reports them (Sec. 4.1, Tables 1 and 6): SGD at the last "
+            "epoch and at its best validation accuracy; EMA (acc.) and EMA (loss), the decay and epoch best on "
+            "validation by accuracy and by loss, with running BN statistics; EMA (acc.)(BN) and EMA (loss)(BN), "
+            "the slowest decay at its selected epochs with the statistics recomputed after training. Early "
+            "stopping is always judged on running statistics.</p>\n";
+    if (runs.size() > 1) html += "<p>Mean over the runs, with the min&#8211;max range in grey.</p>\n";
+    html += reported_html_table(runs);
+  }
   html += "<h2>Selected models</h2>\n";
   const bool from_file = std::all_of(runs.begin(), runs.end(), [](const RunData& r) { return !r.selection.is_null(); });
   html += from_file ? "<p>From <code>selection.json</code>: per model, the checkpoints kept by model selection.</p>\n"
@@ -871,6 +916,36 @@ std::string render_report(const std::vector<std::string>& run_dirs) {
 
 void write_report(const std::vector<std::string>& run_dirs, const std::string& output) {
   io::write_file_atomically(output, render_report(run_dirs));
+}
+
+const std::vector<std::pair<std::string, std::string>>& reported_row_labels() {
+  static const std::vector<std::pair<std::string, std::string>> labels = {
+      {"sgd_final", "SGD final"},   {"sgd_best", "SGD best"},          {"ema_acc", "EMA (acc.)"},
+      {"ema_loss", "EMA (loss)"},   {"ema_acc_bn", "EMA (acc.)(BN)"},  {"ema_loss_bn", "EMA (loss)(BN)"}};
+  return labels;
+}
+
+std::string reported_table(const json& reported) {
+  const auto metric = [](const json& row, const char* split, const char* name, int decimals) {
+    if (!row.contains(split) || !row[split].contains(name)) return std::string("-");
+    return format(row[split][name].get<double>(), decimals);
+  };
+  std::string text = "the paper's rows (early stopping on validation, running BN statistics):\n";
+  char line[200];
+  std::snprintf(line, sizeof line, "  %-15s %-12s %5s  %-10s %8s %9s %10s %9s\n", "row", "model", "epoch", "BN", "val acc",
+                "test acc", "test loss", "test ECE");
+  text += line;
+  for (const auto& [key, label] : reported_row_labels()) {
+    if (!reported.contains(key)) continue;
+    const json& row = reported[key];
+    std::snprintf(line, sizeof line, "  %-15s %-12s %5s  %-10s %8s %9s %10s %9s\n", label.c_str(),
+                  row.value("model", "?").c_str(), row.contains("epoch") ? row["epoch"].dump().c_str() : "-",
+                  row.value("bn", "?").c_str(), metric(row, "val", "accuracy", 2).c_str(),
+                  metric(row, "test", "accuracy", 2).c_str(), metric(row, "test", "loss", 4).c_str(),
+                  metric(row, "test", "ece", 2).c_str());
+    text += line;
+  }
+  return text;
 }
 
 std::string ReportConfig::output_file() const {

@@ -42,15 +42,19 @@
 //   object is the models map; an entry with "bins" directly is its equal-width binning.
 //
 // selection.json   optional; the models kept by model selection, as the train app
-//   writes it: per model, per criterion, the selected epoch and its metrics:
-//   {"ema0.998": {
-//      "best_acc":  {"epoch": 17, "bn": "recomputed", "file": "best_acc_ema0.998.safetensors",
+//   writes it: under "models", per model, per criterion, the selected epoch and its
+//   metrics; under "reported", the paper's rows (reported_row_labels(); each as a kept
+//   entry with its model, criterion and BN statistics), shown as a table of their own:
+//   {"models": {"ema0.998": {
+//      "best_acc":  {"epoch": 17, "bn": "running", "file": "best_acc_ema0.998.safetensors",
 //                    "val":  {"accuracy": 91.2, "loss": 0.31, "ece": 2.5, "ece15": 1.9, "images": 10000},
 //                    "test": {"accuracy": 90.8, "loss": 0.33, "ece": 2.1, "ece15": 1.2, "images": 10000},
-//                    "recomputed": {"val": {...}, "test": {...}}},     (optional: BN recomputed
-//      "best_loss": {...}},                                             after training)
-//    "sgd": {...}, ...}
-//   Criteria: "best_acc" (best validation accuracy), "best_loss" (lowest validation
+//                    "recomputed": {"file": ..., "val": {...}, "test": {...}}},  (optional: BN
+//      "best_loss": {...}},                                                      recomputed after
+//    "sgd": {...}, ...},                                                          training)
+//    "reported": {"sgd_final": {"model": "sgd", "criterion": "last epoch", "epoch": 200, "bn": "running",
+//                               "val": {...}, "test": {...}}, "ema_acc_bn": {...}, ...}}
+//   A file without "models" is read as the models map itself (older runs). Criteria: "best_acc" (best validation accuracy), "best_loss" (lowest validation
 //   loss), or any other name. Each selection becomes a table row: scalars as they are
 //   ("file" as the checkpoint column), nested objects flattened with their path as
 //   prefix ("test" -> test_accuracy, "recomputed"."test" -> recomputed_test_accuracy);
@@ -105,6 +109,12 @@ std::string render_report(const std::vector<RunData>& runs);
 std::string render_report(const std::vector<std::string>& run_dirs);
 // Renders and writes `output` (through a temporary file and a rename).
 void write_report(const std::vector<std::string>& run_dirs, const std::string& output);
+
+// The paper's reported rows, in the order of its tables: the keys of
+// selection.json's "reported" object and their labels ("ema_acc_bn" -> "EMA (acc.)(BN)").
+const std::vector<std::pair<std::string, std::string>>& reported_row_labels();
+// Those rows as a plain-text table, for the end of a training run.
+std::string reported_table(const nlohmann::json& reported);
 
 // The report app's command line.
 struct ReportConfig {

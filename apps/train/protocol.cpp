@@ -84,10 +84,10 @@ Protocol::Evaluation Protocol::evaluate_current(const std::string& name, const s
   return e;
 }
 
-void Protocol::recompute(int64_t epoch) {
+void Protocol::recompute(nn::Module& model, int64_t epoch) {
   recompute_loader_.start_epoch(epoch);
   ema::recompute_bn(
-      model_,
+      model,
       [this]() -> std::optional<Tensor> {
         std::optional<data::Batch> batch = recompute_loader_.next();
         if (!batch) return std::nullopt;
@@ -115,7 +115,8 @@ void Protocol::select(const Evaluation& e, int64_t epoch) {
 }
 
 void Protocol::write_selection() const {
-  io::write_file_atomically((out_dir_ / "selection.json").string(), selection_.dump(2) + "\n");
+  const json file = {{"reported", reported_}, {"models", selection_}};
+  io::write_file_atomically((out_dir_ / "selection.json").string(), file.dump(2) + "\n");
 }
 
 std::string Protocol::evaluate_epoch(int64_t epoch, int64_t step, float lr, MetricsLog& log) {
@@ -132,15 +133,17 @@ std::string Protocol::evaluate_epoch(int64_t epoch, int64_t step, float lr, Metr
     if (selectable) select(e, epoch);
     evaluations.push_back(e);
   };
+  // Early stopping is selected on the running statistics (the paper, Sec. 4.1): the
+  // recomputed evaluations are logged for the curves, and the selected epochs get their
+  // statistics recomputed once, after training (finish()).
   record(evaluate_current("sgd", "running"), true);
-  const bool recompute_each_epoch = config_.bn_recompute == "epoch";
   for (size_t k = 0; averages_ && k < averages_->size(); ++k) {
     ema::EmaSet::Use use(*averages_, k);
-    record(evaluate_current(averages_->name(k), "running"), !recompute_each_epoch);
-    if (recompute_each_epoch) {
+    record(evaluate_current(averages_->name(k), "running"), true);
+    if (config_.bn_recompute == "epoch") {
       ema::BufferBackup keep(model_);
-      recompute(epoch);
-      record(evaluate_current(averages_->name(k), "recomputed"), true);
+      recompute(model_, epoch);
+      record(evaluate_current(averages_->name(k), "recomputed"), false);
     }
   }
   write_selection();
@@ -171,47 +174,96 @@ std::string Protocol::evaluate_epoch(int64_t epoch, int64_t step, float lr, Metr
 }
 
 void Protocol::finish(int64_t epoch, int64_t step, float lr, MetricsLog& log) {
-  const Device device = device_of(config_);
-  // Recomputed evaluations of every kept model, in a separate model instance so that
-  // the live weights and the averages stay as they are.
-  if (config_.bn_recompute != "none") {
-    Rng unused(0);
-    const auto kept = models::create_model(config_.model, sets_.train.num_classes, unused);
-    kept->to(device);
-    kept->pack_arenas();
-    for (auto& [name, entry] : selection_.items()) {
-      for (const char* key : {"best_acc", "best_loss"}) {
-        if (!entry.contains(key)) continue;
-        load_model((out_dir_ / entry[key]["file"].get<std::string>()).string(), *kept);
-        recompute_loader_.start_epoch(epoch);
-        ema::recompute_bn(
-            *kept,
-            [this]() -> std::optional<Tensor> {
-              std::optional<data::Batch> batch = recompute_loader_.next();
-              if (!batch) return std::nullopt;
-              return batch->images;
-            },
-            config_.bn_recompute_batches);
-        json recomputed;
-        for (const auto& [split, set, indices] :
-             {std::tuple{"val", &sets_.train, &split_.val}, std::tuple{"test", &sets_.test, (const std::vector<int64_t>*)nullptr}}) {
-          if (indices ? indices->empty() : set->count == 0) continue;
-          const Predictions p = predict(*kept, *set, indices ? *indices : std::vector<int64_t>{}, 500, device);
-          json row = {{"epoch", epoch}, {"step", step}, {"lr", lr}, {"phase", "end"}, {"selection", key},
-                      {"selected_epoch", entry[key]["epoch"]}, {"model", name}, {"bn", "recomputed"}, {"split", split}};
-          row.update(metric_object(p));
-          log.append(row);
-          recomputed[split] = metric_object(p);
-        }
-        entry[key]["recomputed"] = recomputed;
-      }
-    }
-    write_selection();
-  }
+  const json base = {{"epoch", epoch}, {"step", step}, {"lr", lr}, {"phase", "end"}};
+  const Evaluation final_sgd = evaluate_current("sgd", "running");  // the live weights are SGD's last
+  if (config_.bn_recompute != "none") recompute_kept(epoch, base, log);
+  reported_ = reported_rows(final_sgd, epoch);
+  write_selection();
+  std::printf("%s", reported_table(reported_).c_str());
+  write_reliability(epoch);
+}
 
+void Protocol::recompute_kept(int64_t epoch, const json& base, MetricsLog& log) {
+  const Device device = device_of(config_);
+  Rng unused(0);
+  const auto kept = models::create_model(config_.model, sets_.train.num_classes, unused);
+  kept->to(device);
+  kept->pack_arenas();
+  for (auto& [name, entry] : selection_.items()) {
+    for (const char* key : {"best_acc", "best_loss"}) {
+      if (!entry.contains(key)) continue;
+      json& chosen = entry[key];
+      load_model((out_dir_ / chosen["file"].get<std::string>()).string(), *kept);
+      recompute(*kept, epoch);
+      const std::string file = std::string(key) + "_" + name + "_bn.safetensors";
+      save_model((out_dir_ / file).string(), *kept,
+                 {{"polyak.model", config_.model}, {"polyak.epoch", chosen["epoch"].dump()}, {"polyak.bn", "recomputed"}});
+      json recomputed = {{"file", file}};
+      for (const auto& [split, set, indices] : {std::tuple{"val", &sets_.train, &split_.val},
+                                                std::tuple{"test", &sets_.test, (const std::vector<int64_t>*)nullptr}}) {
+        if (indices ? indices->empty() : set->count == 0) continue;
+        const json metrics = metric_object(predict(*kept, *set, indices ? *indices : std::vector<int64_t>{}, 500, device));
+        json row = base;
+        row.update({{"selection", key}, {"selected_epoch", chosen["epoch"]}, {"model", name}, {"bn", "recomputed"},
+                    {"split", split}});
+        row.update(metrics);
+        log.append(row);
+        recomputed[split] = metrics;
+      }
+      chosen["recomputed"] = recomputed;
+    }
+  }
+}
+
+std::optional<json> Protocol::kept_row(const std::string& model, const std::string& criterion, bool recomputed) const {
+  if (!selection_.contains(model) || !selection_[model].contains(criterion)) return std::nullopt;
+  const json& chosen = selection_[model][criterion];
+  if (recomputed && !chosen.contains("recomputed")) return std::nullopt;
+  const json& numbers = recomputed ? chosen["recomputed"] : chosen;
+  json row = {{"model", model}, {"criterion", criterion}, {"epoch", chosen["epoch"]},
+              {"bn", recomputed ? "recomputed" : "running"}};
+  for (const char* field : {"val", "test", "file"})
+    if (numbers.contains(field)) row[field] = numbers[field];
+  return row;
+}
+
+json Protocol::reported_rows(const Evaluation& final_sgd, int64_t epoch) const {
+  json rows = json::object();
+  json& last = rows["sgd_final"] = {{"model", "sgd"}, {"criterion", "last epoch"}, {"epoch", epoch}, {"bn", "running"}};
+  if (final_sgd.val) last["val"] = *final_sgd.val;
+  if (final_sgd.test) last["test"] = *final_sgd.test;
+  if (auto row = kept_row("sgd", "best_acc", false)) rows["sgd_best"] = *row;
+  if (!averages_) return rows;
+  // EMA (acc.) and EMA (loss): whichever decay was best on validation, at its selected
+  // epoch, with running statistics.
+  std::string most_accurate, lowest_loss;
+  const auto val = [&](const std::string& model, const char* criterion, const char* metric) {
+    return selection_[model][criterion]["val"][metric].get<double>();
+  };
+  for (size_t k = 0; k < averages_->size(); ++k) {
+    const std::string name = averages_->name(k);
+    if (!selection_.contains(name)) continue;
+    if (most_accurate.empty() || val(name, "best_acc", "accuracy") > val(most_accurate, "best_acc", "accuracy"))
+      most_accurate = name;
+    if (lowest_loss.empty() || val(name, "best_loss", "loss") < val(lowest_loss, "best_loss", "loss")) lowest_loss = name;
+  }
+  if (auto row = kept_row(most_accurate, "best_acc", false)) rows["ema_acc"] = *row;
+  if (auto row = kept_row(lowest_loss, "best_loss", false)) rows["ema_loss"] = *row;
+  // EMA (acc.)(BN) and EMA (loss)(BN): the slowest decay at its selected epochs, with
+  // the statistics recomputed once after training.
+  size_t slowest = 0;
+  for (size_t k = 1; k < averages_->size(); ++k)
+    if (averages_->decay(k) > averages_->decay(slowest)) slowest = k;
+  if (auto row = kept_row(averages_->name(slowest), "best_acc", true)) rows["ema_acc_bn"] = *row;
+  if (auto row = kept_row(averages_->name(slowest), "best_loss", true)) rows["ema_loss_bn"] = *row;
+  return rows;
+}
+
+void Protocol::write_reliability(int64_t epoch) {
   // Reliability diagrams on the test set: SGD and the best average by validation
   // accuracy (or test accuracy without a validation split), final weights.
   if (sets_.test.count == 0) return;
+  const Device device = device_of(config_);
   json diagrams;
   diagrams["sgd"] = reliability_entry(predict(model_, sets_.test, {}, 500, device), "running");
   if (averages_ && averages_->size() > 0) {
@@ -220,7 +272,7 @@ void Protocol::finish(int64_t epoch, int64_t step, float lr, MetricsLog& log) {
     for (size_t k = 0; k < averages_->size(); ++k) {
       ema::EmaSet::Use use(*averages_, k);
       ema::BufferBackup keep(model_);
-      if (config_.bn_recompute != "none") recompute(epoch);
+      if (config_.bn_recompute != "none") recompute(model_, epoch);
       const Predictions p = split_.val.empty() ? predict(model_, sets_.test, {}, 500, device)
                                                : predict(model_, sets_.train, split_.val, 500, device);
       if (top1_accuracy(p) > best_score) {
@@ -230,7 +282,7 @@ void Protocol::finish(int64_t epoch, int64_t step, float lr, MetricsLog& log) {
     }
     ema::EmaSet::Use use(*averages_, best);
     ema::BufferBackup keep(model_);
-    if (config_.bn_recompute != "none") recompute(epoch);
+    if (config_.bn_recompute != "none") recompute(model_, epoch);
     diagrams[averages_->name(best)] = reliability_entry(predict(model_, sets_.test, {}, 500, device),
                                                         config_.bn_recompute != "none" ? "recomputed" : "running");
   }

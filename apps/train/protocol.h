@@ -5,13 +5,21 @@
 //   statistics. Each evaluation is a row of metrics.jsonl: epoch, step, lr, model
 //   ("sgd", "ema0.998"), bn ("running" | "recomputed"), split, accuracy, loss, ece
 //   (100 equal-mass bins, the paper's), ece15 (15 equal-width bins), images.
-// - model selection: for every model, the epoch of best validation accuracy and the
-//   one of lowest validation loss; those weights are kept as
-//   best_acc_<model>.safetensors / best_loss_<model>.safetensors (model only, with the
-//   statistics the selection saw) and summarised in selection.json.
-// - at the end, with --bn-recompute end (or epoch), every kept model gets its BN
-//   statistics recomputed and is evaluated again (rows with "phase": "end"), and
+// - model selection (the paper's early stopping, Sec. 4.1): for every model, the epoch
+//   of best validation accuracy and the one of lowest validation loss, both judged on
+//   the running BN statistics (with --bn-recompute epoch the recomputed evaluations are
+//   logged, not selected); those weights are kept as best_acc_<model>.safetensors /
+//   best_loss_<model>.safetensors (model only, running statistics) and summarised in
+//   selection.json under "models".
+// - at the end, with --bn-recompute end or epoch, every kept model gets its BN
+//   statistics recomputed once and is evaluated again (rows with "phase": "end"), kept
+//   too as best_acc_<model>_bn.safetensors / best_loss_<model>_bn.safetensors;
 //   reliability.json holds the reliability diagrams of SGD and the best EMA.
+// - the paper's reported rows, in selection.json under "reported" and as the table
+//   printed at the end: SGD final (the last epoch), SGD best (best validation
+//   accuracy), EMA (acc.) / EMA (loss) (the decay and epoch best on validation, by
+//   accuracy / loss, running statistics), and EMA (acc.)(BN) / EMA (loss)(BN) (the
+//   slowest decay at its selected epochs, statistics recomputed after training).
 #pragma once
 
 #include <filesystem>
@@ -52,8 +60,20 @@ class Protocol {
     std::optional<nlohmann::json> val, test;  // metric objects
   };
   Evaluation evaluate_current(const std::string& name, const std::string& bn);
-  void recompute(int64_t epoch);
+  // Recomputes `model`'s BN statistics on training batches (the recompute loader's
+  // stream for `epoch`).
+  void recompute(nn::Module& model, int64_t epoch);
   void select(const Evaluation& e, int64_t epoch);
+  // Every kept model with its BN statistics recomputed once, after training, in a
+  // model instance of its own (the live weights and the averages stay as they are):
+  // kept as <criterion>_<model>_bn.safetensors, evaluated, and its numbers added to its
+  // selection entry as "recomputed".
+  void recompute_kept(int64_t epoch, const nlohmann::json& base, MetricsLog& log);
+  // A selection entry as a row of the reported table, with its running or recomputed
+  // numbers; nullopt when there is no such entry.
+  std::optional<nlohmann::json> kept_row(const std::string& model, const std::string& criterion, bool recomputed) const;
+  nlohmann::json reported_rows(const Evaluation& final_sgd, int64_t epoch) const;
+  void write_reliability(int64_t epoch);
   void write_selection() const;
 
   const TrainConfig& config_;
@@ -64,6 +84,7 @@ class Protocol {
   std::filesystem::path out_dir_;
   data::Loader recompute_loader_;
   nlohmann::json selection_ = nlohmann::json::object();
+  nlohmann::json reported_ = nlohmann::json::object();  // the paper's rows, at the end
 };
 
 // Appends rows to metrics.jsonl (each written at once, so a crash loses nothing reported;

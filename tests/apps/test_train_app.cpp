@@ -1,12 +1,15 @@
 // The train app end to end: exact resume, the run folder, and clear errors for bad flags.
 #include <doctest/doctest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <sys/wait.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "engine/io/safetensors.h"
@@ -105,4 +108,70 @@ TEST_CASE("train app: bad flags and inputs get one clear line and exit code 2") 
   CHECK(missing.exit_code == 2);
   CHECK(missing.output.find("/nonexistent/cifar") != std::string::npos);
   CHECK(missing.output.find("cifar-10-binary.tar.gz") != std::string::npos);
+}
+
+// The paper's protocol (Sec. 4.1): early stopping is judged on the running BN
+// statistics even when every epoch also evaluates recomputed ones; the selected epochs
+// get their statistics recomputed once after training; the six reported rows are in
+// selection.json and printed at the end.
+TEST_CASE("train app: selection on running BN statistics, recomputed once after training, and the paper's six rows") {
+  const std::string data = polyak::testing::real_data_path("cifar10");
+  if (data.empty()) return;
+  const fs::path dir = fresh_dir("paper_rows");
+  const Result r = train("--model tiny_cnn --epochs 3 --train-subset 1024 --test-subset 256 --val-split 0.25 "
+                         "--batch-size 64 --ema-decays 0.9,0.99,0.999 --ema-every 1 --bn-recompute epoch "
+                         "--bn-recompute-batches 2 --threads 1 --data " + data + " --output " + dir.string());
+  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  CHECK(r.output.find("the paper's rows") != std::string::npos);
+  const nlohmann::json selection = nlohmann::json::parse(read_file(dir / "selection.json"));
+  const nlohmann::json& models = selection.at("models");
+
+  // Each model's selected epochs are those of its best running-BN validation rows.
+  std::map<std::string, std::pair<int64_t, double>> best_acc, best_loss;  // model -> (epoch, value)
+  std::istringstream lines(read_file(dir / "metrics.jsonl"));
+  for (std::string line; std::getline(lines, line);) {
+    const nlohmann::json row = nlohmann::json::parse(line);
+    if (row.value("split", "") != "val" || row.value("bn", "") != "running" || row.contains("phase")) continue;
+    const std::string model = row["model"];
+    const double accuracy = row["accuracy"], loss = row["loss"];
+    if (!best_acc.count(model) || accuracy > best_acc[model].second) best_acc[model] = {row["epoch"], accuracy};
+    if (!best_loss.count(model) || loss < best_loss[model].second) best_loss[model] = {row["epoch"], loss};
+  }
+  REQUIRE(best_acc.size() == 4);
+  for (const auto& item : best_acc) {
+    const std::string& model = item.first;
+    const std::pair<int64_t, double>& chosen = item.second;
+    CAPTURE(model);
+    const nlohmann::json& entry = models.at(model);
+    CHECK(entry["best_acc"]["epoch"] == chosen.first);
+    CHECK(entry["best_loss"]["epoch"] == best_loss[model].first);
+    for (const char* key : {"best_acc", "best_loss"}) {
+      CHECK(entry[key]["bn"] == "running");
+      CHECK(fs::exists(dir / entry[key]["file"].get<std::string>()));
+      CHECK(fs::exists(dir / entry[key]["recomputed"]["file"].get<std::string>()));
+    }
+  }
+
+  const nlohmann::json& reported = selection.at("reported");
+  for (const char* row : {"sgd_final", "sgd_best", "ema_acc", "ema_loss", "ema_acc_bn", "ema_loss_bn"})
+    CHECK_MESSAGE(reported.contains(row), row);
+  CHECK(reported["sgd_final"]["epoch"] == 3);
+  CHECK(reported["sgd_best"]["epoch"] == best_acc["sgd"].first);
+  // EMA (acc.): the decay whose selected epoch has the best validation accuracy, running BN.
+  std::string most_accurate;
+  for (const char* ema : {"ema0.9", "ema0.99", "ema0.999"})
+    if (most_accurate.empty() || best_acc[ema].second > best_acc[most_accurate].second) most_accurate = ema;
+  CHECK(reported["ema_acc"]["model"] == most_accurate);
+  CHECK(reported["ema_acc"]["bn"] == "running");
+  CHECK(reported["ema_acc"]["test"] == models[most_accurate]["best_acc"]["test"]);
+  // EMA (acc.)(BN) and (loss)(BN): the slowest decay, recomputed after training.
+  for (const auto& item : {std::pair{"ema_acc_bn", "best_acc"}, std::pair{"ema_loss_bn", "best_loss"}}) {
+    const char* row = item.first;
+    const char* key = item.second;
+    CAPTURE(row);
+    CHECK(reported[row]["model"] == "ema0.999");
+    CHECK(reported[row]["bn"] == "recomputed");
+    CHECK(reported[row]["epoch"] == models["ema0.999"][key]["epoch"]);
+    CHECK(reported[row]["test"] == models["ema0.999"][key]["recomputed"]["test"]);
+  }
 }
