@@ -185,6 +185,8 @@ double field_of(const MetricRow& row, const std::string& field) {
   if (field == "ece") return row.ece;
   if (field == "ece15") return row.ece15;
   if (field == "lr") return row.lr;
+  if (field == "memorised") return row.memorised;
+  if (field == "corrected") return row.corrected;
   return kNaN;
 }
 
@@ -750,6 +752,8 @@ RunData load_run(const std::string& dir) {
     r.loss = number(row, "loss");
     r.ece = number(row, "ece");
     r.ece15 = number(row, "ece15");
+    r.memorised = number(row, "memorised");
+    r.corrected = number(row, "corrected");
     r.model = text(row, "model", "sgd");
     r.bn = text(row, "bn", "running");
     r.split = text(row, "split", "");
@@ -834,6 +838,16 @@ std::string render_report(const std::vector<RunData>& runs) {
     html += figure(metric_plot(runs, palette, "test", "loss", "Test loss", "NLL"),
                    "Mean negative log-likelihood on the test set." + band_caption(runs.size()));
   html += "</div>\n";
+
+  if (has_field(runs, "train_noisy", "memorised")) {
+    html += "<h2>Memorisation of noisy labels</h2>\n<div class=\"grid\">\n";
+    html += figure(metric_plot(runs, palette, "train_noisy", "memorised", "Predicted as their wrong label", "images (%)"),
+                   "Of the training images whose (noisy) label is wrong, the percent each model predicts as that "
+                   "wrong label: memorisation (the paper's Fig. 7)." + legend_note + band_caption(runs.size()));
+    html += figure(metric_plot(runs, palette, "train_noisy", "corrected", "Predicted as their clean label", "images (%)"),
+                   "The same images, predicted as their true label." + legend_note + band_caption(runs.size()));
+    html += "</div>\n";
+  }
 
   html += "<h2>Calibration</h2>\n";
   {

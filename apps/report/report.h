@@ -21,7 +21,9 @@
 //    "bn": "running" | "recomputed", "split": "train" | "val" | "test",
 //    "accuracy": 71.2 (percent), "loss": 0.83 (NLL), "images": 10000,
 //    "ece": 4.1 (100 equal-mass bins, percent), "ece15": 3.2 (15 equal-width bins)}
-//   ("ece", "ece15" optional). Missing "model" reads as "sgd", missing "bn" as
+//   ("ece", "ece15" optional). Split "train_noisy" rows (training on noisy labels)
+//   hold "memorised" and "corrected" percents instead, plotted as memorisation.
+//   Missing "model" reads as "sgd", missing "bn" as
 //   "running"; rows without an epoch, and rows with a "phase" (the end-of-training
 //   re-evaluations, summarised in selection.json), are not plotted; unknown fields
 //   are ignored. A malformed last line (a run still writing) is skipped with a note.
@@ -88,6 +90,10 @@ struct MetricRow {
   double loss = std::numeric_limits<double>::quiet_NaN();
   double ece = std::numeric_limits<double>::quiet_NaN();    // 100 equal-mass bins
   double ece15 = std::numeric_limits<double>::quiet_NaN();  // 15 equal-width bins
+  // Split "train_noisy": of the wrongly labelled training images, percent predicted as
+  // the wrong label and as the clean one.
+  double memorised = std::numeric_limits<double>::quiet_NaN();
+  double corrected = std::numeric_limits<double>::quiet_NaN();
   std::string model = "sgd", bn = "running", split;
 };
 

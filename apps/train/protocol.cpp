@@ -72,15 +72,27 @@ void MetricsLog::append(const json& row) {
 }
 
 Protocol::Protocol(const TrainConfig& config, nn::Module& model, ema::EmaSet* averages, const Datasets& sets,
-                   const data::Split& split, fs::path out_dir)
+                   const data::Split& split, fs::path out_dir, const data::NoisyLabels* noise)
     : config_(config), model_(model), averages_(averages), sets_(sets), split_(split), out_dir_(std::move(out_dir)),
-      recompute_loader_(sets.train, split.train, recompute_loader_options(config)) {}
+      recompute_loader_(sets.train, split.train, recompute_loader_options(config)) {
+  for (const int64_t i : split.train)
+    if (noise && noise->is_noisy(i)) {
+      mislabelled_.push_back(i);
+      wrong_labels_.push_back(noise->labels[static_cast<size_t>(i)]);
+      clean_labels_.push_back(noise->clean[static_cast<size_t>(i)]);
+    }
+}
 
 Protocol::Evaluation Protocol::evaluate_current(const std::string& name, const std::string& bn) {
-  Evaluation e{name, bn, std::nullopt, std::nullopt};
+  Evaluation e{name, bn, std::nullopt, std::nullopt, std::nullopt};
   const Device device = device_of(config_);
   if (!split_.val.empty()) e.val = metric_object(predict(model_, sets_.train, split_.val, 500, device));
   if (sets_.test.count) e.test = metric_object(predict(model_, sets_.test, {}, 500, device));
+  if (!mislabelled_.empty()) {
+    const Memorisation m =
+        memorisation(predict(model_, sets_.train, mislabelled_, 500, device), wrong_labels_, clean_labels_);
+    e.memorisation = {{"memorised", m.memorised_percent()}, {"corrected", m.corrected_percent()}, {"images", m.noisy}};
+  }
   return e;
 }
 
@@ -123,7 +135,8 @@ std::string Protocol::evaluate_epoch(int64_t epoch, int64_t step, float lr, Metr
   const json base = {{"epoch", epoch}, {"step", step}, {"lr", lr}};
   std::vector<Evaluation> evaluations;
   const auto record = [&](const Evaluation& e, bool selectable) {
-    for (const auto& [split, metrics] : {std::pair{"val", e.val}, std::pair{"test", e.test}}) {
+    for (const auto& [split, metrics] :
+         {std::pair{"val", e.val}, std::pair{"test", e.test}, std::pair{"train_noisy", e.memorisation}}) {
       if (!metrics) continue;
       json row = base;
       row.update({{"model", e.model}, {"bn", e.bn}, {"split", split}});

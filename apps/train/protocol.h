@@ -4,7 +4,10 @@
 //   test set; with --bn-recompute epoch each EMA also after recomputing its BatchNorm
 //   statistics. Each evaluation is a row of metrics.jsonl: epoch, step, lr, model
 //   ("sgd", "ema0.998"), bn ("running" | "recomputed"), split, accuracy, loss, ece
-//   (100 equal-mass bins, the paper's), ece15 (15 equal-width bins), images.
+//   (100 equal-mass bins, the paper's), ece15 (15 equal-width bins), images. Trained
+//   on noisy labels, each evaluation also has a row of split "train_noisy": of the
+//   training images whose label is wrong, the percent predicted as that wrong label
+//   ("memorised") and as the clean one ("corrected"), the paper's Fig. 7.
 // - model selection (the paper's early stopping, Sec. 4.1): for every model, the epoch
 //   of best validation accuracy and the one of lowest validation loss, both judged on
 //   the running BN statistics (with --bn-recompute epoch the recomputed evaluations are
@@ -31,6 +34,7 @@
 
 #include "apps/common/datasets.h"
 #include "apps/train/config.h"
+#include "data/labels.h"
 #include "data/loader.h"
 #include "data/split.h"
 #include "ema/ema.h"
@@ -41,8 +45,9 @@ class MetricsLog;
 
 class Protocol {
  public:
+  // `noise`: the labels training sees when they are noisy (nullptr: the clean ones).
   Protocol(const TrainConfig& config, nn::Module& model, ema::EmaSet* averages, const Datasets& sets,
-           const data::Split& split, std::filesystem::path out_dir);
+           const data::Split& split, std::filesystem::path out_dir, const data::NoisyLabels* noise = nullptr);
 
   // Evaluates every model after `epoch` (1-based, completed); appends the rows to
   // `log`, updates the selection and its files. Returns a one-line summary.
@@ -58,6 +63,7 @@ class Protocol {
   struct Evaluation {
     std::string model, bn;
     std::optional<nlohmann::json> val, test;  // metric objects
+    std::optional<nlohmann::json> memorisation;  // on the wrongly labelled training images
   };
   Evaluation evaluate_current(const std::string& name, const std::string& bn);
   // Recomputes `model`'s BN statistics on training batches (the recompute loader's
@@ -83,6 +89,8 @@ class Protocol {
   const data::Split& split_;
   std::filesystem::path out_dir_;
   data::Loader recompute_loader_;
+  // The training images whose label is wrong, with that label and the clean one.
+  std::vector<int64_t> mislabelled_, wrong_labels_, clean_labels_;
   nlohmann::json selection_ = nlohmann::json::object();
   nlohmann::json reported_ = nlohmann::json::object();  // the paper's rows, at the end
 };

@@ -38,6 +38,17 @@ using nlohmann::json;
 
 namespace {
 
+// The labels training sees when they are not the dataset's own (--labels, or
+// --label-noise), with the clean ones; the set itself is left as it is.
+std::optional<data::NoisyLabels> noisy_labels(const TrainConfig& config, const data::ImageSet& train) {
+  if (!config.labels_file.empty())
+    return data::NoisyLabels{data::read_label_file(config.labels_file, train.count, train.num_classes), train.labels};
+  if (config.label_noise <= 0) return std::nullopt;
+  if (config.noise_type == "sym")
+    return data::symmetric_noise(train.labels, train.num_classes, config.label_noise, config.seed);
+  return data::asymmetric_noise(train.labels, data::asymmetric_map(train.num_classes), config.label_noise, config.seed);
+}
+
 // Keeps the first n images of `set` (all when n is 0 or not smaller than the set).
 void keep_first(data::ImageSet& set, int64_t n) {
   if (n <= 0 || n >= set.count) return;
@@ -148,18 +159,20 @@ int run_training(TrainConfig config) {
   keep_first(sets.train, config.train_subset);
   keep_first(sets.test, config.test_subset);
   const int classes = sets.train.num_classes;
-  if (!config.labels_file.empty()) {
-    const data::NoisyLabels labels = data::load_label_file(sets.train, config.labels_file);
-    std::printf("labels: %s (%.2f%% differ from the official ones)\n", config.labels_file.c_str(), 100 * labels.noise_rate());
-  } else if (config.label_noise > 0) {
-    const data::NoisyLabels noisy =
-        config.noise_type == "sym"
-            ? data::symmetric_noise(sets.train.labels, classes, config.label_noise, config.seed)
-            : data::asymmetric_noise(sets.train.labels, data::asymmetric_map(classes), config.label_noise, config.seed);
-    data::apply_labels(sets.train, noisy);
-    std::printf("labels: %s noise, %.2f%% of training labels changed\n", config.noise_type.c_str(), 100 * noisy.noise_rate());
-  }
+  // Noisy labels are for training only: the split is drawn on the clean labels (so that
+  // eval reproduces it from the seed alone) and the validation images keep them, so
+  // that selection and temperature scaling are judged on clean held-out data.
+  const std::optional<data::NoisyLabels> noise = noisy_labels(config, sets.train);
   const data::Split split = data::train_val_split(sets.train.labels, classes, config.val_split, config.seed);
+  if (noise) {
+    for (const int64_t i : split.train) sets.train.labels[static_cast<size_t>(i)] = noise->labels[static_cast<size_t>(i)];
+    int64_t wrong = 0;
+    for (const int64_t i : split.train) wrong += noise->is_noisy(i);
+    std::printf("labels: %s, %.2f%% of the %zu training images wrong; validation labels clean\n",
+                config.labels_file.empty() ? (config.noise_type + " noise").c_str() : config.labels_file.c_str(),
+                100.0 * static_cast<double>(wrong) / static_cast<double>(std::max<size_t>(split.train.size(), 1)),
+                split.train.size());
+  }
   if (config.batch_size > static_cast<int64_t>(split.train.size()))
     throw std::invalid_argument("--batch-size " + std::to_string(config.batch_size) + ": larger than the " +
                                 std::to_string(split.train.size()) + " training images");
@@ -199,7 +212,7 @@ int run_training(TrainConfig config) {
   // ---- averaging and the evaluation protocol ----
   std::optional<ema::EmaSet> averages;
   if (const auto options = config.ema_options(schedule.total_steps)) averages.emplace(*model, *options);
-  Protocol protocol(config, *model, averages ? &*averages : nullptr, sets, split, out_dir);
+  Protocol protocol(config, *model, averages ? &*averages : nullptr, sets, split, out_dir, noise ? &*noise : nullptr);
 
   MetricsLog metrics(out_dir / "metrics.jsonl");
   TrainingState state;

@@ -304,3 +304,42 @@ TEST_CASE("eval and probe: bad flags and inputs get one clear line and exit code
   CHECK(j.exit_code == 2);
   CHECK_MESSAGE(j.output.find(junk.string()) != std::string::npos, j.output);
 }
+
+// Noisy labels are for training only: the validation split is drawn on the clean labels
+// and keeps them, so eval reproduces it from the seed alone (no --labels), and its
+// validation numbers are the train app's to the last digit. Each evaluation records
+// the memorisation of the wrongly labelled training images.
+TEST_CASE("train on noisy labels: clean validation split that eval reproduces, memorisation per evaluation") {
+  const std::string data = polyak::testing::real_data_path("cifar10");
+  if (data.empty()) return;
+  const fs::path dir = fresh_dir("noisy_run");
+  const std::string split = "--train-subset 512 --test-subset 100 --val-split 0.25 --seed 3";
+  const Result r = run(POLYAK_TRAIN_BIN, "--model tiny_cnn --epochs 1 --ema-decays 0.9 --label-noise 0.5 " + split +
+                                             " --data " + data + " --output " + (dir / "run").string());
+  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  json val_row, memorised_sgd, memorised_ema;
+  std::ifstream in(dir / "run" / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const json row = json::parse(line);
+    if (row.contains("phase")) continue;
+    if (row["split"] == "val" && row["model"] == "sgd") val_row = row;
+    if (row["split"] == "train_noisy") (row["model"] == "sgd" ? memorised_sgd : memorised_ema) = row;
+  }
+  REQUIRE(!val_row.is_null());
+  const fs::path out = dir / "eval.json";
+  const Result e = run(POLYAK_EVAL_BIN, (dir / "run" / "model.safetensors").string() + " --split val " + split +
+                                            " --data " + data + " --json " + out.string());
+  REQUIRE_MESSAGE(e.exit_code == 0, e.output);
+  const json doc = read_json(out);
+  const json& m = doc["models"][0];
+  CHECK(m["images"] == 128);
+  CHECK(m["accuracy"].get<double>() == val_row["accuracy"].get<double>());
+  CHECK(m["loss"].get<double>() == val_row["loss"].get<double>());
+  // Symmetric noise at 0.5 on the 384 training images: about 192 wrong labels.
+  for (const json* row : {&memorised_sgd, &memorised_ema}) {
+    REQUIRE(!row->is_null());
+    CHECK((*row)["images"].get<int64_t>() > 150);
+    CHECK((*row)["images"].get<int64_t>() < 234);
+    CHECK((*row)["memorised"].get<double>() + (*row)["corrected"].get<double>() <= 100.0);
+  }
+}
