@@ -18,7 +18,9 @@
 #include "apps/common/evaluate.h"
 #include "apps/common/progress.h"
 #include "apps/eval/checkpoint_model.h"
+#include "apps/report/report.h"
 #include "data/loader.h"
+#include "ema/bn_recompute.h"
 #include "engine/autograd.h"
 #include "engine/backend.h"
 #include "engine/nn/layers.h"
@@ -35,7 +37,15 @@ namespace fs = std::filesystem;
 using json = nlohmann::ordered_json;
 
 void add_probe_flags(CLI::App& app, ProbeConfig& c) {
-  app.add_option("checkpoint", c.checkpoint, "checkpoint whose backbone is probed (.safetensors)")->required();
+  app.add_option("checkpoint", c.checkpoint, "checkpoint whose backbone is probed (.safetensors), or with --selected a run folder")
+      ->required();
+  app.add_option("--selected", c.selected,
+                 "probe a run's selected model: sgd_final, sgd_best, ema_acc, ema_loss, ema_acc_bn or ema_loss_bn "
+                 "(a row of RUN/selection.json)");
+  app.add_option("--bn-recompute", c.bn_recompute, "recompute the backbone's BN statistics on the target's training images: "
+                                                   "on or off")->capture_default_str();
+  app.add_option("--bn-recompute-batches", c.bn_recompute_batches, "batches of the recompute (0: one pass)")
+      ->capture_default_str();
   app.add_option("--model", c.model, "architecture (default: from the checkpoint's metadata)");
   app.add_option("--ema", c.weights, "backbone weights: sgd (the checkpoint's own) or an average (ema0.998)")->capture_default_str();
   app.add_option("--dataset", c.dataset, "target dataset: cifar10, cifar100 or folder")->capture_default_str();
@@ -80,10 +90,42 @@ std::vector<float> all_features(models::Classifier& backbone, const data::ImageS
   return out;
 }
 
+// The backbone's BN statistics, recomputed on the target's training images in batches
+// as the head will see them (plain, or cropped and flipped with --augment).
+void recompute_on_target(nn::Module& backbone, const data::ImageSet& train, const std::vector<int64_t>& indices,
+                         const ProbeConfig& config, Device device) {
+  data::LoaderOptions o;
+  o.batch_size = config.batch_size;
+  o.shuffle = true;
+  o.augment = config.augment;
+  o.seed = config.seed ^ 0x62e2ac0d5b1f7c4bULL;  // not the head's stream
+  o.device = device;
+  data::Loader loader(train, indices, o);
+  ema::recompute_bn(
+      backbone,
+      [&]() -> std::optional<Tensor> {
+        std::optional<data::Batch> batch = loader.next();
+        if (!batch) return std::nullopt;
+        return batch->images;
+      },
+      config.bn_recompute_batches);
+  backbone.eval();
+}
+
 }  // namespace
 
 void ProbeConfig::validate() const {
-  require_file("checkpoint", checkpoint);
+  if (selected.empty()) {
+    require_file("checkpoint", checkpoint);
+  } else {
+    const auto& rows = reported_row_labels();
+    if (std::none_of(rows.begin(), rows.end(), [&](const auto& row) { return row.first == selected; }))
+      bad_flag("--selected", selected, "sgd_final, sgd_best, ema_acc, ema_loss, ema_acc_bn or ema_loss_bn");
+    if (!is_folder(checkpoint)) bad_flag("--selected with checkpoint", checkpoint, "a run folder");
+    if (weights != "sgd") bad_flag("--ema with --selected", weights, "only one of them");
+  }
+  if (bn_recompute != "on" && bn_recompute != "off") bad_flag("--bn-recompute", bn_recompute, "on or off");
+  if (bn_recompute_batches < 0) bad_flag("--bn-recompute-batches", std::to_string(bn_recompute_batches), "an integer >= 0");
   if (!model.empty()) {
     const auto& names = models::model_names();
     if (std::find(names.begin(), names.end(), model) == names.end()) {
@@ -111,6 +153,25 @@ void ProbeConfig::validate() const {
   check_output_file("--json", json);
 }
 
+std::string ProbeConfig::checkpoint_file() const {
+  if (selected.empty()) return checkpoint;
+  if (selected == "sgd_final") return (fs::path(checkpoint) / "model.safetensors").string();
+  const std::string path = (fs::path(checkpoint) / "selection.json").string();
+  std::ifstream in(path);
+  // (nlohmann spelled out: in a member of ProbeConfig, `json` is its --json file)
+  const nlohmann::json selection = nlohmann::json::parse(in, nullptr, false);
+  if (selection.is_discarded() || !selection.is_object())
+    throw std::invalid_argument("--selected " + selected + ": " + path + " is missing or not JSON");
+  const nlohmann::json& rows = selection.contains("reported") ? selection["reported"] : nlohmann::json();
+  if (!rows.is_object() || !rows.contains(selected) || !rows[selected].contains("file") ||
+      !rows[selected]["file"].is_string())
+    throw std::invalid_argument("--selected " + selected + ": " + path + " has no such row (a run without a "
+                                "validation split, averages or BN recompute has fewer rows)");
+  const std::string file = rows[selected]["file"];
+  if (file.find('/') != std::string::npos) throw std::invalid_argument(path + ": row " + selected + " names a file elsewhere");
+  return (fs::path(checkpoint) / file).string();
+}
+
 int run_probe(ProbeConfig config) {
   if (config.data_dir.empty()) config.data_dir = default_data_dir(config.dataset);
   config.validate();
@@ -120,6 +181,8 @@ int run_probe(ProbeConfig config) {
   const auto start = std::chrono::steady_clock::now();
 
   // ---- frozen backbone (first: a checkpoint that does not fit fails before the data is read) ----
+  config.checkpoint = config.checkpoint_file();
+  if (!config.selected.empty()) require_file("--selected " + config.selected + ":", config.checkpoint);
   CheckpointModel m = load_checkpoint_model(config.checkpoint, config.model, 0, device);
   load_weights(m, config.weights);
   m.model->eval();
@@ -139,6 +202,9 @@ int run_probe(ProbeConfig config) {
     throw std::invalid_argument("--batch-size " + std::to_string(config.batch_size) + ": larger than the " +
                                 std::to_string(sets.train.count) + " training images");
   const int classes = sets.train.num_classes;
+  std::vector<int64_t> all(static_cast<size_t>(sets.train.count));
+  std::iota(all.begin(), all.end(), 0);
+  if (config.bn_recompute == "on") recompute_on_target(*m.model, sets.train, all, config, device);
 
   // ---- the new head ----
   Rng rng(config.seed);
@@ -168,8 +234,6 @@ int run_probe(ProbeConfig config) {
   const Tensor test_x = Tensor::from_vector(test_features, {sets.test.count, feature_dim}, device);
   std::vector<float> train_features;
   if (!config.augment) train_features = all_features(backbone, sets.train, device);
-  std::vector<int64_t> all(static_cast<size_t>(n));
-  std::iota(all.begin(), all.end(), 0);
   std::unique_ptr<data::Loader> loader;
   if (config.augment) {
     data::LoaderOptions o;
@@ -291,6 +355,7 @@ int run_probe(ProbeConfig config) {
   }
   if (!config.json.empty()) {
     const json doc = {{"checkpoint", config.checkpoint}, {"architecture", m.architecture}, {"model", config.weights},
+                      {"selected", config.selected}, {"bn_recompute", config.bn_recompute},
                       {"dataset", config.dataset}, {"data", config.data_dir}, {"features", feature_dim},
                       {"classes", classes}, {"train_images", n}, {"test_images", sets.test.count},
                       {"settings", {{"epochs", config.epochs}, {"batch_size", config.batch_size}, {"lr", config.lr},

@@ -13,6 +13,13 @@
 // the dataset plus the head's training. --augment crops and flips each batch as in
 // training and recomputes its features every time (a backbone pass per epoch).
 //
+// The backbone may be a run's selected model: `probe RUN --selected ema_acc_bn` takes the
+// checkpoint of that row of RUN/selection.json's "reported" (the paper's rows: sgd_best,
+// ema_acc, ema_loss, ema_acc_bn, ema_loss_bn; sgd_final is RUN/model.safetensors).
+// --bn-recompute on recomputes the backbone's BatchNorm statistics on the target's
+// training images (plain, or augmented with --augment) before any feature is computed:
+// the statistics then describe the data the head sees.
+//
 // Reports the test accuracy and loss after every epoch (a table, and --json), and can
 // write the new head (--output, tensors named as the model's last layer) and the whole
 // probed model (--output-model, backbone + new head, a model-only checkpoint that the
@@ -32,6 +39,9 @@ struct ProbeConfig {
   std::string checkpoint;
   std::string model;            // "" = from the checkpoint's metadata
   std::string weights = "sgd";  // --ema: sgd or an average of a training checkpoint
+  std::string selected;         // a row of the run folder's selection.json ("" = none)
+  std::string bn_recompute = "off";  // on: recompute the backbone's BN statistics on the target
+  int64_t bn_recompute_batches = 0;  // 0: one pass over the target's training images
   std::string dataset = "cifar10";
   std::string data_dir;         // "" = default_data_dir(dataset)
   int64_t train_subset = 0;
@@ -52,6 +62,8 @@ struct ProbeConfig {
   int threads = 0;
 
   void validate() const;  // throws std::invalid_argument naming the flag and value
+  // The checkpoint file to probe: `checkpoint`, or with --selected the file its row names.
+  std::string checkpoint_file() const;
 };
 
 void add_probe_flags(CLI::App& app, ProbeConfig& config);

@@ -343,3 +343,31 @@ TEST_CASE("train on noisy labels: clean validation split that eval reproduces, m
     CHECK((*row)["memorised"].get<double>() + (*row)["corrected"].get<double>() <= 100.0);
   }
 }
+
+// The paper probes the selected EMA: --selected takes a row of the run's selection.json
+// (here EMA (acc.), the run's one average at its best validation epoch); the result is
+// that of probing the row's file directly. --bn-recompute on first recomputes the
+// backbone's BN statistics on the probe's training images, which changes the features.
+TEST_CASE("probe: a run's selected model, with BN statistics recomputed on the target as an option") {
+  const fs::path dir = tiny_run();
+  if (dir.empty()) return;
+  const std::string data = polyak::testing::real_data_path("cifar10");
+  const std::string flags = " --epochs 1 --train-subset 500 --test-subset 200 --data " + data;
+  const auto probe = [&](const std::string& args, const std::string& name) {
+    const fs::path out = dir / name;
+    const Result r = run(POLYAK_PROBE_BIN, args + flags + " --json " + out.string());
+    REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+    return read_json(out);
+  };
+  const json selected = probe(dir.string() + " --selected ema_acc", "probe_selected.json");
+  CHECK(selected["checkpoint"] == (dir / "best_acc_ema0.9.safetensors").string());
+  const json direct = probe((dir / "best_acc_ema0.9.safetensors").string(), "probe_direct.json");
+  CHECK(selected["test_loss"].get<double>() == direct["test_loss"].get<double>());
+  const json recomputed = probe(dir.string() + " --selected ema_acc --bn-recompute on", "probe_recomputed.json");
+  CHECK(recomputed["bn_recompute"] == "on");
+  CHECK(recomputed["test_loss"].get<double>() != direct["test_loss"].get<double>());
+
+  const Result bad = run(POLYAK_PROBE_BIN, dir.string() + " --selected ema_acc_bn" + flags);
+  CHECK(bad.exit_code == 2);
+  CHECK(bad.output.find("has no such row") != std::string::npos);
+}

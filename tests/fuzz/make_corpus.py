@@ -145,6 +145,7 @@ def app_flags():
         "--split train --device cpu --threads 2\n")
     put("fuzz_probe_flags", "defaults", "c.safetensors --ema ema0.998 --dataset cifar100 --epochs 5 --lr 0.01 "
         "--momentum 0.9 --no-nesterov --weight-decay 0 --sched cosine --augment --output head.safetensors\n")
+    put("fuzz_probe_flags", "selected", ". --selected ema_acc_bn --bn-recompute on --bn-recompute-batches 10\n")
     put("fuzz_probe_flags", "bad_values", "c.safetensors --epochs 0 --batch-size 70000 --sched step --threads 2000\n")
     put("fuzz_report_flags", "seeds", "run1 run2 run3 -o report.html\n")
     put("fuzz_report_flags", "one", "run --output=out/report.html\n")
