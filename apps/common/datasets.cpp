@@ -1,6 +1,8 @@
 #include "apps/common/datasets.h"
 
 #include <cstdlib>
+#include <numeric>
+#include <vector>
 #include <filesystem>
 #include <stdexcept>
 
@@ -36,6 +38,13 @@ Datasets load_datasets(const std::string& dataset, const std::string& dir) {
     return sets;
   }
   throw std::invalid_argument("unknown dataset '" + dataset + "' (expected cifar10, cifar100 or folder)");
+}
+
+void keep_first(data::ImageSet& set, int64_t n) {
+  if (n <= 0 || n >= set.count) return;
+  std::vector<int64_t> first(static_cast<size_t>(n));
+  std::iota(first.begin(), first.end(), 0);
+  set = data::subset(set, first);
 }
 
 }  // namespace polyak::app

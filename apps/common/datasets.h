@@ -6,6 +6,7 @@
 // Without --data, the folder is $POLYAK_DATA/<name>, else ../shared/data/<name>.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "data/cifar.h"
@@ -20,5 +21,8 @@ struct Datasets {
 std::string default_data_dir(const std::string& dataset);
 // Throws data::DataError (bad or missing files) or std::invalid_argument (unknown name).
 Datasets load_datasets(const std::string& dataset, const std::string& dir);
+// Keeps the first n images of `set` (all when n is 0 or not smaller than the set):
+// --train-subset and --test-subset.
+void keep_first(data::ImageSet& set, int64_t n);
 
 }  // namespace polyak::app

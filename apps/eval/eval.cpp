@@ -64,13 +64,6 @@ void add_eval_flags(CLI::App& app, EvalConfig& c) {
 
 namespace {
 
-void keep_first(data::ImageSet& set, int64_t n) {
-  if (n <= 0 || n >= set.count) return;
-  std::vector<int64_t> first(static_cast<size_t>(n));
-  std::iota(first.begin(), first.end(), 0);
-  set = data::subset(set, first);
-}
-
 // Only the parts of the dataset the evaluation needs (CIFAR's train set is 150 MB).
 Datasets load_parts(const std::string& dataset, const std::string& dir, bool train, bool test) {
   if (dataset == "folder") return load_datasets(dataset, dir);

@@ -70,13 +70,6 @@ void add_probe_flags(CLI::App& app, ProbeConfig& c) {
 
 namespace {
 
-void keep_first(data::ImageSet& set, int64_t n) {
-  if (n <= 0 || n >= set.count) return;
-  std::vector<int64_t> first(static_cast<size_t>(n));
-  std::iota(first.begin(), first.end(), 0);
-  set = data::subset(set, first);
-}
-
 // The backbone's features of every image of `set`, row-major (count x F), on the CPU.
 std::vector<float> all_features(models::Classifier& backbone, const data::ImageSet& set, Device device) {
   NoGradGuard no_grad;

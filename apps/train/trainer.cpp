@@ -49,14 +49,6 @@ std::optional<data::NoisyLabels> noisy_labels(const TrainConfig& config, const d
   return data::asymmetric_noise(train.labels, data::asymmetric_map(train.num_classes), config.label_noise, config.seed);
 }
 
-// Keeps the first n images of `set` (all when n is 0 or not smaller than the set).
-void keep_first(data::ImageSet& set, int64_t n) {
-  if (n <= 0 || n >= set.count) return;
-  std::vector<int64_t> first(static_cast<size_t>(n));
-  std::iota(first.begin(), first.end(), 0);
-  set = data::subset(set, first);
-}
-
 int64_t argmax_matches(const Tensor& logits, const Tensor& labels) {
   const std::vector<float> l = logits.to_vector<float>();
   const std::vector<int64_t> y = labels.to_vector<int64_t>();
