@@ -546,6 +546,35 @@ std::string reported_html_table(const std::vector<RunData>& runs) {
   return html + "</tbody>\n</table>\n";
 }
 
+// The aggregate of train --seeds (aggregate.json): per reported row, mean ± std over the
+// seeds of the test metrics, and over the pairs of seeds of churn and JS divergence.
+std::string aggregate_html(const json& aggregate) {
+  const auto cell = [](const json& row, const char* metric, int decimals) {
+    if (!row.contains(metric) || !row[metric].contains("mean")) return std::string("&#8211;");
+    return format(row[metric]["mean"].get<double>(), decimals) + " &#177; " + format(row[metric]["std"].get<double>(), decimals);
+  };
+  std::string html = "<h2>Over the seeds</h2>\n<p>The paper's rows over " + std::to_string(aggregate["seeds"].size()) +
+                     " seeds, test set: mean &#177; standard deviation; churn (% of test images classified "
+                     "differently) and Jensen-Shannon divergence (bits) between every pair of seeds (Table 3); ECE "
+                     "with 100 equal-mass bins before and after temperature scaling fitted on each seed's validation "
+                     "split (Table 5).</p>\n<table class=\"selection\">\n<thead><tr><th>row</th><th>models</th>"
+                     "<th>test acc (%)</th><th>test loss</th><th>ECE (%)</th><th>ECE after TS (%)</th>"
+                     "<th>churn (%)</th><th>JS (bits)</th></tr></thead>\n<tbody>\n";
+  for (const auto& [key, label] : reported_row_labels()) {
+    if (!aggregate["rows"].contains(key)) continue;
+    const json& row = aggregate["rows"][key];
+    std::string models;
+    for (const json& seed : row.value("seeds", json::array()))
+      models += (models.empty() ? "" : ", ") + svg::escape(seed.value("model", "?")) + " @" + seed.value("epoch", json()).dump();
+    html += "<tr><td>" + svg::escape(label) + "</td><td>" + models + "</td>";
+    for (const auto& [metric, decimals] : {std::pair{"accuracy", 2}, std::pair{"loss", 4}, std::pair{"ece", 2},
+                                           std::pair{"ece_ts", 2}, std::pair{"churn", 2}, std::pair{"js_bits", 4}})
+      html += "<td class=\"num\">" + cell(row, metric, decimals) + "</td>";
+    html += "</tr>\n";
+  }
+  return html + "</tbody>\n</table>\n";
+}
+
 // ---------------------------------------------------------------- reliability diagrams
 
 // The entry's binning object (see the header's leniencies), or null.
@@ -762,7 +791,7 @@ RunData load_run(const std::string& dir) {
   return run;
 }
 
-std::string render_report(const std::vector<RunData>& runs) {
+std::string render_report(const std::vector<RunData>& runs, const json& aggregate) {
   if (runs.empty()) throw std::invalid_argument("report: no run folders given");
   const Palette palette(runs);
   const json& config = runs.front().config;
@@ -906,6 +935,7 @@ std::string render_report(const std::vector<RunData>& runs) {
     if (runs.size() > 1) html += "<p>Mean over the runs, with the min&#8211;max range in grey.</p>\n";
     html += reported_html_table(runs);
   }
+  if (aggregate.is_object() && aggregate.contains("rows")) html += aggregate_html(aggregate);
   html += "<h2>Selected models</h2>\n";
   const bool from_file = std::all_of(runs.begin(), runs.end(), [](const RunData& r) { return !r.selection.is_null(); });
   html += from_file ? "<p>From <code>selection.json</code>: per model, the checkpoints kept by model selection.</p>\n"
@@ -924,8 +954,19 @@ std::string render_report(const std::vector<RunData>& runs) {
 
 std::string render_report(const std::vector<std::string>& run_dirs) {
   std::vector<RunData> runs;
-  for (const std::string& dir : run_dirs) runs.push_back(load_run(dir));
-  return render_report(runs);
+  json aggregate;
+  std::error_code ec;
+  const fs::path root = run_dirs.empty() ? fs::path() : fs::path(run_dirs.front());
+  if (run_dirs.size() == 1 && fs::exists(root / "aggregate.json", ec) && !fs::exists(root / "metrics.jsonl", ec)) {
+    // A folder of train --seeds: the seed runs it names, and their aggregate.
+    aggregate = read_optional_json(root / "aggregate.json");
+    if (!aggregate.contains("runs") || !aggregate["runs"].is_array())
+      throw std::invalid_argument((root / "aggregate.json").string() + ": no list of runs");
+    for (const json& name : aggregate["runs"]) runs.push_back(load_run((root / name.get<std::string>()).string()));
+  } else {
+    for (const std::string& dir : run_dirs) runs.push_back(load_run(dir));
+  }
+  return render_report(runs, aggregate);
 }
 
 void write_report(const std::vector<std::string>& run_dirs, const std::string& output) {

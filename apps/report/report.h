@@ -111,7 +111,10 @@ struct RunData {
 RunData load_run(const std::string& dir);
 
 // The HTML page of the runs (one or more seeds of one configuration).
-std::string render_report(const std::vector<RunData>& runs);
+// `aggregate`: train --seeds' aggregate.json of these runs (null: none).
+std::string render_report(const std::vector<RunData>& runs, const nlohmann::json& aggregate = nullptr);
+// A single folder written by train --seeds (aggregate.json, no metrics.jsonl) stands
+// for its seed runs, with their aggregate.
 std::string render_report(const std::vector<std::string>& run_dirs);
 // Renders and writes `output` (through a temporary file and a rename).
 void write_report(const std::vector<std::string>& run_dirs, const std::string& output);

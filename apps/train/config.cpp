@@ -19,7 +19,7 @@
 namespace polyak::app {
 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainConfig, model, dataset, data_dir, epochs, batch_size, lr, momentum,
-                                                nesterov, weight_decay, sched, warmup_epochs, milestones, gamma, seed,
+                                                nesterov, weight_decay, sched, warmup_epochs, milestones, gamma, seed, seeds,
                                                 threads, val_split, labels_file, label_noise, noise_type, output, resume,
                                                 init, augment, shuffle, max_steps, save_every, on_nonfinite, max_skips,
                                                 eval_every, train_subset, test_subset, device, tf32, deterministic,
@@ -52,6 +52,10 @@ void add_train_flags(CLI::App& app, TrainConfig& c) {
   app.add_option("--milestones", c.milestones, "multistep epochs (default: 30%,60%,80% of the run)")->delimiter(',');
   app.add_option("--gamma", c.gamma, "multistep factor")->capture_default_str();
   app.add_option("--seed", c.seed, "seed of initialisation, shuffling, augmentation, split and noise")->capture_default_str();
+  app.add_option("--seeds", c.seeds,
+                 "train once per seed (e.g. 0,1,2) into OUTPUT/seed<s>, then aggregate them (OUTPUT/aggregate.json); "
+                 "the same command again resumes")
+      ->delimiter(',');
   app.add_option("--threads", c.threads, "CPU threads (default: all cores)");
   app.add_option("--val-split", c.val_split, "fraction of the training images held out for validation")->capture_default_str();
   app.add_option("--labels", c.labels_file, "training labels from a file (e.g. CIFAR-N .u8: one byte per image)");
@@ -135,6 +139,12 @@ void TrainConfig::validate() const {
   if (train_subset < 0) bad_flag("--train-subset", std::to_string(train_subset), "an integer >= 0");
   if (test_subset < 0) bad_flag("--test-subset", std::to_string(test_subset), "an integer >= 0");
   if (!resume.empty() && !init.empty()) bad_flag("--init with --resume", init, "only one of them");
+  if (seeds.size() > 100) bad_flag("--seeds", std::to_string(seeds.size()) + " seeds", "at most 100");
+  for (size_t i = 0; i < seeds.size(); ++i)
+    if (std::find(seeds.begin(), seeds.begin() + static_cast<std::ptrdiff_t>(i), seeds[i]) != seeds.begin() + static_cast<std::ptrdiff_t>(i))
+      bad_flag("--seeds", std::to_string(seeds[i]), "each seed once");
+  if (!seeds.empty() && !resume.empty())
+    bad_flag("--seeds with --resume", resume, "the same --seeds command again (it resumes each seed)");
   if (!init.empty()) require_file("--init", init);
   if (device != "cpu" && device != "cuda") bad_flag("--device", device, "cpu or cuda");
   (void)ema_options(1);  // parses and range-checks the decays

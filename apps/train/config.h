@@ -30,6 +30,7 @@ struct TrainConfig {
   std::vector<int> milestones;     // multistep epochs; empty: 30%, 60%, 80% of the run
   float gamma = 0.2f;              // multistep factor (/5)
   uint64_t seed = 0;
+  std::vector<uint64_t> seeds;     // --seeds: one run per seed into OUTPUT/seed<s>, then their aggregate
   int threads = 0;                 // 0: all cores
   double val_split = 0.0;
   std::string labels_file;         // CIFAR-N style label file

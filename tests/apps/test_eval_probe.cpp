@@ -31,6 +31,7 @@
 #include "engine/rng.h"
 #include "models/registry.h"
 #include "support/gradcheck.h"
+#include "support/temp_dir.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -370,4 +371,45 @@ TEST_CASE("probe: a run's selected model, with BN statistics recomputed on the t
   const Result bad = run(POLYAK_PROBE_BIN, dir.string() + " --selected ema_acc_bn" + flags);
   CHECK(bad.exit_code == 2);
   CHECK(bad.output.find("has no such row") != std::string::npos);
+}
+
+// train --seeds: one run per seed, then the aggregate. Its numbers are those the eval
+// app computes on the same checkpoints: each seed's final SGD accuracy, and the churn
+// and JS divergence between the seeds' final models. The same command again only
+// aggregates; the report of the root shows the seeds' aggregate.
+TEST_CASE("train --seeds: runs per seed and their aggregate, which eval's numbers confirm") {
+  const std::string data = polyak::testing::real_data_path("cifar10");
+  if (data.empty()) return;
+  const fs::path root = fresh_dir("seeds_run");
+  const std::string command = "--seeds 4,9 --model tiny_cnn --epochs 1 --ema-decays 0.9 --bn-recompute end "
+                              "--bn-recompute-batches 2 --train-subset 512 --test-subset 200 --val-split 0.25 --data " +
+                              data + " --output " + root.string();
+  const Result first = run(POLYAK_TRAIN_BIN, command);
+  REQUIRE_MESSAGE(first.exit_code == 0, first.output);
+  const json aggregate = read_json(root / "aggregate.json");
+  CHECK(aggregate["runs"] == json::array({"seed4", "seed9"}));
+  const json& rows = aggregate["rows"];
+  for (const char* row : {"sgd_final", "sgd_best", "ema_acc", "ema_loss", "ema_acc_bn", "ema_loss_bn"})
+    CHECK_MESSAGE(rows.contains(row), row);
+  for (const char* seed : {"seed4", "seed9"}) {
+    const size_t i = seed == std::string("seed4") ? 0 : 1;
+    CHECK(rows["sgd_final"]["seeds"][i]["accuracy"].get<double>() == test_row(root / seed, "sgd")["accuracy"].get<double>());
+  }
+  const fs::path out = root / "eval.json";
+  const Result e = run(POLYAK_EVAL_BIN, (root / "seed4" / "model.safetensors").string() + " " +
+                                            (root / "seed9" / "model.safetensors").string() +
+                                            " --test-subset 200 --data " + data + " --json " + out.string());
+  REQUIRE_MESSAGE(e.exit_code == 0, e.output);
+  const json pair = read_json(out)["pairs"][0];
+  CHECK(rows["sgd_final"]["churn"]["mean"].get<double>() == pair["churn"].get<double>());
+  CHECK(rows["sgd_final"]["js_nats"]["mean"].get<double>() == doctest::Approx(pair["js"].get<double>()).epsilon(1e-12));
+  CHECK(rows["sgd_final"]["js_bits"]["mean"].get<double>() ==
+        doctest::Approx(pair["js"].get<double>() / std::log(2.0)).epsilon(1e-12));
+
+  const Result again = run(POLYAK_TRAIN_BIN, command);
+  REQUIRE_MESSAGE(again.exit_code == 0, again.output);
+  CHECK(again.output.find("seed 4: complete") != std::string::npos);
+  CHECK(again.output.find("epoch 1/") == std::string::npos);
+  const std::string html = polyak::testing::read_file(root / "report.html");
+  CHECK(html.find("Over the seeds") != std::string::npos);
 }

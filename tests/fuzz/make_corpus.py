@@ -133,6 +133,7 @@ def train_flags():
         "--dataset folder --data /nonexistent --ema-decays scaled --ema-buffers copy --max-steps 10 "
         "--train-subset 100 --test-subset 50 --eval-every 2 --threads 1 --output /nonexistent/run\n")
     put("fuzz_train_flags", "bad_value", "--epochs 0 --lr -1\n")
+    put("fuzz_train_flags", "seeds", "--seeds 0,1,2 --epochs 30 --val-split 0.2 --output runs/s\n")
 
 
 def app_flags():
