@@ -3,15 +3,7 @@
 #include "apps/eval/eval.h"
 #include "fuzz_flags.h"
 
-using namespace polyak;
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  CLI::App app{"polyak eval"};
-  app::EvalConfig config;
-  app::add_eval_flags(app, config);
-  fuzz::fuzz_command_line("eval", app, data, size, [&] {
-    config.validate();
-    return 0;
-  });
+  polyak::fuzz::fuzz_validated_flags("eval", data, size, polyak::app::add_eval_flags);
   return 0;
 }

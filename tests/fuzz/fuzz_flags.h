@@ -56,4 +56,18 @@ inline void fuzz_command_line(const char* program, CLI::App& app, const uint8_t*
   require(code == 0 || code == 2, "flags are accepted (0) or reported as bad flags (2)");
 }
 
+// The common case: an app whose flags bind a Config that has validate(), the checks
+// the app makes before it reads anything (eval, probe).
+template <class Config>
+void fuzz_validated_flags(const char* program, const uint8_t* data, size_t size,
+                          void (*add_flags)(CLI::App&, Config&)) {
+  CLI::App app{program};
+  Config config;
+  add_flags(app, config);
+  fuzz_command_line(program, app, data, size, [&] {
+    config.validate();
+    return 0;
+  });
+}
+
 }  // namespace polyak::fuzz

@@ -3,15 +3,7 @@
 #include "apps/probe/probe.h"
 #include "fuzz_flags.h"
 
-using namespace polyak;
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  CLI::App app{"polyak probe"};
-  app::ProbeConfig config;
-  app::add_probe_flags(app, config);
-  fuzz::fuzz_command_line("probe", app, data, size, [&] {
-    config.validate();
-    return 0;
-  });
+  polyak::fuzz::fuzz_validated_flags("probe", data, size, polyak::app::add_probe_flags);
   return 0;
 }
