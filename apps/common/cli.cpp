@@ -130,11 +130,11 @@ void write_output(const std::string& flag, const std::string& target, const std:
 
 namespace {
 
-// The words of the command line that made parsing throw `failure` (a std::exception
-// that is not CLI11's own ParseError: a conversion inside CLI11, such as std::stoll on
-// a flag's value, or a callback of ours), found by parsing ever longer prefixes of argv
-// until one throws: its last word, with the word before it when the last is a value
-// ("--epochs 1e999"). "" when no prefix throws on its own.
+// The words of the command line that made parsing throw something other than CLI11's
+// own ParseError (a conversion inside CLI11, such as std::stoll on a flag's value, or a
+// callback of ours), found by parsing ever longer prefixes of argv until one throws:
+// its last word, with the word before it when the last is a value ("--epochs 1e999").
+// "" when no prefix throws on its own.
 std::string failing_words(CLI::App& app, int argc, char** argv) {
   for (int words = 2; words <= argc; ++words) {
     try {

@@ -120,7 +120,8 @@ json aggregate_seeds(const std::vector<std::string>& run_dirs, const std::vector
   std::vector<json> selections;
   for (const std::string& dir : run_dirs) selections.push_back(read_selection(dir));
   json rows = json::object();
-  for (const auto& [key, label] : reported_row_labels()) {
+  for (const auto& labelled : reported_row_labels()) {
+    const std::string& key = labelled.first;  // (clang 14 cannot capture a structured binding)
     if (!std::all_of(selections.begin(), selections.end(), [&](const json& s) { return s.contains(key); })) continue;
     std::vector<Predictions> test;
     json per_seed = json::array();
@@ -131,7 +132,7 @@ json aggregate_seeds(const std::vector<std::string>& run_dirs, const std::vector
       test.push_back(std::move(r.test));
       per_seed.push_back(r.numbers);
     }
-    json row = {{"label", label}, {"seeds", per_seed}};
+    json row = {{"label", labelled.second}, {"seeds", per_seed}};
     for (const char* metric : {"accuracy", "loss", "ece", "ece_ts"}) {
       std::vector<double> values;
       for (const json& s : per_seed)
