@@ -72,11 +72,49 @@ std::vector<uint8_t> read_file(const fs::path& path) {
   return bytes;
 }
 
+// Whether stb_image (Debian 12's, 2022-09) can decode with the Huffman table of these 16
+// code counts without indexing past its 256 symbols. It builds canonical codes
+// (stbi__build_huffman): at length L the codes run from first[L] up to end[L], and
+// delta[L] = (symbols of shorter codes) - first[L]; maxcode[L] = end[L] << (16 - L). Codes of
+// up to 9 bits go through a lookup table; a longer one is read as the 16 next bits t,
+// its length L as the smallest L >= 10 with t < maxcode[L], and its symbol index as
+// (t >> (16 - L)) + delta[L], with no check that this index is a symbol of the table
+// (fixed upstream in 2023; found here by fuzzing: index 933 of 256). Every t that can
+// land on L lies in [max of maxcode[9..L-1], maxcode[L]), so the indices of L form one
+// interval, checked here against [0, symbols).
+bool huffman_decodes_in_range(const unsigned (&counts)[17]) {
+  int64_t delta[18] = {}, maxcode[18] = {};
+  int64_t code = 0, symbols = 0;
+  for (int length = 1; length <= 16; ++length) {
+    delta[length] = symbols - code;
+    code += counts[length];
+    symbols += counts[length];
+    if (counts[length] && code - 1 >= (int64_t{1} << length)) return true;  // stb_image refuses it itself
+    maxcode[length] = code << (16 - length);
+    code <<= 1;
+  }
+  // Codes of up to 9 bits are contiguous from 0 (canonical), so the lookup table serves
+  // every t below maxcode[9]: the smallest t that reaches a length is the largest maxcode
+  // before it.
+  int64_t floor = maxcode[9];
+  for (int length = 10; length <= 16; ++length) {
+    const int64_t ceiling = std::min<int64_t>(maxcode[length], 1 << 16);
+    if (floor < ceiling) {
+      const int64_t first = (floor >> (16 - length)) + delta[length];
+      const int64_t last = ((ceiling - 1) >> (16 - length)) + delta[length];
+      if (first < 0 || last >= symbols) return false;
+    }
+    floor = std::max(floor, maxcode[length]);
+  }
+  return true;
+}
+
 // What is wrong with a JPEG that stb_image must not be given, or "" if nothing is.
 //
 // A Huffman table of more than 256 codes: the stb_image of Debian 12 (2022-09) builds
 // it without checking the count (stbi__build_huffman writes past its 257-entry size
-// array; found by fuzzing, fixed upstream in 2023). No end-of-image marker: the file
+// array; found by fuzzing, fixed upstream in 2023). A Huffman table whose long codes
+// decode to symbol indices outside the table (huffman_decodes_in_range). No end-of-image marker: the file
 // was cut short, and stb_image would fill the missing part of the picture with zeros
 // and report success (Pillow refuses such files too).
 //
@@ -113,8 +151,10 @@ std::string jpeg_defect(const std::vector<uint8_t>& bytes) {
     pos += 2;
     for (long remaining = static_cast<long>(length) - 2; remaining > 0;) {
       size_t codes = 0;
-      for (size_t i = 1; i <= 16; ++i) codes += byte_at(pos + i);
+      unsigned counts[17] = {};
+      for (size_t i = 1; i <= 16; ++i) codes += counts[i] = byte_at(pos + i);
       if (codes > 256) return "corrupt JPEG (a Huffman table declares more than 256 codes)";
+      if (!huffman_decodes_in_range(counts)) return "corrupt JPEG (a Huffman table whose codes decode outside it)";
       pos += 17 + codes;
       remaining -= static_cast<long>(17 + codes);
     }
