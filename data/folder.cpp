@@ -27,6 +27,14 @@
 #define STBI_ONLY_JPEG
 #define STBI_ONLY_PNG
 #define STBI_ONLY_BMP
+// Zeroed memory for stb_image: it allocates its JPEG decoder state without clearing it,
+// and a scan that names a Huffman table no DHT segment defined decodes with whatever
+// the allocation held, a previous image's table included (found by fuzzing: a symbol
+// index of 583 in a 256-entry table, reproducible only after other inputs). An
+// all-zero table decodes every code as symbol 0 through the lookup table, in bounds.
+#define STBI_MALLOC(size) std::calloc(1, size)
+#define STBI_REALLOC(pointer, size) std::realloc(pointer, size)
+#define STBI_FREE(pointer) std::free(pointer)
 // On some corrupt JPEG streams stb_image's bit reader shifts by more than 31 (its bit
 // count goes negative after a bad Huffman code; fixed upstream after Debian 12's copy):
 // undefined behaviour, which x86 executes as a shift by n mod 32, feeding garbage bits
