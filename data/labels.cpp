@@ -84,14 +84,6 @@ std::vector<int64_t> read_label_file(const std::string& path, int64_t count, int
   return labels;
 }
 
-NoisyLabels load_label_file(ImageSet& set, const std::string& path) {
-  NoisyLabels out;
-  out.labels = read_label_file(path, set.count, set.num_classes);
-  out.clean = set.labels;
-  set.labels = out.labels;
-  return out;
-}
-
 NoisyLabels symmetric_noise(const std::vector<int64_t>& clean, int num_classes, double rate, uint64_t seed) {
   check_rate(rate, "symmetric_noise");
   if (num_classes < 2) {
@@ -150,15 +142,6 @@ const std::vector<int64_t>& asymmetric_map(int num_classes) {
   throw std::invalid_argument("asymmetric label noise has a standard class map for CIFAR-10 (10 classes) and "
                               "CIFAR-100 fine labels (100 classes), not for " +
                               std::to_string(num_classes) + " classes");
-}
-
-void apply_labels(ImageSet& set, const NoisyLabels& noise) {
-  if (noise.count() != set.count) {
-    throw std::invalid_argument("apply_labels: " + std::to_string(noise.count()) + " labels for a set of " +
-                                std::to_string(set.count) + " images");
-  }
-  check_labels(noise.labels, set.num_classes, "apply_labels");
-  set.labels = noise.labels;
 }
 
 }  // namespace polyak::data

@@ -51,10 +51,6 @@ struct NoisyLabels {
 // file when it is missing, has the wrong size, or holds a label out of range.
 std::vector<int64_t> read_label_file(const std::string& path, int64_t count, int num_classes);
 
-// Replaces set.labels with the set.count labels of the file at `path` (see
-// read_label_file) and returns them with the old labels as the clean ones.
-NoisyLabels load_label_file(ImageSet& set, const std::string& path);
-
 // Symmetric noise (see above). std::invalid_argument for a rate outside [0, 1], fewer
 // than 2 classes, or a clean label outside [0, num_classes).
 NoisyLabels symmetric_noise(const std::vector<int64_t>& clean, int num_classes, double rate, uint64_t seed);
@@ -72,9 +68,5 @@ const std::vector<int64_t>& asymmetric_map(int num_classes);
 
 // The CIFAR-100 superclass (coarse label, 0..19) of each fine label (100 entries).
 const std::vector<int64_t>& cifar100_coarse_of_fine();
-
-// Sets set.labels to noise.labels; std::invalid_argument when the sizes differ or a
-// label is outside [0, set.num_classes).
-void apply_labels(ImageSet& set, const NoisyLabels& noise);
 
 }  // namespace polyak::data

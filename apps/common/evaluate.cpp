@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "ema/bn_recompute.h"
 #include "engine/autograd.h"
 
 namespace polyak::app {
@@ -31,6 +32,27 @@ Predictions predict(nn::Module& model, const data::ImageSet& set, const std::vec
   }
   model.train(was_training);
   return p;
+}
+
+data::LoaderOptions recompute_loader_options(int64_t batch_size, bool augment, uint64_t seed, Device device) {
+  data::LoaderOptions o;
+  o.batch_size = batch_size;
+  o.shuffle = true;
+  o.augment = augment;
+  o.seed = seed ^ 0x62e2ac0d5b1f7c4bULL;
+  o.device = device;
+  return o;
+}
+
+void recompute_bn_on(nn::Module& model, data::Loader& loader, int64_t batches) {
+  ema::recompute_bn(
+      model,
+      [&loader]() -> std::optional<Tensor> {
+        std::optional<data::Batch> batch = loader.next();
+        if (!batch) return std::nullopt;
+        return batch->images;
+      },
+      batches);
 }
 
 double top1_accuracy(const Predictions& p) {

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "data/cifar.h"
+#include "data/loader.h"
 #include "engine/nn/module.h"
 
 namespace polyak::app {
@@ -21,6 +22,15 @@ struct Predictions {
 // empty) in batches; restores the model's previous mode.
 Predictions predict(nn::Module& model, const data::ImageSet& set, const std::vector<int64_t>& indices,
                     int64_t batch_size = 500, Device device = Device::CPU);
+
+// BatchNorm statistics recompute on training images (ema::recompute_bn). The loader
+// sees the batches as training does (shuffled, augmented when training is), from a
+// stream of its own seeded from `seed`, so that it never disturbs the training
+// loader's.
+data::LoaderOptions recompute_loader_options(int64_t batch_size, bool augment, uint64_t seed, Device device);
+// Recomputes the model's statistics on the next `batches` batches of `loader`'s
+// current epoch (0: all of them).
+void recompute_bn_on(nn::Module& model, data::Loader& loader, int64_t batches);
 
 double top1_accuracy(const Predictions& p);  // percent
 double mean_nll(const Predictions& p);       // natural log, mean over images

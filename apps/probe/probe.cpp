@@ -20,7 +20,6 @@
 #include "apps/eval/checkpoint_model.h"
 #include "apps/report/report.h"
 #include "data/loader.h"
-#include "ema/bn_recompute.h"
 #include "engine/autograd.h"
 #include "engine/backend.h"
 #include "engine/nn/layers.h"
@@ -87,21 +86,8 @@ std::vector<float> all_features(models::Classifier& backbone, const data::ImageS
 // as the head will see them (plain, or cropped and flipped with --augment).
 void recompute_on_target(nn::Module& backbone, const data::ImageSet& train, const std::vector<int64_t>& indices,
                          const ProbeConfig& config, Device device) {
-  data::LoaderOptions o;
-  o.batch_size = config.batch_size;
-  o.shuffle = true;
-  o.augment = config.augment;
-  o.seed = config.seed ^ 0x62e2ac0d5b1f7c4bULL;  // not the head's stream
-  o.device = device;
-  data::Loader loader(train, indices, o);
-  ema::recompute_bn(
-      backbone,
-      [&]() -> std::optional<Tensor> {
-        std::optional<data::Batch> batch = loader.next();
-        if (!batch) return std::nullopt;
-        return batch->images;
-      },
-      config.bn_recompute_batches);
+  data::Loader loader(train, indices, recompute_loader_options(config.batch_size, config.augment, config.seed, device));
+  recompute_bn_on(backbone, loader, config.bn_recompute_batches);
   backbone.eval();
 }
 

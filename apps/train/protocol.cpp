@@ -30,18 +30,6 @@ json metric_object(const Predictions& p) {
           {"images", p.count()}};
 }
 
-data::LoaderOptions recompute_loader_options(const TrainConfig& c) {
-  // The recompute passes see training batches as training does (augmented), drawn
-  // from their own seed so that they never disturb the training loader's stream.
-  data::LoaderOptions o;
-  o.batch_size = c.batch_size;
-  o.shuffle = true;
-  o.augment = c.augment;
-  o.seed = c.seed ^ 0x62e2ac0d5b1f7c4bULL;
-  o.device = device_of(c);
-  return o;
-}
-
 }  // namespace
 
 void MetricsLog::start_fresh() { io::write_file_atomically(path_.string(), ""); }
@@ -74,7 +62,8 @@ void MetricsLog::append(const json& row) {
 Protocol::Protocol(const TrainConfig& config, nn::Module& model, ema::EmaSet* averages, const Datasets& sets,
                    const data::Split& split, fs::path out_dir, const data::NoisyLabels* noise)
     : config_(config), model_(model), averages_(averages), sets_(sets), split_(split), out_dir_(std::move(out_dir)),
-      recompute_loader_(sets.train, split.train, recompute_loader_options(config)) {
+      recompute_loader_(sets.train, split.train,
+                        recompute_loader_options(config.batch_size, config.augment, config.seed, device_of(config))) {
   for (const int64_t i : split.train)
     if (noise && noise->is_noisy(i)) {
       mislabelled_.push_back(i);
@@ -98,14 +87,7 @@ Protocol::Evaluation Protocol::evaluate_current(const std::string& name, const s
 
 void Protocol::recompute(nn::Module& model, int64_t epoch) {
   recompute_loader_.start_epoch(epoch);
-  ema::recompute_bn(
-      model,
-      [this]() -> std::optional<Tensor> {
-        std::optional<data::Batch> batch = recompute_loader_.next();
-        if (!batch) return std::nullopt;
-        return batch->images;
-      },
-      config_.bn_recompute_batches);
+  recompute_bn_on(model, recompute_loader_, config_.bn_recompute_batches);
 }
 
 void Protocol::select(const Evaluation& e, int64_t epoch) {
