@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The runs behind docs/RESULTS.md: the paper's findings F1-F4 on CIFAR-10 with
-# ResNet-20, an 80/20 train/validation split and five EMAs, 30 epochs each.
+# ResNet-20, an 80/20 train/validation split and five EMAs, 30 epochs each
+# (about 2 h 20 min in all on two Zen 5 cores).
 #
 #   tools/run-findings.sh F1 [F2 ...]    (or: all)
 #
@@ -29,13 +30,14 @@ finding() {
   case $1 in
     # Label noise: CIFAR-10N's worst human labels for training, clean validation.
     F1) run f1_noisy --labels ../shared/data/cifar-n/cifar10n_worse_label.u8 --bn-recompute end ;;
-    # The paper's five decays at T = 16, every average evaluated each epoch with its
-    # running statistics and with statistics recomputed on 40 training batches.
-    F2) run f2_paper_decays --ema-decays paper --bn-recompute epoch --bn-recompute-batches 40 ;;
-    # Three seeds of the default protocol (cosine); seed 0 is also F4's cosine arm.
-    F3) run f3_seeds --seeds 0,1,2 --bn-recompute end ;;
+    # The paper's five decays at T = 16, every average evaluated every other epoch with
+    # its running statistics and with statistics recomputed on 40 training batches.
+    F2) run f2_paper_decays --ema-decays paper --bn-recompute epoch --bn-recompute-batches 40 --eval-every 2 ;;
+    # Three seeds of the default protocol (cosine), evaluated every other epoch; seed 0
+    # is also F4's cosine arm.
+    F3) run f3_seeds --seeds 0,1,2 --bn-recompute end --eval-every 2 ;;
     # Step decay, seed 0: compare with f3_seeds/seed0.
-    F4) run f4_multistep --sched multistep --seed 0 --bn-recompute end ;;
+    F4) run f4_multistep --sched multistep --seed 0 --bn-recompute end --eval-every 2 ;;
     *) echo "run-findings.sh: unknown finding '$1' (F1, F2, F3, F4 or all)" >&2; exit 2 ;;
   esac
 }
