@@ -186,6 +186,182 @@ tr.differs td { color: #a0522d; }
 code { background: #f4f4f4; padding: 0 3px; }
 )";
 
+// ---------------------------------------------------------------- the page's sections
+
+// The page's head, title and what was read (run folders, seeds, epochs, notes).
+std::string page_top(const std::vector<RunData>& runs, int64_t last_epoch) {
+  const json& config = runs.front().config;
+  const std::string model = text(config, "model", ""), dataset = text(config, "dataset", "");
+  std::string title = "polyak report";
+  if (!model.empty()) title += ": " + model + (dataset.empty() ? "" : " on " + dataset);
+
+  std::string html = "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\"/>\n<title>" +
+                     svg::escape(title) + "</title>\n<style>" + kStyle + "</style>\n</head>\n<body>\n";
+  html += "<h1>" + svg::escape(title) + "</h1>\n<p class=\"meta\">";
+  for (size_t i = 0; i < runs.size(); ++i) {
+    html += (i ? ", " : "") + std::string("<code>") + svg::escape(runs[i].dir) + "</code>";
+    if (runs[i].config.contains("seed")) html += " (seed " + svg::escape(runs[i].config["seed"].dump()) + ")";
+  }
+  html += " &#8212; " + std::to_string(last_epoch) + " epoch" + (last_epoch == 1 ? "" : "s") + " logged";
+  if (runs.size() > 1) html += "; curves are the mean over the " + std::to_string(runs.size()) + " runs";
+  html += ".</p>\n";
+  for (const RunData& run : runs)
+    for (const std::string& n : run.notes) html += note(svg::escape(n));
+  return html;
+}
+
+// Headline: the last epoch's test accuracy of SGD and of the best EMA.
+std::string headline(const std::vector<RunData>& runs, const std::optional<SeriesKey>& best) {
+  std::string line;
+  for (const std::optional<SeriesKey>& key : {std::optional<SeriesKey>(SeriesKey{"sgd", "running"}), best}) {
+    if (!key) continue;
+    const Curve c = make_curve(
+        runs, [&](const MetricRow& r) { return r.split == "test" && r.model == key->model && r.bn == key->bn; },
+        [](const MetricRow& r) { return r.accuracy; });
+    if (c.mean.empty()) continue;
+    line += std::string(line.empty() ? "" : "; ") + "<b>" + svg::escape(series_label(*key)) + "</b> " +
+            format(c.mean.back(), 2) + "%";
+  }
+  if (line.empty()) return "";
+  return "<p>Test accuracy at the last epoch: " + line +
+         (best ? " (the best EMA: highest validation accuracy at any epoch)." : ".") + "</p>\n";
+}
+
+// Accuracy and loss vs epoch on validation and test, and memorisation of noisy labels.
+std::string curve_sections(const std::vector<RunData>& runs, const Palette& palette, int64_t last_epoch) {
+  std::string html;
+  const std::string legend_note = " Solid lines: BN running statistics; dashed: BN statistics recomputed.";
+  html += "<h2>Accuracy</h2>\n<div class=\"grid\">\n";
+  if (has_field(runs, "val", "accuracy"))
+    html += figure(metric_plot(runs, palette, "val", "accuracy", "Validation accuracy", "accuracy (%)"),
+                   "Top-1 accuracy on the validation split." + legend_note + band_caption(runs.size()));
+  if (has_field(runs, "test", "accuracy"))
+    html += figure(metric_plot(runs, palette, "test", "accuracy", "Test accuracy", "accuracy (%)"),
+                   "Top-1 accuracy on the test set." + legend_note + band_caption(runs.size()));
+  html += "</div>\n";
+  if (!has_field(runs, "val", "accuracy") && !has_field(runs, "test", "accuracy"))
+    html += note("No validation or test rows in metrics.jsonl yet.");
+  // The differences between the models are a point or two late in training: the
+  // second half again, on its own scale.
+  if (last_epoch >= 8) {
+    const int64_t from = last_epoch / 2 + 1;
+    const std::string caption = "The same, from epoch " + std::to_string(from) + " on." + band_caption(runs.size());
+    html += "<div class=\"grid\">\n";
+    if (has_field(runs, "val", "accuracy"))
+      html += figure(metric_plot(runs, palette, "val", "accuracy", "Validation accuracy, second half", "accuracy (%)", from),
+                     caption);
+    if (has_field(runs, "test", "accuracy"))
+      html += figure(metric_plot(runs, palette, "test", "accuracy", "Test accuracy, second half", "accuracy (%)", from),
+                     caption);
+    html += "</div>\n";
+  }
+
+  html += "<h2>Loss</h2>\n<div class=\"grid\">\n";
+  if (has_field(runs, "val", "loss"))
+    html += figure(metric_plot(runs, palette, "val", "loss", "Validation loss", "NLL"),
+                   "Mean negative log-likelihood on the validation split." + band_caption(runs.size()));
+  if (has_field(runs, "test", "loss"))
+    html += figure(metric_plot(runs, palette, "test", "loss", "Test loss", "NLL"),
+                   "Mean negative log-likelihood on the test set." + band_caption(runs.size()));
+  html += "</div>\n";
+
+  if (has_field(runs, "train_noisy", "memorised")) {
+    html += "<h2>Memorisation of noisy labels</h2>\n<div class=\"grid\">\n";
+    html += figure(metric_plot(runs, palette, "train_noisy", "memorised", "Predicted as their wrong label", "images (%)"),
+                   "Of the training images whose (noisy) label is wrong, the percent each model predicts as that "
+                   "wrong label: memorisation (the paper's Fig. 7)." + legend_note + band_caption(runs.size()));
+    html += figure(metric_plot(runs, palette, "train_noisy", "corrected", "Predicted as their clean label", "images (%)"),
+                   "The same images, predicted as their true label." + legend_note + band_caption(runs.size()));
+    html += "</div>\n";
+  }
+  return html;
+}
+
+// ECE vs epoch in both binnings, and the reliability diagrams.
+std::string calibration_section(const std::vector<RunData>& runs, const Palette& palette,
+                                const std::optional<SeriesKey>& best) {
+  std::string html;
+  html += "<h2>Calibration</h2>\n";
+  {
+    // Test ECE in both binnings (validation ECE when there is no test set).
+    const std::string split = has_field(runs, "test", "ece") || has_field(runs, "test", "ece15") ? "test" : "val";
+    const std::string name = split == "test" ? "Test" : "Validation";
+    std::string plots;
+    if (has_field(runs, split, "ece"))
+      plots += figure(metric_plot(runs, palette, split, "ece", name + " ECE, 100 equal-mass bins", "ECE (%)"),
+                      "Expected calibration error with the paper's binning." + band_caption(runs.size()));
+    if (has_field(runs, split, "ece15"))
+      plots += figure(metric_plot(runs, palette, split, "ece15", name + " ECE, 15 equal-width bins", "ECE (%)"),
+                      "Expected calibration error with the common binning." + band_caption(runs.size()));
+    if (!plots.empty()) html += "<div class=\"grid\">\n" + plots + "</div>\n";
+  }
+  html += reliability_section(runs, palette, best);
+  return html;
+}
+
+// The learning rate and SGD's training loss vs epoch.
+std::string training_section(const std::vector<RunData>& runs, const Palette& palette) {
+  std::string html;
+  html += "<h2>Training</h2>\n<div class=\"grid\">\n";
+  if (has_field(runs, "train", "lr") || has_field(runs, "test", "lr") || has_field(runs, "val", "lr")) {
+    const Curve lr = make_curve(runs, [](const MetricRow& r) { return r.model == "sgd" && r.bn == "running"; },
+                                [](const MetricRow& r) { return r.lr; });
+    svg::PlotSpec spec;
+    spec.title = "Learning rate";
+    spec.x_label = "epoch";
+    spec.y_label = "learning rate";
+    spec.x_integer = true;
+    spec.legend = false;
+    svg::Series s = to_series(lr, "lr", "#222222", false, false);
+    html += figure(svg::line_plot({s}, spec), "The learning rate logged with each epoch's rows (its last step).");
+  }
+  if (has_field(runs, "train", "loss")) {
+    const Curve loss = make_curve(
+        runs, [](const MetricRow& r) { return r.split == "train" && r.model == "sgd" && r.bn == "running"; },
+        [](const MetricRow& r) { return r.loss; });
+    svg::PlotSpec spec;
+    spec.title = "Training loss (SGD)";
+    spec.x_label = "epoch";
+    spec.y_label = "NLL";
+    spec.x_integer = true;
+    spec.legend = false;
+    html += figure(svg::line_plot({to_series(loss, "sgd", palette("sgd"), false, runs.size() > 1)}, spec),
+                   "Mean training loss over each epoch's batches (augmented images, train mode)." +
+                       band_caption(runs.size()));
+  }
+  html += "</div>\n";
+  return html;
+}
+
+// The paper's rows, the seeds' aggregate and every selected model.
+std::string table_sections(const std::vector<RunData>& runs, const json& aggregate) {
+  std::string html;
+  const bool reported = std::any_of(runs.begin(), runs.end(), [](const RunData& r) {
+    return r.selection.is_object() && r.selection.contains("reported") && !r.selection["reported"].empty();
+  });
+  if (reported) {
+    html += "<h2>The paper's rows</h2>\n<p>As the paper reports them (Sec. 4.1, Tables 1 and 6): SGD at the last "
+            "epoch and at its best validation accuracy; EMA (acc.) and EMA (loss), the decay and epoch best on "
+            "validation by accuracy and by loss, with running BN statistics; EMA (acc.)(BN) and EMA (loss)(BN), "
+            "the slowest decay at its selected epochs with the statistics recomputed after training. Early "
+            "stopping is always judged on running statistics.</p>\n";
+    if (runs.size() > 1) html += "<p>Mean over the runs, with the min&#8211;max range in grey.</p>\n";
+    html += reported_html_table(runs);
+  }
+  if (aggregate.is_object() && aggregate.contains("rows")) html += aggregate_html(aggregate);
+  html += "<h2>Selected models</h2>\n";
+  const bool from_file = std::all_of(runs.begin(), runs.end(), [](const RunData& r) { return !r.selection.is_null(); });
+  html += from_file ? "<p>From <code>selection.json</code>: per model, the checkpoints kept by model selection.</p>\n"
+                    : "<p>Derived from <code>metrics.jsonl</code>: per model and BN setting, the epoch of best "
+                      "validation accuracy, of lowest validation loss, and the last epoch, each with the test "
+                      "metrics of that epoch. Test accuracy in bold: the highest.</p>\n";
+  if (!has_field(runs, "val", "accuracy") && !from_file)
+    html += note("No validation split: the best test accuracy is an optimistic selection.");
+  if (runs.size() > 1) html += "<p>Mean over the runs, with the min&#8211;max range in grey.</p>\n";
+  html += selection_table(runs);
+  return html;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- public
@@ -238,162 +414,13 @@ RunData load_run(const std::string& dir) {
 std::string render_report(const std::vector<RunData>& runs, const json& aggregate) {
   if (runs.empty()) throw std::invalid_argument("report: no run folders given");
   const Palette palette(runs);
-  const json& config = runs.front().config;
-  const std::string model = text(config, "model", ""), dataset = text(config, "dataset", "");
-  std::string title = "polyak report";
-  if (!model.empty()) title += ": " + model + (dataset.empty() ? "" : " on " + dataset);
-
-  std::string html = "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\"/>\n<title>" +
-                     svg::escape(title) + "</title>\n<style>" + kStyle + "</style>\n</head>\n<body>\n";
-  html += "<h1>" + svg::escape(title) + "</h1>\n<p class=\"meta\">";
-  for (size_t i = 0; i < runs.size(); ++i) {
-    html += (i ? ", " : "") + std::string("<code>") + svg::escape(runs[i].dir) + "</code>";
-    if (runs[i].config.contains("seed")) html += " (seed " + svg::escape(runs[i].config["seed"].dump()) + ")";
-  }
   int64_t last_epoch = 0;
   for (const RunData& run : runs)
     for (const MetricRow& row : run.rows) last_epoch = std::max(last_epoch, row.epoch);
-  html += " &#8212; " + std::to_string(last_epoch) + " epoch" + (last_epoch == 1 ? "" : "s") + " logged";
-  if (runs.size() > 1) html += "; curves are the mean over the " + std::to_string(runs.size()) + " runs";
-  html += ".</p>\n";
-  for (const RunData& run : runs)
-    for (const std::string& n : run.notes) html += note(svg::escape(n));
-
   const std::optional<SeriesKey> best = best_ema(runs);
-  // Headline: the last epoch's test accuracy of SGD and of the best EMA.
-  {
-    std::string line;
-    for (const std::optional<SeriesKey>& key : {std::optional<SeriesKey>(SeriesKey{"sgd", "running"}), best}) {
-      if (!key) continue;
-      const Curve c = make_curve(
-          runs, [&](const MetricRow& r) { return r.split == "test" && r.model == key->model && r.bn == key->bn; },
-          [](const MetricRow& r) { return r.accuracy; });
-      if (c.mean.empty()) continue;
-      line += std::string(line.empty() ? "" : "; ") + "<b>" + svg::escape(series_label(*key)) + "</b> " +
-              format(c.mean.back(), 2) + "%";
-    }
-    if (!line.empty())
-      html += "<p>Test accuracy at the last epoch: " + line +
-              (best ? " (the best EMA: highest validation accuracy at any epoch)." : ".") + "</p>\n";
-  }
-
-  const std::string legend_note = " Solid lines: BN running statistics; dashed: BN statistics recomputed.";
-  html += "<h2>Accuracy</h2>\n<div class=\"grid\">\n";
-  if (has_field(runs, "val", "accuracy"))
-    html += figure(metric_plot(runs, palette, "val", "accuracy", "Validation accuracy", "accuracy (%)"),
-                   "Top-1 accuracy on the validation split." + legend_note + band_caption(runs.size()));
-  if (has_field(runs, "test", "accuracy"))
-    html += figure(metric_plot(runs, palette, "test", "accuracy", "Test accuracy", "accuracy (%)"),
-                   "Top-1 accuracy on the test set." + legend_note + band_caption(runs.size()));
-  html += "</div>\n";
-  if (!has_field(runs, "val", "accuracy") && !has_field(runs, "test", "accuracy"))
-    html += note("No validation or test rows in metrics.jsonl yet.");
-  // The differences between the models are a point or two late in training: the
-  // second half again, on its own scale.
-  if (last_epoch >= 8) {
-    const int64_t from = last_epoch / 2 + 1;
-    const std::string caption = "The same, from epoch " + std::to_string(from) + " on." + band_caption(runs.size());
-    html += "<div class=\"grid\">\n";
-    if (has_field(runs, "val", "accuracy"))
-      html += figure(metric_plot(runs, palette, "val", "accuracy", "Validation accuracy, second half", "accuracy (%)", from),
-                     caption);
-    if (has_field(runs, "test", "accuracy"))
-      html += figure(metric_plot(runs, palette, "test", "accuracy", "Test accuracy, second half", "accuracy (%)", from),
-                     caption);
-    html += "</div>\n";
-  }
-
-  html += "<h2>Loss</h2>\n<div class=\"grid\">\n";
-  if (has_field(runs, "val", "loss"))
-    html += figure(metric_plot(runs, palette, "val", "loss", "Validation loss", "NLL"),
-                   "Mean negative log-likelihood on the validation split." + band_caption(runs.size()));
-  if (has_field(runs, "test", "loss"))
-    html += figure(metric_plot(runs, palette, "test", "loss", "Test loss", "NLL"),
-                   "Mean negative log-likelihood on the test set." + band_caption(runs.size()));
-  html += "</div>\n";
-
-  if (has_field(runs, "train_noisy", "memorised")) {
-    html += "<h2>Memorisation of noisy labels</h2>\n<div class=\"grid\">\n";
-    html += figure(metric_plot(runs, palette, "train_noisy", "memorised", "Predicted as their wrong label", "images (%)"),
-                   "Of the training images whose (noisy) label is wrong, the percent each model predicts as that "
-                   "wrong label: memorisation (the paper's Fig. 7)." + legend_note + band_caption(runs.size()));
-    html += figure(metric_plot(runs, palette, "train_noisy", "corrected", "Predicted as their clean label", "images (%)"),
-                   "The same images, predicted as their true label." + legend_note + band_caption(runs.size()));
-    html += "</div>\n";
-  }
-
-  html += "<h2>Calibration</h2>\n";
-  {
-    // Test ECE in both binnings (validation ECE when there is no test set).
-    const std::string split = has_field(runs, "test", "ece") || has_field(runs, "test", "ece15") ? "test" : "val";
-    const std::string name = split == "test" ? "Test" : "Validation";
-    std::string plots;
-    if (has_field(runs, split, "ece"))
-      plots += figure(metric_plot(runs, palette, split, "ece", name + " ECE, 100 equal-mass bins", "ECE (%)"),
-                      "Expected calibration error with the paper's binning." + band_caption(runs.size()));
-    if (has_field(runs, split, "ece15"))
-      plots += figure(metric_plot(runs, palette, split, "ece15", name + " ECE, 15 equal-width bins", "ECE (%)"),
-                      "Expected calibration error with the common binning." + band_caption(runs.size()));
-    if (!plots.empty()) html += "<div class=\"grid\">\n" + plots + "</div>\n";
-  }
-  html += reliability_section(runs, palette, best);
-
-  html += "<h2>Training</h2>\n<div class=\"grid\">\n";
-  if (has_field(runs, "train", "lr") || has_field(runs, "test", "lr") || has_field(runs, "val", "lr")) {
-    const Curve lr = make_curve(runs, [](const MetricRow& r) { return r.model == "sgd" && r.bn == "running"; },
-                                [](const MetricRow& r) { return r.lr; });
-    svg::PlotSpec spec;
-    spec.title = "Learning rate";
-    spec.x_label = "epoch";
-    spec.y_label = "learning rate";
-    spec.x_integer = true;
-    spec.legend = false;
-    svg::Series s = to_series(lr, "lr", "#222222", false, false);
-    html += figure(svg::line_plot({s}, spec), "The learning rate logged with each epoch's rows (its last step).");
-  }
-  if (has_field(runs, "train", "loss")) {
-    const Curve loss = make_curve(
-        runs, [](const MetricRow& r) { return r.split == "train" && r.model == "sgd" && r.bn == "running"; },
-        [](const MetricRow& r) { return r.loss; });
-    svg::PlotSpec spec;
-    spec.title = "Training loss (SGD)";
-    spec.x_label = "epoch";
-    spec.y_label = "NLL";
-    spec.x_integer = true;
-    spec.legend = false;
-    html += figure(svg::line_plot({to_series(loss, "sgd", palette("sgd"), false, runs.size() > 1)}, spec),
-                   "Mean training loss over each epoch's batches (augmented images, train mode)." +
-                       band_caption(runs.size()));
-  }
-  html += "</div>\n";
-
-  const bool reported = std::any_of(runs.begin(), runs.end(), [](const RunData& r) {
-    return r.selection.is_object() && r.selection.contains("reported") && !r.selection["reported"].empty();
-  });
-  if (reported) {
-    html += "<h2>The paper's rows</h2>\n<p>As the paper reports them (Sec. 4.1, Tables 1 and 6): SGD at the last "
-            "epoch and at its best validation accuracy; EMA (acc.) and EMA (loss), the decay and epoch best on "
-            "validation by accuracy and by loss, with running BN statistics; EMA (acc.)(BN) and EMA (loss)(BN), "
-            "the slowest decay at its selected epochs with the statistics recomputed after training. Early "
-            "stopping is always judged on running statistics.</p>\n";
-    if (runs.size() > 1) html += "<p>Mean over the runs, with the min&#8211;max range in grey.</p>\n";
-    html += reported_html_table(runs);
-  }
-  if (aggregate.is_object() && aggregate.contains("rows")) html += aggregate_html(aggregate);
-  html += "<h2>Selected models</h2>\n";
-  const bool from_file = std::all_of(runs.begin(), runs.end(), [](const RunData& r) { return !r.selection.is_null(); });
-  html += from_file ? "<p>From <code>selection.json</code>: per model, the checkpoints kept by model selection.</p>\n"
-                    : "<p>Derived from <code>metrics.jsonl</code>: per model and BN setting, the epoch of best "
-                      "validation accuracy, of lowest validation loss, and the last epoch, each with the test "
-                      "metrics of that epoch. Test accuracy in bold: the highest.</p>\n";
-  if (!has_field(runs, "val", "accuracy") && !from_file)
-    html += note("No validation split: the best test accuracy is an optimistic selection.");
-  if (runs.size() > 1) html += "<p>Mean over the runs, with the min&#8211;max range in grey.</p>\n";
-  html += selection_table(runs);
-
-  html += "<h2>Configuration</h2>\n" + config_table(runs);
-  html += "</body>\n</html>\n";
-  return html;
+  return page_top(runs, last_epoch) + headline(runs, best) + curve_sections(runs, palette, last_epoch) +
+         calibration_section(runs, palette, best) + training_section(runs, palette) + table_sections(runs, aggregate) +
+         "<h2>Configuration</h2>\n" + config_table(runs) + "</body>\n</html>\n";
 }
 
 std::string render_report(const std::vector<std::string>& run_dirs) {
