@@ -15,11 +15,15 @@
 
 #include "data/cifar.h"
 #include "support/gradcheck.h"
+#include "support/file_checks.h"
 #include "support/temp_dir.h"
 
 namespace fs = std::filesystem;
 using namespace polyak;
 using namespace polyak::data;
+using polyak::testing::contains;
+using polyak::testing::error_of;
+using polyak::testing::write_file;
 using polyak::testing::TempDir;
 
 namespace {
@@ -49,12 +53,6 @@ std::vector<uint8_t> cifar100_records(int count) {
   return synthetic_records(count, 2, labels);
 }
 
-void write_file(const fs::path& path, const std::vector<uint8_t>& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(out.good());
-}
-
 void write_gz(const fs::path& path, const std::vector<uint8_t>& bytes) {
   gzFile file = gzopen(path.c_str(), "wb6");
   REQUIRE(file != nullptr);
@@ -65,22 +63,6 @@ void write_gz(const fs::path& path, const std::vector<uint8_t>& bytes) {
 std::vector<uint8_t> read_bytes(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-// Runs `load` and returns the DataError's message ("" and a failure if none was thrown).
-template <class F>
-std::string error_of(F&& load) {
-  try {
-    load();
-  } catch (const DataError& e) {
-    return e.what();
-  }
-  FAIL("expected a DataError");
-  return "";
-}
-
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
 }
 
 std::vector<int64_t> iota(int64_t n) {
@@ -303,7 +285,7 @@ TEST_CASE("cifar10 file whose size is not a multiple of 3073 bytes") {
   std::vector<uint8_t> bytes = cifar10_records(3);
   bytes.resize(bytes.size() - 100);
   write_file(tmp.path / "test_batch.bin", bytes);
-  const std::string msg = error_of([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
+  const std::string msg = error_of<DataError>([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
   CHECK(contains(msg, (tmp.path / "test_batch.bin").string()));
   CHECK(contains(msg, "size " + std::to_string(bytes.size()) + " bytes"));
   CHECK(contains(msg, "record size 3073"));
@@ -313,7 +295,7 @@ TEST_CASE("cifar10 file whose size is not a multiple of 3073 bytes") {
 TEST_CASE("cifar100 file whose size is not a multiple of 3074 bytes") {
   TempDir tmp;
   write_file(tmp.path / "test.bin", cifar10_records(4));  // 3073-byte records
-  const std::string msg = error_of([&] { load_cifar100(tmp.str(), CifarSplit::Test); });
+  const std::string msg = error_of<DataError>([&] { load_cifar100(tmp.str(), CifarSplit::Test); });
   CHECK(contains(msg, "test.bin"));
   CHECK(contains(msg, "record size 3074"));
 }
@@ -323,7 +305,7 @@ TEST_CASE("cifar10 label 10 names the record") {
   std::vector<uint8_t> bytes = cifar10_records(4);
   bytes[2 * 3073] = 10;
   write_file(tmp.path / "test_batch.bin", bytes);
-  const std::string msg = error_of([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
+  const std::string msg = error_of<DataError>([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
   CHECK(contains(msg, "test_batch.bin"));
   CHECK(contains(msg, "record 2"));
   CHECK(contains(msg, "label 10"));
@@ -335,13 +317,13 @@ TEST_CASE("cifar100 fine label 100 and coarse label 20 name the record") {
   std::vector<uint8_t> bytes = cifar100_records(4);
   bytes[3 * 3074 + 1] = 100;
   write_file(tmp.path / "test.bin", bytes);
-  std::string msg = error_of([&] { load_cifar100(tmp.str(), CifarSplit::Test); });
+  std::string msg = error_of<DataError>([&] { load_cifar100(tmp.str(), CifarSplit::Test); });
   CHECK(contains(msg, "record 3"));
   CHECK(contains(msg, "fine label 100"));
   bytes = cifar100_records(4);
   bytes[1 * 3074] = 20;
   write_file(tmp.path / "test.bin", bytes);
-  msg = error_of([&] { load_cifar100(tmp.str(), CifarSplit::Test, CifarLabel::Fine); });
+  msg = error_of<DataError>([&] { load_cifar100(tmp.str(), CifarSplit::Test, CifarLabel::Fine); });
   CHECK(contains(msg, "record 1"));
   CHECK(contains(msg, "coarse label 20"));
 }
@@ -355,13 +337,13 @@ TEST_CASE("truncated and corrupt gzip files name the file") {
 
   SUBCASE("cut in half") {
     write_file(gz, std::vector<uint8_t>(whole.begin(), whole.begin() + whole.size() / 2));
-    const std::string msg = error_of([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
+    const std::string msg = error_of<DataError>([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
     CHECK(contains(msg, gz.string()));
     CHECK(contains(msg, "truncated"));
   }
   SUBCASE("last bytes of the trailer missing") {
     write_file(gz, std::vector<uint8_t>(whole.begin(), whole.end() - 3));
-    const std::string msg = error_of([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
+    const std::string msg = error_of<DataError>([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
     CHECK(contains(msg, gz.string()));
     CHECK(contains(msg, "truncated"));
   }
@@ -369,13 +351,13 @@ TEST_CASE("truncated and corrupt gzip files name the file") {
     std::vector<uint8_t> bad = whole;
     for (size_t i = bad.size() / 3; i < bad.size() / 3 + 16; ++i) bad[i] ^= 0x5a;
     write_file(gz, bad);
-    const std::string msg = error_of([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
+    const std::string msg = error_of<DataError>([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
     CHECK(contains(msg, gz.string()));
     CHECK(contains(msg, "corrupt"));
   }
   SUBCASE("not gzip at all") {
     write_file(gz, cifar10_records(1));
-    const std::string msg = error_of([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
+    const std::string msg = error_of<DataError>([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
     CHECK(contains(msg, gz.string()));
     CHECK(contains(msg, "not a gzip file"));
   }
@@ -383,7 +365,7 @@ TEST_CASE("truncated and corrupt gzip files name the file") {
     std::vector<uint8_t> bytes = cifar10_records(2);
     bytes.push_back(1);
     write_gz(gz, bytes);
-    const std::string msg = error_of([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
+    const std::string msg = error_of<DataError>([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
     CHECK(contains(msg, gz.string()));
     CHECK(contains(msg, "uncompressed size 6147 bytes"));
   }
@@ -398,17 +380,17 @@ TEST_CASE("truncated and corrupt gzip files name the file") {
 TEST_CASE("empty files are rejected") {
   TempDir tmp;
   write_file(tmp.path / "test_batch.bin", {});
-  std::string msg = error_of([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
+  std::string msg = error_of<DataError>([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
   CHECK(contains(msg, "test_batch.bin"));
   CHECK(contains(msg, "empty"));
   fs::remove(tmp.path / "test_batch.bin");
   write_file(tmp.path / "test_batch.bin.gz", {});
-  msg = error_of([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
+  msg = error_of<DataError>([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
   CHECK(contains(msg, "test_batch.bin.gz"));
   CHECK(contains(msg, "empty"));
   fs::remove(tmp.path / "test_batch.bin.gz");
   write_gz(tmp.path / "test_batch.bin.gz", {});
-  msg = error_of([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
+  msg = error_of<DataError>([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
   CHECK(contains(msg, "test_batch.bin.gz"));
   CHECK(contains(msg, "empty"));
 }
@@ -416,7 +398,7 @@ TEST_CASE("empty files are rejected") {
 TEST_CASE("missing folder or file says where it looked and how to get the data") {
   TempDir tmp;
   const fs::path missing = tmp.path / "no_such_folder";
-  std::string msg = error_of([&] { load_cifar10(missing.string(), CifarSplit::Train); });
+  std::string msg = error_of<DataError>([&] { load_cifar10(missing.string(), CifarSplit::Train); });
   CHECK(contains(msg, "data_batch_1.bin"));
   CHECK(contains(msg, "does not exist"));
   CHECK(contains(msg, (missing / "data_batch_1.bin.gz").string()));
@@ -427,11 +409,11 @@ TEST_CASE("missing folder or file says where it looked and how to get the data")
   // Four of five train batches: the error names the missing one.
   write_cifar10_dir(tmp.path, 1, false);
   fs::remove(tmp.path / "data_batch_4.bin");
-  msg = error_of([&] { load_cifar10(tmp.str(), CifarSplit::Train); });
+  msg = error_of<DataError>([&] { load_cifar10(tmp.str(), CifarSplit::Train); });
   CHECK(contains(msg, "data_batch_4.bin"));
   CHECK_FALSE(contains(msg, "does not exist"));
 
-  msg = error_of([&] { load_cifar100(missing.string(), CifarSplit::Test); });
+  msg = error_of<DataError>([&] { load_cifar100(missing.string(), CifarSplit::Test); });
   CHECK(contains(msg, "test.bin"));
   CHECK(contains(msg, "cifar-100-binary"));
   CHECK(contains(msg, "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"));
@@ -442,7 +424,7 @@ TEST_CASE("a class-name file with the wrong number of names is an error") {
   write_file(tmp.path / "test_batch.bin", cifar10_records(1));
   const std::string names = "cat\ndog\n";
   write_file(tmp.path / "batches.meta.txt", std::vector<uint8_t>(names.begin(), names.end()));
-  const std::string msg = error_of([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
+  const std::string msg = error_of<DataError>([&] { load_cifar10(tmp.str(), CifarSplit::Test); });
   CHECK(contains(msg, "batches.meta.txt"));
   CHECK(contains(msg, "expected 10 class names"));
   CHECK(contains(msg, "found 2"));

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "engine/io/safetensors.h"
+#include "support/file_checks.h"
 #include "support/gradcheck.h"
 
 using namespace polyak;
@@ -22,6 +23,7 @@ using polyak::io::load_safetensors;
 using polyak::io::save_safetensors;
 using polyak::io::SafetensorsError;
 using polyak::io::SafetensorsFile;
+using polyak::testing::contains;
 namespace fs = std::filesystem;
 
 namespace {
@@ -89,10 +91,6 @@ std::string error_of(const std::function<void()>& f) {
     return e.what();
   }
   return "";
-}
-
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
 }
 
 }  // namespace
