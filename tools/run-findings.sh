@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The runs behind docs/RESULTS.md: the paper's findings F1-F4 on CIFAR-10 with
-# ResNet-20, an 80/20 train/validation split and five EMAs, 30 epochs each
-# (about 2 h 20 min in all on two Zen 5 cores).
+# ResNet-20, an 80/20 train/validation split and five EMAs, 30 epochs each (the
+# times measured are in docs/RESULTS.md).
 #
 #   tools/run-findings.sh F1 [F2 ...]    (or: all)
 #

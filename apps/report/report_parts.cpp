@@ -23,7 +23,7 @@ std::string text(const json& object, const char* key, const std::string& otherwi
 }
 
 double ema_decay(const std::string& model) {
-  if (model.rfind("ema", 0) != 0) return kNaN;
+  if (!is_ema(model)) return kNaN;
   try {
     size_t used = 0;
     const double a = std::stod(model.substr(3), &used);
@@ -34,7 +34,6 @@ double ema_decay(const std::string& model) {
 }
 
 bool is_ema(const std::string& model) { return model.rfind("ema", 0) == 0; }
-
 
 bool model_before(const std::string& a, const std::string& b) {
   if (model_rank(a) != model_rank(b)) return model_rank(a) < model_rank(b);
