@@ -55,6 +55,18 @@ void recompute_bn_on(nn::Module& model, data::Loader& loader, int64_t batches) {
       batches);
 }
 
+int64_t argmax_matches(const Tensor& logits, const Tensor& labels) {
+  const std::vector<float> l = logits.to_vector<float>();
+  const std::vector<int64_t> y = labels.to_vector<int64_t>();
+  const int64_t classes = logits.size(1);
+  int64_t correct = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    const float* row = l.data() + static_cast<int64_t>(i) * classes;
+    correct += std::max_element(row, row + classes) - row == y[i];
+  }
+  return correct;
+}
+
 double top1_accuracy(const Predictions& p) {
   if (p.count() == 0) return 0.0;
   int64_t correct = 0;

@@ -32,6 +32,8 @@ data::LoaderOptions recompute_loader_options(int64_t batch_size, bool augment, u
 // current epoch (0: all of them).
 void recompute_bn_on(nn::Module& model, data::Loader& loader, int64_t batches);
 
+// How many rows of `logits` (N x classes) have their largest value at `labels` (N).
+int64_t argmax_matches(const Tensor& logits, const Tensor& labels);
 double top1_accuracy(const Predictions& p);  // percent
 double mean_nll(const Predictions& p);       // natural log, mean over images
 

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -47,18 +48,6 @@ std::optional<data::NoisyLabels> noisy_labels(const TrainConfig& config, const d
   if (config.noise_type == "sym")
     return data::symmetric_noise(train.labels, train.num_classes, config.label_noise, config.seed);
   return data::asymmetric_noise(train.labels, data::asymmetric_map(train.num_classes), config.label_noise, config.seed);
-}
-
-int64_t argmax_matches(const Tensor& logits, const Tensor& labels) {
-  const std::vector<float> l = logits.to_vector<float>();
-  const std::vector<int64_t> y = labels.to_vector<int64_t>();
-  const int64_t classes = logits.size(1);
-  int64_t correct = 0;
-  for (size_t i = 0; i < y.size(); ++i) {
-    const float* row = l.data() + static_cast<int64_t>(i) * classes;
-    correct += std::max_element(row, row + classes) - row == y[i];
-  }
-  return correct;
 }
 
 // Whether every value of the flat float tensor `t` is finite. On the CPU one scan; on a
@@ -123,20 +112,9 @@ void fault_stop_at(int64_t step) {
   if (step == stop_at) std::raise(SIGSTOP);
 }
 
-}  // namespace
-
-int run_training(TrainConfig config) {
-  std::optional<io::SafetensorsFile> checkpoint;
-  if (!config.resume.empty()) {
-    checkpoint = read_resumed_checkpoint(config.resume);
-    config = resumed_config(config, *checkpoint);
-  }
-  config.resolve();
-  config.validate();
-  if (config.threads) set_num_threads(config.threads);
-  const auto run_start = std::chrono::steady_clock::now();
-
-  // ---- output folder: checked before any work, so a bad path fails at once ----
+// The output folder, checked before any work so that a bad path fails at once: it must
+// be writable and, unless the run is resumed, hold no run yet.
+fs::path prepare_run_folder(const TrainConfig& config) {
   const fs::path out_dir(config.output);
   prepare_output_folder("--output", config.output);
   for (const std::string& name : io::remove_stale_temp_files(config.output))
@@ -145,36 +123,55 @@ int run_training(TrainConfig config) {
   if (config.resume.empty() && fs::exists(last_path))
     throw std::invalid_argument("--output " + config.output + " already holds a run (" + last_path.string() +
                                 "); pass --resume " + last_path.string() + " to continue it, or choose another --output");
+  return out_dir;
+}
 
-  // ---- data ----
-  Datasets sets = load_datasets(config.dataset, config.data_dir);
-  keep_first(sets.train, config.train_subset);
-  keep_first(sets.test, config.test_subset);
-  const int classes = sets.train.num_classes;
+// The images of a run: the dataset, its train/validation split, and the labels training
+// sees where they are noisy.
+struct TrainingData {
+  Datasets sets;
+  std::optional<data::NoisyLabels> noise;
+  data::Split split;
+};
+
+TrainingData load_training_data(const TrainConfig& config) {
+  TrainingData d;
+  d.sets = load_datasets(config.dataset, config.data_dir);
+  keep_first(d.sets.train, config.train_subset);
+  keep_first(d.sets.test, config.test_subset);
   // Noisy labels are for training only: the split is drawn on the clean labels (so that
   // eval reproduces it from the seed alone) and the validation images keep them, so
   // that selection and temperature scaling are judged on clean held-out data.
-  const std::optional<data::NoisyLabels> noise = noisy_labels(config, sets.train);
-  const data::Split split = data::train_val_split(sets.train.labels, classes, config.val_split, config.seed);
-  if (noise) {
-    for (const int64_t i : split.train) sets.train.labels[static_cast<size_t>(i)] = noise->labels[static_cast<size_t>(i)];
+  d.noise = noisy_labels(config, d.sets.train);
+  d.split = data::train_val_split(d.sets.train.labels, d.sets.train.num_classes, config.val_split, config.seed);
+  if (d.noise) {
     int64_t wrong = 0;
-    for (const int64_t i : split.train) wrong += noise->is_noisy(i);
+    for (const int64_t i : d.split.train) {
+      d.sets.train.labels[static_cast<size_t>(i)] = d.noise->labels[static_cast<size_t>(i)];
+      wrong += d.noise->is_noisy(i);
+    }
     std::printf("labels: %s, %.2f%% of the %zu training images wrong; validation labels clean\n",
                 config.labels_file.empty() ? (config.noise_type + " noise").c_str() : config.labels_file.c_str(),
-                100.0 * static_cast<double>(wrong) / static_cast<double>(std::max<size_t>(split.train.size(), 1)),
-                split.train.size());
+                100.0 * static_cast<double>(wrong) / static_cast<double>(std::max<size_t>(d.split.train.size(), 1)),
+                d.split.train.size());
   }
-  if (config.batch_size > static_cast<int64_t>(split.train.size()))
+  if (config.batch_size > static_cast<int64_t>(d.split.train.size()))
     throw std::invalid_argument("--batch-size " + std::to_string(config.batch_size) + ": larger than the " +
-                                std::to_string(split.train.size()) + " training images");
+                                std::to_string(d.split.train.size()) + " training images");
+  return d;
+}
 
-  // ---- model, optimiser, schedule ----
+Device select_device(const TrainConfig& config) {
   const Device device = device_from_flag(config.device);
   set_cuda_tf32(config.tf32);
   set_cuda_deterministic(config.deterministic);
-  Rng rng(config.seed);
-  const auto model = models::create_model(config.model, classes, rng);
+  return device;
+}
+
+// The model on its device with packed arenas, its weights drawn from `rng` or read
+// from --init.
+std::shared_ptr<nn::Module> build_model(const TrainConfig& config, int classes, Device device, Rng& rng) {
+  auto model = models::create_model(config.model, classes, rng);
   model->to(device);
   model->pack_arenas();
   if (!config.init.empty()) {
@@ -184,15 +181,21 @@ int run_training(TrainConfig config) {
       throw std::invalid_argument(std::string("--init ") + e.what());
     }
   }
-  Sgd sgd(*model, {.lr = config.lr, .momentum = config.momentum, .weight_decay = config.weight_decay, .nesterov = config.nesterov});
-  data::LoaderOptions loader_options;
-  loader_options.batch_size = config.batch_size;
-  loader_options.shuffle = config.shuffle;
-  loader_options.augment = config.augment;
-  loader_options.seed = config.seed;
-  loader_options.device = device;
-  data::Loader loader(sets.train, split.train, loader_options);
-  const int64_t steps_per_epoch = loader.batches_per_epoch();
+  return model;
+}
+
+data::LoaderOptions training_loader_options(const TrainConfig& config, Device device) {
+  data::LoaderOptions options;
+  options.batch_size = config.batch_size;
+  options.shuffle = config.shuffle;
+  options.augment = config.augment;
+  options.seed = config.seed;
+  options.device = device;
+  return options;
+}
+
+// The learning-rate schedule on the grid of optimiser steps (epochs become steps).
+Schedule make_schedule(const TrainConfig& config, int64_t steps_per_epoch) {
   Schedule schedule;
   schedule.kind = parse_schedule_kind(config.sched);
   schedule.base_lr = config.lr;
@@ -200,169 +203,260 @@ int run_training(TrainConfig config) {
   schedule.total_steps = config.epochs * steps_per_epoch;
   schedule.gamma = config.gamma;
   for (int m : config.milestones) schedule.milestone_steps.push_back(m * steps_per_epoch);
+  return schedule;
+}
 
-  // ---- averaging and the evaluation protocol ----
-  std::optional<ema::EmaSet> averages;
-  if (const auto options = config.ema_options(schedule.total_steps)) averages.emplace(*model, *options);
-  Protocol protocol(config, *model, averages ? &*averages : nullptr, sets, split, out_dir, noise ? &*noise : nullptr);
+std::optional<ema::EmaSet> make_averages(const TrainConfig& config, nn::Module& model, int64_t total_steps) {
+  if (const auto options = config.ema_options(total_steps)) return std::optional<ema::EmaSet>(std::in_place, model, *options);
+  return std::nullopt;
+}
 
-  MetricsLog metrics(out_dir / "metrics.jsonl");
-  TrainingState state;
-  std::string saved_path;  // the last good checkpoint, and its step
-  int64_t saved_step = 0;
-  if (checkpoint) {
-    Resumed resumed = restore_run(*checkpoint, config, steps_per_epoch, *model, sgd, averages ? &*averages : nullptr);
-    state = resumed.state;
-    protocol.set_selection(std::move(resumed.selection));
-    saved_path = config.resume;
-    saved_step = state.step;
-    rng.set_state(state.rng);
-    metrics.keep_through_epoch(state.epoch);
-    std::printf("resumed %s at epoch %lld, step %lld\n", config.resume.c_str(), static_cast<long long>(state.epoch),
-                static_cast<long long>(state.step));
-    checkpoint.reset();  // all of it is restored: its memory goes back before training
-  } else {
-    io::write_file_atomically((out_dir / "config.json").string(), config.to_json() + "\n");
-    metrics.start_fresh();
-    save_model((out_dir / "init.safetensors").string(), *model, {{"polyak.model", config.model}});
-    state.loader = loader.state();
-  }
-  state.config_json = config.definition().to_json();
-  loader.set_state(state.loader);
-
-  if (averages) {
-    std::printf("averaging: %zu EMAs (", averages->size());
-    for (size_t k = 0; k < averages->size(); ++k) std::printf("%s%s", k ? ", " : "", averages->name(k).c_str());
-    std::printf(") every %lld steps, warm-up %s, buffers %s, BN recompute %s\n",
-                static_cast<long long>(averages->options().every), averages->options().warmup ? "on" : "off",
-                ema::buffer_policy_name(averages->options().buffers), config.bn_recompute.c_str());
-  }
-  std::printf("train: %s on %s (%lld train / %zu val / %lld test images), %lld parameters, batch %lld, %d epochs, "
-              "%s lr %.3g, %d threads -> %s\n",
-              config.model.c_str(), config.dataset.c_str(), static_cast<long long>(split.train.size()), split.val.size(),
-              static_cast<long long>(sets.test.count), static_cast<long long>(model->parameter_arena().numel()),
-              static_cast<long long>(config.batch_size), config.epochs, config.sched.c_str(), config.lr, num_threads(),
-              config.output.c_str());
-
-  // The error of a run stopped at `step` by a non-finite `what`.
-  const auto diverged = [&](int64_t step, const std::string& what, int64_t epoch, float lr) {
-    return TrainingDiverged(
-        "training diverged at step " + std::to_string(step) + " (epoch " + std::to_string(epoch + 1) + ", lr " +
-        number_str(lr) + "): " + what + "; stopped without saving; the last good checkpoint is " +
-        (saved_path.empty() ? std::string("none (none was written yet)")
-                            : saved_path + " (step " + std::to_string(saved_step) + ")"));
-  };
-  // The checkpoint of where the run stands: after epoch state.epoch, or inside the
-  // next one with the loader's position and the epoch's running sums.
-  const auto save_checkpoint = [&] {
-    state.loader = loader.state();
-    state.rng = rng.state();
-    std::map<std::string, std::string> extra_metadata = {{"polyak.selection", protocol.selection().dump()}};
-    if (averages) extra_metadata.merge(averages->state_metadata());
-    save_training_checkpoint(last_path.string(), *model, sgd, state,
-                             averages ? averages->state_tensors() : std::vector<nn::NamedTensor>{}, extra_metadata);
-    saved_path = last_path.string();
-    saved_step = state.step;
-  };
-
-  bool stopped = false;
-  while (!stopped && loader.state().epoch < config.epochs) {
-    const int64_t epoch = loader.state().epoch;
-    model->train();
-    ProgressBar bar("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(config.epochs),
-                    steps_per_epoch - loader.state().next_batch, config.batch_size);
-    // A run resumed inside an epoch continues that epoch's sums.
-    if (loader.state().next_batch == 0) {
-      state.epoch_loss_sum = 0;
-      state.epoch_correct = state.epoch_seen = state.epoch_skipped = 0;
+// A training run, set up (or resumed) by the constructor and carried to its end by
+// run(). Each phase is one method over the state they share: a step, the end of an
+// epoch, a checkpoint, the end of the run.
+class Trainer {
+ public:
+  Trainer(const TrainConfig& config, std::optional<io::SafetensorsFile> checkpoint)
+      : config_(config),
+        out_dir_(prepare_run_folder(config)),
+        last_path_(out_dir_ / "last.safetensors"),
+        data_(load_training_data(config)),
+        device_(select_device(config)),
+        rng_(config.seed),
+        model_(build_model(config, data_.sets.train.num_classes, device_, rng_)),
+        sgd_(*model_, {.lr = config.lr, .momentum = config.momentum, .weight_decay = config.weight_decay,
+                       .nesterov = config.nesterov}),
+        loader_(data_.sets.train, data_.split.train, training_loader_options(config, device_)),
+        steps_per_epoch_(loader_.batches_per_epoch()),
+        schedule_(make_schedule(config, steps_per_epoch_)),
+        averages_(make_averages(config, *model_, schedule_.total_steps)),
+        protocol_(config, *model_, averages_ ? &*averages_ : nullptr, data_.sets, data_.split, out_dir_,
+                  data_.noise ? &*data_.noise : nullptr),
+        metrics_(out_dir_ / "metrics.jsonl") {
+    if (checkpoint) {
+      resume_from(*checkpoint);
+      checkpoint.reset();  // all of it is restored: its memory goes back before training
+    } else {
+      start_fresh();
     }
+    state_.config_json = config_.definition().to_json();
+    loader_.set_state(state_.loader);
+    print_plan();
+  }
+
+  void run() {
+    while (loader_.state().epoch < config_.epochs)
+      if (!train_epoch()) break;  // --max-steps
+    if (state_.epoch >= config_.epochs) finish();
+  }
+
+ private:
+  void start_fresh() {
+    io::write_file_atomically((out_dir_ / "config.json").string(), config_.to_json() + "\n");
+    metrics_.start_fresh();
+    save_model((out_dir_ / "init.safetensors").string(), *model_, {{"polyak.model", config_.model}});
+    state_.loader = loader_.state();
+  }
+
+  void resume_from(const io::SafetensorsFile& checkpoint) {
+    Resumed resumed = restore_run(checkpoint, config_, steps_per_epoch_, *model_, sgd_, averages_ ? &*averages_ : nullptr);
+    state_ = resumed.state;
+    protocol_.set_selection(std::move(resumed.selection));
+    saved_path_ = config_.resume;
+    saved_step_ = state_.step;
+    rng_.set_state(state_.rng);
+    metrics_.keep_through_epoch(state_.epoch);
+    std::printf("resumed %s at epoch %lld, step %lld\n", config_.resume.c_str(), static_cast<long long>(state_.epoch),
+                static_cast<long long>(state_.step));
+  }
+
+  void print_plan() const {
+    if (averages_) {
+      std::printf("averaging: %zu EMAs (", averages_->size());
+      for (size_t k = 0; k < averages_->size(); ++k) std::printf("%s%s", k ? ", " : "", averages_->name(k).c_str());
+      std::printf(") every %lld steps, warm-up %s, buffers %s, BN recompute %s\n",
+                  static_cast<long long>(averages_->options().every), averages_->options().warmup ? "on" : "off",
+                  ema::buffer_policy_name(averages_->options().buffers), config_.bn_recompute.c_str());
+    }
+    std::printf("train: %s on %s (%zu train / %zu val / %lld test images), %lld parameters, batch %lld, %d epochs, "
+                "%s lr %.3g, %d threads -> %s\n",
+                config_.model.c_str(), config_.dataset.c_str(), data_.split.train.size(), data_.split.val.size(),
+                static_cast<long long>(data_.sets.test.count), static_cast<long long>(model_->parameter_arena().numel()),
+                static_cast<long long>(config_.batch_size), config_.epochs, config_.sched.c_str(), config_.lr,
+                num_threads(), config_.output.c_str());
+  }
+
+  // The rest of the current epoch (all of it, or what a resumed run had left), its
+  // evaluation and its checkpoint; false when --max-steps stopped the run.
+  bool train_epoch() {
+    const int64_t epoch = loader_.state().epoch;
+    model_->train();
+    ProgressBar bar("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(config_.epochs),
+                    steps_per_epoch_ - loader_.state().next_batch, config_.batch_size);
+    if (loader_.state().next_batch == 0) clear_epoch_sums();  // a resumed epoch continues its sums
     int64_t done = 0;
-    float lr = schedule.lr_at(state.step);
-    while (auto batch = loader.next()) {
-      lr = schedule.lr_at(state.step);
-      sgd.options().lr = lr;
-      model->zero_grad();
-      std::vector<Tensor> buffers_before;
-      if (config.on_nonfinite == "skip") buffers_before = copy_buffers(*model);
-      const Tensor logits = (*model)(batch->images);
-      const Tensor loss = cross_entropy(logits, batch->labels);
-      const float loss_value = loss.item();
-      if (std::isfinite(loss_value)) loss.backward();
-      if (const std::string bad = nonfinite_part(loss_value, *model); !bad.empty()) {
-        if (config.on_nonfinite == "stop") throw diverged(state.step + 1, bad, epoch, lr);
-        if (++state.consecutive_skips > config.max_skips)
-          throw diverged(state.step + 1, bad + ", " + std::to_string(config.max_skips) + " steps in a row (--max-skips)",
-                         epoch, lr);
-        // Skipped: no update of the weights, the momentum or the averages, and the BN
-        // statistics as before the batch. The step still counts (the batch is used up,
-        // and the schedule stays on the epochs' grid), and the epoch's loss and accuracy
-        // leave the batch out.
-        restore_buffers(*model, buffers_before);
-        std::printf("warning: step %lld (epoch %lld, lr %s) skipped: %s (%lld in a row)\n",
-                    static_cast<long long>(state.step + 1), static_cast<long long>(epoch + 1), number_str(lr).c_str(),
-                    bad.c_str(), static_cast<long long>(state.consecutive_skips));
-        ++state.epoch_skipped;
-        ++state.step;
-      } else {
-        state.consecutive_skips = 0;
-        sgd.step();
-        // A finite loss and gradient can still step to weights that overflow; that
-        // cannot be skipped (the old weights are gone), so it always stops the run.
-        if (const std::string name = first_nonfinite(*model, false); !name.empty())
-          throw diverged(state.step + 1, "the update made " + name + " non-finite", epoch, lr);
-        ++state.step;
-        if (averages) averages->after_step(state.step);
-        const int64_t b = batch->labels.numel();
-        state.epoch_loss_sum += static_cast<double>(loss_value) * static_cast<double>(b);
-        state.epoch_correct += argmax_matches(logits, batch->labels);
-        state.epoch_seen += b;
-      }
-      const double seen = static_cast<double>(std::max<int64_t>(state.epoch_seen, 1));
-      bar.update(++done, state.epoch_loss_sum / seen, 100.0 * static_cast<double>(state.epoch_correct) / seen);
-      fault_stop_at(state.step);
-      if (config.max_steps && state.step >= config.max_steps) {
+    bool stopped = false;
+    float lr = schedule_.lr_at(state_.step);
+    while (auto batch = loader_.next()) {
+      lr = schedule_.lr_at(state_.step);
+      step(*batch, epoch, lr);
+      const double seen = static_cast<double>(std::max<int64_t>(state_.epoch_seen, 1));
+      bar.update(++done, state_.epoch_loss_sum / seen, 100.0 * static_cast<double>(state_.epoch_correct) / seen);
+      fault_stop_at(state_.step);
+      if (config_.max_steps && state_.step >= config_.max_steps) {
         stopped = true;
         break;
       }
       // Mid-epoch checkpoints; the one of the epoch's last batch follows its evaluation.
-      if (config.save_every && state.step % config.save_every == 0 && loader.state().next_batch < steps_per_epoch)
+      if (config_.save_every && state_.step % config_.save_every == 0 && loader_.state().next_batch < steps_per_epoch_)
         save_checkpoint();
     }
     const double rate = bar.finish();
-    if (loader.state().next_batch >= steps_per_epoch) loader.start_epoch(epoch + 1);  // stopped on the last batch
-    if (loader.state().epoch == epoch + 1) {
-      state.epoch = epoch + 1;
-      const double seen = static_cast<double>(state.epoch_seen);
-      const double accuracy = seen > 0 ? 100.0 * static_cast<double>(state.epoch_correct) / seen : 0.0;
-      const double loss = seen > 0 ? state.epoch_loss_sum / seen : 0.0;
-      const json base = {{"epoch", state.epoch}, {"step", state.step}, {"lr", lr}, {"model", "sgd"}, {"bn", "running"}};
-      json train_row = base;
-      train_row.update({{"split", "train"}, {"accuracy", accuracy}, {"loss", loss}, {"images", state.epoch_seen},
-                        {"skipped", state.epoch_skipped}, {"memory", memory_json(host_memory())}});
-      metrics.append(train_row);
-      std::string summary = "epoch " + std::to_string(state.epoch) + "/" + std::to_string(config.epochs);
-      char buf[160];
-      std::snprintf(buf, sizeof buf, "  lr %.4f  train loss %.3f acc %.2f%%", lr, loss, accuracy);
-      summary += buf;
-      if (state.epoch_skipped) summary += "  (" + std::to_string(state.epoch_skipped) + " steps skipped)";
-      if (state.epoch % config.eval_every == 0 || state.epoch == config.epochs)
-        summary += protocol.evaluate_epoch(state.epoch, state.step, lr, metrics);
-      std::snprintf(buf, sizeof buf, "  (%.0f img/s, %s)", rate, format_duration(bar.seconds()).c_str());
-      std::printf("%s%s\n", summary.c_str(), buf);
-      state.epoch_loss_sum = 0;
-      state.epoch_correct = state.epoch_seen = state.epoch_skipped = 0;
-    }
+    if (loader_.state().next_batch >= steps_per_epoch_) loader_.start_epoch(epoch + 1);  // stopped on the last batch
+    if (loader_.state().epoch == epoch + 1) end_epoch(lr, rate, bar.seconds());
     save_checkpoint();
+    return !stopped;
   }
-  if (state.epoch >= config.epochs) {
-    save_model((out_dir / "model.safetensors").string(), *model, {{"polyak.model", config.model}});
-    protocol.finish(state.epoch, state.step, schedule.lr_at(state.step - 1), metrics);
-    const fs::path report = out_dir / "report.html";
-    write_report({out_dir.string()}, report.string());
+
+  // One optimiser step on `batch` at learning rate `lr`, or a skipped one (see
+  // --on-nonfinite) when its loss or a gradient is not finite.
+  void step(const data::Batch& batch, int64_t epoch, float lr) {
+    sgd_.options().lr = lr;
+    model_->zero_grad();
+    std::vector<Tensor> buffers_before;
+    if (config_.on_nonfinite == "skip") buffers_before = copy_buffers(*model_);
+    const Tensor logits = (*model_)(batch.images);
+    const Tensor loss = cross_entropy(logits, batch.labels);
+    const float loss_value = loss.item();
+    if (std::isfinite(loss_value)) loss.backward();
+    if (const std::string bad = nonfinite_part(loss_value, *model_); !bad.empty()) {
+      skip_step(bad, epoch, lr, buffers_before);
+      return;
+    }
+    state_.consecutive_skips = 0;
+    sgd_.step();
+    // A finite loss and gradient can still step to weights that overflow; that cannot
+    // be skipped (the old weights are gone), so it always stops the run.
+    if (const std::string name = first_nonfinite(*model_, false); !name.empty())
+      throw diverged(state_.step + 1, "the update made " + name + " non-finite", epoch, lr);
+    ++state_.step;
+    if (averages_) averages_->after_step(state_.step);
+    const int64_t b = batch.labels.numel();
+    state_.epoch_loss_sum += static_cast<double>(loss_value) * static_cast<double>(b);
+    state_.epoch_correct += argmax_matches(logits, batch.labels);
+    state_.epoch_seen += b;
+  }
+
+  // Skipped: no update of the weights, the momentum or the averages, and the BN
+  // statistics as before the batch. The step still counts (the batch is used up, and
+  // the schedule stays on the epochs' grid), and the epoch's loss and accuracy leave
+  // the batch out. With --on-nonfinite stop, or too many skips in a row, the run ends.
+  void skip_step(const std::string& bad, int64_t epoch, float lr, const std::vector<Tensor>& buffers_before) {
+    if (config_.on_nonfinite == "stop") throw diverged(state_.step + 1, bad, epoch, lr);
+    if (++state_.consecutive_skips > config_.max_skips)
+      throw diverged(state_.step + 1, bad + ", " + std::to_string(config_.max_skips) + " steps in a row (--max-skips)",
+                     epoch, lr);
+    restore_buffers(*model_, buffers_before);
+    std::printf("warning: step %lld (epoch %lld, lr %s) skipped: %s (%lld in a row)\n",
+                static_cast<long long>(state_.step + 1), static_cast<long long>(epoch + 1), number_str(lr).c_str(),
+                bad.c_str(), static_cast<long long>(state_.consecutive_skips));
+    ++state_.epoch_skipped;
+    ++state_.step;
+  }
+
+  // The epoch's train row, its evaluation (every --eval-every epochs and after the
+  // last) and its line on the console.
+  void end_epoch(float lr, double rate, double seconds) {
+    ++state_.epoch;
+    const double seen = static_cast<double>(state_.epoch_seen);
+    const double accuracy = seen > 0 ? 100.0 * static_cast<double>(state_.epoch_correct) / seen : 0.0;
+    const double loss = seen > 0 ? state_.epoch_loss_sum / seen : 0.0;
+    json train_row = {{"epoch", state_.epoch}, {"step", state_.step}, {"lr", lr}, {"model", "sgd"}, {"bn", "running"}};
+    train_row.update({{"split", "train"}, {"accuracy", accuracy}, {"loss", loss}, {"images", state_.epoch_seen},
+                      {"skipped", state_.epoch_skipped}, {"memory", memory_json(host_memory())}});
+    metrics_.append(train_row);
+    std::string summary = "epoch " + std::to_string(state_.epoch) + "/" + std::to_string(config_.epochs);
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "  lr %.4f  train loss %.3f acc %.2f%%", lr, loss, accuracy);
+    summary += buf;
+    if (state_.epoch_skipped) summary += "  (" + std::to_string(state_.epoch_skipped) + " steps skipped)";
+    if (state_.epoch % config_.eval_every == 0 || state_.epoch == config_.epochs)
+      summary += protocol_.evaluate_epoch(state_.epoch, state_.step, lr, metrics_);
+    std::snprintf(buf, sizeof buf, "  (%.0f img/s, %s)", rate, format_duration(seconds).c_str());
+    std::printf("%s%s\n", summary.c_str(), buf);
+    clear_epoch_sums();
+  }
+
+  void clear_epoch_sums() {
+    state_.epoch_loss_sum = 0;
+    state_.epoch_correct = state_.epoch_seen = state_.epoch_skipped = 0;
+  }
+
+  // The checkpoint of where the run stands: after epoch state_.epoch, or inside the
+  // next one with the loader's position and the epoch's running sums.
+  void save_checkpoint() {
+    state_.loader = loader_.state();
+    state_.rng = rng_.state();
+    std::map<std::string, std::string> extra_metadata = {{"polyak.selection", protocol_.selection().dump()}};
+    if (averages_) extra_metadata.merge(averages_->state_metadata());
+    save_training_checkpoint(last_path_.string(), *model_, sgd_, state_,
+                             averages_ ? averages_->state_tensors() : std::vector<nn::NamedTensor>{}, extra_metadata);
+    saved_path_ = last_path_.string();
+    saved_step_ = state_.step;
+  }
+
+  // The final model, the protocol's selection and tables, and the report.
+  void finish() {
+    save_model((out_dir_ / "model.safetensors").string(), *model_, {{"polyak.model", config_.model}});
+    protocol_.finish(state_.epoch, state_.step, schedule_.lr_at(state_.step - 1), metrics_);
+    const fs::path report = out_dir_ / "report.html";
+    write_report({out_dir_.string()}, report.string());
     std::printf("report: %s\n", report.string().c_str());
   }
+
+  // The error of a run stopped at `step` by a non-finite `what`.
+  TrainingDiverged diverged(int64_t step, const std::string& what, int64_t epoch, float lr) const {
+    return TrainingDiverged(
+        "training diverged at step " + std::to_string(step) + " (epoch " + std::to_string(epoch + 1) + ", lr " +
+        number_str(lr) + "): " + what + "; stopped without saving; the last good checkpoint is " +
+        (saved_path_.empty() ? std::string("none (none was written yet)")
+                             : saved_path_ + " (step " + std::to_string(saved_step_) + ")"));
+  }
+
+  const TrainConfig config_;
+  const fs::path out_dir_, last_path_;
+  TrainingData data_;
+  const Device device_;
+  Rng rng_;
+  std::shared_ptr<nn::Module> model_;
+  Sgd sgd_;
+  data::Loader loader_;
+  const int64_t steps_per_epoch_;
+  const Schedule schedule_;
+  std::optional<ema::EmaSet> averages_;
+  Protocol protocol_;
+  MetricsLog metrics_;
+  TrainingState state_;
+  std::string saved_path_;  // the last good checkpoint, and its step
+  int64_t saved_step_ = 0;
+};
+
+}  // namespace
+
+int run_training(TrainConfig config) {
+  const auto run_start = std::chrono::steady_clock::now();
+  std::optional<io::SafetensorsFile> checkpoint;
+  if (!config.resume.empty()) {
+    checkpoint = read_resumed_checkpoint(config.resume);
+    config = resumed_config(config, *checkpoint);
+  }
+  config.resolve();
+  config.validate();
+  if (config.threads) set_num_threads(config.threads);
+  Trainer trainer(config, std::move(checkpoint));
+  trainer.run();
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
-  std::printf("done in %s: %s\n", format_duration(total).c_str(), out_dir.string().c_str());
+  std::printf("done in %s: %s\n", format_duration(total).c_str(), config.output.c_str());
   return 0;
 }
 
