@@ -80,13 +80,14 @@ int64_t Loader::batches_per_epoch() const {
   return options_.drop_last ? n / b : (n + b - 1) / b;
 }
 
+std::vector<int64_t> Loader::shuffled(std::vector<int64_t> indices, uint64_t seed, int64_t epoch) {
+  Rng rng(derive_seed(seed, kShuffleStream, epoch, 0));
+  for (size_t i = indices.size(); i > 1; --i) std::swap(indices[i - 1], indices[rng.below(i)]);
+  return indices;
+}
+
 std::vector<int64_t> Loader::epoch_order(int64_t epoch) const {
-  std::vector<int64_t> order = indices_;
-  if (options_.shuffle) {
-    Rng rng(derive_seed(options_.seed, kShuffleStream, epoch, 0));
-    for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng.below(i)]);
-  }
-  return order;
+  return options_.shuffle ? shuffled(indices_, options_.seed, epoch) : indices_;
 }
 
 Loader::Item Loader::build(State at) {

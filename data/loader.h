@@ -102,6 +102,9 @@ class Loader {
 
   // The dataset indices of epoch `epoch` in the order its batches take them.
   std::vector<int64_t> epoch_order(int64_t epoch) const;
+  // `indices` in the shuffled order of epoch `epoch` of a loader seeded with `seed`
+  // (for a consumer that batches precomputed data in the loader's order).
+  static std::vector<int64_t> shuffled(std::vector<int64_t> indices, uint64_t seed, int64_t epoch);
 
  private:
   struct Item;

@@ -21,7 +21,6 @@
 #include "data/folder.h"
 #include "data/loader.h"
 #include "data/split.h"
-#include "ema/bn_recompute.h"
 #include "engine/backend.h"
 #include "engine/parallel.h"
 #include "models/registry.h"
@@ -126,114 +125,115 @@ void EvalConfig::validate() const {
   check_output_file("--json", json);
 }
 
-int run_eval(EvalConfig config) {
-  if (config.data_dir.empty()) config.data_dir = default_data_dir(config.dataset);
-  config.validate();
-  if (config.threads) set_num_threads(config.threads);
-  const Device device = device_from_flag(config.device);
-  // With --json - the JSON owns stdout and the table goes to stderr.
-  FILE* out = config.json == "-" ? stderr : stdout;
+namespace {
 
-  // ---- data: the evaluated split, the validation split, the recompute batches ----
+// What an evaluation reads: the dataset, its train/validation split (as the train
+// app's), and the loader of the BN recompute batches when there is a recompute.
+struct EvalInputs {
+  Datasets sets;
+  data::Split split;
+  int classes = 0;
+  std::unique_ptr<data::Loader> recompute;
+};
+
+EvalInputs load_inputs(const EvalConfig& config, Device device) {
+  EvalInputs in;
   const bool recompute = config.bn_recompute == "on";
   const bool need_train = config.split != "test" || config.val_split > 0 || recompute;
-  Datasets sets = load_parts(config.dataset, config.data_dir, need_train, config.split == "test");
-  keep_first(sets.train, config.train_subset);
-  keep_first(sets.test, config.test_subset);
-  if (config.split == "test" && sets.test.count == 0)
+  in.sets = load_parts(config.dataset, config.data_dir, need_train, config.split == "test");
+  keep_first(in.sets.train, config.train_subset);
+  keep_first(in.sets.test, config.test_subset);
+  if (config.split == "test" && in.sets.test.count == 0)
     throw std::invalid_argument("--data " + config.data_dir + ": no test images (a folder dataset needs test/ or val/)");
-  const int classes = need_train ? sets.train.num_classes : sets.test.num_classes;
-  data::Split split;
-  if (need_train) split = data::train_val_split(sets.train.labels, classes, config.val_split, config.seed);
-  const data::ImageSet& eval_set = config.split == "test" ? sets.test : sets.train;
-  const std::vector<int64_t>& eval_indices = config.split == "val" ? split.val : split.train;  // unused for test
-  const auto predict_split = [&](nn::Module& model) {
-    return config.split == "test" ? predict(model, sets.test, {}, 500, device) : predict(model, eval_set, eval_indices, 500, device);
-  };
-
-  std::unique_ptr<data::Loader> recompute_loader;
+  in.classes = need_train ? in.sets.train.num_classes : in.sets.test.num_classes;
+  if (need_train) in.split = data::train_val_split(in.sets.train.labels, in.classes, config.val_split, config.seed);
   if (recompute) {
-    if (split.train.empty())
+    if (in.split.train.empty())
       throw std::invalid_argument("--bn-recompute on: no training images left to recompute on (--val-split " +
                                   number_str(config.val_split) + ")");
-    data::LoaderOptions o;
-    o.batch_size = std::min<int64_t>(config.batch_size, static_cast<int64_t>(split.train.size()));
-    o.shuffle = true;
-    o.augment = config.augment;
-    o.seed = config.seed ^ 0x62e2ac0d5b1f7c4bULL;
-    o.device = device;
-    recompute_loader = std::make_unique<data::Loader>(sets.train, split.train, o);
+    const int64_t batch = std::min<int64_t>(config.batch_size, static_cast<int64_t>(in.split.train.size()));
+    in.recompute = std::make_unique<data::Loader>(in.sets.train, in.split.train,
+                                                  recompute_loader_options(batch, config.augment, config.seed, device));
   }
+  return in;
+}
 
-  const int64_t images = config.split == "test" ? sets.test.count : static_cast<int64_t>(eval_indices.size());
+int64_t evaluated_images(const EvalConfig& config, const EvalInputs& in) {
+  if (config.split == "test") return in.sets.test.count;
+  return static_cast<int64_t>((config.split == "val" ? in.split.val : in.split.train).size());
+}
+
+Predictions predict_split(nn::Module& model, const EvalConfig& config, const EvalInputs& in, Device device) {
+  if (config.split == "test") return predict(model, in.sets.test, {}, 500, device);
+  return predict(model, in.sets.train, config.split == "val" ? in.split.val : in.split.train, 500, device);
+}
+
+void print_plan(FILE* out, const EvalConfig& config, const EvalInputs& in) {
   std::fprintf(out, "eval: %s %s (%lld images, %d classes)", config.dataset.c_str(), config.split.c_str(),
-               static_cast<long long>(images), classes);
+               static_cast<long long>(evaluated_images(config, in)), in.classes);
   if (config.val_split > 0)
-    std::fprintf(out, "; temperature fitted on the validation split (%zu images, --val-split %g --seed %llu)", split.val.size(),
-                 config.val_split, static_cast<unsigned long long>(config.seed));
+    std::fprintf(out, "; temperature fitted on the validation split (%zu images, --val-split %g --seed %llu)",
+                 in.split.val.size(), config.val_split, static_cast<unsigned long long>(config.seed));
   else
     std::fprintf(out, "; temperature scaling skipped (no --val-split)");
-  if (recompute)
+  if (in.recompute)
     std::fprintf(out, "; BN recomputed on %s training batches of %lld",
                  config.bn_recompute_batches ? std::to_string(config.bn_recompute_batches).c_str() : "all",
-                 static_cast<long long>(recompute_loader->options().batch_size));
+                 static_cast<long long>(in.recompute->options().batch_size));
   std::fprintf(out, "\n");
+}
 
-  // ---- every checkpoint and every set of weights ----
-  std::vector<Row> rows;
-  for (const std::string& path : config.checkpoints) {
-    CheckpointModel m = load_checkpoint_model(path, config.model, classes, device);
-    std::vector<std::string> weights;
-    for (const std::string& w : config.weights) {
-      if (w == "all") {
-        weights.push_back("sgd");
-        for (const std::string& a : checkpoint_averages(m.file)) weights.push_back(a);
-      } else {
-        weights.push_back(w);
-      }
+// The weights --ema asks for in checkpoint `m`, "all" expanded, each once, in order.
+std::vector<std::string> weights_to_evaluate(const EvalConfig& config, const CheckpointModel& m) {
+  std::vector<std::string> weights;
+  const auto add = [&weights](const std::string& w) {
+    if (std::find(weights.begin(), weights.end(), w) == weights.end()) weights.push_back(w);
+  };
+  for (const std::string& w : config.weights) {
+    if (w != "all") {
+      add(w);
+      continue;
     }
-    std::vector<std::string> unique;
-    for (const std::string& w : weights)
-      if (std::find(unique.begin(), unique.end(), w) == unique.end()) unique.push_back(w);
-    for (const std::string& w : unique) {
-      load_weights(m, w);
-      if (recompute) {
-        recompute_loader->start_epoch(0);  // every model sees the same batches
-        ema::recompute_bn(
-            *m.model,
-            [&]() -> std::optional<Tensor> {
-              std::optional<data::Batch> batch = recompute_loader->next();
-              if (!batch) return std::nullopt;
-              return batch->images;
-            },
-            config.bn_recompute_batches);
-      }
-      Row r{path, m.architecture, w, recompute ? "recomputed" : "running", predict_split(*m.model)};
-      r.accuracy = top1_accuracy(r.predictions);
-      r.loss = mean_nll(r.predictions);
-      r.ece = ece_equal_mass(r.predictions);
-      r.ece15 = ece_equal_width(r.predictions);
-      if (config.val_split > 0) {
-        const TemperatureFit fit = fit_temperature(config.split == "val" ? r.predictions
-                                                                         : predict(*m.model, sets.train, split.val, 500, device));
-        r.calibrated = true;
-        r.temperature = fit.temperature;
-        r.loss_t = nll(r.predictions, fit.temperature);
-        r.ece_t = ece_equal_mass(r.predictions, 100, fit.temperature);
-        r.ece15_t = ece_equal_width(r.predictions, 15, fit.temperature);
-      }
-      rows.push_back(std::move(r));
-    }
+    add("sgd");
+    for (const std::string& a : checkpoint_averages(m.file)) add(a);
   }
+  return weights;
+}
 
-  // ---- table ----
-  size_t width = 10;
-  for (const Row& r : rows) width = std::max(width, r.checkpoint.size());
-  size_t wwidth = 5;
-  for (const Row& r : rows) wwidth = std::max(wwidth, r.weights.size());
+// The metrics of the model as loaded (after the recompute, when asked for), and after
+// temperature scaling fitted on the validation split when there is one.
+Row evaluate_model(CheckpointModel& m, const std::string& path, const std::string& weights, const EvalConfig& config,
+                   EvalInputs& in, Device device) {
+  if (in.recompute) {
+    in.recompute->start_epoch(0);  // every model sees the same batches
+    recompute_bn_on(*m.model, *in.recompute, config.bn_recompute_batches);
+  }
+  Row r{path, m.architecture, weights, in.recompute ? "recomputed" : "running", predict_split(*m.model, config, in, device)};
+  r.accuracy = top1_accuracy(r.predictions);
+  r.loss = mean_nll(r.predictions);
+  r.ece = ece_equal_mass(r.predictions);
+  r.ece15 = ece_equal_width(r.predictions);
+  if (config.val_split > 0) {
+    const TemperatureFit fit = fit_temperature(
+        config.split == "val" ? r.predictions : predict(*m.model, in.sets.train, in.split.val, 500, device));
+    r.calibrated = true;
+    r.temperature = fit.temperature;
+    r.loss_t = nll(r.predictions, fit.temperature);
+    r.ece_t = ece_equal_mass(r.predictions, 100, fit.temperature);
+    r.ece15_t = ece_equal_width(r.predictions, 15, fit.temperature);
+  }
+  return r;
+}
+
+void print_rows(FILE* out, const std::vector<Row>& rows, bool calibrated) {
+  size_t width = 10, wwidth = 5;
+  for (const Row& r : rows) {
+    width = std::max(width, r.checkpoint.size());
+    wwidth = std::max(wwidth, r.weights.size());
+  }
   std::fprintf(out, "%3s  %-*s  %-*s  %-10s  %-10s %7s %8s %7s %7s", "#", static_cast<int>(width), "checkpoint",
                static_cast<int>(wwidth), "model", "arch", "bn", "acc%", "nll", "ece%", "ece15%");
-  if (config.val_split > 0) std::fprintf(out, "  | %7s %8s %7s %8s", "T", "nll(T)", "ece%(T)", "ece15(T)");
+  if (calibrated) std::fprintf(out, "  | %7s %8s %7s %8s", "T", "nll(T)", "ece%(T)", "ece15(T)");
   std::fprintf(out, "\n");
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
@@ -243,35 +243,62 @@ int run_eval(EvalConfig config) {
     if (r.calibrated) std::fprintf(out, "  | %7.3f %8.4f %7.2f %8.2f", r.temperature, r.loss_t, r.ece_t, r.ece15_t);
     std::fprintf(out, "\n");
   }
-  json pairs = json::array();
-  if (rows.size() >= 2) {
-    std::fprintf(out, "pairs (raw predictions):\n%3s %3s %8s %10s\n", "a", "b", "churn%", "JS (nats)");
-    for (size_t a = 0; a < rows.size(); ++a)
-      for (size_t b = a + 1; b < rows.size(); ++b) {
-        const double c = churn(rows[a].predictions, rows[b].predictions);
-        const double js = js_divergence(rows[a].predictions, rows[b].predictions);
-        std::fprintf(out, "%3zu %3zu %8.2f %10.6f\n", a + 1, b + 1, c, js);
-        pairs.push_back({{"a", a}, {"b", b}, {"churn", c}, {"js", js}});
-      }
-  }
+}
 
-  // ---- JSON ----
-  if (!config.json.empty()) {
-    json doc = {{"dataset", config.dataset}, {"data", config.data_dir}, {"split", config.split}, {"images", images},
-                {"classes", classes}, {"train_subset", config.train_subset}, {"test_subset", config.test_subset},
-                {"bn_recompute", recompute ? json{{"batches", config.bn_recompute_batches},
-                                                  {"batch_size", recompute_loader->options().batch_size},
-                                                  {"augment", config.augment}}
-                                           : json(nullptr)}};
-    doc["temperature_scaling"] =
-        config.val_split > 0
-            ? json{{"fitted_on", "val"}, {"val_split", config.val_split}, {"seed", config.seed}, {"images", split.val.size()}}
-            : json{{"skipped", "no --val-split"}};
-    doc["models"] = json::array();
-    for (const Row& r : rows) doc["models"].push_back(row_json(r));
-    doc["pairs"] = pairs;
-    write_output("--json", config.json, doc.dump(2) + "\n");
+// Every pair's churn and Jensen-Shannon divergence, printed and returned as JSON.
+json compare_pairs(FILE* out, const std::vector<Row>& rows) {
+  json pairs = json::array();
+  if (rows.size() < 2) return pairs;
+  std::fprintf(out, "pairs (raw predictions):\n%3s %3s %8s %10s\n", "a", "b", "churn%", "JS (nats)");
+  for (size_t a = 0; a < rows.size(); ++a)
+    for (size_t b = a + 1; b < rows.size(); ++b) {
+      const double c = churn(rows[a].predictions, rows[b].predictions);
+      const double js = js_divergence(rows[a].predictions, rows[b].predictions);
+      std::fprintf(out, "%3zu %3zu %8.2f %10.6f\n", a + 1, b + 1, c, js);
+      pairs.push_back({{"a", a}, {"b", b}, {"churn", c}, {"js", js}});
+    }
+  return pairs;
+}
+
+json results_json(const EvalConfig& config, const EvalInputs& in, const std::vector<Row>& rows, json pairs) {
+  json doc = {{"dataset", config.dataset}, {"data", config.data_dir}, {"split", config.split},
+              {"images", evaluated_images(config, in)}, {"classes", in.classes}, {"train_subset", config.train_subset},
+              {"test_subset", config.test_subset},
+              {"bn_recompute", in.recompute ? json{{"batches", config.bn_recompute_batches},
+                                                   {"batch_size", in.recompute->options().batch_size},
+                                                   {"augment", config.augment}}
+                                            : json(nullptr)}};
+  doc["temperature_scaling"] = config.val_split > 0 ? json{{"fitted_on", "val"}, {"val_split", config.val_split},
+                                                           {"seed", config.seed}, {"images", in.split.val.size()}}
+                                                    : json{{"skipped", "no --val-split"}};
+  doc["models"] = json::array();
+  for (const Row& r : rows) doc["models"].push_back(row_json(r));
+  doc["pairs"] = std::move(pairs);
+  return doc;
+}
+
+}  // namespace
+
+int run_eval(EvalConfig config) {
+  if (config.data_dir.empty()) config.data_dir = default_data_dir(config.dataset);
+  config.validate();
+  if (config.threads) set_num_threads(config.threads);
+  const Device device = device_from_flag(config.device);
+  // With --json - the JSON owns stdout and the table goes to stderr.
+  FILE* out = config.json == "-" ? stderr : stdout;
+  EvalInputs in = load_inputs(config, device);
+  print_plan(out, config, in);
+  std::vector<Row> rows;
+  for (const std::string& path : config.checkpoints) {
+    CheckpointModel m = load_checkpoint_model(path, config.model, in.classes, device);
+    for (const std::string& w : weights_to_evaluate(config, m)) {
+      load_weights(m, w);
+      rows.push_back(evaluate_model(m, path, w, config, in, device));
+    }
   }
+  print_rows(out, rows, config.val_split > 0);
+  json pairs = compare_pairs(out, rows);
+  if (!config.json.empty()) write_output("--json", config.json, results_json(config, in, rows, std::move(pairs)).dump(2) + "\n");
   return 0;
 }
 

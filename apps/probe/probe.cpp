@@ -67,32 +67,6 @@ void add_probe_flags(CLI::App& app, ProbeConfig& c) {
   app.add_option("--threads", c.threads, "CPU threads (default: all cores)");
 }
 
-namespace {
-
-// The backbone's features of every image of `set`, row-major (count x F), on the CPU.
-std::vector<float> all_features(models::Classifier& backbone, const data::ImageSet& set, Device device) {
-  NoGradGuard no_grad;
-  std::vector<float> out;
-  for (int64_t begin = 0; begin < set.count; begin += 500) {
-    std::vector<int64_t> idx(static_cast<size_t>(std::min<int64_t>(500, set.count - begin)));
-    std::iota(idx.begin(), idx.end(), begin);
-    const std::vector<float> f = backbone.features(data::to_tensor(set, idx, device)).to_vector<float>();
-    out.insert(out.end(), f.begin(), f.end());
-  }
-  return out;
-}
-
-// The backbone's BN statistics, recomputed on the target's training images in batches
-// as the head will see them (plain, or cropped and flipped with --augment).
-void recompute_on_target(nn::Module& backbone, const data::ImageSet& train, const std::vector<int64_t>& indices,
-                         const ProbeConfig& config, Device device) {
-  data::Loader loader(train, indices, recompute_loader_options(config.batch_size, config.augment, config.seed, device));
-  recompute_bn_on(backbone, loader, config.bn_recompute_batches);
-  backbone.eval();
-}
-
-}  // namespace
-
 void ProbeConfig::validate() const {
   if (selected.empty()) {
     require_file("checkpoint", checkpoint);
@@ -151,27 +125,41 @@ std::string ProbeConfig::checkpoint_file() const {
   return (fs::path(checkpoint) / file).string();
 }
 
-int run_probe(ProbeConfig config) {
-  if (config.data_dir.empty()) config.data_dir = default_data_dir(config.dataset);
-  config.validate();
-  if (config.threads) set_num_threads(config.threads);
-  const Device device = device_from_flag(config.device);
-  FILE* out = config.json == "-" ? stderr : stdout;
-  const auto start = std::chrono::steady_clock::now();
 
-  // ---- frozen backbone (first: a checkpoint that does not fit fails before the data is read) ----
-  config.checkpoint = config.checkpoint_file();
+namespace {
+
+// The backbone's BN statistics, recomputed on the target's training images in batches
+// as the head will see them (plain, or cropped and flipped with --augment).
+void recompute_on_target(nn::Module& backbone, const data::ImageSet& train, const std::vector<int64_t>& indices,
+                         const ProbeConfig& config, Device device) {
+  data::Loader loader(train, indices, recompute_loader_options(config.batch_size, config.augment, config.seed, device));
+  recompute_bn_on(backbone, loader, config.bn_recompute_batches);
+  backbone.eval();
+}
+
+// The checkpoint's model, frozen in eval mode, and what the new head replaces: its
+// input width and the name of its parameters' prefix ("fc.").
+struct Backbone {
+  CheckpointModel checkpoint;
+  models::Classifier* classifier = nullptr;
+  int64_t feature_dim = 0;
+  std::string head_prefix;
+};
+
+Backbone load_backbone(const ProbeConfig& config, Device device) {
   if (!config.selected.empty()) require_file("--selected " + config.selected + ":", config.checkpoint);
-  CheckpointModel m = load_checkpoint_model(config.checkpoint, config.model, 0, device);
-  load_weights(m, config.weights);
-  m.model->eval();
-  models::Classifier& backbone = models::as_classifier(*m.model);
-  const int64_t feature_dim = backbone.head().weight.size(1);
-  std::string head_name;
-  for (const auto& [name, module] : m.model->named_modules())
-    if (module == &backbone.head()) head_name = name;
+  Backbone b;
+  b.checkpoint = load_checkpoint_model(config.checkpoint, config.model, 0, device);
+  load_weights(b.checkpoint, config.weights);
+  b.checkpoint.model->eval();
+  b.classifier = &models::as_classifier(*b.checkpoint.model);
+  b.feature_dim = b.classifier->head().weight.size(1);
+  for (const auto& [name, module] : b.checkpoint.model->named_modules())
+    if (module == &b.classifier->head() && !name.empty()) b.head_prefix = name + ".";
+  return b;
+}
 
-  // ---- target data ----
+Datasets load_target(const ProbeConfig& config) {
   Datasets sets = load_datasets(config.dataset, config.data_dir);
   keep_first(sets.train, config.train_subset);
   keep_first(sets.test, config.test_subset);
@@ -180,168 +168,275 @@ int run_probe(ProbeConfig config) {
   if (config.batch_size > sets.train.count)
     throw std::invalid_argument("--batch-size " + std::to_string(config.batch_size) + ": larger than the " +
                                 std::to_string(sets.train.count) + " training images");
-  const int classes = sets.train.num_classes;
-  std::vector<int64_t> all(static_cast<size_t>(sets.train.count));
-  std::iota(all.begin(), all.end(), 0);
-  if (config.bn_recompute == "on") recompute_on_target(*m.model, sets.train, all, config, device);
+  return sets;
+}
 
-  // ---- the new head ----
-  Rng rng(config.seed);
-  nn::Linear head(feature_dim, classes, rng);
-  head.to(device);
-  head.pack_arenas();
-  Sgd sgd(head, {.lr = config.lr, .momentum = config.momentum, .weight_decay = config.weight_decay, .nesterov = config.nesterov});
-  const int64_t n = sets.train.count;
-  const int64_t steps_per_epoch = (n + config.batch_size - 1) / config.batch_size;
+Schedule probe_schedule(const ProbeConfig& config, int64_t images) {
   Schedule schedule;
   schedule.kind = parse_schedule_kind(config.sched);
   schedule.base_lr = config.lr;
-  schedule.total_steps = config.epochs * steps_per_epoch;
+  schedule.total_steps = config.epochs * ((images + config.batch_size - 1) / config.batch_size);
+  return schedule;
+}
 
-  std::fprintf(out,
-               "probe: %s (%s, %s weights, %lld features) -> %s: new head %lld -> %d, %lld train / %lld test images, "
-               "%d epochs, batch %lld, %s lr %g, momentum %g%s, weight decay %g, %s\n",
-               config.checkpoint.c_str(), m.architecture.c_str(), config.weights.c_str(), static_cast<long long>(feature_dim),
-               config.dataset.c_str(), static_cast<long long>(feature_dim), classes, static_cast<long long>(n),
-               static_cast<long long>(sets.test.count), config.epochs, static_cast<long long>(config.batch_size),
-               config.sched.c_str(), config.lr, config.momentum, config.nesterov ? " (Nesterov)" : "", config.weight_decay,
-               config.augment ? "augmented (features recomputed per batch)" : "no augmentation (features computed once)");
-  std::fflush(out);
+struct EpochRow {
+  float lr = 0;
+  double train_loss = 0, train_accuracy = 0, test_loss = 0, test_accuracy = 0;
+};
 
-  // Test features once; training features once unless augmenting.
-  const std::vector<float> test_features = all_features(backbone, sets.test, device);
-  const Tensor test_x = Tensor::from_vector(test_features, {sets.test.count, feature_dim}, device);
-  std::vector<float> train_features;
-  if (!config.augment) train_features = all_features(backbone, sets.train, device);
-  std::unique_ptr<data::Loader> loader;
-  if (config.augment) {
-    data::LoaderOptions o;
-    o.batch_size = config.batch_size;
-    o.shuffle = true;
-    o.augment = true;
-    o.seed = config.seed;
-    o.device = device;
-    loader = std::make_unique<data::Loader>(sets.train, all, o);
+// A new linear head trained on the frozen backbone's features of the target's training
+// images: computed once (no augmentation), or per batch from cropped and flipped images.
+class Probe {
+ public:
+  Probe(const ProbeConfig& config, Device device, Backbone& backbone, const Datasets& sets)
+      : config_(config),
+        device_(device),
+        backbone_(backbone),
+        sets_(sets),
+        classes_(sets.train.num_classes),
+        all_(all_indices(sets.train.count)),
+        rng_(config.seed),
+        head_(backbone.feature_dim, classes_, rng_),
+        sgd_(pack(head_, device),
+             {.lr = config.lr, .momentum = config.momentum, .weight_decay = config.weight_decay,
+              .nesterov = config.nesterov}),
+        schedule_(probe_schedule(config, sets.train.count)) {
+    if (config.bn_recompute == "on") recompute_on_target(*backbone.checkpoint.model, sets.train, all_, config, device);
   }
 
-  const auto evaluate_test = [&]() {
-    NoGradGuard no_grad;
-    Predictions p;
-    p.classes = classes;
-    p.logits = head(test_x).to_vector<float>();
-    p.labels = sets.test.labels;
-    return p;
-  };
+  void print_plan(FILE* out) const {
+    std::fprintf(out,
+                 "probe: %s (%s, %s weights, %lld features) -> %s: new head %lld -> %d, %lld train / %lld test images, "
+                 "%d epochs, batch %lld, %s lr %g, momentum %g%s, weight decay %g, %s\n",
+                 config_.checkpoint.c_str(), backbone_.checkpoint.architecture.c_str(), config_.weights.c_str(),
+                 static_cast<long long>(backbone_.feature_dim), config_.dataset.c_str(),
+                 static_cast<long long>(backbone_.feature_dim), classes_, static_cast<long long>(sets_.train.count),
+                 static_cast<long long>(sets_.test.count), config_.epochs, static_cast<long long>(config_.batch_size),
+                 config_.sched.c_str(), config_.lr, config_.momentum, config_.nesterov ? " (Nesterov)" : "",
+                 config_.weight_decay,
+                 config_.augment ? "augmented (features recomputed per batch)" : "no augmentation (features computed once)");
+    std::fflush(out);
+  }
 
-  // ---- training ----
-  std::fprintf(out, "%6s %9s %10s %9s %10s %9s\n", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc");
-  json epochs = json::array();
-  int64_t step = 0;
-  double final_accuracy = 0, final_loss = 0;
-  for (int epoch = 0; epoch < config.epochs; ++epoch) {
-    double loss_sum = 0;
-    int64_t correct = 0, seen = 0;
-    float lr = schedule.lr_at(step);
-    const auto train_step = [&](const Tensor& x, const Tensor& y) {
-      lr = schedule.lr_at(step);
-      sgd.options().lr = lr;
-      head.zero_grad();
-      const Tensor logits = head(x);
-      const Tensor loss = cross_entropy(logits, y);
-      loss.backward();
-      sgd.step();
-      ++step;
-      const int64_t b = y.numel();
-      loss_sum += static_cast<double>(loss.item()) * static_cast<double>(b);
-      const std::vector<float> l = logits.to_vector<float>();
-      const std::vector<int64_t> labels = y.to_vector<int64_t>();
-      for (int64_t i = 0; i < b; ++i) {
-        const float* row = l.data() + i * classes;
-        correct += std::max_element(row, row + classes) - row == labels[static_cast<size_t>(i)];
-      }
-      seen += b;
-    };
-    if (config.augment) {
-      loader->start_epoch(epoch);
-      while (std::optional<data::Batch> batch = loader->next()) {
+  // Computes the features that do not change from epoch to epoch: the test images'
+  // always, the training images' unless augmenting.
+  void prepare_features() {
+    test_x_ = Tensor::from_vector(all_features(sets_.test), {sets_.test.count, backbone_.feature_dim}, device_);
+    if (config_.augment)
+      loader_ = std::make_unique<data::Loader>(sets_.train, all_, training_options());
+    else
+      train_features_ = all_features(sets_.train);
+  }
+
+  EpochRow train_epoch(int epoch) {
+    sums_ = {};
+    EpochRow row;
+    row.lr = schedule_.lr_at(step_);
+    for_each_batch(epoch, [&](const Tensor& x, const Tensor& y) { row.lr = train_step(x, y); });
+    const Predictions test = predict_test();
+    row.test_accuracy = top1_accuracy(test);
+    row.test_loss = mean_nll(test);
+    row.train_loss = sums_.loss / static_cast<double>(sums_.seen);
+    row.train_accuracy = 100.0 * static_cast<double>(sums_.correct) / static_cast<double>(sums_.seen);
+    if (!std::isfinite(row.train_loss))
+      throw std::runtime_error("the probe diverged in epoch " + std::to_string(epoch + 1) + " (loss " +
+                               number_str(row.train_loss) + "); try a smaller --lr");
+    return row;
+  }
+
+  int64_t step() const { return step_; }
+  const nn::Linear& head() const { return head_; }
+
+ private:
+  static std::vector<int64_t> all_indices(int64_t n) {
+    std::vector<int64_t> all(static_cast<size_t>(n));
+    std::iota(all.begin(), all.end(), 0);
+    return all;
+  }
+
+  static nn::Linear& pack(nn::Linear& head, Device device) {
+    head.to(device);
+    head.pack_arenas();
+    return head;
+  }
+
+  data::LoaderOptions training_options() const {
+    data::LoaderOptions o;
+    o.batch_size = config_.batch_size;
+    o.shuffle = true;
+    o.augment = true;
+    o.seed = config_.seed;
+    o.device = device_;
+    return o;
+  }
+
+  // The backbone's features of every image of `set`, row-major (count x F), on the CPU.
+  std::vector<float> all_features(const data::ImageSet& set) const {
+    NoGradGuard no_grad;
+    std::vector<float> out;
+    for (int64_t begin = 0; begin < set.count; begin += 500) {
+      std::vector<int64_t> idx(static_cast<size_t>(std::min<int64_t>(500, set.count - begin)));
+      std::iota(idx.begin(), idx.end(), begin);
+      const std::vector<float> f =
+          backbone_.classifier->features(data::to_tensor(set, idx, device_)).to_vector<float>();
+      out.insert(out.end(), f.begin(), f.end());
+    }
+    return out;
+  }
+
+  // Calls step(features, labels) for every batch of epoch `epoch`, in the loader's order.
+  template <class Step>
+  void for_each_batch(int epoch, Step&& step) {
+    if (loader_) {
+      loader_->start_epoch(epoch);
+      while (std::optional<data::Batch> batch = loader_->next()) {
         Tensor x;
         {
           NoGradGuard no_grad;
-          x = backbone.features(batch->images);
+          x = backbone_.classifier->features(batch->images);
         }
-        train_step(x, batch->labels);
+        step(x, batch->labels);
       }
-    } else {
-      // The epoch's order: a Fisher-Yates shuffle seeded by (seed, epoch), as the loader's.
-      std::vector<int64_t> order = all;
-      Rng shuffle(data::Loader::derive_seed(config.seed, data::Loader::kShuffleStream, epoch, 0));
-      for (int64_t i = n - 1; i > 0; --i)
-        std::swap(order[static_cast<size_t>(i)], order[shuffle.below(static_cast<uint64_t>(i + 1))]);
-      std::vector<float> xb;
-      std::vector<int64_t> yb;
-      for (int64_t begin = 0; begin < n; begin += config.batch_size) {
-        const int64_t b = std::min(config.batch_size, n - begin);
-        xb.resize(static_cast<size_t>(b * feature_dim));
-        yb.resize(static_cast<size_t>(b));
-        for (int64_t i = 0; i < b; ++i) {
-          const int64_t j = order[static_cast<size_t>(begin + i)];
-          std::copy_n(train_features.data() + j * feature_dim, feature_dim, xb.data() + i * feature_dim);
-          yb[static_cast<size_t>(i)] = sets.train.labels[static_cast<size_t>(j)];
-        }
-        train_step(Tensor::from_vector(xb, {b, feature_dim}, device), Tensor::from_data(yb.data(), {b}, device));
-      }
+      return;
     }
-    const Predictions test = evaluate_test();
-    final_accuracy = top1_accuracy(test);
-    final_loss = mean_nll(test);
-    const double train_loss = loss_sum / static_cast<double>(seen);
-    const double train_acc = 100.0 * static_cast<double>(correct) / static_cast<double>(seen);
-    if (!std::isfinite(train_loss))
-      throw std::runtime_error("the probe diverged in epoch " + std::to_string(epoch + 1) + " (loss " + number_str(train_loss) +
-                               "); try a smaller --lr");
-    std::fprintf(out, "%6d %9.5f %10.4f %8.2f%% %10.4f %8.2f%%\n", epoch + 1, lr, train_loss, train_acc, final_loss,
-                 final_accuracy);
-    std::fflush(out);
-    epochs.push_back({{"epoch", epoch + 1}, {"step", step}, {"lr", lr}, {"train_loss", train_loss}, {"train_accuracy", train_acc},
-                      {"test_loss", final_loss}, {"test_accuracy", final_accuracy}});
+    const int64_t n = sets_.train.count, dim = backbone_.feature_dim;
+    const std::vector<int64_t> order = data::Loader::shuffled(all_, config_.seed, epoch);
+    std::vector<float> xb;
+    std::vector<int64_t> yb;
+    for (int64_t begin = 0; begin < n; begin += config_.batch_size) {
+      const int64_t b = std::min(config_.batch_size, n - begin);
+      xb.resize(static_cast<size_t>(b * dim));
+      yb.resize(static_cast<size_t>(b));
+      for (int64_t i = 0; i < b; ++i) {
+        const int64_t j = order[static_cast<size_t>(begin + i)];
+        std::copy_n(train_features_.data() + j * dim, dim, xb.data() + i * dim);
+        yb[static_cast<size_t>(i)] = sets_.train.labels[static_cast<size_t>(j)];
+      }
+      step(Tensor::from_vector(xb, {b, dim}, device_), Tensor::from_data(yb.data(), {b}, device_));
+    }
   }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::fprintf(out, "probe: test accuracy %.2f%%, loss %.4f after %d epochs (%s)\n", final_accuracy, final_loss, config.epochs,
-               format_duration(seconds).c_str());
 
-  // ---- outputs ----
-  const std::string prefix = head_name.empty() ? "" : head_name + ".";
-  const std::map<std::string, std::string> metadata = {
-      {"polyak.model", m.architecture},      {"polyak.probe.checkpoint", config.checkpoint},
-      {"polyak.probe.weights", config.weights}, {"polyak.probe.dataset", config.dataset},
-      {"polyak.probe.classes", std::to_string(classes)}, {"polyak.probe.test_accuracy", number_str(final_accuracy)}};
+  // One SGD step of the head on a batch of features; returns its learning rate.
+  float train_step(const Tensor& x, const Tensor& y) {
+    const float lr = schedule_.lr_at(step_);
+    sgd_.options().lr = lr;
+    head_.zero_grad();
+    const Tensor logits = head_(x);
+    const Tensor loss = cross_entropy(logits, y);
+    loss.backward();
+    sgd_.step();
+    ++step_;
+    const int64_t b = y.numel();
+    sums_.loss += static_cast<double>(loss.item()) * static_cast<double>(b);
+    sums_.correct += argmax_matches(logits, y);
+    sums_.seen += b;
+    return lr;
+  }
+
+  Predictions predict_test() {
+    NoGradGuard no_grad;
+    Predictions p;
+    p.classes = classes_;
+    p.logits = head_(test_x_).to_vector<float>();
+    p.labels = sets_.test.labels;
+    return p;
+  }
+
+  const ProbeConfig& config_;
+  const Device device_;
+  Backbone& backbone_;
+  const Datasets& sets_;
+  const int classes_;
+  const std::vector<int64_t> all_;
+  Rng rng_;
+  nn::Linear head_;
+  Sgd sgd_;
+  const Schedule schedule_;
+  Tensor test_x_;
+  std::vector<float> train_features_;      // without augmentation
+  std::unique_ptr<data::Loader> loader_;   // with augmentation
+  int64_t step_ = 0;
+  struct {
+    double loss = 0;
+    int64_t correct = 0, seen = 0;
+  } sums_;
+};
+
+// --output (the head alone) and --output-model (the backbone with the new head).
+void save_outputs(FILE* out, const ProbeConfig& config, const Backbone& backbone, const nn::Linear& head,
+                  const std::map<std::string, std::string>& metadata) {
+  const std::string& prefix = backbone.head_prefix;
+  const std::string& architecture = backbone.checkpoint.architecture;
   if (!config.output.empty()) {
     std::map<std::string, std::string> head_metadata = metadata;
     head_metadata.erase("polyak.model");  // not a whole model: eval must not take it for one
-    head_metadata["polyak.probe.architecture"] = m.architecture;
+    head_metadata["polyak.probe.architecture"] = architecture;
     io::save_safetensors(config.output, {{prefix + "weight", head.weight}, {prefix + "bias", head.bias}}, head_metadata);
     std::fprintf(out, "head: %s (%s%s, %s%s)\n", config.output.c_str(), prefix.c_str(), "weight", prefix.c_str(), "bias");
   }
   if (!config.output_model.empty()) {
     std::vector<nn::NamedTensor> state;
-    for (const auto& [name, t] : m.model->state_dict()) {
+    for (const auto& [name, t] : backbone.checkpoint.model->state_dict()) {
       if (name == prefix + "weight") state.emplace_back(name, head.weight);
       else if (name == prefix + "bias") state.emplace_back(name, head.bias);
       else state.emplace_back(name, t);
     }
     io::save_safetensors(config.output_model, state, metadata);
-    std::fprintf(out, "model: %s (%s, backbone + new head)\n", config.output_model.c_str(), m.architecture.c_str());
+    std::fprintf(out, "model: %s (%s, backbone + new head)\n", config.output_model.c_str(), architecture.c_str());
   }
+}
+
+}  // namespace
+
+int run_probe(ProbeConfig config) {
+  if (config.data_dir.empty()) config.data_dir = default_data_dir(config.dataset);
+  config.validate();
+  if (config.threads) set_num_threads(config.threads);
+  const Device device = device_from_flag(config.device);
+  FILE* out = config.json == "-" ? stderr : stdout;
+  const auto start = std::chrono::steady_clock::now();
+
+  // The backbone first: a checkpoint that does not fit fails before the data is read.
+  config.checkpoint = config.checkpoint_file();
+  Backbone backbone = load_backbone(config, device);
+  const Datasets sets = load_target(config);
+  Probe probe(config, device, backbone, sets);
+  probe.print_plan(out);
+  probe.prepare_features();
+
+  std::fprintf(out, "%6s %9s %10s %9s %10s %9s\n", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc");
+  json epochs = json::array();
+  EpochRow last;
+  for (int epoch = 0; epoch < config.epochs; ++epoch) {
+    last = probe.train_epoch(epoch);
+    std::fprintf(out, "%6d %9.5f %10.4f %8.2f%% %10.4f %8.2f%%\n", epoch + 1, last.lr, last.train_loss,
+                 last.train_accuracy, last.test_loss, last.test_accuracy);
+    std::fflush(out);
+    epochs.push_back({{"epoch", epoch + 1}, {"step", probe.step()}, {"lr", last.lr}, {"train_loss", last.train_loss},
+                      {"train_accuracy", last.train_accuracy}, {"test_loss", last.test_loss},
+                      {"test_accuracy", last.test_accuracy}});
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(out, "probe: test accuracy %.2f%%, loss %.4f after %d epochs (%s)\n", last.test_accuracy, last.test_loss,
+               config.epochs, format_duration(seconds).c_str());
+
+  const int classes = sets.train.num_classes;
+  const std::string& architecture = backbone.checkpoint.architecture;
+  save_outputs(out, config, backbone, probe.head(),
+               {{"polyak.model", architecture}, {"polyak.probe.checkpoint", config.checkpoint},
+                {"polyak.probe.weights", config.weights}, {"polyak.probe.dataset", config.dataset},
+                {"polyak.probe.classes", std::to_string(classes)},
+                {"polyak.probe.test_accuracy", number_str(last.test_accuracy)}});
   if (!config.json.empty()) {
-    const json doc = {{"checkpoint", config.checkpoint}, {"architecture", m.architecture}, {"model", config.weights},
+    const json doc = {{"checkpoint", config.checkpoint}, {"architecture", architecture}, {"model", config.weights},
                       {"selected", config.selected}, {"bn_recompute", config.bn_recompute},
-                      {"dataset", config.dataset}, {"data", config.data_dir}, {"features", feature_dim},
-                      {"classes", classes}, {"train_images", n}, {"test_images", sets.test.count},
+                      {"dataset", config.dataset}, {"data", config.data_dir}, {"features", backbone.feature_dim},
+                      {"classes", classes}, {"train_images", sets.train.count}, {"test_images", sets.test.count},
                       {"settings", {{"epochs", config.epochs}, {"batch_size", config.batch_size}, {"lr", config.lr},
                                     {"momentum", config.momentum}, {"nesterov", config.nesterov},
                                     {"weight_decay", config.weight_decay}, {"sched", config.sched}, {"seed", config.seed},
                                     {"augment", config.augment}}},
-                      {"epochs", epochs}, {"test_accuracy", final_accuracy}, {"test_loss", final_loss},
+                      {"epochs", epochs}, {"test_accuracy", last.test_accuracy}, {"test_loss", last.test_loss},
                       {"seconds", seconds}};
     write_output("--json", config.json, doc.dump(2) + "\n");
   }
