@@ -52,8 +52,8 @@ EmaOptions scaled_to_run(const EmaOptions& paper, int64_t total_steps, int64_t e
 
 EmaSet::EmaSet(nn::Module& model, EmaOptions options) : model_(model), options_(std::move(options)) {
   if (options_.decays.empty()) throw std::invalid_argument("an EMA set needs at least one decay");
-  if (options_.decays.size() > static_cast<size_t>(kMaxAverages))
-    throw std::invalid_argument("at most " + std::to_string(kMaxAverages) + " EMA decays, got " +
+  if (options_.decays.size() > static_cast<size_t>(kMaxLerpTargets))
+    throw std::invalid_argument("at most " + std::to_string(kMaxLerpTargets) + " EMA decays, got " +
                                 std::to_string(options_.decays.size()));
   for (float a : options_.decays)
     if (!(a > 0.0f && a < 1.0f)) throw std::invalid_argument("EMA decay " + std::to_string(a) + ": expected a number in (0, 1)");
@@ -83,20 +83,22 @@ float EmaSet::effective_decay(size_t k, int64_t t) const {
 
 bool EmaSet::after_step(int64_t t) {
   if (t <= 0 || t % options_.every != 0) return false;
-  EmaUpdate params, buffers;
+  // Every average moves towards the live weights in one pass: average = decay * average
+  // + (1 - decay) * live is a lerp that keeps `decay` of the target.
+  MultiLerp params, buffers;
   params.count = buffers.count = static_cast<int>(size());
   for (size_t k = 0; k < size(); ++k) {
-    params.decay[k] = buffers.decay[k] = effective_decay(k, t);
-    params.average[k] = params_[k].data<float>();
-    buffers.average[k] = buffers_[k].data<float>();
+    params.kept[k] = buffers.kept[k] = effective_decay(k, t);
+    params.target[k] = params_[k].data<float>();
+    buffers.target[k] = buffers_[k].data<float>();
   }
   const Tensor& live = model_.parameter_arena();
   Backend& be = backend(live.device());
-  be.ema_update(params, live.numel(), live.data<float>());
+  be.multi_lerp(params, live.numel(), live.data<float>());
   const Tensor& live_buffers = model_.buffer_arena();
   if (live_buffers.numel() > 0) {
     if (options_.buffers == BufferPolicy::Average) {
-      be.ema_update(buffers, live_buffers.numel(), live_buffers.data<float>());
+      be.multi_lerp(buffers, live_buffers.numel(), live_buffers.data<float>());
     } else {
       for (Tensor& b : buffers_) b.copy_(live_buffers);
     }

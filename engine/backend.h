@@ -87,13 +87,16 @@ struct SgdHyper {
   bool first_step;  // the momentum buffer is initialised to the first direction
 };
 
-// K exponential moving averages updated together: for every element i and average k,
-// average[k][i] = decay[k] * average[k][i] + (1 - decay[k]) * live[i].
-constexpr int kMaxAverages = 8;
-struct EmaUpdate {
+// Several arrays each moved towards one source array in one pass that reads the source
+// once: for every target k and element i,
+//   target[k][i] = kept[k] * target[k][i] + (1 - kept[k]) * source[i]
+// (PyTorch's torch._foreach_lerp_(targets, source, 1 - kept), written in this form so
+// that kept = 1 leaves a target bit for bit as it is).
+constexpr int kMaxLerpTargets = 8;
+struct MultiLerp {
   int count = 0;
-  float decay[kMaxAverages] = {};
-  float* average[kMaxAverages] = {};
+  float kept[kMaxLerpTargets] = {};
+  float* target[kMaxLerpTargets] = {};
 };
 
 enum class BinaryOp : uint8_t { Add, Sub, Mul, Div };
@@ -124,6 +127,7 @@ class Backend {
   virtual void scalar(ScalarOp op, int64_t n, const float* x, float s, float* y) = 0;
   virtual void unary(UnaryOp op, int64_t n, const float* x, float* y) = 0;
   virtual void axpy(int64_t n, float alpha, const float* x, float* y) = 0;  // y += alpha * x
+  virtual void multi_lerp(const MultiLerp& m, int64_t n, const float* source) = 0;
   // *counter += 1 where the counter lives (BN's num_batches_tracked), so that a step
   // never waits for the device just to count.
   virtual void increment_counter(int64_t* counter) = 0;
@@ -216,9 +220,6 @@ class Backend {
   // ---- optimiser (engine/cpu/optim.cpp) ----
   // One fused pass over flat parameter, gradient and momentum arenas.
   virtual void sgd_step(const SgdHyper& h, int64_t n, float* param, const float* grad, float* momentum_buffer) = 0;
-
-  // All K averages in one pass that reads the live values once.
-  virtual void ema_update(const EmaUpdate& u, int64_t n, const float* live) = 0;
 
   // ---- dropout (engine/cpu/dropout.cpp) ----
   // Element i is kept with probability 1 - p, decided by Philox word i of the stream

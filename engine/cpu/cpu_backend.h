@@ -32,6 +32,7 @@ class CpuBackend final : public Backend {
   void scalar(ScalarOp op, int64_t n, const float* x, float s, float* y) override;
   void unary(UnaryOp op, int64_t n, const float* x, float* y) override;
   void axpy(int64_t n, float alpha, const float* x, float* y) override;
+  void multi_lerp(const MultiLerp& m, int64_t n, const float* source) override;
   void increment_counter(int64_t* counter) override;
 
   // reduce.cpp
@@ -85,7 +86,6 @@ class CpuBackend final : public Backend {
 
   // optim.cpp
   void sgd_step(const SgdHyper& h, int64_t n, float* param, const float* grad, float* momentum_buffer) override;
-  void ema_update(const EmaUpdate& u, int64_t n, const float* live) override;
 
   // dropout.cpp
   void dropout_forward(int64_t n, const float* x, float p, uint64_t seed, uint64_t first_block, float* y,

@@ -1,5 +1,6 @@
 // Elementwise CPU kernels: fill, strided copy, broadcasting binary ops, scalar and
-// unary maps, axpy. All outputs may alias an input of the same layout (in-place use).
+// unary maps, axpy, multi_lerp. All outputs may alias an input of the same layout
+// (in-place use).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -213,6 +214,22 @@ void CpuBackend::unary(UnaryOp op, int64_t n, const float* x, float* y) {
 void CpuBackend::axpy(int64_t n, float alpha, const float* x, float* y) {
   parallel_for(n, 1, [alpha, x, y](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) y[i] += alpha * x[i];
+  });
+}
+
+void CpuBackend::multi_lerp(const MultiLerp& m, int64_t n, const float* source) {
+  parallel_for(n, 2 * m.count, [m, source](int64_t begin, int64_t end) {
+    // A block of the source stays in L1 while each target takes its step on it.
+    constexpr int64_t kBlock = 2048;
+    for (int64_t b = begin; b < end; b += kBlock) {
+      const int64_t e = std::min(end, b + kBlock);
+      for (int k = 0; k < m.count; ++k) {
+        float* __restrict target = m.target[k];
+        const float* __restrict s = source;
+        const float kept = m.kept[k], moved = 1.0f - kept;
+        for (int64_t i = b; i < e; ++i) target[i] = kept * target[i] + moved * s[i];
+      }
+    }
   });
 }
 

@@ -30,20 +30,4 @@ void CpuBackend::sgd_step(const SgdHyper& h, int64_t n, float* param, const floa
   });
 }
 
-void CpuBackend::ema_update(const EmaUpdate& u, int64_t n, const float* live) {
-  parallel_for(n, 2 * u.count, [u, live](int64_t begin, int64_t end) {
-    // A block of the live weights stays in L1 while each average takes its step on it.
-    constexpr int64_t kBlock = 2048;
-    for (int64_t b = begin; b < end; b += kBlock) {
-      const int64_t e = std::min(end, b + kBlock);
-      for (int k = 0; k < u.count; ++k) {
-        float* __restrict average = u.average[k];
-        const float* __restrict w = live;
-        const float decay = u.decay[k], rest = 1.0f - decay;
-        for (int64_t i = b; i < e; ++i) average[i] = decay * average[i] + rest * w[i];
-      }
-    }
-  });
-}
-
 }  // namespace polyak

@@ -87,6 +87,7 @@ class CudaBackend final : public Backend {
   void scalar(ScalarOp op, int64_t n, const float* x, float s, float* y) override;
   void unary(UnaryOp op, int64_t n, const float* x, float* y) override;
   void axpy(int64_t n, float alpha, const float* x, float* y) override;
+  void multi_lerp(const MultiLerp& m, int64_t n, const float* source) override;
   void increment_counter(int64_t* counter) override;
 
   // reduce.cu
@@ -141,7 +142,6 @@ class CudaBackend final : public Backend {
 
   // optim.cu
   void sgd_step(const SgdHyper& h, int64_t n, float* param, const float* grad, float* momentum_buffer) override;
-  void ema_update(const EmaUpdate& u, int64_t n, const float* live) override;
 
   // dropout.cu
   void dropout_forward(int64_t n, const float* x, float p, uint64_t seed, uint64_t first_block, float* y,

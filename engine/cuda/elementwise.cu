@@ -1,5 +1,5 @@
 // Elementwise CUDA kernels: fill, strided copy, broadcasting binary ops, scalar and
-// unary maps, axpy (the CPU file: engine/cpu/elementwise.cpp). One thread per output
+// unary maps, axpy, multi_lerp (the CPU file: engine/cpu/elementwise.cpp). One thread per output
 // element in grid-stride loops; strided operands are read through collapsed
 // geometries (common.cuh). Outputs may alias an input of the same layout.
 //
@@ -84,6 +84,17 @@ __global__ void axpy_kernel(int64_t n, float alpha, const float* x, float* y) {
   POLYAK_GRID_LOOP(i, n) y[i] += alpha * x[i];
 }
 
+// Every target reads the source element once from a register.
+__global__ void multi_lerp_kernel(MultiLerp m, int64_t n, const float* source) {
+  POLYAK_GRID_LOOP(i, n) {
+    const float s = source[i];
+#pragma unroll
+    for (int k = 0; k < kMaxLerpTargets; ++k) {
+      if (k < m.count) m.target[k][i] = m.kept[k] * m.target[k][i] + (1.0f - m.kept[k]) * s;
+    }
+  }
+}
+
 __global__ void increment_counter_kernel(int64_t* counter) { ++*counter; }
 
 template <class T>
@@ -156,6 +167,15 @@ void CudaBackend::unary(UnaryOp op, int64_t n, const float* x, float* y) {
 void CudaBackend::axpy(int64_t n, float alpha, const float* x, float* y) {
   if (n <= 0) return;
   axpy_kernel<<<grid_for(n), kThreads, 0, stream_>>>(n, alpha, x, y);
+  POLYAK_CUDA_LAUNCHED();
+}
+
+void CudaBackend::multi_lerp(const MultiLerp& m, int64_t n, const float* source) {
+  if (n <= 0 || m.count <= 0) return;
+  if (m.count > kMaxLerpTargets)
+    throw std::invalid_argument("multi_lerp: at most " + std::to_string(kMaxLerpTargets) + " targets, got " +
+                                std::to_string(m.count));
+  multi_lerp_kernel<<<grid_for(n), kThreads, 0, stream_>>>(m, n, source);
   POLYAK_CUDA_LAUNCHED();
 }
 

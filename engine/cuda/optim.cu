@@ -25,30 +25,11 @@ __global__ void sgd_kernel(SgdHyper h, int64_t n, float* param, const float* gra
   }
 }
 
-__global__ void ema_kernel(EmaUpdate u, int64_t n, const float* live) {
-  POLYAK_GRID_LOOP(i, n) {
-    const float w = live[i];
-#pragma unroll
-    for (int k = 0; k < kMaxAverages; ++k) {
-      if (k < u.count) u.average[k][i] = u.decay[k] * u.average[k][i] + (1.0f - u.decay[k]) * w;
-    }
-  }
-}
-
 }  // namespace
 
 void CudaBackend::sgd_step(const SgdHyper& h, int64_t n, float* param, const float* grad, float* momentum_buffer) {
   if (n <= 0) return;
   sgd_kernel<<<grid_for(n), kThreads, 0, stream_>>>(h, n, param, grad, momentum_buffer);
-  POLYAK_CUDA_LAUNCHED();
-}
-
-void CudaBackend::ema_update(const EmaUpdate& u, int64_t n, const float* live) {
-  if (n <= 0 || u.count <= 0) return;
-  if (u.count > kMaxAverages)
-    throw std::invalid_argument("ema_update: at most " + std::to_string(kMaxAverages) + " averages, got " +
-                                std::to_string(u.count));
-  ema_kernel<<<grid_for(n), kThreads, 0, stream_>>>(u, n, live);
   POLYAK_CUDA_LAUNCHED();
 }
 

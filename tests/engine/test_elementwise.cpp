@@ -84,6 +84,27 @@ TEST_CASE("elementwise: scalar and unary ops") {
   check_close(log(exp(x)), std::vector<float>{1, 4, 9}, 1e-5, 1e-5);
 }
 
+TEST_CASE("elementwise: multi_lerp moves every target towards the source in one pass") {
+  ThreadsScope threads(2);
+  const int64_t n = 5003;  // several blocks, and a ragged end
+  Rng rng(7);
+  const Tensor source = Tensor::normal({n}, 0.0f, 1.0f, rng);
+  const std::vector<float> kept = {1.0f, 0.0f, 0.75f};
+  std::vector<Tensor> before, target;
+  MultiLerp m;
+  m.count = static_cast<int>(kept.size());
+  for (size_t k = 0; k < kept.size(); ++k) {
+    before.push_back(Tensor::normal({n}, 0.0f, 1.0f, rng));
+    target.push_back(before.back().clone());
+    m.kept[k] = kept[k];
+    m.target[k] = target[k].data<float>();
+  }
+  backend(Device::CPU).multi_lerp(m, n, source.data<float>());
+  CHECK(target[0].to_vector<float>() == before[0].to_vector<float>());  // kept = 1: bit for bit
+  CHECK(target[1].to_vector<float>() == source.to_vector<float>());     // kept = 0: the source
+  check_close(target[2], before[2] * 0.75f + source * 0.25f, 1e-7, 1e-6);
+}
+
 TEST_CASE("elementwise: gradient checks, including broadcast operands") {
   Rng rng(1);
   auto a = Tensor::normal({2, 3, 4}, 0, 1, rng).requires_grad_();

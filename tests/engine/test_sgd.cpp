@@ -59,7 +59,7 @@ TEST_CASE("sgd: state restores exactly, bad options are refused") {
   CHECK_THROWS_AS(b.load_state(Tensor::zeros({5}), 1), std::invalid_argument);
 }
 
-TEST_CASE("sgd and ema_update on the accelerator match the CPU over several steps") {
+TEST_CASE("sgd and multi_lerp on the accelerator match the CPU over several steps") {
   polyak::testing::for_each_accelerator([](Device device) {
     Rng rng(25);
     const int64_t n = 100003;  // not a multiple of any block size
@@ -82,23 +82,23 @@ TEST_CASE("sgd and ema_update on the accelerator match the CPU over several step
       check_close(gpu.momentum_buffer().to(Device::CPU), cpu.momentum_buffer(), 1e-6, 1e-5);
     }
 
-    // K averages in one pass: e_k = a_k e_k + (1 - a_k) w.
-    const std::vector<float> decays = {0.968f, 0.984f, 0.992f, 0.996f, 0.998f};
+    // K targets in one pass: t_k = a_k t_k + (1 - a_k) w.
+    const std::vector<float> kept = {0.968f, 0.984f, 0.992f, 0.996f, 0.998f};
     std::vector<Tensor> cpu_avg, gpu_avg;
-    EmaUpdate uc, ud;
-    uc.count = ud.count = static_cast<int>(decays.size());
-    for (size_t k = 0; k < decays.size(); ++k) {
+    MultiLerp uc, ud;
+    uc.count = ud.count = static_cast<int>(kept.size());
+    for (size_t k = 0; k < kept.size(); ++k) {
       cpu_avg.push_back(Tensor::normal({n}, 0.0f, 1.0f, rng));
       gpu_avg.push_back(cpu_avg.back().to(device));
-      uc.decay[k] = ud.decay[k] = decays[k];
-      uc.average[k] = cpu_avg[k].data<float>();
-      ud.average[k] = gpu_avg[k].data<float>();
+      uc.kept[k] = ud.kept[k] = kept[k];
+      uc.target[k] = cpu_avg[k].data<float>();
+      ud.target[k] = gpu_avg[k].data<float>();
     }
     for (int step = 0; step < 3; ++step) {
       const Tensor w = Tensor::normal({n}, 0.0f, 1.0f, rng), wd = w.to(device);
-      backend(Device::CPU).ema_update(uc, n, w.data<float>());
-      backend(device).ema_update(ud, n, wd.data<float>());
+      backend(Device::CPU).multi_lerp(uc, n, w.data<float>());
+      backend(device).multi_lerp(ud, n, wd.data<float>());
     }
-    for (size_t k = 0; k < decays.size(); ++k) check_close(gpu_avg[k].to(Device::CPU), cpu_avg[k], 1e-6, 1e-5);
+    for (size_t k = 0; k < kept.size(); ++k) check_close(gpu_avg[k].to(Device::CPU), cpu_avg[k], 1e-6, 1e-5);
   });
 }
