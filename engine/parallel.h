@@ -1,8 +1,9 @@
 // Threading for CPU kernels: one OpenMP team sized by set_num_threads(). Our SGEMM runs
 // single-threaded inside these regions. The engine does not link a BLAS: the pthread
 // build of OpenBLAS starts a thread pool of its own when it is loaded, whose idle
-// threads spin for a while and compete with the team for the cores (a 1 ms convolution
-// took 8 ms in a short run). Only apps/bench/sgemm_bench links it, as a reference.
+// threads spin for a while and compete with the team for the cores (measurements:
+// docs/PERFORMANCE.md, "No BLAS in the engine"). Only apps/bench/sgemm_bench links it,
+// as a reference.
 #pragma once
 
 #include <atomic>

@@ -207,7 +207,8 @@ int64_t gemm_cost(const Conv2dGeom& g) { return std::max<int64_t>(1, g.K * g.C *
 // dst[i] = src[i * stride] for i < n. With the stride a constant the compiler loads
 // whole vectors and permutes them (two loads and one vpermt2ps per 16 floats with
 // AVX-512 at stride 2); with a variable stride it makes one scalar load per float, which
-// took 41% of a 16 -> 32 channel stride-2 forward at 32x32 (its products: 53%).
+// takes nearly as long as a strided forward's products
+// (measurements: docs/PERFORMANCE.md, "Stride 2: gathering with a constant stride").
 template <int64_t stride>
 void gather_row(const float* src, int64_t n, float* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = src[i * stride];
@@ -304,10 +305,8 @@ struct PhaseAxis {
 // (sgemm.h): a filter 3 wide with one column of padding, on images whose width divides
 // or is divided by the vectors' 16 lanes, on a CPU whose kernels have lane masks. No
 // output column is then computed only to be dropped: at 16x16 a row was 17 columns for
-// 16 outputs, at 8x8 two images took 18 for 16. Two threads, 128 images, the padded
-// rows against these (alternated in one process), forward and data gradient: 16
-// channels at 32x32 1.53 -> 1.47 and 1.45 -> 1.42 ms, 32 at 16x16 1.45 -> 1.35 and
-// 1.43 -> 1.36, 64 at 8x8 1.54 -> 1.42 and 1.51 -> 1.39.
+// 16 outputs, at 8x8 two images took 18 for 16
+// (measurements: docs/PERFORMANCE.md, "Row edges: rows without padding columns").
 //
 // The rows are laid out for vectors of kEdgeVector floats: images narrower than that go
 // side by side until a row fills one (edge_images), and the planes get a vector's margin.
@@ -593,9 +592,9 @@ struct AdjointAxis {
 // rows, and those past the phase's length are dropped). The products together do the
 // multiplications of the convolution once each, as the forward does; im2col would
 // instead write a column matrix 9 times dy's size (for 3x3 taps), and col2im would add
-// it back into dx with scalar strided stores. Two threads, 128 images, 3x3 stride 2,
-// against im2col: 16 -> 32 channels at 32x32 3.4 -> 1.7 ms, 32 -> 64 at 16x16 2.4 ->
-// 1.8-2.1 ms, 64 -> 128 at 32x32 35 -> 24 ms; 128 -> 256 at 16x16 even (28 ms).
+// it back into dx with scalar strided stores. The phases beat im2col, by the most where
+// the channels are few (measurements: docs/PERFORMANCE.md,
+// "Stride 2: the data gradient on the phases of dx").
 void strided_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
   const AdjointAxis vertical(g.H, g.P, g.R, g.stride_h, g.pad_h), horizontal(g.W, g.Q, g.S, g.stride_w, g.pad_w);
   const int64_t Hs = vertical.padded, Ws = horizontal.padded, plane = Hs * Ws;
@@ -764,16 +763,15 @@ void shifted_backward_filter(const Conv2dGeom& g, const float* x, const float* d
 // a product needs one operand laid across it. Shifted rows transpose the column matrix
 // for that (R*S rows per channel) or take dot products that end in lane sums; here only
 // the image itself is transposed, C*H*W floats. dW comes out in (K, R, S, C) order and
-// is put in (K, C, R, S) order at the end. One thread, per image: 32 channels at 16x16
-// 48.5 -> 39.8 us, 16 at 32x32 46.9 -> 44.4 us; but with 3 channels, S*C = 9 columns
-// per product, 12.8 -> 29.2 us (channels_last_pays).
+// is put in (K, C, R, S) order at the end. It pays where the products are wide enough:
+// with 3 channels, S*C = 9 columns per product, it is slower than shifted rows
+// (channels_last_pays; measurements: docs/PERFORMANCE.md, "Filter gradient: channels-last rows").
 bool channels_last_pays(const Conv2dGeom& g) { return g.stride_h == 1 && g.stride_w == 1 && g.S * g.C >= 32; }
 
 // The filter gradients on shifted rows multiply one image per product (summing over its
 // P * Ws columns); on maps that give fewer than 64, im2col's gradient, several images
-// side by side, is faster. Two threads, 128 images of 512 channels at 4x4 (20 columns):
-// 61-66 ms against 72-79 on channels-last rows; 64 channels at 8x8 (80 columns): 6.3-6.5
-// ms against 3.2-3.7.
+// side by side, is faster, and shifted rows are from 64 on
+// (measurements: docs/PERFORMANCE.md, "Filter gradient: im2col on small maps").
 bool filter_gradient_on_shifted_rows(const Conv2dGeom& g) {
   return g.P * PhaseAxis(g.W, g.S, g.stride_w, g.pad_w).row_layout(g.P, 1).slot >= 64;
 }
@@ -781,10 +779,8 @@ bool filter_gradient_on_shifted_rows(const Conv2dGeom& g) {
 // With row edges (sgemm_packed_a's taps along B's columns; AVX-512, a filter 3 wide
 // with one column of padding, whole vectors of channels), the rows hold no padding
 // pixels: the products read one pixel to the left of each and zero the taps across an
-// image row's edge. With one image per row, dy' is then dy itself, packed in place.
-// Two threads, 128 images, filter gradient, padded rows against these (alternated in
-// one process): 16 channels at 32x32 1.49 -> 1.40 ms, 32 at 16x16 1.42 -> 1.31, 64 at
-// 8x8 1.51 -> 1.37 (the rows of 8x8 images were 9 pixels for 8).
+// image row's edge. With one image per row, dy' is then dy itself, packed in place
+// (measurements: docs/PERFORMANCE.md, "Row edges: rows without padding columns").
 bool filter_gradient_takes_edges(const Conv2dGeom& g) {
   return g.S == 3 && g.pad_w == 1 && g.stride_w == 1 && g.stride_h == 1 &&
          sgemm_row_edges_supported(sgemm_active_isa(), g.W, g.S * g.C, g.C);
@@ -960,39 +956,28 @@ bool conv_supports(ConvAlgorithm algorithm, const Conv2dGeom& g) {
 
 ConvAlgorithm conv_algorithm(const Conv2dGeom& g) {
   // A 1x1 filter's column matrix is its image, or the image sampled with the stride,
-  // which im2col multiplies in place; shifted rows would only add a copy (1x1 with
-  // stride 2, two threads, 128 images of 64 channels at 32x32: 2.7 ms against 3.3).
-  // A strided 3x3 gains from shifted rows' phases: 16 channels at 32x32, stride 2,
-  // forward 2.6-2.9 -> 1.8-1.9 ms, filter gradient 2.9-3.1 -> 2.2.
+  // which im2col multiplies in place; shifted rows would only add a copy
+  // (measurements: docs/PERFORMANCE.md, "1x1 convolutions: im2col in place").
+  // A strided 3x3 gains from shifted rows' phases, which make it stride-1 products
+  // (measurements: docs/PERFORMANCE.md, "Stride 2: shifted rows on the image's phases").
   // A product with few columns is mostly overhead. Shifted rows put up to 4 images side
   // by side (PhaseAxis::row_layout), but a strided data gradient multiplies one image
   // at a time; below 64 columns per product im2col, which puts as many images side by
-  // side as make 256 columns, wins. With one image per product: one thread, 8 images of
-  // 512 channels at 4x4 (24 columns), forward 13.5 -> 5.6 ms, backward data 16.2 -> 5.5;
-  // two threads, 128 images of 256 -> 512 channels, 8x8 -> 4x4 with stride 2 (20
-  // columns), data gradient 56 against 31 ms. With 4 images (80 columns), 512 channels
-  // at 4x4, two threads, 128 images: forward 63-64 -> 54-56 ms, data gradient 61-64 ->
-  // 57-62 (its filter gradient stays im2col's: filter_gradient_on_shifted_rows).
+  // side as make 256 columns, wins (the filter gradient chooses for itself:
+  // filter_gradient_on_shifted_rows; measurements: docs/PERFORMANCE.md,
+  // "Small maps: shifted rows vs im2col").
   //
   // Winograd's F(2x2, 3x3) does 2.25 times fewer multiplications, but its transforms
   // are passes over memory of their own (16 values per 2x2 tile in and out), which pay
   // only with enough channels to multiply per transformed value and enough tiles per
-  // image. Two threads, 128 images, forward, shifted rows against Winograd (AMD EPYC,
-  // Zen 5): 64 channels at 32x32 20.5 -> 16.0 ms, 128 at 16x16 19.7 -> 14.0, 256 at 8x8
-  // 19.7 -> 14.8; but 64 at 8x8 1.42 -> 2.6, 32 at 16x16 1.35 -> 2.0, and 512 at 4x4
-  // and 128 at 8x8 about even (22.3 and 23.2, 5.1 and 4.9).
+  // image (measurements: docs/PERFORMANCE.md, "Winograd F(2x2, 3x3) vs shifted rows").
   //
   // On maps of 16x16 and smaller, 16 images in the lanes of AVX-512 vectors win over
-  // both (winograd.cpp has the method). Two threads, 128 images, forward with residual
-  // and ReLU, shifted rows -> image by image -> lanes: 32 channels at 16x16 1.43 ->
-  // 1.71 -> 1.16-1.22 ms and 64 at 8x8 1.47-1.52 -> 1.84-1.88 -> 0.82-0.83 with the
-  // tensors in L3 (1.41-1.47 -> 1.23 and 1.49-1.51 -> 0.89-0.91 for shifted rows and
-  // lanes when they come from DRAM); 128 at 16x16 21.6 -> 14.7 -> 13.1, 256 at 8x8 21.3
-  // -> 15.8 -> 12.9, 512 at 4x4 25.3 -> 22.8 -> 23.3 (two sets of tensors in turn). Not with 16 channels (at 32x32 1.7
-  // times shifted rows' time: the transforms' share grows as the channels shrink), not
-  // where a row of tiles makes more than 1 MiB of transformed patches (16 elements x
-  // channels x tiles x 16 images, which a task keeps in L2), and not with a quarter of
-  // the lanes or more left empty (small batches).
+  // both (winograd.cpp has the method; measurements: docs/PERFORMANCE.md,
+  // "Winograd: 16 images in the vector lanes"). Not with 16 channels (the transforms'
+  // share grows as the channels shrink), not where a row of tiles makes more than 1 MiB
+  // of transformed patches (16 elements x channels x tiles x 16 images, which a task
+  // keeps in L2), and not with a quarter of the lanes or more left empty (small batches).
   const int64_t lanes = 16 * ((g.N + 15) / 16), row_of_tiles = 16 * std::max(g.C, g.K) * ((g.Q + 1) / 2) * 16 * 4;
   if (sgemm_active_isa() == SgemmIsa::Avx512 && conv_supports(ConvAlgorithm::WinogradLanes, g) && g.C >= 32 &&
       g.K >= 32 && g.P * g.Q <= 256 && row_of_tiles <= (1 << 20) && 4 * g.N >= 3 * lanes)

@@ -3,15 +3,16 @@
 //
 // Why not malloc, or a cache of freed blocks by size. A training step allocates the
 // same tensors every time, and a first touch of each fresh 4 KiB page faults into the
-// kernel (about 10 us), so freed memory must be kept and reused, not returned. But a
-// cache keyed by size reuses a block only for a request of about its size: the backward
-// pass frees the large activations of the first stages while it asks for gradients of
-// other sizes, and such a cache kept a ResNet-18 step at 902 MiB of blocks for 714 MiB
-// ever in use at once. Here a request takes the smallest free range that holds it, a
-// freed block merges with the free ranges beside it, and the range grows at its top
-// only when no free range fits (extending a free range that ends at the top), so the
-// memory touched stays close to the most ever in use. Memory freed after training (the
-// activations) serves what comes next, such as the EMA copies of the weights.
+// kernel, so freed memory must be kept and reused, not returned. But a cache keyed by
+// size reuses a block only for a request of about its size: the backward pass frees the
+// large activations of the first stages while it asks for gradients of other sizes, and
+// such a cache held well above what a ResNet-18 step ever had in use at once
+// (measurements: docs/PERFORMANCE.md, "Host memory: one best-fit arena"). Here a
+// request takes the smallest free range that holds it, a freed block merges with the
+// free ranges beside it, and the range grows at its top only when no free range fits
+// (extending a free range that ends at the top), so the memory touched stays close to
+// the most ever in use. Memory freed after training (the activations) serves what
+// comes next, such as the EMA copies of the weights.
 //
 // The range is reserved without access (no memory is committed), made readable and
 // writable as its top grows, and advised for transparent huge pages: one fault per

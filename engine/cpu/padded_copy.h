@@ -10,8 +10,8 @@ namespace polyak::cpu {
 // dst[0, n) = src[0, n) for the short rows of a feature map (8 to 32 floats in a
 // ResNet): a call to memmove per row costs more than the copy, so whole blocks of 16,
 // then of 8, go through fixed-size copies, which the compiler turns into vector moves
-// (one per block where it has 64-byte vectors: the copies into resnet20's padded
-// images took 7-10% fewer samples than in blocks of 8).
+// (one per block where it has 64-byte vectors; measurements: docs/PERFORMANCE.md,
+// "Row copies in blocks of 16").
 inline void copy_row(const float* src, int64_t n, float* dst) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) std::memcpy(dst + i, src + i, 16 * sizeof(float));

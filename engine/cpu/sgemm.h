@@ -52,8 +52,8 @@ void sgemm_indirect_b(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t 
 // product requests their cache lines a few at a time between the steps of its
 // micro-kernels, so that waiting for them overlaps the arithmetic; the copies then find
 // them in cache. A resnet20 activation is 8 MB per layer, which sits in L3, from where
-// one core copies at about 16 GB/s (a 64 KB image in 3.5-4.5 us): without this, the
-// shifted-rows copies took a fifth of an evaluation pass, 13% with it. Reads go to L2;
+// one core's copies would otherwise wait on every line
+// (measurements: docs/PERFORMANCE.md, "Prefetching around products"). Reads go to L2;
 // writes ask for their lines in exclusive state (prefetchw), which spares the stores
 // their read-for-ownership. Only a hint: nothing is read or written through it, and the
 // lines the product has no steps left for are not requested.

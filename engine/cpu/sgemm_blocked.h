@@ -508,11 +508,11 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
   // Packing pays for itself by reuse. A panel of op(B) = B serves row_panels tiles;
   // up to 32 of them (256 rows of C), its rows are read in place (ldb apart, or through
   // the row offsets) instead: on the ResNet convolutions (apps/sgemm_bench), reading
-  // a panel from L2 once per row panel beat one pass to pack it up to there (64 and 128
-  // filters: 130-146 -> 135-161 GFLOP/s). A panel of op(A)
-  // serves one tile when N fits one panel, and is then read in place: op(A) = A^T
-  // as it is, op(A) = A (one row of A per row of C) only by the tiles one vector wide.
-  // Row edges mask B as the kernels read it: it is never packed.
+  // a panel from L2 once per row panel beat one pass to pack it up to there
+  // (measurements: docs/PERFORMANCE.md, "SGEMM: reading B in place instead of packing").
+  // A panel of op(A) serves one tile when N fits one panel, and is then read in place:
+  // op(A) = A^T as it is, op(A) = A (one row of A per row of C) only by the tiles one
+  // vector wide. Row edges mask B as the kernels read it: it is never packed.
   const bool direct_b = !trans_b && (row_panels <= 32 || row_edges > 0);
   const RowMap a_rows{A, lda, nullptr}, b_map{B, ldb, b_rows};
   const bool direct_a = !a_packed && (trans_a ? N <= NR : N <= L);
@@ -612,10 +612,8 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
 // Whether the dot-product kernels beat packing for op(A) op(B), M x N with sums of K
 // terms. The lanes' final sums (a few operations per element of C) must be small
 // against the K / L fused multiply-adds of each element, and the transposed panels of
-// B that packing would make must serve few rows of A (M / MR tiles each). Measured on
-// filter gradients (one thread, AVX-512, GFLOP/s dot vs packed): M = 16, K = 1088: 95
-// vs 76; M = 32, K = 1088: 96-102 vs 86-99; M = 64, K = 1088: 112 vs 120; M = 32, K =
-// 288: 80 vs 98; M = 128, K = 288: 85 vs 126; K = 80: 43 vs 102.
+// B that packing would make must serve few rows of A (M / MR tiles each): long sums
+// over few rows (measurements: docs/PERFORMANCE.md, "SGEMM: dot products for filter gradients").
 inline bool dot_products_pay(bool trans_a, bool trans_b, int64_t M, int64_t K) {
   return !trans_a && trans_b && K >= 512 && M <= 32;
 }

@@ -27,16 +27,15 @@
 // of a channel one after the other: V[c][e][t] and M[k][e][t]; product e reads and
 // writes every 16th row. Stored element by element (V[e][c][t]), the 16 rows a
 // transform writes or reads for one channel lay C * ld floats apart, 16 KB and more:
-// all in the same L1 set, more lines than its 12 ways hold. Two threads, 128 images, forward, against that layout:
-// 64 channels at 32x32 17.4 -> 15.6 ms, 128 at 16x16 15.3 -> 13.4, 256 at 8x8 18.9 ->
-// 14.2 (AMD EPYC, Zen 5).
+// all in the same L1 set, more lines than its 12 ways hold
+// (measurements: docs/PERFORMANCE.md, "Winograd: V and M stored channel by channel").
 //
 // The data gradient is this forward run on dy with the flipped filter (conv2d.cpp). The
 // filter gradient is Winograd's adjoint, 16 products summing over the tiles, dU[e] (K x
-// C) = (A dY A^T)[e] (K x T) * V[e]^T, then dw = G^T dU G. Image by image it measured
-// 0.4 to 1.06 times shifted rows' speed on ResNet-18's layers (each product transposes
-// V[e], and is only C columns wide) and stays there; with images in the lanes it wins
-// (below).
+// C) = (A dY A^T)[e] (K x T) * V[e]^T, then dw = G^T dU G. Image by image it is at best
+// about as fast as shifted rows on ResNet-18's layers (each product transposes V[e], and
+// is only C columns wide), so the gradient stays there; with images in the lanes it wins
+// (below; measurements: docs/PERFORMANCE.md, "Winograd: the filter gradient image by image").
 #include <immintrin.h>
 
 #include <algorithm>
@@ -59,9 +58,8 @@ namespace {
 
 constexpr int64_t kElements = 16;   // of a transformed 4x4 patch
 // Tiles per group of images, the columns of the products: 64 make 16 x C x 64 floats of
-// transformed patches (1 MiB at 256 channels), as fast as 256 tiles (2 threads, 128
-// images of 128 channels at 16x16: 27.7-28.2 ms against 28.8-29.4; 256 at 8x8:
-// 28.1-29.6 against 29.6-30.9) with a quarter of the memory.
+// transformed patches (1 MiB at 256 channels), as fast as 256 tiles with a quarter of
+// the memory (measurements: docs/PERFORMANCE.md, "Winograd: tiles per group of images").
 constexpr int64_t kMinTiles = 64;
 
 // The tiling of one image: th x tw tiles of 2x2 output pixels, read from a zero-padded
@@ -76,8 +74,9 @@ struct Tiles {
 
 // U[e][k][c] = (G g G^T)[e] for the 3x3 filter g of output channel k and input channel c.
 // Blocks of filters at a time, tap by tap across the block: the loops over the block
-// vectorise, where one filter at a time is scalar code storing to 16 places KC apart
-// (512 x 512 filters: 9.4 ms on two threads, and an eighth of a 64-channel layer).
+// vectorise, where one filter at a time is scalar code storing to 16 places KC apart,
+// slow enough to show beside a layer's products
+// (measurements: docs/PERFORMANCE.md, "Winograd: filter transform in blocks").
 void transform_filters(const Conv2dGeom& g, const float* w, float* U) {
   constexpr int64_t kBlock = 64;
   const int64_t KC = g.K * g.C;
@@ -238,16 +237,14 @@ void transform_outputs(const Conv2dGeom& g, const Tiles& tiles, const float* M, 
 //
 // The prefetches matter more here than image by image: a task's input and output are
 // a few rows of each of C (or K) planes of 16 images, scattered runs that the hardware
-// prefetchers do not follow. Requested as rows of planes during the products
-// (SgemmPrefetch's runs), 32 channels at 16x16 took 1.52 instead of 2.05 ms with its
-// tensors coming from DRAM (two threads, 128 images, tasks of 256 KiB).
+// prefetchers do not follow: they are requested as rows of planes during the products
+// (SgemmPrefetch's runs; measurements: docs/PERFORMANCE.md,
+// "Winograd lanes: prefetching rows of planes").
 //
-// Where this wins over image by image and shifted rows, with measurements:
-// conv_algorithm (conv2d.cpp). Its filter gradient (winograd_lanes_backward_filter) against
-// shifted rows' (channels last), two threads, 128 images: 32 channels at 16x16 1.35 ->
-// 1.19 ms with the tensors in L3 but 1.42 -> 1.52 from DRAM, 64 at 8x8 1.42 -> 0.94
-// (1.40 -> 1.00 from DRAM), 128 at 16x16 20.7 -> 14.8, 256 at 8x8 21.3 -> 12.9, 512 at
-// 4x4 29.7 -> 19.7.
+// Where this wins over image by image and shifted rows: conv_algorithm (conv2d.cpp).
+// Its filter gradient (winograd_lanes_backward_filter) is faster than shifted rows'
+// (channels last), but for a near tie on the narrowest layers when the tensors come
+// from DRAM (measurements: docs/PERFORMANCE.md, "Winograd lanes: filter gradient").
 
 #define POLYAK_WINOGRAD_LANES __attribute__((target("avx512f,prfchw")))
 #define POLYAK_WINOGRAD_LANES_INLINE POLYAK_WINOGRAD_LANES inline __attribute__((always_inline))
@@ -255,15 +252,14 @@ void transform_outputs(const Conv2dGeom& g, const Tiles& tiles, const float* M, 
 constexpr int64_t kLanes = 16;
 // The bytes of V (and of M) per task: tile rows are added to a task while they fit.
 // Larger tasks read fewer rows twice (a task's patches reach one row into the next
-// task's on either side) and run wider products. Two threads, 128 images, forward,
-// 256 KiB -> 1 MiB: 64 channels at 8x8 1.02 -> 0.78 ms with the tensors in L3, 1.22 ->
-// 0.85 from DRAM (whole images: 256 columns); 32 at 16x16 1.09 -> 1.10 and 1.49 ->
-// 1.23 (half images); 2 MiB measured the same as 1.
+// task's on either side) and run wider products; beyond 1 MiB nothing more was gained
+// (measurements: docs/PERFORMANCE.md, "Winograd lanes: task size").
 constexpr int64_t kLanesBlockBytes = 1024 * 1024;
 // The filter gradient's products sum over a task's columns, K rows by C columns. From
 // 512 columns with at most 32 rows sgemm takes them as dot products (dot_products_pay
-// in sgemm_blocked.h), slower on these small outputs: capped at 256 columns, resnet20's
-// training step went 95.3/96.7/99.5 -> 92.7/94.7/94.9 ms (32 channels at 16x16 had 512).
+// in sgemm_blocked.h), slower on these small outputs; capped at 256 columns they stay on
+// the blocked kernels
+// (measurements: docs/PERFORMANCE.md, "Winograd lanes: filter-gradient product width").
 constexpr int64_t kLanesGradientColumns = 256;
 
 // Every lane: GCC 12 warns that the plain forms of the shuffles and of max read an
