@@ -253,22 +253,6 @@ bool sgemm_row_edges_supported(SgemmIsa isa, int64_t row_length, int64_t N, int6
 
 SgemmIsa packed_isa(const SgemmPackedA& a) { return a.isa_; }
 
-void sgemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                     int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  for (int64_t i = 0; i < M; ++i) {
-    for (int64_t j = 0; j < N; ++j) {
-      double sum = 0.0;
-      for (int64_t k = 0; k < K; ++k) {
-        const float a = trans_a ? A[k * lda + i] : A[i * lda + k];
-        const float b = trans_b ? B[j * ldb + k] : B[k * ldb + j];
-        sum += static_cast<double>(a) * b;
-      }
-      float& c = C[i * ldc + j];
-      c = static_cast<float>(alpha * sum + (beta == 0.0f ? 0.0 : static_cast<double>(beta) * c));
-    }
-  }
-}
-
 namespace detail {
 
 float* sgemm_pack_buffer(int slot, int64_t floats) {

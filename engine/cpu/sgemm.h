@@ -152,8 +152,4 @@ SgemmIsa packed_isa(const SgemmPackedA& a);
 // apart: in blocks of 8 x 8 through vector registers where the CPU has AVX2.
 void transpose(int64_t rows, int64_t cols, const float* src, int64_t ld_src, float* dst, int64_t ld_dst);
 
-// The definition as a plain triple loop (sums in double), the reference of the tests.
-void sgemm_reference(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                     int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
-
 }  // namespace polyak::cpu

@@ -18,6 +18,7 @@
 
 #include "engine/cpu/conv2d.h"
 #include "engine/cpu/sgemm.h"
+#include "engine/ref/kernels.h"
 #include "engine/parallel.h"
 #include "support/threads_scope.h"
 
@@ -368,7 +369,7 @@ TEST_CASE("sgemm_indirect_b: rows at arbitrary offsets match the product on the 
       std::copy(pool.begin() + offsets[i], pool.begin() + offsets[i] + cols, gathered.begin() + i * cols);
     const std::vector<float> A = random_vector(M * K, gen), C0 = random_vector(M * N, gen);
     std::vector<float> want = C0, got = C0;
-    cpu::sgemm_reference(trans_a, trans_b, M, N, K, 1.0f, A.data(), trans_a ? M : K, gathered.data(), cols, beta,
+    ref::gemm(trans_a, trans_b, M, N, K, 1.0f, A.data(), trans_a ? M : K, gathered.data(), cols, beta,
                          want.data(), N);
     cpu::sgemm_indirect_b(isa, trans_a, trans_b, M, N, K, 1.0f, A.data(), trans_a ? M : K, pool.data(),
                           offsets.data(), beta, got.data(), N);

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "engine/cpu/sgemm.h"
+#include "engine/ref/kernels.h"
 
 using polyak::cpu::SgemmIsa;
 
@@ -48,7 +49,7 @@ bool check_case(SgemmIsa isa, const Case& c, std::mt19937& gen, bool packed_a = 
   for (float& x : B) x = normal(gen);
   for (float& x : C) x = c.beta == 0.0f ? std::numeric_limits<float>::quiet_NaN() : normal(gen);
   std::vector<float> expected = C;
-  polyak::cpu::sgemm_reference(c.trans_a, c.trans_b, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta,
+  polyak::ref::gemm(c.trans_a, c.trans_b, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta,
                                expected.data(), ldc);
   if (packed_a) {
     polyak::cpu::SgemmPackedA packed;
@@ -174,7 +175,7 @@ TEST_CASE("sgemm: op(A) packed on the calling thread gives the product packed on
     std::vector<float> C_team(M * N), C_here(M * N), want(M * N);
     polyak::cpu::sgemm_packed_a(team, false, N, 1.0f, B.data(), N, nullptr, 0.0f, C_team.data(), N);
     polyak::cpu::sgemm_packed_a(here, false, N, 1.0f, B.data(), N, nullptr, 0.0f, C_here.data(), N);
-    polyak::cpu::sgemm_reference(trans_a, false, M, N, K, 1.0f, A.data(), trans_a ? M : K, B.data(), N, 0.0f,
+    polyak::ref::gemm(trans_a, false, M, N, K, 1.0f, A.data(), trans_a ? M : K, B.data(), N, 0.0f,
                                  want.data(), N);
     CHECK(C_here == C_team);
     for (int64_t i = 0; i < M * N; ++i) REQUIRE(std::abs(C_here[i] - want[i]) <= 1e-3f * std::max(1.0f, std::abs(want[i])));
@@ -262,7 +263,7 @@ TEST_CASE("sgemm: row edges zero the taps across an image row's edge, at every p
             packed.pack(isa, false, M, K, A.data(), K);
             polyak::cpu::sgemm_packed_a(packed, false, N, 1.0f, B.data(), 0, rows.data(), 0.0f, C.data(), N, {},
                                         length);
-            polyak::cpu::sgemm_reference(false, false, M, N, K, 1.0f, A.data(), K, gathered.data(), N, 0.0f,
+            polyak::ref::gemm(false, false, M, N, K, 1.0f, A.data(), K, gathered.data(), N, 0.0f,
                                          want.data(), N);
             INFO(polyak::cpu::sgemm_isa_name(isa), " rows of ", length, ", M=", M, " N=", N, " K=", K);
             for (int64_t i = 0; i < M * N; ++i)
@@ -295,7 +296,7 @@ TEST_CASE("sgemm: row edges zero the taps across an image row's edge, at every p
             packed.pack(isa, false, M, K, A.data(), K);
             polyak::cpu::sgemm_packed_a(packed, false, N, 1.0f, B.data(), C, nullptr, 0.0f, got.data(), N, {}, length,
                                         C);
-            polyak::cpu::sgemm_reference(false, false, M, N, K, 1.0f, A.data(), K, gathered.data(), N, 0.0f,
+            polyak::ref::gemm(false, false, M, N, K, 1.0f, A.data(), K, gathered.data(), N, 0.0f,
                                          want.data(), N);
             INFO(polyak::cpu::sgemm_isa_name(isa), " taps along columns, rows of ", length, ", C=", C, " M=", M,
                  " K=", K);
