@@ -7,9 +7,12 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
 
+#include "apps/common/cli.h"
 #include "data/cifar.h"
+#include "engine/parallel.h"
 
 namespace polyak::app {
 
@@ -24,5 +27,19 @@ Datasets load_datasets(const std::string& dataset, const std::string& dir);
 // Keeps the first n images of `set` (all when n is 0 or not smaller than the set):
 // --train-subset and --test-subset.
 void keep_first(data::ImageSet& set, int64_t n);
+
+// How eval and probe start: the default --data folder, the config's own checks
+// (std::invalid_argument naming a bad flag), the thread count; returns the device.
+template <class Config>
+Device start_app(Config& config) {
+  if (config.data_dir.empty()) config.data_dir = default_data_dir(config.dataset);
+  config.validate();
+  if (config.threads) set_num_threads(config.threads);
+  return device_from_flag(config.device);
+}
+
+// Where an app prints its table: standard output, or standard error when --json - gives
+// standard output to the JSON.
+inline FILE* table_stream(const std::string& json_flag) { return json_flag == "-" ? stderr : stdout; }
 
 }  // namespace polyak::app

@@ -280,12 +280,8 @@ json results_json(const EvalConfig& config, const EvalInputs& in, const std::vec
 }  // namespace
 
 int run_eval(EvalConfig config) {
-  if (config.data_dir.empty()) config.data_dir = default_data_dir(config.dataset);
-  config.validate();
-  if (config.threads) set_num_threads(config.threads);
-  const Device device = device_from_flag(config.device);
-  // With --json - the JSON owns stdout and the table goes to stderr.
-  FILE* out = config.json == "-" ? stderr : stdout;
+  const Device device = start_app(config);
+  FILE* out = table_stream(config.json);
   EvalInputs in = load_inputs(config, device);
   print_plan(out, config, in);
   std::vector<Row> rows;

@@ -389,11 +389,8 @@ void save_outputs(FILE* out, const ProbeConfig& config, const Backbone& backbone
 }  // namespace
 
 int run_probe(ProbeConfig config) {
-  if (config.data_dir.empty()) config.data_dir = default_data_dir(config.dataset);
-  config.validate();
-  if (config.threads) set_num_threads(config.threads);
-  const Device device = device_from_flag(config.device);
-  FILE* out = config.json == "-" ? stderr : stdout;
+  const Device device = start_app(config);
+  FILE* out = table_stream(config.json);
   const auto start = std::chrono::steady_clock::now();
 
   // The backbone first: a checkpoint that does not fit fails before the data is read.

@@ -19,6 +19,7 @@
 
 #include "engine/cpu/cpu_backend.h"
 #include "engine/parallel.h"
+#include "engine/ref/kernels.h"
 
 namespace polyak {
 
@@ -31,13 +32,6 @@ void log_softmax_row(int64_t cols, const float* x, float* y) {
   for (int64_t j = 0; j < cols; ++j) total += std::exp(static_cast<double>(x[j] - m));
   const float lse = m + static_cast<float>(std::log(total));
   for (int64_t j = 0; j < cols; ++j) y[j] = x[j] - lse;
-}
-
-void check_labels(int64_t rows, int64_t cols, const int64_t* labels) {
-  for (int64_t r = 0; r < rows; ++r)
-    if (labels[r] < 0 || labels[r] >= cols)
-      throw std::out_of_range("cross_entropy: label " + std::to_string(labels[r]) + " in row " + std::to_string(r) +
-                              " is outside [0, " + std::to_string(cols) + ")");
 }
 
 }  // namespace
@@ -65,7 +59,7 @@ void CpuBackend::log_softmax_backward(int64_t rows, int64_t cols, const float* y
 
 void CpuBackend::cross_entropy_forward(int64_t rows, int64_t cols, const float* logits, const int64_t* labels,
                                        float smoothing, float* log_probs, float* loss) {
-  check_labels(rows, cols, labels);  // before the parallel region: nothing may throw inside it
+  ref::check_labels(rows, cols, labels);  // before the parallel region: nothing may throw inside it
   std::vector<double> row_loss(static_cast<size_t>(rows));
   const double on = 1.0 - smoothing, spread = static_cast<double>(smoothing) / static_cast<double>(cols);
   parallel_for(rows, 8 * cols, [&](int64_t r0, int64_t r1) {
@@ -85,7 +79,7 @@ void CpuBackend::cross_entropy_forward(int64_t rows, int64_t cols, const float* 
 
 void CpuBackend::cross_entropy_backward(int64_t rows, int64_t cols, const float* log_probs, const int64_t* labels,
                                         float smoothing, const float* dloss, float* dlogits) {
-  check_labels(rows, cols, labels);
+  ref::check_labels(rows, cols, labels);
   const float scale = rows > 0 ? dloss[0] / static_cast<float>(rows) : 0.0f;
   const float on = 1.0f - smoothing, spread = smoothing / static_cast<float>(cols);
   parallel_for(rows, 8 * cols, [&](int64_t r0, int64_t r1) {

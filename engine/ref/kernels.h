@@ -64,6 +64,9 @@ void cross_entropy_forward(int64_t rows, int64_t cols, const float* logits, cons
                            float* log_probs, float* loss);
 void cross_entropy_backward(int64_t rows, int64_t cols, const float* log_probs, const int64_t* labels,
                             float smoothing, const float* dloss, float* dlogits);
+// std::out_of_range naming the first label outside [0, cols): the host tables' check
+// before a cross-entropy reads log_probs[labels[r]].
+void check_labels(int64_t rows, int64_t cols, const int64_t* labels);
 
 // ---- optim.cpp ----
 void sgd_step(const SgdHyper& h, int64_t n, float* param, const float* grad, float* momentum_buffer);

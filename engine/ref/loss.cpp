@@ -15,16 +15,12 @@
 
 namespace polyak::ref {
 
-namespace {
-
 void check_labels(int64_t rows, int64_t cols, const int64_t* labels) {
   for (int64_t r = 0; r < rows; ++r)
     if (labels[r] < 0 || labels[r] >= cols)
       throw std::out_of_range("cross_entropy: label " + std::to_string(labels[r]) + " in row " + std::to_string(r) +
                               " is outside [0, " + std::to_string(cols) + ")");
 }
-
-}  // namespace
 
 void log_softmax_forward(int64_t rows, int64_t cols, const float* x, float* y) {
   for (int64_t r = 0; r < rows && cols > 0; ++r) {
