@@ -379,7 +379,7 @@ POLYAK_SGEMM_TARGET void micro_kernel(int64_t kc, const float* __restrict a, int
     // Row k of the slice is tap (k0 + k) % 3 of its triple: single steps up to the first
     // left tap, whole triples with their masks fixed, single steps after the last.
     const int64_t phase = edges->k0 % 3;
-    const auto single = [&](int64_t k) {
+    const auto single = [&](int64_t k) POLYAK_SGEMM_TARGET {  // lambdas do not inherit the target
       prefetch_at(pf, k, next_request);
       tile_step<T, MR, ROWS, NV, A_ROWS>(acc, a + k * a_k, a_next, b + b_rows[k], by_tap[(phase + k) % 3]);
     };
@@ -694,7 +694,7 @@ inline int64_t span_of_rows(const RowMap& B, int64_t N, int64_t K) {
 template <class T, int RA, int RB>
 POLYAK_SGEMM_TARGET void sgemm_dot(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                                    const RowMap& B, float beta, float* C, int64_t ldc) {
-  const auto tile = [&](int64_t i0, int64_t j0) {
+  const auto tile = [&](int64_t i0, int64_t j0) POLYAK_SGEMM_TARGET {  // lambdas do not inherit the target
     const int rows = static_cast<int>(std::min<int64_t>(RA, M - i0));
     const int cols = static_cast<int>(std::min<int64_t>(RB, N - j0));
     // Rows past the edge repeat the last one: computed, not stored.
