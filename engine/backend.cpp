@@ -1,5 +1,8 @@
 #include "engine/backend.h"
 
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -32,5 +35,27 @@ Backend& backend(Device device) {
 }
 
 bool device_available(Device device) { return device == Device::CPU || cuda_backend() != nullptr; }
+
+namespace {
+bool reference_requested_by_environment() {
+  const char* choice = std::getenv("POLYAK_KERNELS");
+  if (!choice || !*choice || std::strcmp(choice, "fast") == 0) return false;
+  if (std::strcmp(choice, "reference") == 0) return true;
+  throw std::invalid_argument(std::string("POLYAK_KERNELS must be 'fast' or 'reference', got '") + choice + "'");
+}
+
+std::atomic<bool>& reference_on_cpu() {
+  static std::atomic<bool> on{reference_requested_by_environment()};
+  return on;
+}
+}  // namespace
+
+void use_reference_kernels(bool on) { reference_on_cpu() = on; }
+bool using_reference_kernels() { return reference_on_cpu(); }
+
+const Kernels& kernels(Device device) {
+  if (device == Device::CPU && reference_on_cpu()) return reference_kernels();
+  return backend(device).native_kernels();
+}
 
 }  // namespace polyak

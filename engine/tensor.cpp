@@ -308,7 +308,7 @@ Tensor Tensor::transpose(int64_t dim0, int64_t dim1) const {
 Tensor Tensor::contiguous() const {
   if (is_contiguous()) return *this;
   Tensor out = empty(shape(), dtype(), device());
-  backend(device()).copy_strided(out.raw_data(), contiguous_layout(shape()), raw_data(),
+  kernels(device()).copy_strided(out.raw_data(), contiguous_layout(shape()), raw_data(),
                                  make_layout(shape(), strides()), dtype_size(dtype()));
   if (should_record({*this})) {
     record(out, "contiguous", {*this}, [](const Tensor& g) { return std::vector<Tensor>{g}; });
@@ -377,7 +377,7 @@ Tensor& Tensor::zero_() {
 
 Tensor& Tensor::fill_(float value) {
   require_contiguous(*this, "fill_");
-  backend(device()).fill(data<float>(), numel(), value);
+  kernels(device()).fill(data<float>(), numel(), value);
   return *this;
 }
 
@@ -388,11 +388,10 @@ Tensor& Tensor::copy_(const Tensor& src) {
     throw std::invalid_argument(std::string("copy_: source is ") + dtype_name(src.dtype()) + ", destination " +
                                 dtype_name(dtype()));
   const Tensor local = src.device() == device() ? src : src.to(device());
-  Backend& be = backend(device());
   if (is_contiguous() && local.is_contiguous()) {
-    be.copy(raw_data(), local.raw_data(), static_cast<size_t>(numel()) * dtype_size(dtype()));
+    backend(device()).copy(raw_data(), local.raw_data(), static_cast<size_t>(numel()) * dtype_size(dtype()));
   } else {
-    be.copy_strided(raw_data(), make_layout(shape(), strides()), local.raw_data(),
+    kernels(device()).copy_strided(raw_data(), make_layout(shape(), strides()), local.raw_data(),
                     make_layout(local.shape(), local.strides()), dtype_size(dtype()));
   }
   return *this;
@@ -403,13 +402,13 @@ Tensor& Tensor::add_(const Tensor& x, float alpha) {
     throw std::invalid_argument("add_: shape " + shape_str(x.shape()) + " differs from " + shape_str(shape()));
   require_contiguous(*this, "add_");
   const Tensor local = x.contiguous();
-  backend(device()).axpy(numel(), alpha, local.data<float>(), data<float>());
+  kernels(device()).axpy(numel(), alpha, local.data<float>(), data<float>());
   return *this;
 }
 
 Tensor& Tensor::mul_(float factor) {
   require_contiguous(*this, "mul_");
-  backend(device()).scalar(ScalarOp::Mul, numel(), data<float>(), factor, data<float>());
+  kernels(device()).scalar(ScalarOp::Mul, numel(), data<float>(), factor, data<float>());
   return *this;
 }
 

@@ -105,7 +105,7 @@ void affine_channels(const BatchNormGeom& g, int64_t c0, int64_t c1, const float
 
 }  // namespace
 
-void CpuBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* plane_moments,
+void cpu::batchnorm_forward_train_fused(const BatchNormGeom& g, const float* x, const float* plane_moments,
                                          const float* gamma, const float* beta, float eps, float factor,
                                          float* running_mean, float* running_var, const Epilogue& epilogue, float* y,
                                          float* save_mean, float* save_invstd) {
@@ -144,7 +144,7 @@ void CpuBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x,
   });
 }
 
-void CpuBackend::batchnorm_forward_eval(const BatchNormGeom& g, const float* x, const float* gamma,
+void cpu::batchnorm_forward_eval_fused(const BatchNormGeom& g, const float* x, const float* gamma,
                                         const float* beta, const float* running_mean, const float* running_var,
                                         float eps, const Epilogue& epilogue, float* y) {
   parallel_for(g.C, g.N * g.HW, [&](int64_t c0, int64_t c1) {
@@ -159,7 +159,7 @@ void CpuBackend::batchnorm_forward_eval(const BatchNormGeom& g, const float* x, 
   });
 }
 
-void CpuBackend::batchnorm_backward(const BatchNormGeom& g, const float* x, const float* dy, const float* gamma,
+void cpu::batchnorm_backward_fused(const BatchNormGeom& g, const float* x, const float* dy, const float* gamma,
                                     const float* beta, const float* save_mean, const float* save_invstd, bool relu,
                                     const float* relu_output, float* dx, float* dresidual, float* dgamma,
                                     float* dbeta) {

@@ -1074,29 +1074,29 @@ void conv2d_backward_filter(ConvAlgorithm algorithm, const Conv2dGeom& g, const 
 
 namespace polyak {
 
-void CpuBackend::conv2d_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias,
+void cpu::conv2d_forward_epilogue(const Conv2dGeom& g, const float* x, const float* w, const float* bias,
                                 const Epilogue& epilogue, float* y) {
   cpu::conv2d_forward(cpu::conv_algorithm(g), g, x, w, bias, epilogue, y);
 }
 
-void CpuBackend::conv2d_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
+void cpu::conv2d_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
   cpu::conv2d_backward_data(cpu::conv_algorithm(g), g, dy, w, dx);
 }
 
-bool CpuBackend::conv2d_forward_moments(const Conv2dGeom& g, const float* x, const float* w, const float* bias,
+bool cpu::conv2d_forward_moments(const Conv2dGeom& g, const float* x, const float* w, const float* bias,
                                         float* y, float* plane_moments) {
   return cpu::conv2d_forward_moments(cpu::conv_algorithm(g), g, x, w, bias, y, plane_moments);
 }
 
-bool CpuBackend::conv2d_backward_data_in_place(const Conv2dGeom& g, float* dy_then_dx, const float* w) {
+bool cpu::conv2d_backward_data_in_place(const Conv2dGeom& g, float* dy_then_dx, const float* w) {
   return cpu::conv2d_backward_data_in_place(cpu::conv_algorithm(g), g, dy_then_dx, w);
 }
 
-bool CpuBackend::conv2d_backward_data_add(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
+bool cpu::conv2d_backward_data_add(const Conv2dGeom& g, const float* dy, const float* w, float* dx) {
   return cpu::conv2d_backward_data_add(cpu::conv_algorithm(g), g, dy, w, dx);
 }
 
-void CpuBackend::conv2d_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw,
+void cpu::conv2d_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw,
                                         float* dbias) {
   cpu::conv2d_backward_filter(cpu::conv_algorithm(g), g, x, dy, dw, dbias);
 }

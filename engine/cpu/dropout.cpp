@@ -14,7 +14,7 @@
 
 namespace polyak {
 
-void CpuBackend::dropout_forward(int64_t n, const float* x, float p, uint64_t seed, uint64_t first_block, float* y,
+void cpu::dropout_forward(int64_t n, const float* x, float p, uint64_t seed, uint64_t first_block, float* y,
                                  uint8_t* keep) {
   const float scale = 1.0f / (1.0f - p);
   const int64_t blocks = (n + 3) / 4;
@@ -32,7 +32,7 @@ void CpuBackend::dropout_forward(int64_t n, const float* x, float p, uint64_t se
   });
 }
 
-void CpuBackend::dropout_backward(int64_t n, const float* dy, const uint8_t* keep, float p, float* dx) {
+void cpu::dropout_backward(int64_t n, const float* dy, const uint8_t* keep, float p, float* dx) {
   const float scale = 1.0f / (1.0f - p);
   parallel_for(n, 2, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) dx[i] = keep[i] ? dy[i] * scale : 0.0f;

@@ -12,7 +12,7 @@
 
 namespace polyak {
 
-void CpuBackend::fill(float* y, int64_t n, float value) {
+void cpu::fill(float* y, int64_t n, float value) {
   parallel_for(n, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) y[i] = value;
   });
@@ -173,7 +173,7 @@ void map(int64_t n, const float* x, float* y, F f) {
 
 }  // namespace
 
-void CpuBackend::copy_strided(void* dst, const Layout& dst_layout, const void* src, const Layout& src_layout,
+void cpu::copy_strided(void* dst, const Layout& dst_layout, const void* src, const Layout& src_layout,
                               size_t elem_size) {
   switch (elem_size) {
     case 1: copy_rows(static_cast<uint8_t*>(dst), dst_layout, static_cast<const uint8_t*>(src), src_layout); break;
@@ -183,7 +183,7 @@ void CpuBackend::copy_strided(void* dst, const Layout& dst_layout, const void* s
   }
 }
 
-void CpuBackend::binary(BinaryOp op, const BroadcastGeom& g, const float* a, const float* b, float* y) {
+void cpu::binary(BinaryOp op, const BroadcastGeom& g, const float* a, const float* b, float* y) {
   switch (op) {
     case BinaryOp::Add: binary_loop(g, a, b, y, [](float u, float v) { return u + v; }); break;
     case BinaryOp::Sub: binary_loop(g, a, b, y, [](float u, float v) { return u - v; }); break;
@@ -192,7 +192,7 @@ void CpuBackend::binary(BinaryOp op, const BroadcastGeom& g, const float* a, con
   }
 }
 
-void CpuBackend::scalar(ScalarOp op, int64_t n, const float* x, float s, float* y) {
+void cpu::scalar(ScalarOp op, int64_t n, const float* x, float s, float* y) {
   switch (op) {
     case ScalarOp::Add: map(n, x, y, [s](float v) { return v + s; }); break;
     case ScalarOp::Mul: map(n, x, y, [s](float v) { return v * s; }); break;
@@ -202,7 +202,7 @@ void CpuBackend::scalar(ScalarOp op, int64_t n, const float* x, float s, float* 
   }
 }
 
-void CpuBackend::unary(UnaryOp op, int64_t n, const float* x, float* y) {
+void cpu::unary(UnaryOp op, int64_t n, const float* x, float* y) {
   switch (op) {
     case UnaryOp::Neg: map(n, x, y, [](float v) { return -v; }); break;
     case UnaryOp::Exp: map(n, x, y, [](float v) { return std::exp(v); }); break;
@@ -211,13 +211,13 @@ void CpuBackend::unary(UnaryOp op, int64_t n, const float* x, float* y) {
   }
 }
 
-void CpuBackend::axpy(int64_t n, float alpha, const float* x, float* y) {
+void cpu::axpy(int64_t n, float alpha, const float* x, float* y) {
   parallel_for(n, 1, [alpha, x, y](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) y[i] += alpha * x[i];
   });
 }
 
-void CpuBackend::multi_lerp(const MultiLerp& m, int64_t n, const float* source) {
+void cpu::multi_lerp(const MultiLerp& m, int64_t n, const float* source) {
   parallel_for(n, 2 * m.count, [m, source](int64_t begin, int64_t end) {
     // A block of the source stays in L1 while each target takes its step on it.
     constexpr int64_t kBlock = 2048;
@@ -233,6 +233,6 @@ void CpuBackend::multi_lerp(const MultiLerp& m, int64_t n, const float* source) 
   });
 }
 
-void CpuBackend::increment_counter(int64_t* counter) { ++*counter; }
+void cpu::increment_counter(int64_t* counter) { ++*counter; }
 
 }  // namespace polyak

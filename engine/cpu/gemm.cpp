@@ -8,7 +8,7 @@
 
 namespace polyak {
 
-void CpuBackend::gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+void cpu::gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                       int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   const auto product = [&](int64_t row_begin, int64_t row_end) {
     // Rows [row_begin, row_end) of op(A) start at row_begin (no transpose) or at

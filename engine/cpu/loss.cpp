@@ -36,14 +36,14 @@ void log_softmax_row(int64_t cols, const float* x, float* y) {
 
 }  // namespace
 
-void CpuBackend::log_softmax_forward(int64_t rows, int64_t cols, const float* x, float* y) {
+void cpu::log_softmax_forward(int64_t rows, int64_t cols, const float* x, float* y) {
   if (cols <= 0) return;
   parallel_for(rows, 8 * cols, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) log_softmax_row(cols, x + r * cols, y + r * cols);
   });
 }
 
-void CpuBackend::log_softmax_backward(int64_t rows, int64_t cols, const float* y, const float* dy, float* dx) {
+void cpu::log_softmax_backward(int64_t rows, int64_t cols, const float* y, const float* dy, float* dx) {
   parallel_for(rows, 8 * cols, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* yr = y + r * cols;
@@ -57,7 +57,7 @@ void CpuBackend::log_softmax_backward(int64_t rows, int64_t cols, const float* y
   });
 }
 
-void CpuBackend::cross_entropy_forward(int64_t rows, int64_t cols, const float* logits, const int64_t* labels,
+void cpu::cross_entropy_forward(int64_t rows, int64_t cols, const float* logits, const int64_t* labels,
                                        float smoothing, float* log_probs, float* loss) {
   ref::check_labels(rows, cols, labels);  // before the parallel region: nothing may throw inside it
   std::vector<double> row_loss(static_cast<size_t>(rows));
@@ -77,7 +77,7 @@ void CpuBackend::cross_entropy_forward(int64_t rows, int64_t cols, const float* 
   loss[0] = rows > 0 ? static_cast<float>(total / static_cast<double>(rows)) : 0.0f;
 }
 
-void CpuBackend::cross_entropy_backward(int64_t rows, int64_t cols, const float* log_probs, const int64_t* labels,
+void cpu::cross_entropy_backward(int64_t rows, int64_t cols, const float* log_probs, const int64_t* labels,
                                         float smoothing, const float* dloss, float* dlogits) {
   ref::check_labels(rows, cols, labels);
   const float scale = rows > 0 ? dloss[0] / static_cast<float>(rows) : 0.0f;

@@ -11,7 +11,7 @@ namespace polyak {
 // Both loops take their pointers and hyperparameters as local copies, __restrict where
 // the arenas are distinct: read through the lambda's captures, every store could change
 // them for all the compiler knows, and the loops would stay scalar.
-void CpuBackend::sgd_step(const SgdHyper& h, int64_t n, float* param, const float* grad, float* buf) {
+void cpu::sgd_step(const SgdHyper& h, int64_t n, float* param, const float* grad, float* buf) {
   parallel_for(n, 4, [h, param, grad, buf](int64_t begin, int64_t end) {
     float* __restrict p = param;
     const float* __restrict g = grad;

@@ -35,7 +35,7 @@ inline void clip(int64_t start, int64_t k, int64_t size, int64_t& lo, int64_t& h
 
 }  // namespace
 
-void CpuBackend::max_pool2d_forward(const Pool2dGeom& g, const float* x, float* y, int32_t* argmax) {
+void cpu::max_pool2d_forward(const Pool2dGeom& g, const float* x, float* y, int32_t* argmax) {
   const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
   parallel_for(g.N * g.C, std::max<int64_t>(1, PQ * g.kh * g.kw), [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
@@ -67,7 +67,7 @@ void CpuBackend::max_pool2d_forward(const Pool2dGeom& g, const float* x, float* 
   });
 }
 
-void CpuBackend::max_pool2d_backward(const Pool2dGeom& g, const float* dy, const int32_t* argmax, float* dx) {
+void cpu::max_pool2d_backward(const Pool2dGeom& g, const float* dy, const int32_t* argmax, float* dx) {
   const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
   parallel_for(g.N * g.C, std::max<int64_t>(1, PQ + HW), [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
@@ -81,7 +81,7 @@ void CpuBackend::max_pool2d_backward(const Pool2dGeom& g, const float* dy, const
   });
 }
 
-void CpuBackend::avg_pool2d_forward(const Pool2dGeom& g, const float* x, float* y) {
+void cpu::avg_pool2d_forward(const Pool2dGeom& g, const float* x, float* y) {
   const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
   const float scale = 1.0f / static_cast<float>(g.kh * g.kw);
   parallel_for(g.N * g.C, std::max<int64_t>(1, PQ * g.kh * g.kw), [&](int64_t begin, int64_t end) {
@@ -104,7 +104,7 @@ void CpuBackend::avg_pool2d_forward(const Pool2dGeom& g, const float* x, float* 
   });
 }
 
-void CpuBackend::avg_pool2d_backward(const Pool2dGeom& g, const float* dy, float* dx) {
+void cpu::avg_pool2d_backward(const Pool2dGeom& g, const float* dy, float* dx) {
   const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
   const float scale = 1.0f / static_cast<float>(g.kh * g.kw);
   parallel_for(g.N * g.C, std::max<int64_t>(1, PQ * g.kh * g.kw + HW), [&](int64_t begin, int64_t end) {

@@ -7,7 +7,7 @@
 
 namespace polyak {
 
-void CpuBackend::reduce_sum(const ReduceGeom& g, const float* x, float* y) {
+void cpu::reduce_sum(const ReduceGeom& g, const float* x, float* y) {
   // Output strides: contiguous over the kept dims, 0 over the reduced ones, so that
   // walking the input in order visits output element sum_d index_d * out_stride_d.
   int64_t out_strides[kMaxDims] = {};

@@ -9,13 +9,13 @@
 
 namespace polyak {
 
-void CpuBackend::relu_forward(int64_t n, const float* x, float* y) {
+void cpu::relu_forward(int64_t n, const float* x, float* y) {
   parallel_for(n, 1, [x, y](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
   });
 }
 
-void CpuBackend::relu_backward(int64_t n, const float* y, const float* dy, float* dx) {
+void cpu::relu_backward(int64_t n, const float* y, const float* dy, float* dx) {
   parallel_for(n, 1, [y, dy, dx](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
   });

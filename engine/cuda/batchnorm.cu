@@ -229,7 +229,7 @@ unsigned channel_blocks(uint32_t C) { return (C + kThreads - 1) / kThreads; }
 
 // The statistics are summed from x on the GPU: no convolution here writes plane moments
 // (conv2d_forward_moments), so plane_moments is never given, and summing x is always right.
-void CudaBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* /*plane_moments*/,
+void CudaBackend::batchnorm_forward_train_fused(const BatchNormGeom& g, const float* x, const float* /*plane_moments*/,
                                           const float* gamma, const float* beta, float eps, float factor,
                                           float* running_mean, float* running_var, const Epilogue& epilogue,
                                           float* y, float* save_mean, float* save_invstd) {
@@ -260,7 +260,7 @@ void CudaBackend::batchnorm_forward_train(const BatchNormGeom& g, const float* x
   POLYAK_CUDA_LAUNCHED();
 }
 
-void CudaBackend::batchnorm_forward_eval(const BatchNormGeom& g, const float* x, const float* gamma,
+void CudaBackend::batchnorm_forward_eval_fused(const BatchNormGeom& g, const float* x, const float* gamma,
                                          const float* beta, const float* running_mean, const float* running_var,
                                          float eps, const Epilogue& epilogue, float* y) {
   if (g.C <= 0) return;
@@ -280,7 +280,7 @@ void CudaBackend::batchnorm_forward_eval(const BatchNormGeom& g, const float* x,
   POLYAK_CUDA_LAUNCHED();
 }
 
-void CudaBackend::batchnorm_backward(const BatchNormGeom& g, const float* x, const float* dy, const float* gamma,
+void CudaBackend::batchnorm_backward_fused(const BatchNormGeom& g, const float* x, const float* dy, const float* gamma,
                                      const float* beta, const float* save_mean, const float* save_invstd, bool relu,
                                      const float* relu_output, float* dx, float* dresidual, float* dgamma,
                                      float* dbeta) {

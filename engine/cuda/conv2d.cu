@@ -219,7 +219,7 @@ CudaBackend::ConvPlan& CudaBackend::conv_plan(const Conv2dGeom& g) {
 
 // ---------------------------------------------------------------- forward
 
-void CudaBackend::conv2d_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias,
+void CudaBackend::conv2d_forward_epilogue(const Conv2dGeom& g, const float* x, const float* w, const float* bias,
                                  const Epilogue& epilogue, float* y) {
   const int64_t total = g.N * g.K * g.P * g.Q;
   if (total == 0) return;

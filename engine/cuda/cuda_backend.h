@@ -63,6 +63,7 @@ class CudaBackend final : public Backend {
   CudaBackend();  // on device 0
   ~CudaBackend() override;
   Device device() const override { return Device::CUDA; }
+  const Kernels& native_kernels() const override;
 
   // memory.cpp
   void* allocate(size_t bytes) override;
@@ -79,74 +80,18 @@ class CudaBackend final : public Backend {
   CudaMemoryStats memory_stats() const;
   void reset_peak_memory();
 
-  // elementwise.cu
-  void fill(float* y, int64_t n, float value) override;
-  void copy_strided(void* dst, const Layout& dst_layout, const void* src, const Layout& src_layout,
-                    size_t elem_size) override;
-  void binary(BinaryOp op, const BroadcastGeom& geom, const float* a, const float* b, float* y) override;
-  void scalar(ScalarOp op, int64_t n, const float* x, float s, float* y) override;
-  void unary(UnaryOp op, int64_t n, const float* x, float* y) override;
-  void axpy(int64_t n, float alpha, const float* x, float* y) override;
-  void multi_lerp(const MultiLerp& m, int64_t n, const float* source) override;
-  void increment_counter(int64_t* counter) override;
-
-  // reduce.cu
-  void reduce_sum(const ReduceGeom& geom, const float* x, float* y) override;
-
-  // gemm.cpp
-  void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-            int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) override;
+  // The kernels, one member function per entry of engine/kernels.h's lists, each family
+  // defined in its own file here (elementwise.cu, reduce.cu, gemm.cpp, relu.cu,
+  // conv2d.cu, batchnorm.cu, pool.cu, loss.cu, optim.cu, dropout.cu). The table
+  // (device.cpp: cuda_kernels) names the ones defined; the others stay null, and an op
+  // that needs one runs its reference on the host (engine/ops/op_helpers.h).
+  POLYAK_KERNELS(POLYAK_DECLARE_KERNEL)
+  POLYAK_FUSED_KERNELS(POLYAK_DECLARE_KERNEL)
   // `batch` row-major products C_i = alpha op(A_i) op(B_i) + beta C_i, with A_i = A + i * stride_a
   // (and so on); a stride of 0 reuses one matrix for every product.
   void gemm_strided_batched(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                             const float* A, int64_t lda, int64_t stride_a, const float* B, int64_t ldb,
                             int64_t stride_b, float beta, float* C, int64_t ldc, int64_t stride_c, int64_t batch);
-
-  // relu.cu
-  void relu_forward(int64_t n, const float* x, float* y) override;
-  void relu_backward(int64_t n, const float* y, const float* dy, float* dx) override;
-
-  // conv2d.cu
-  void conv2d_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias,
-                      const Epilogue& epilogue, float* y) override;
-  void conv2d_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx) override;
-  void conv2d_backward_filter(const Conv2dGeom& g, const float* x, const float* dy, float* dw,
-                              float* dbias) override;
-
-  // batchnorm.cu
-  void batchnorm_forward_train(const BatchNormGeom& g, const float* x, const float* plane_moments,
-                               const float* gamma, const float* beta, float eps, float factor, float* running_mean,
-                               float* running_var, const Epilogue& epilogue, float* y, float* save_mean,
-                               float* save_invstd) override;
-  void batchnorm_forward_eval(const BatchNormGeom& g, const float* x, const float* gamma, const float* beta,
-                              const float* running_mean, const float* running_var, float eps,
-                              const Epilogue& epilogue, float* y) override;
-  void batchnorm_backward(const BatchNormGeom& g, const float* x, const float* dy, const float* gamma,
-                          const float* beta, const float* save_mean, const float* save_invstd, bool relu,
-                          const float* relu_output, float* dx, float* dresidual, float* dgamma,
-                          float* dbeta) override;
-
-  // pool.cu
-  void max_pool2d_forward(const Pool2dGeom& g, const float* x, float* y, int32_t* argmax) override;
-  void max_pool2d_backward(const Pool2dGeom& g, const float* dy, const int32_t* argmax, float* dx) override;
-  void avg_pool2d_forward(const Pool2dGeom& g, const float* x, float* y) override;
-  void avg_pool2d_backward(const Pool2dGeom& g, const float* dy, float* dx) override;
-
-  // loss.cu
-  void log_softmax_forward(int64_t rows, int64_t cols, const float* x, float* y) override;
-  void log_softmax_backward(int64_t rows, int64_t cols, const float* y, const float* dy, float* dx) override;
-  void cross_entropy_forward(int64_t rows, int64_t cols, const float* logits, const int64_t* labels,
-                             float smoothing, float* log_probs, float* loss) override;
-  void cross_entropy_backward(int64_t rows, int64_t cols, const float* log_probs, const int64_t* labels,
-                              float smoothing, const float* dloss, float* dlogits) override;
-
-  // optim.cu
-  void sgd_step(const SgdHyper& h, int64_t n, float* param, const float* grad, float* momentum_buffer) override;
-
-  // dropout.cu
-  void dropout_forward(int64_t n, const float* x, float p, uint64_t seed, uint64_t first_block, float* y,
-                       uint8_t* keep) override;
-  void dropout_backward(int64_t n, const float* dy, const uint8_t* keep, float p, float* dx) override;
 
   // ---- for the kernel files ----
   cudaStream_t stream() const { return stream_; }

@@ -12,8 +12,9 @@
 // Evaluation: y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta, an affine
 // map per channel.
 //
-// Fused epilogue (options.relu, residual): out = relu(y + residual), in the same pass over
-// memory as y. Backward masks the incoming gradient by out > 0 (the ReLU), hands the
+// Epilogue (options.relu, residual): out = relu(y + residual), in the same pass over
+// memory as y where the table has the fused kernels (engine/kernels.h), else composed of
+// plain ones. Backward masks the incoming gradient by out > 0 (the ReLU), hands the
 // masked gradient to the residual unchanged (the sum), and differentiates y with it.
 //
 // Backward. Training (kernel batchnorm_backward), with xhat = (x - mean_B) * invstd_B:
@@ -28,6 +29,7 @@
 #include "engine/autograd.h"
 #include "engine/backend.h"
 #include "engine/ops.h"
+#include "engine/ops/op_helpers.h"
 
 namespace polyak {
 
@@ -106,14 +108,14 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
   const Tensor wc = weight.defined() ? weight.contiguous() : Tensor();
   const Tensor bc = bias.defined() ? bias.contiguous() : Tensor();
   Tensor out = Tensor::empty(x.shape(), DType::F32, device);
-  Backend& be = backend(device);
+  const Kernels& k = kernels(device);
 
   if (options.training) {
     float factor = 0.0f;
     if (tracking) {
       if (num_batches_tracked.defined()) {
         check_counter(num_batches_tracked);
-        be.increment_counter(num_batches_tracked.data<int64_t>());
+        k.increment_counter(num_batches_tracked.data<int64_t>());
       }
       if (options.momentum) {
         factor = *options.momentum;
@@ -127,17 +129,25 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
     }
     Tensor save_mean = Tensor::empty({C}, DType::F32, device);
     Tensor save_invstd = Tensor::empty({C}, DType::F32, device);
-    be.batchnorm_forward_train(geom, xc.data<float>(), nullable(plane_moments), nullable(wc), nullable(bc),
-                               options.eps, factor, tracking ? running_mean.data<float>() : nullptr,
-                               tracking ? running_var.data<float>() : nullptr, epilogue, out.data<float>(),
-                               save_mean.data<float>(), save_invstd.data<float>());
+    float* const rm = tracking ? running_mean.data<float>() : nullptr;
+    float* const rv = tracking ? running_var.data<float>() : nullptr;
+    if (k.batchnorm_forward_train_fused) {
+      k.batchnorm_forward_train_fused(geom, xc.data<float>(), nullable(plane_moments), nullable(wc), nullable(bc),
+                                      options.eps, factor, rm, rv, epilogue, out.data<float>(),
+                                      save_mean.data<float>(), save_invstd.data<float>());
+    } else {
+      k.batchnorm_forward_train(geom, xc.data<float>(), nullable(wc), nullable(bc), options.eps, factor, rm, rv,
+                                out.data<float>(), save_mean.data<float>(), save_invstd.data<float>());
+      detail::apply_epilogue(k, epilogue, out.numel(), out.data<float>());
+    }
     if (should_record({xc, wc, bc, rc})) {
-      // A fused ReLU's mask comes from the output when a residual was added; otherwise the
-      // backward recomputes it from the input, and the output need not be kept.
+      // A fused backward recomputes the ReLU's mask from the input when no residual was
+      // added, and the output need not be kept; otherwise the mask comes from the output.
+      const bool fused_backward = k.batchnorm_backward_fused != nullptr;
       record(out, "batch_norm", {xc, wc, bc, rc},
-             [geom, input = xc.detach(), gamma = wc.defined() ? wc.detach() : Tensor(),
+             [&k, fused_backward, geom, input = xc.detach(), gamma = wc.defined() ? wc.detach() : Tensor(),
               beta = bc.defined() ? bc.detach() : Tensor(), save_mean, save_invstd, relu = options.relu,
-              relu_output = options.relu && rc.defined() ? out.detach() : Tensor(),
+              relu_output = options.relu && (rc.defined() || !fused_backward) ? out.detach() : Tensor(),
               want_w = wc.defined() && wc.requires_grad(), want_b = bc.defined() && bc.requires_grad(),
               want_r = rc.defined() && rc.requires_grad()](const Tensor& grad) {
                const bool dy_free = grad.owns_data_alone();
@@ -153,24 +163,44 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
                Tensor dx = in_place_of(input, input.owns_data_alone());
                Tensor dgamma = want_w ? Tensor::empty({geom.C}, DType::F32, dev) : Tensor();
                Tensor dbeta = want_b ? Tensor::empty({geom.C}, DType::F32, dev) : Tensor();
+               float* const dgamma_data = want_w ? dgamma.data<float>() : nullptr;
+               float* const dbeta_data = want_b ? dbeta.data<float>() : nullptr;
+               if (!fused_backward) {
+                 // The ReLU's mask, then the plain backward; the residual's gradient is the
+                 // masked gradient.
+                 Tensor masked = dy;
+                 if (relu) {
+                   masked = in_place_of(dy, dy_free);
+                   k.relu_backward(masked.numel(), relu_output.data<float>(), dy.data<float>(), masked.data<float>());
+                 }
+                 k.batchnorm_backward(geom, input.data<float>(), masked.data<float>(), nullable(gamma),
+                                      save_mean.data<float>(), save_invstd.data<float>(), dx.data<float>(),
+                                      dgamma_data, dbeta_data);
+                 return std::vector<Tensor>{dx, dgamma, dbeta, want_r ? masked : Tensor()};
+               }
                // Without the ReLU the residual's gradient is dy itself.
                const bool masked_residual = want_r && relu;
                Tensor dresidual = masked_residual ? in_place_of(dy, dy_free)
                                                   : (want_r ? dy : Tensor());
-               backend(dev).batchnorm_backward(geom, input.data<float>(), dy.data<float>(), nullable(gamma),
-                                               nullable(beta), save_mean.data<float>(), save_invstd.data<float>(),
-                                               relu, nullable(relu_output), dx.data<float>(),
-                                               masked_residual ? dresidual.data<float>() : nullptr,
-                                               want_w ? dgamma.data<float>() : nullptr,
-                                               want_b ? dbeta.data<float>() : nullptr);
+               k.batchnorm_backward_fused(geom, input.data<float>(), dy.data<float>(), nullable(gamma),
+                                          nullable(beta), save_mean.data<float>(), save_invstd.data<float>(), relu,
+                                          nullable(relu_output), dx.data<float>(),
+                                          masked_residual ? dresidual.data<float>() : nullptr, dgamma_data,
+                                          dbeta_data);
                return std::vector<Tensor>{dx, dgamma, dbeta, dresidual};
              });
     }
     return out;
   }
 
-  be.batchnorm_forward_eval(geom, xc.data<float>(), nullable(wc), nullable(bc), running_mean.data<float>(),
-                            running_var.data<float>(), options.eps, epilogue, out.data<float>());
+  if (k.batchnorm_forward_eval_fused) {
+    k.batchnorm_forward_eval_fused(geom, xc.data<float>(), nullable(wc), nullable(bc), running_mean.data<float>(),
+                                   running_var.data<float>(), options.eps, epilogue, out.data<float>());
+  } else {
+    k.batchnorm_forward_eval(geom, xc.data<float>(), nullable(wc), nullable(bc), running_mean.data<float>(),
+                             running_var.data<float>(), options.eps, out.data<float>());
+    detail::apply_epilogue(k, epilogue, out.numel(), out.data<float>());
+  }
   if (should_record({xc, wc, bc, rc})) {
     // Snapshot the statistics: the buffers may change (a later training step) before
     // backward runs.
@@ -187,7 +217,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
              if (relu_output.defined()) {
                const Tensor gc = grad.contiguous();
                dy = Tensor::empty(gc.shape(), DType::F32, gc.device());
-               backend(gc.device()).relu_backward(gc.numel(), relu_output.data<float>(), gc.data<float>(),
+               kernels(gc.device()).relu_backward(gc.numel(), relu_output.data<float>(), gc.data<float>(),
                                                   dy.data<float>());
              }
              Tensor dx, dgamma, dbeta;

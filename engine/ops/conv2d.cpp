@@ -13,14 +13,18 @@
 // With the fused epilogue out = relu(y + residual), backward first masks the incoming
 // gradient where out was 0; the masked gradient is the residual's and replaces dy above.
 //
-// The kernels (engine/cpu/conv2d.cpp, or cuDNN on a GPU) compute them as matrix
-// products over im2col columns; this file checks shapes and wires autograd.
+// The kernels (engine/ref/conv2d.cpp is the definition; engine/cpu/conv2d.cpp or cuDNN
+// compute it fast) do the arithmetic; this file checks shapes and wires autograd. Where
+// the table has the fusions (engine/kernels.h) the epilogue, the plane moments and the
+// summing data gradient ride along in the convolution's pass; otherwise they are the
+// plain kernels composed.
 #include <stdexcept>
 #include <string>
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
 #include "engine/ops.h"
+#include "engine/ops/op_helpers.h"
 
 namespace polyak {
 
@@ -84,17 +88,20 @@ Tensor convolve(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2
   const Tensor wc = weight.contiguous().detach();
   const Tensor bc = bias.defined() ? bias.contiguous().detach() : Tensor();
   const Tensor rc = residual.defined() ? residual.contiguous().detach() : Tensor();
-  Backend& be = backend(x.device());
+  const Kernels& k = kernels(x.device());
 
   Tensor out = Tensor::empty(out_shape, DType::F32, x.device());
   const float* const b = bc.defined() ? bc.data<float>() : nullptr;
   Tensor moments = plane_moments ? Tensor::empty({g.N, g.K, kPlaneMoments}, DType::F32, x.device()) : Tensor();
-  if (moments.defined() &&
-      be.conv2d_forward_moments(g, xc.data<float>(), wc.data<float>(), b, out.data<float>(), moments.data<float>())) {
+  const Epilogue epilogue{rc.defined() ? rc.data<float>() : nullptr, options.relu};
+  if (moments.defined() && k.conv2d_forward_moments &&
+      k.conv2d_forward_moments(g, xc.data<float>(), wc.data<float>(), b, out.data<float>(), moments.data<float>())) {
     *plane_moments = moments;
+  } else if (k.conv2d_forward_epilogue) {
+    k.conv2d_forward_epilogue(g, xc.data<float>(), wc.data<float>(), b, epilogue, out.data<float>());
   } else {
-    const Epilogue epilogue{rc.defined() ? rc.data<float>() : nullptr, options.relu};
-    be.conv2d_forward(g, xc.data<float>(), wc.data<float>(), b, epilogue, out.data<float>());
+    k.conv2d_forward(g, xc.data<float>(), wc.data<float>(), b, out.data<float>());
+    detail::apply_epilogue(k, epilogue, out.numel(), out.data<float>());
   }
 
   if (should_record({x, weight, bias, residual})) {
@@ -106,16 +113,15 @@ Tensor convolve(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2
     // The data gradient adds into the sum autograd holds for x where the kernel can: in a
     // residual block, the shortcut's gradient, which arrives first.
     record_summing(out, "conv2d", {x, weight, bias, residual},
-           [g, need_dx, need_dw, need_db, need_dr, xs = need_dw ? xc : Tensor(), ws = need_dx ? wc : Tensor(),
+           [&k, g, need_dx, need_dw, need_db, need_dr, xs = need_dw ? xc : Tensor(), ws = need_dx ? wc : Tensor(),
             relu_output = options.relu ? out.detach() : Tensor()](const Tensor& grad, const std::vector<Tensor>& sums) {
              // The incoming gradient is ours to overwrite when nothing else sees it (the walk
              // drops grad after this call), or when it is the masked copy made here.
              bool dy_free = grad.owns_data_alone();
              Tensor dy = grad.contiguous();
-             Backend& be = backend(dy.device());
              if (relu_output.defined()) {
                Tensor masked = Tensor::empty(dy.shape(), DType::F32, dy.device());
-               be.relu_backward(dy.numel(), relu_output.data<float>(), dy.data<float>(), masked.data<float>());
+               k.relu_backward(dy.numel(), relu_output.data<float>(), dy.data<float>(), masked.data<float>());
                dy = masked;
                dy_free = true;
              }
@@ -124,7 +130,7 @@ Tensor convolve(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2
              if (need_dw) {
                dw = Tensor::empty({g.K, g.C, g.R, g.S}, DType::F32, dy.device());
                if (need_db) db = Tensor::empty({g.K}, DType::F32, dy.device());
-               be.conv2d_backward_filter(g, xs.data<float>(), dy.data<float>(), dw.data<float>(),
+               k.conv2d_backward_filter(g, xs.data<float>(), dy.data<float>(), dw.data<float>(),
                                          need_db ? db.data<float>() : nullptr);
              } else if (need_db) {
                db = sum(dy, {0, 2, 3});
@@ -136,14 +142,14 @@ Tensor convolve(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2
                const Tensor& x_sum = sums[0];
                const Shape x_shape{g.N, g.C, g.H, g.W};
                if (x_sum.defined() && x_sum.shape() == x_shape && x_sum.is_contiguous() &&
-                   be.conv2d_backward_data_add(g, dy.data<float>(), ws.data<float>(), x_sum.data<float>())) {
+                   k.conv2d_backward_data_add && k.conv2d_backward_data_add(g, dy.data<float>(), ws.data<float>(), x_sum.data<float>())) {
                  dx = x_sum;
                } else if (dy_free && !need_dr && dy.shape() == x_shape &&
-                          be.conv2d_backward_data_in_place(g, dy.data<float>(), ws.data<float>())) {
+                          k.conv2d_backward_data_in_place && k.conv2d_backward_data_in_place(g, dy.data<float>(), ws.data<float>())) {
                  dx = dy;
                } else {
                  dx = Tensor::empty(x_shape, DType::F32, dy.device());
-                 be.conv2d_backward_data(g, dy.data<float>(), ws.data<float>(), dx.data<float>());
+                 k.conv2d_backward_data(g, dy.data<float>(), ws.data<float>(), dx.data<float>());
                }
              }
              return std::vector<Tensor>{dx, dw, db, need_dr ? dy : Tensor()};

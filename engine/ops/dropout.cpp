@@ -28,13 +28,13 @@ Tensor dropout(const Tensor& x, float p, bool training, Rng& rng) {
   Tensor out = Tensor::empty(x.shape(), DType::F32, x.device());
   Tensor keep = Tensor::empty(x.shape(), DType::U8, x.device());
   const uint64_t first_block = rng.reserve_blocks(static_cast<uint64_t>((n + 3) / 4));
-  backend(x.device()).dropout_forward(n, xc.data<float>(), p, rng.seed(), first_block, out.data<float>(),
+  kernels(x.device()).dropout_forward(n, xc.data<float>(), p, rng.seed(), first_block, out.data<float>(),
                                       keep.data<uint8_t>());
   if (should_record({xc})) {
     record(out, "dropout", {xc}, [keep, p](const Tensor& grad) {
       const Tensor dy = grad.contiguous();
       Tensor dx = Tensor::empty(keep.shape(), DType::F32, keep.device());
-      backend(dx.device()).dropout_backward(dx.numel(), dy.data<float>(), keep.data<uint8_t>(), p, dx.data<float>());
+      kernels(dx.device()).dropout_backward(dx.numel(), dy.data<float>(), keep.data<uint8_t>(), p, dx.data<float>());
       return std::vector<Tensor>{dx};
     });
   }

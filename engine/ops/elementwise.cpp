@@ -55,7 +55,7 @@ Tensor binary_forward(BinaryOp op, const Tensor& a, const Tensor& b, const char*
   broadcast_strides(a, shape, geom.a_strides);
   broadcast_strides(b, shape, geom.b_strides);
   Tensor out = Tensor::empty(shape, DType::F32, a.device());
-  backend(a.device()).binary(op, geom, a.data<float>(), b.data<float>(), out.data<float>());
+  kernels(a.device()).binary(op, geom, a.data<float>(), b.data<float>(), out.data<float>());
   return out;
 }
 
@@ -63,7 +63,7 @@ Tensor scalar_forward(ScalarOp op, const Tensor& x, float s, const char* name) {
   require_float(x, name, "input");
   const Tensor in = x.contiguous();
   Tensor out = Tensor::empty(x.shape(), DType::F32, x.device());
-  backend(x.device()).scalar(op, x.numel(), in.data<float>(), s, out.data<float>());
+  kernels(x.device()).scalar(op, x.numel(), in.data<float>(), s, out.data<float>());
   return out;
 }
 
@@ -71,7 +71,7 @@ Tensor unary_forward(UnaryOp op, const Tensor& x, const char* name) {
   require_float(x, name, "input");
   const Tensor in = x.contiguous();
   Tensor out = Tensor::empty(x.shape(), DType::F32, x.device());
-  backend(x.device()).unary(op, x.numel(), in.data<float>(), out.data<float>());
+  kernels(x.device()).unary(op, x.numel(), in.data<float>(), out.data<float>());
   return out;
 }
 

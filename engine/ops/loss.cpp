@@ -26,12 +26,12 @@ Tensor log_softmax(const Tensor& x) {
   const int64_t rows = x.size(0), cols = x.size(1);
   const Tensor xc = x.contiguous();
   Tensor out = Tensor::empty(x.shape(), DType::F32, x.device());
-  backend(x.device()).log_softmax_forward(rows, cols, xc.data<float>(), out.data<float>());
+  kernels(x.device()).log_softmax_forward(rows, cols, xc.data<float>(), out.data<float>());
   if (should_record({xc})) {
     record(out, "log_softmax", {xc}, [y = out.detach()](const Tensor& grad) {
       const Tensor dy = grad.contiguous();
       Tensor dx = Tensor::empty(y.shape(), DType::F32, y.device());
-      backend(y.device()).log_softmax_backward(y.size(0), y.size(1), y.data<float>(), dy.data<float>(),
+      kernels(y.device()).log_softmax_backward(y.size(0), y.size(1), y.data<float>(), dy.data<float>(),
                                                dx.data<float>());
       return std::vector<Tensor>{dx};
     });
@@ -64,13 +64,13 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, float label_smo
   const Tensor lc = labels.contiguous();
   Tensor log_probs = Tensor::empty({rows, cols}, DType::F32, device);
   Tensor out = Tensor::empty({}, DType::F32, device);
-  backend(device).cross_entropy_forward(rows, cols, xc.data<float>(), lc.data<int64_t>(), label_smoothing,
+  kernels(device).cross_entropy_forward(rows, cols, xc.data<float>(), lc.data<int64_t>(), label_smoothing,
                                         log_probs.data<float>(), out.data<float>());
   if (should_record({xc})) {
     record(out, "cross_entropy", {xc}, [log_probs, lc, label_smoothing](const Tensor& grad) {
       const Tensor dloss = grad.contiguous();
       Tensor dx = Tensor::empty(log_probs.shape(), DType::F32, log_probs.device());
-      backend(dx.device()).cross_entropy_backward(log_probs.size(0), log_probs.size(1), log_probs.data<float>(),
+      kernels(dx.device()).cross_entropy_backward(log_probs.size(0), log_probs.size(1), log_probs.data<float>(),
                                                   lc.data<int64_t>(), label_smoothing, dloss.data<float>(),
                                                   dx.data<float>());
       return std::vector<Tensor>{dx};

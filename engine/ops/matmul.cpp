@@ -20,7 +20,7 @@ Tensor product(const Tensor& a, bool ta, const Tensor& b, bool tb) {
   const int64_t M = ta ? a.size(1) : a.size(0), K = ta ? a.size(0) : a.size(1);
   const int64_t N = tb ? b.size(0) : b.size(1);
   Tensor c = Tensor::empty({M, N}, DType::F32, a.device());
-  backend(a.device()).gemm(ta, tb, M, N, K, 1.0f, a.data<float>(), a.size(1), b.data<float>(), b.size(1), 0.0f,
+  kernels(a.device()).gemm(ta, tb, M, N, K, 1.0f, a.data<float>(), a.size(1), b.data<float>(), b.size(1), 0.0f,
                            c.data<float>(), N);
   return c;
 }
@@ -64,7 +64,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   }
   const Tensor xc = x.contiguous(), wc = weight.contiguous();
   Tensor out = Tensor::empty({N, out_features}, DType::F32, x.device());
-  Backend& be = backend(x.device());
+  const Kernels& be = kernels(x.device());
   float beta = 0.0f;
   if (bias.defined()) {
     // Start C from the bias repeated over rows (a stride-0 copy), then add x W^T onto

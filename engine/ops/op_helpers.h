@@ -1,8 +1,10 @@
 // Checks shared by the op implementations (internal to engine/ops).
 #pragma once
 
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "engine/backend.h"
 #include "engine/tensor.h"
@@ -25,6 +27,48 @@ inline void require_dims(const Tensor& t, int64_t dims, const char* op, const ch
   if (t.dim() != dims)
     throw std::invalid_argument(std::string(op) + ": " + what + " must be " + std::to_string(dims) +
                                 "-D, got shape " + shape_str(t.shape()));
+}
+
+// y = act(y + residual) with the plain kernels: an epilogue where the table has no
+// fusion for it (the kernels are elementwise, so they may write where they read).
+void apply_epilogue(const Kernels& k, const Epilogue& epilogue, int64_t n, float* y);
+
+// Reports once per kernel that `device`'s table lacks `kernel` and the call runs on the
+// host; throws std::runtime_error instead under POLYAK_STRICT_KERNELS=1 (or
+// set_strict_kernels(true)), so that a GPU run never computes on the host unnoticed.
+void report_host_fallback(Device device, const char* kernel);
+
+// Makes call(table) with `table`, the table of `device`, when it has the kernel `entry`.
+// A device whose table lacks it (a GPU table that has not caught up with a new op) makes
+// the call on the host with the reference table instead: every tensor the call reads or
+// writes, listed in `tensors`, is copied to the host, the call made, and the results
+// copied back into the tensors on the device. The call reads the tensors' data pointers
+// when it runs, so it sees the host copies.
+template <class Entry, class Call>
+void call_kernel(const Kernels& table, Device device, Entry Kernels::*entry, const char* kernel,
+                 std::initializer_list<Tensor*> tensors, Call&& call) {
+  if (table.*entry) {
+    call(table);
+    return;
+  }
+  report_host_fallback(device, kernel);
+  std::vector<Tensor> on_device;
+  for (Tensor* t : tensors) {
+    on_device.push_back(*t);
+    *t = t->to(Device::CPU);
+  }
+  call(reference_kernels());
+  size_t i = 0;
+  for (Tensor* t : tensors) {
+    if (on_device[i].device() != Device::CPU) on_device[i].copy_(*t);
+    *t = on_device[i++];
+  }
+}
+
+template <class Entry, class Call>
+void call_kernel(Device device, Entry Kernels::*entry, const char* kernel, std::initializer_list<Tensor*> tensors,
+                 Call&& call) {
+  call_kernel(kernels(device), device, entry, kernel, tensors, call);
 }
 
 }  // namespace polyak::detail

@@ -61,12 +61,12 @@ Pool2dGeom pool_geometry(const char* op, const Tensor& x, const Pool2dOptions& o
 Tensor avg_pool(const char* name, const Tensor& x, const Pool2dGeom& g, const Shape& out_shape) {
   const Tensor xc = x.contiguous().detach();
   Tensor out = Tensor::empty(out_shape, DType::F32, x.device());
-  backend(x.device()).avg_pool2d_forward(g, xc.data<float>(), out.data<float>());
+  kernels(x.device()).avg_pool2d_forward(g, xc.data<float>(), out.data<float>());
   if (should_record({x})) {
     record(out, name, {x}, [g](const Tensor& grad) {
       const Tensor dy = grad.contiguous();
       Tensor dx = Tensor::empty({g.N, g.C, g.H, g.W}, DType::F32, dy.device());
-      backend(dy.device()).avg_pool2d_backward(g, dy.data<float>(), dx.data<float>());
+      kernels(dy.device()).avg_pool2d_backward(g, dy.data<float>(), dx.data<float>());
       return std::vector<Tensor>{dx};
     });
   }
@@ -81,12 +81,12 @@ Tensor max_pool2d(const Tensor& x, Pool2dOptions options) {
   Tensor out = Tensor::empty({g.N, g.C, g.P, g.Q}, DType::F32, x.device());
   // Index of each window's winner within its input plane, saved for backward.
   Tensor argmax = Tensor::empty({g.N, g.C, g.P, g.Q}, DType::I32, x.device());
-  backend(x.device()).max_pool2d_forward(g, xc.data<float>(), out.data<float>(), argmax.data<int32_t>());
+  kernels(x.device()).max_pool2d_forward(g, xc.data<float>(), out.data<float>(), argmax.data<int32_t>());
   if (should_record({x})) {
     record(out, "max_pool2d", {x}, [g, argmax](const Tensor& grad) {
       const Tensor dy = grad.contiguous();
       Tensor dx = Tensor::empty({g.N, g.C, g.H, g.W}, DType::F32, dy.device());
-      backend(dy.device()).max_pool2d_backward(g, dy.data<float>(), argmax.data<int32_t>(), dx.data<float>());
+      kernels(dy.device()).max_pool2d_backward(g, dy.data<float>(), argmax.data<int32_t>(), dx.data<float>());
       return std::vector<Tensor>{dx};
     });
   }

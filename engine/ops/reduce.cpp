@@ -33,7 +33,7 @@ Tensor expand_to(const Tensor& g, const Shape& kept_shape, const Shape& full_sha
   for (size_t i = 0; i < full_shape.size(); ++i)
     if (kept_shape[i] == 1) strides[i] = 0;
   Tensor out = Tensor::empty(full_shape, DType::F32, g.device());
-  backend(g.device()).copy_strided(out.raw_data(), contiguous_layout(full_shape), src.raw_data(),
+  kernels(g.device()).copy_strided(out.raw_data(), contiguous_layout(full_shape), src.raw_data(),
                                    make_layout(full_shape, strides), sizeof(float));
   return out;
 }
@@ -54,7 +54,7 @@ Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
     else squeezed.push_back(x.shape()[d]);
   }
   Tensor out = Tensor::empty(keepdim ? kept : squeezed, DType::F32, x.device());
-  backend(x.device()).reduce_sum(geom, in.data<float>(), out.data<float>());
+  kernels(x.device()).reduce_sum(geom, in.data<float>(), out.data<float>());
   if (should_record({x})) {
     record(out, "sum", {x}, [kept, full = x.shape()](const Tensor& g) {
       return std::vector<Tensor>{expand_to(g, kept, full)};

@@ -11,12 +11,12 @@ Tensor relu(const Tensor& x) {
   detail::require_float(x, "relu", "input");
   const Tensor in = x.contiguous();
   Tensor out = Tensor::empty(x.shape(), DType::F32, x.device());
-  backend(x.device()).relu_forward(x.numel(), in.data<float>(), out.data<float>());
+  kernels(x.device()).relu_forward(x.numel(), in.data<float>(), out.data<float>());
   if (should_record({x})) {
     record(out, "relu", {x}, [y = out.detach()](const Tensor& g) {
       const Tensor gc = g.contiguous();
       Tensor dx = Tensor::empty(y.shape(), DType::F32, y.device());
-      backend(y.device()).relu_backward(y.numel(), y.data<float>(), gc.data<float>(), dx.data<float>());
+      kernels(y.device()).relu_backward(y.numel(), y.data<float>(), gc.data<float>(), dx.data<float>());
       return std::vector<Tensor>{dx};
     });
   }

@@ -22,7 +22,7 @@ Sgd::Sgd(Tensor params, Tensor grads, SgdOptions options)
 void Sgd::step() {
   const SgdOptions& o = options_;
   const SgdHyper hyper{o.lr, o.momentum, o.dampening, o.weight_decay, o.nesterov, steps_ == 0};
-  backend(params_.device())
+  kernels(params_.device())
       .sgd_step(hyper, params_.numel(), params_.data<float>(), grads_.data<float>(), momentum_buffer_.data<float>());
   ++steps_;
 }

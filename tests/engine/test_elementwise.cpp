@@ -99,7 +99,7 @@ TEST_CASE("elementwise: multi_lerp moves every target towards the source in one 
     m.kept[k] = kept[k];
     m.target[k] = target[k].data<float>();
   }
-  backend(Device::CPU).multi_lerp(m, n, source.data<float>());
+  kernels(Device::CPU).multi_lerp(m, n, source.data<float>());
   CHECK(target[0].to_vector<float>() == before[0].to_vector<float>());  // kept = 1: bit for bit
   CHECK(target[1].to_vector<float>() == source.to_vector<float>());     // kept = 0: the source
   check_close(target[2], before[2] * 0.75f + source * 0.25f, 1e-7, 1e-6);

@@ -32,20 +32,20 @@ Tensor empty_on(const Shape& shape, Device device) { return Tensor::empty(shape,
 Tensor back(const Tensor& t) { return t.to(Device::CPU); }
 // A copy of host data on the device under test that its kernel may write (to(CPU) of a
 // CPU tensor is the tensor itself, not a copy).
-Tensor copy_on(const Tensor& host, Device d) { return d == Device::CPU ? host.clone() : copy_on(host, d); }
+Tensor copy_on(const Tensor& host, Device d) { return d == Device::CPU ? host.clone() : host.to(d); }
 
 // ---------------------------------------------------------------- elementwise
 
-void check_fill(Device d, Rng&) {
+void check_fill(const Kernels& k, Device d, Rng&) {
   for (int64_t n : {1, 17, 100003}) {
     Tensor got = empty_on({n}, d), want = empty_on({n}, Device::CPU);
-    backend(d).fill(out(got), n, 2.5f);
+    k.fill(out(got), n, 2.5f);
     ref::fill(out(want), n, 2.5f);
     check_close(back(got), want, 0, 0);
   }
 }
 
-void check_copy_strided(Device d, Rng& rng) {
+void check_copy_strided(const Kernels& k, Device d, Rng& rng) {
   // A transposition (4, 5, 6) -> (6, 5, 4), and a broadcast of a row over 7 rows, for
   // every element size: the float buffer is read as 1-, 4- or 8-byte elements.
   const Tensor src = random_host({2 * 4 * 5 * 6}, rng);
@@ -58,7 +58,7 @@ void check_copy_strided(Device d, Rng& rng) {
     for (const auto& [dst_layout, src_layout] :
          {std::pair{transposed_dst, transposed_src}, std::pair{broadcast_dst, broadcast_src}}) {
       Tensor got = Tensor::zeros({2 * 7 * 30}, DType::F32, d), want = Tensor::zeros({2 * 7 * 30});
-      backend(d).copy_strided(out(got), dst_layout, in(src_d), src_layout, elem);
+      k.copy_strided(out(got), dst_layout, in(src_d), src_layout, elem);
       ref::copy_strided(out(want), dst_layout, in(src), src_layout, elem);
       const std::vector<float> g = back(got).to_vector<float>(), w = want.to_vector<float>();
       CHECK(std::memcmp(g.data(), w.data(), g.size() * sizeof(float)) == 0);
@@ -87,40 +87,40 @@ std::vector<BroadcastGeom> broadcast_cases() {
   return cases;
 }
 
-void check_binary(Device d, Rng& rng) {
+void check_binary(const Kernels& k, Device d, Rng& rng) {
   const Tensor a = random_host({8 * 3 * 5 * 7}, rng), b = random_host({8 * 3 * 5 * 7}, rng, 0.5f, 2.0f);
   const Tensor a_d = copy_on(a, d), b_d = copy_on(b, d);
   for (const BroadcastGeom& g : broadcast_cases())
     for (BinaryOp op : {BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div}) {
       Tensor got = empty_on({8 * 3 * 5 * 7}, d), want = empty_on({8 * 3 * 5 * 7}, Device::CPU);
-      backend(d).binary(op, g, in(a_d), in(b_d), out(got));
+      k.binary(op, g, in(a_d), in(b_d), out(got));
       ref::binary(op, g, in(a), in(b), out(want));
       check_close(back(got), want, 0, 1e-6);
     }
 }
 
-void check_scalar_and_unary(Device d, Rng& rng) {
+void check_scalar_and_unary(const Kernels& k, Device d, Rng& rng) {
   const int64_t n = 1003;
   const Tensor x = random_host({n}, rng, 0.1f, 3.0f), x_d = copy_on(x, d);  // positive: log, sqrt, pow, division
   for (ScalarOp op : {ScalarOp::Add, ScalarOp::Mul, ScalarOp::RSub, ScalarOp::RDiv, ScalarOp::Pow}) {
     Tensor got = empty_on({n}, d), want = empty_on({n}, Device::CPU);
-    backend(d).scalar(op, n, in(x_d), 1.7f, out(got));
+    k.scalar(op, n, in(x_d), 1.7f, out(got));
     ref::scalar(op, n, in(x), 1.7f, out(want));
     check_close(back(got), want, 0, 1e-5);
   }
   for (UnaryOp op : {UnaryOp::Neg, UnaryOp::Exp, UnaryOp::Log, UnaryOp::Sqrt}) {
     Tensor got = empty_on({n}, d), want = empty_on({n}, Device::CPU);
-    backend(d).unary(op, n, in(x_d), out(got));
+    k.unary(op, n, in(x_d), out(got));
     ref::unary(op, n, in(x), out(want));
     check_close(back(got), want, 0, 1e-5);
   }
 }
 
-void check_axpy_and_multi_lerp(Device d, Rng& rng) {
+void check_axpy_and_multi_lerp(const Kernels& k, Device d, Rng& rng) {
   const int64_t n = 10007;
   const Tensor x = random_host({n}, rng), y0 = random_host({n}, rng);
   Tensor got = copy_on(y0, d), want = y0.clone();
-  backend(d).axpy(n, -0.3f, in(copy_on(x, d)), out(got));
+  k.axpy(n, -0.3f, in(copy_on(x, d)), out(got));
   ref::axpy(n, -0.3f, in(x), out(want));
   check_close(back(got), want, 1e-7, 1e-6);
 
@@ -136,35 +136,35 @@ void check_axpy_and_multi_lerp(Device d, Rng& rng) {
     mg.target[k] = out(targets_got[k]);
     mw.target[k] = out(targets_want[k]);
   }
-  backend(d).multi_lerp(mg, n, in(copy_on(x, d)));
+  k.multi_lerp(mg, n, in(copy_on(x, d)));
   ref::multi_lerp(mw, n, in(x));
   for (size_t k = 0; k < kept.size(); ++k) check_close(back(targets_got[k]), targets_want[k], 1e-7, 1e-6);
 }
 
-void check_increment_counter(Device d, Rng&) {
+void check_increment_counter(const Kernels& k, Device d, Rng&) {
   Tensor counter = Tensor::zeros({1}, DType::I64, d);
-  backend(d).increment_counter(counter.data<int64_t>());
-  backend(d).increment_counter(counter.data<int64_t>());
+  k.increment_counter(counter.data<int64_t>());
+  k.increment_counter(counter.data<int64_t>());
   int64_t want = 0;
   ref::increment_counter(&want);
   ref::increment_counter(&want);
   CHECK(back(counter).to_vector<int64_t>() == std::vector<int64_t>{want});
 }
 
-void check_relu(Device d, Rng& rng) {
+void check_relu(const Kernels& k, Device d, Rng& rng) {
   const int64_t n = 4099;
   const Tensor x = random_host({n}, rng), dy = random_host({n}, rng);
   Tensor got = empty_on({n}, d), want = empty_on({n}, Device::CPU);
-  backend(d).relu_forward(n, in(copy_on(x, d)), out(got));
+  k.relu_forward(n, in(copy_on(x, d)), out(got));
   ref::relu_forward(n, in(x), out(want));
   check_close(back(got), want, 0, 0);
   Tensor dx_got = empty_on({n}, d), dx_want = empty_on({n}, Device::CPU);
-  backend(d).relu_backward(n, in(copy_on(want, d)), in(copy_on(dy, d)), out(dx_got));
+  k.relu_backward(n, in(copy_on(want, d)), in(copy_on(dy, d)), out(dx_got));
   ref::relu_backward(n, in(want), in(dy), out(dx_want));
   check_close(back(dx_got), dx_want, 0, 0);
 }
 
-void check_reduce_sum(Device d, Rng& rng) {
+void check_reduce_sum(const Kernels& k, Device d, Rng& rng) {
   const Shape shape = {3, 4, 5, 600};
   const Tensor x = random_host(shape, rng), x_d = copy_on(x, d);
   for (const std::vector<bool>& reduce : std::vector<std::vector<bool>>{
@@ -178,7 +178,7 @@ void check_reduce_sum(Device d, Rng& rng) {
       if (!g.reduce[i]) out_n *= g.shape[i];
     }
     Tensor got = empty_on({out_n}, d), want = empty_on({out_n}, Device::CPU);
-    backend(d).reduce_sum(g, in(x_d), out(got));
+    k.reduce_sum(g, in(x_d), out(got));
     ref::reduce_sum(g, in(x), out(want));
     check_close(back(got), want, 1e-5, 1e-5);
   }
@@ -186,7 +186,7 @@ void check_reduce_sum(Device d, Rng& rng) {
 
 // ---------------------------------------------------------------- gemm
 
-void check_gemm(Device d, Rng& rng) {
+void check_gemm(const Kernels& k, Device d, Rng& rng) {
   struct Case { int64_t M, N, K; float alpha, beta; };
   for (const Case& c : {Case{1, 1, 1, 1.0f, 0.0f}, Case{7, 5, 3, 0.5f, 1.0f}, Case{64, 33, 17, 1.0f, 0.0f},
                         Case{130, 70, 300, -1.0f, 0.25f}})
@@ -197,7 +197,7 @@ void check_gemm(Device d, Rng& rng) {
         Tensor C0 = random_host({c.M * c.N}, rng);
         if (c.beta == 0.0f) C0.fill_(std::numeric_limits<float>::quiet_NaN());  // never read with beta = 0
         Tensor got = copy_on(C0, d), want = C0.clone();
-        backend(d).gemm(ta, tb, c.M, c.N, c.K, c.alpha, in(copy_on(A, d)), lda, in(copy_on(B, d)), ldb, c.beta, out(got), c.N);
+        k.gemm(ta, tb, c.M, c.N, c.K, c.alpha, in(copy_on(A, d)), lda, in(copy_on(B, d)), ldb, c.beta, out(got), c.N);
         ref::gemm(ta, tb, c.M, c.N, c.K, c.alpha, in(A), lda, in(B), ldb, c.beta, out(want), c.N);
         CAPTURE(c.M);
         CAPTURE(c.K);
@@ -225,7 +225,7 @@ std::vector<Conv2dGeom> conv_cases() {
 
 double conv_tolerance(const Conv2dGeom& g) { return 2e-6 * std::sqrt(static_cast<double>(g.C * g.R * g.S)) + 1e-5; }
 
-void check_conv2d(Device d, Rng& rng) {
+void check_conv2d(const Kernels& k, Device d, Rng& rng) {
   for (const Conv2dGeom& g : conv_cases()) {
     CAPTURE(g.C);
     CAPTURE(g.H);
@@ -237,17 +237,18 @@ void check_conv2d(Device d, Rng& rng) {
     const double tol = conv_tolerance(g);
     for (bool with_bias : {false, true}) {
       Tensor got = empty_on({g.N * g.K * g.P * g.Q}, d), want = empty_on({g.N * g.K * g.P * g.Q}, Device::CPU);
-      backend(d).conv2d_forward(g, in(x_d), in(w_d), with_bias ? in(copy_on(bias, d)) : nullptr, Epilogue{}, out(got));
+      if (!k.conv2d_forward) break;  // a table that has only the fused form (checked in check_conv2d_fused)
+      k.conv2d_forward(g, in(x_d), in(w_d), with_bias ? in(copy_on(bias, d)) : nullptr, out(got));
       ref::conv2d_forward(g, in(x), in(w), with_bias ? in(bias) : nullptr, out(want));
       check_close(back(got), want, tol, tol);
     }
     Tensor dx_got = empty_on({g.N * g.C * g.H * g.W}, d), dx_want = empty_on({g.N * g.C * g.H * g.W}, Device::CPU);
-    backend(d).conv2d_backward_data(g, in(dy_d), in(w_d), out(dx_got));
+    k.conv2d_backward_data(g, in(dy_d), in(w_d), out(dx_got));
     ref::conv2d_backward_data(g, in(dy), in(w), out(dx_want));
     check_close(back(dx_got), dx_want, tol, tol);
     Tensor dw_got = empty_on({g.K * g.C * g.R * g.S}, d), dw_want = empty_on({g.K * g.C * g.R * g.S}, Device::CPU);
     Tensor db_got = empty_on({g.K}, d), db_want = empty_on({g.K}, Device::CPU);
-    backend(d).conv2d_backward_filter(g, in(x_d), in(dy_d), out(dw_got), out(db_got));
+    k.conv2d_backward_filter(g, in(x_d), in(dy_d), out(dw_got), out(db_got));
     ref::conv2d_backward_filter(g, in(x), in(dy), out(dw_want), out(db_want));
     const double sum_tol = tol * std::sqrt(static_cast<double>(g.N * g.P * g.Q));
     check_close(back(dw_got), dw_want, sum_tol, tol);
@@ -268,7 +269,7 @@ void apply_epilogue(Tensor& y, const Tensor& residual, bool relu) {
   if (relu) ref::relu_forward(n, in(y), out(y));
 }
 
-void check_conv2d_fused(Device d, Rng& rng) {
+void check_conv2d_fused(const Kernels& k, Device d, Rng& rng) {
   int moments_runs = 0, in_place_runs = 0, add_runs = 0;  // the optional kernels the table took
   for (const Conv2dGeom& g : conv_cases()) {
     const int64_t ny = g.N * g.K * g.P * g.Q, nx = g.N * g.C * g.H * g.W;
@@ -283,15 +284,16 @@ void check_conv2d_fused(Device d, Rng& rng) {
       for (bool relu : {false, true}) {
         const Tensor residual_d = copy_on(residual, d);
         Tensor got = empty_on({ny}, d), want = plain.clone();
-        backend(d).conv2d_forward(g, in(x_d), in(w_d), nullptr,
-                                  Epilogue{with_residual ? in(residual_d) : nullptr, relu}, out(got));
+        if (!k.conv2d_forward_epilogue) break;
+        k.conv2d_forward_epilogue(g, in(x_d), in(w_d), nullptr, Epilogue{with_residual ? in(residual_d) : nullptr, relu},
+                                  out(got));
         apply_epilogue(want, with_residual ? residual : Tensor(), relu);
         check_close(back(got), want, tol, tol);
       }
     // The output's plane moments, where the table computes them: each plane's mean (a
     // float and its rounding error) and its sum of squared deviations.
     Tensor y_got = empty_on({ny}, d), moments = empty_on({g.N * g.K * kPlaneMoments}, d);
-    if (backend(d).conv2d_forward_moments(g, in(x_d), in(w_d), nullptr, out(y_got), out(moments))) {
+    if (k.conv2d_forward_moments && k.conv2d_forward_moments(g, in(x_d), in(w_d), nullptr, out(y_got), out(moments))) {
       ++moments_runs;
       check_close(back(y_got), plain, tol, tol);
       const std::vector<float> m = back(moments).to_vector<float>(), y = plain.to_vector<float>();
@@ -311,14 +313,14 @@ void check_conv2d_fused(Device d, Rng& rng) {
     ref::conv2d_backward_data(g, in(dy), in(w), out(dx_want));
     if (g.stride_h == 1 && g.K == g.C && g.P == g.H && g.Q == g.W) {
       Tensor in_place = copy_on(dy, d);
-      if (backend(d).conv2d_backward_data_in_place(g, out(in_place), in(w_d))) {
+      if (k.conv2d_backward_data_in_place && k.conv2d_backward_data_in_place(g, out(in_place), in(w_d))) {
         ++in_place_runs;
         check_close(back(in_place), dx_want, tol, tol);
       }
     }
     const Tensor dx0 = random_host({nx}, rng);
     Tensor sum = copy_on(dx0, d);
-    if (backend(d).conv2d_backward_data_add(g, in(dy_d), in(w_d), out(sum))) {
+    if (k.conv2d_backward_data_add && k.conv2d_backward_data_add(g, in(dy_d), in(w_d), out(sum))) {
       ++add_runs;
       Tensor want = dx0.clone();
       apply_epilogue(want, dx_want, false);
@@ -327,7 +329,7 @@ void check_conv2d_fused(Device d, Rng& rng) {
   }
   // The CPU table offers all three for some of these shapes: a test that never ran them
   // would pass without checking them.
-  if (d == Device::CPU) {
+  if (d == Device::CPU && k.conv2d_forward_moments) {
     CHECK(moments_runs > 0);
     CHECK(in_place_runs > 0);
     CHECK(add_runs > 0);
@@ -340,8 +342,9 @@ void check_conv2d_fused(Device d, Rng& rng) {
 // a mean far from zero with a short row (the statistics must not cancel).
 std::vector<BatchNormGeom> batchnorm_cases() { return {{8, 3, 25}, {64, 10, 1}, {1, 4, 49}, {2, 64, 64}, {16, 5, 3}}; }
 
-void check_batchnorm(Device d, Rng& rng) {
+void check_batchnorm(const Kernels& k, Device d, Rng& rng) {
   const float eps = 1e-5f, factor = 0.1f;
+  if (!k.batchnorm_forward_train) return;  // a table that has only the fused forms (check_batchnorm_fused)
   for (const BatchNormGeom& g : batchnorm_cases()) {
     CAPTURE(g.N);
     CAPTURE(g.C);
@@ -357,8 +360,8 @@ void check_batchnorm(Device d, Rng& rng) {
       const float* bg = affine ? in(beta_d) : nullptr;
       Tensor y_got = empty_on({n}, d), mean_got = empty_on({g.C}, d), invstd_got = empty_on({g.C}, d);
       Tensor rm_got = copy_on(rm0, d), rv_got = copy_on(rv0, d);
-      backend(d).batchnorm_forward_train(g, in(x_d), nullptr, gg, bg, eps, factor, out(rm_got), out(rv_got),
-                                         Epilogue{}, out(y_got), out(mean_got), out(invstd_got));
+      k.batchnorm_forward_train(g, in(x_d), gg, bg, eps, factor, out(rm_got), out(rv_got), out(y_got), out(mean_got),
+                                out(invstd_got));
       Tensor y_want = empty_on({n}, Device::CPU), mean_want = empty_on({g.C}, Device::CPU);
       Tensor invstd_want = empty_on({g.C}, Device::CPU), rm_want = rm0.clone(), rv_want = rv0.clone();
       ref::batchnorm_forward_train(g, in(x), affine ? in(gamma) : nullptr, affine ? in(beta) : nullptr, eps, factor,
@@ -370,15 +373,14 @@ void check_batchnorm(Device d, Rng& rng) {
       check_close(back(rv_got), rv_want, 1e-5, 1e-4);
 
       Tensor eval_got = empty_on({n}, d), eval_want = empty_on({n}, Device::CPU);
-      backend(d).batchnorm_forward_eval(g, in(x_d), gg, bg, in(copy_on(rm0, d)), in(copy_on(rv0, d)), eps, Epilogue{},
-                                        out(eval_got));
+      k.batchnorm_forward_eval(g, in(x_d), gg, bg, in(copy_on(rm0, d)), in(copy_on(rv0, d)), eps, out(eval_got));
       ref::batchnorm_forward_eval(g, in(x), affine ? in(gamma) : nullptr, affine ? in(beta) : nullptr, in(rm0), in(rv0),
                                   eps, out(eval_want));
       check_close(back(eval_got), eval_want, 1e-5, 1e-5);
 
       Tensor dx_got = empty_on({n}, d), dgamma_got = empty_on({g.C}, d), dbeta_got = empty_on({g.C}, d);
-      backend(d).batchnorm_backward(g, in(x_d), in(copy_on(dy, d)), gg, bg, in(copy_on(mean_want, d)), in(copy_on(invstd_want, d)),
-                                    false, nullptr, out(dx_got), nullptr, out(dgamma_got), out(dbeta_got));
+      k.batchnorm_backward(g, in(x_d), in(copy_on(dy, d)), gg, in(copy_on(mean_want, d)), in(copy_on(invstd_want, d)),
+                           out(dx_got), out(dgamma_got), out(dbeta_got));
       Tensor dx_want = empty_on({n}, Device::CPU), dgamma_want = empty_on({g.C}, Device::CPU);
       Tensor dbeta_want = empty_on({g.C}, Device::CPU);
       ref::batchnorm_backward(g, in(x), in(dy), affine ? in(gamma) : nullptr, in(mean_want), in(invstd_want),
@@ -393,8 +395,9 @@ void check_batchnorm(Device d, Rng& rng) {
 // The fused forms: statistics from a convolution's plane moments, the epilogue
 // relu(bn(x) + residual) in training and evaluation, and the backward through the ReLU
 // that also hands out the residual's gradient.
-void check_batchnorm_fused(Device d, Rng& rng) {
+void check_batchnorm_fused(const Kernels& k, Device d, Rng& rng) {
   const float eps = 1e-5f, factor = 0.1f;
+  if (!k.batchnorm_forward_train_fused) return;  // a table without the fusions: the op composes plain kernels
   for (const BatchNormGeom& g : batchnorm_cases()) {
     const int64_t n = g.N * g.C * g.HW;
     const Tensor x = random_host({n}, rng, -1.0f, 2.0f), dy = random_host({n}, rng), residual = random_host({n}, rng);
@@ -420,7 +423,7 @@ void check_batchnorm_fused(Device d, Rng& rng) {
     for (bool use_moments : {false, true})
       for (bool relu : {false, true}) {
         Tensor y = empty_on({n}, d), m = empty_on({g.C}, d), s = empty_on({g.C}, d);
-        backend(d).batchnorm_forward_train(g, in(x_d), use_moments ? in(moments_d) : nullptr, in(gamma_d), in(beta_d),
+        k.batchnorm_forward_train_fused(g, in(x_d), use_moments ? in(moments_d) : nullptr, in(gamma_d), in(beta_d),
                                            eps, factor, nullptr, nullptr, Epilogue{in(residual_d), relu}, out(y), out(m),
                                            out(s));
         Tensor want = y_plain.clone();
@@ -437,7 +440,7 @@ void check_batchnorm_fused(Device d, Rng& rng) {
     ref::batchnorm_backward(g, in(x), in(g_want), in(gamma), in(mean), in(invstd), out(dx_want), out(dgamma_want),
                             out(dbeta_want));
     Tensor dx = empty_on({n}, d), dresidual = empty_on({n}, d), dgamma = empty_on({g.C}, d), dbeta = empty_on({g.C}, d);
-    backend(d).batchnorm_backward(g, in(x_d), in(copy_on(dy, d)), in(gamma_d), in(beta_d), in(copy_on(mean, d)), in(copy_on(invstd, d)),
+    k.batchnorm_backward_fused(g, in(x_d), in(copy_on(dy, d)), in(gamma_d), in(beta_d), in(copy_on(mean, d)), in(copy_on(invstd, d)),
                                   true, in(copy_on(y_want, d)), out(dx), out(dresidual), out(dgamma), out(dbeta));
     check_close(back(dresidual), g_want, 0, 0);
     check_close(back(dx), dx_want, 1e-4, 1e-3);
@@ -455,7 +458,7 @@ Pool2dGeom pool(int64_t N, int64_t C, int64_t H, int64_t W, int64_t k, int64_t s
   return g;
 }
 
-void check_pool(Device d, Rng& rng) {
+void check_pool(const Kernels& k, Device d, Rng& rng) {
   for (const Pool2dGeom& g : {pool(2, 3, 8, 8, 2, 2, 0), pool(1, 2, 7, 9, 3, 1, 1), pool(3, 4, 9, 7, 3, 2, 1),
                               pool(2, 16, 8, 8, 8, 1, 0)}) {
     const int64_t nx = g.N * g.C * g.H * g.W, ny = g.N * g.C * g.P * g.Q;
@@ -463,18 +466,18 @@ void check_pool(Device d, Rng& rng) {
     const Tensor x_d = copy_on(x, d), dy_d = copy_on(dy, d);
     Tensor y_got = empty_on({ny}, d), y_want = empty_on({ny}, Device::CPU);
     Tensor argmax_got = Tensor::empty({ny}, DType::I32, d), argmax_want = Tensor::empty({ny}, DType::I32);
-    backend(d).max_pool2d_forward(g, in(x_d), out(y_got), argmax_got.data<int32_t>());
+    k.max_pool2d_forward(g, in(x_d), out(y_got), argmax_got.data<int32_t>());
     ref::max_pool2d_forward(g, in(x), out(y_want), argmax_want.data<int32_t>());
     check_close(back(y_got), y_want, 0, 0);
     CHECK(back(argmax_got).to_vector<int32_t>() == argmax_want.to_vector<int32_t>());
     Tensor dx_got = empty_on({nx}, d), dx_want = empty_on({nx}, Device::CPU);
-    backend(d).max_pool2d_backward(g, in(dy_d), copy_on(argmax_want, d).data<int32_t>(), out(dx_got));
+    k.max_pool2d_backward(g, in(dy_d), copy_on(argmax_want, d).data<int32_t>(), out(dx_got));
     ref::max_pool2d_backward(g, in(dy), argmax_want.data<int32_t>(), out(dx_want));
     check_close(back(dx_got), dx_want, 1e-6, 1e-6);
-    backend(d).avg_pool2d_forward(g, in(x_d), out(y_got));
+    k.avg_pool2d_forward(g, in(x_d), out(y_got));
     ref::avg_pool2d_forward(g, in(x), out(y_want));
     check_close(back(y_got), y_want, 1e-6, 1e-5);
-    backend(d).avg_pool2d_backward(g, in(dy_d), out(dx_got));
+    k.avg_pool2d_backward(g, in(dy_d), out(dx_got));
     ref::avg_pool2d_backward(g, in(dy), out(dx_want));
     check_close(back(dx_got), dx_want, 1e-6, 1e-5);
   }
@@ -482,7 +485,7 @@ void check_pool(Device d, Rng& rng) {
 
 // ---------------------------------------------------------------- softmax, loss
 
-void check_loss(Device d, Rng& rng) {
+void check_loss(const Kernels& k, Device d, Rng& rng) {
   for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{1, 10}, {37, 10}, {128, 100}, {5, 1}}) {
     const int64_t n = rows * cols;
     const Tensor x = random_host({n}, rng, -8.0f, 8.0f), dy = random_host({n}, rng);
@@ -490,24 +493,24 @@ void check_loss(Device d, Rng& rng) {
     for (auto& l : labels) l = static_cast<int64_t>(rng.below(static_cast<uint64_t>(cols)));
     const Tensor labels_host = Tensor::from_data(labels.data(), {rows}), labels_d = copy_on(labels_host, d);
     Tensor y_got = empty_on({n}, d), y_want = empty_on({n}, Device::CPU);
-    backend(d).log_softmax_forward(rows, cols, in(copy_on(x, d)), out(y_got));
+    k.log_softmax_forward(rows, cols, in(copy_on(x, d)), out(y_got));
     ref::log_softmax_forward(rows, cols, in(x), out(y_want));
     check_close(back(y_got), y_want, 1e-5, 1e-5);
     Tensor dx_got = empty_on({n}, d), dx_want = empty_on({n}, Device::CPU);
-    backend(d).log_softmax_backward(rows, cols, in(copy_on(y_want, d)), in(copy_on(dy, d)), out(dx_got));
+    k.log_softmax_backward(rows, cols, in(copy_on(y_want, d)), in(copy_on(dy, d)), out(dx_got));
     ref::log_softmax_backward(rows, cols, in(y_want), in(dy), out(dx_want));
     check_close(back(dx_got), dx_want, 1e-5, 1e-5);
     for (float smoothing : {0.0f, 0.1f}) {
       Tensor lp_got = empty_on({n}, d), lp_want = empty_on({n}, Device::CPU);
       Tensor loss_got = empty_on({1}, d), loss_want = empty_on({1}, Device::CPU);
-      backend(d).cross_entropy_forward(rows, cols, in(copy_on(x, d)), labels_d.data<int64_t>(), smoothing, out(lp_got),
+      k.cross_entropy_forward(rows, cols, in(copy_on(x, d)), labels_d.data<int64_t>(), smoothing, out(lp_got),
                                        out(loss_got));
       ref::cross_entropy_forward(rows, cols, in(x), labels.data(), smoothing, out(lp_want), out(loss_want));
       check_close(back(lp_got), lp_want, 1e-5, 1e-5);
       check_close(back(loss_got), loss_want, 1e-5, 1e-5);
       const Tensor dloss = Tensor::full({1}, 0.7f);
       Tensor dl_got = empty_on({n}, d), dl_want = empty_on({n}, Device::CPU);
-      backend(d).cross_entropy_backward(rows, cols, in(copy_on(lp_want, d)), labels_d.data<int64_t>(), smoothing,
+      k.cross_entropy_backward(rows, cols, in(copy_on(lp_want, d)), labels_d.data<int64_t>(), smoothing,
                                         in(copy_on(dloss, d)), out(dl_got));
       ref::cross_entropy_backward(rows, cols, in(lp_want), labels.data(), smoothing, in(dloss), out(dl_want));
       check_close(back(dl_got), dl_want, 1e-6, 1e-5);
@@ -517,30 +520,30 @@ void check_loss(Device d, Rng& rng) {
 
 // ---------------------------------------------------------------- optimiser, dropout
 
-void check_sgd_step(Device d, Rng& rng) {
+void check_sgd_step(const Kernels& k, Device d, Rng& rng) {
   const int64_t n = 10007;
   for (const SgdHyper& h : {SgdHyper{0.1f, 0.9f, 0.0f, 5e-4f, true, false}, SgdHyper{0.1f, 0.9f, 0.0f, 5e-4f, true, true},
                             SgdHyper{0.05f, 0.5f, 0.3f, 1e-4f, false, false}, SgdHyper{0.2f, 0.0f, 0.0f, 0.0f, false, false}}) {
     const Tensor p0 = random_host({n}, rng), grad = random_host({n}, rng), m0 = random_host({n}, rng);
     Tensor p_got = copy_on(p0, d), m_got = copy_on(m0, d), p_want = p0.clone(), m_want = m0.clone();
-    backend(d).sgd_step(h, n, out(p_got), in(copy_on(grad, d)), out(m_got));
+    k.sgd_step(h, n, out(p_got), in(copy_on(grad, d)), out(m_got));
     ref::sgd_step(h, n, out(p_want), in(grad), out(m_want));
     check_close(back(p_got), p_want, 1e-6, 1e-6);
     if (h.momentum != 0.0f) check_close(back(m_got), m_want, 1e-6, 1e-6);
   }
 }
 
-void check_dropout(Device d, Rng& rng) {
+void check_dropout(const Kernels& k, Device d, Rng& rng) {
   for (const auto& [n, p] : {std::pair<int64_t, float>{1, 0.5f}, {4099, 0.1f}, {10006, 0.5f}}) {
     const Tensor x = random_host({n}, rng), dy = random_host({n}, rng);
     Tensor y_got = empty_on({n}, d), y_want = empty_on({n}, Device::CPU);
     Tensor keep_got = Tensor::empty({n}, DType::U8, d), keep_want = Tensor::empty({n}, DType::U8);
-    backend(d).dropout_forward(n, in(copy_on(x, d)), p, 1234, 77, out(y_got), keep_got.data<uint8_t>());
+    k.dropout_forward(n, in(copy_on(x, d)), p, 1234, 77, out(y_got), keep_got.data<uint8_t>());
     ref::dropout_forward(n, in(x), p, 1234, 77, out(y_want), keep_want.data<uint8_t>());
     CHECK(back(keep_got).to_vector<uint8_t>() == keep_want.to_vector<uint8_t>());
     check_close(back(y_got), y_want, 0, 1e-6);
     Tensor dx_got = empty_on({n}, d), dx_want = empty_on({n}, Device::CPU);
-    backend(d).dropout_backward(n, in(copy_on(dy, d)), copy_on(keep_want, d).data<uint8_t>(), p, out(dx_got));
+    k.dropout_backward(n, in(copy_on(dy, d)), copy_on(keep_want, d).data<uint8_t>(), p, out(dx_got));
     ref::dropout_backward(n, in(dy), keep_want.data<uint8_t>(), p, out(dx_want));
     check_close(back(dx_got), dx_want, 0, 1e-6);
   }
@@ -550,7 +553,7 @@ void check_dropout(Device d, Rng& rng) {
 
 struct KernelCheck {
   const char* kernels;
-  void (*check)(Device, Rng&);
+  void (*check)(const Kernels&, Device, Rng&);
 };
 
 const KernelCheck kKernelChecks[] = {
@@ -573,18 +576,40 @@ const KernelCheck kKernelChecks[] = {
     {"dropout_forward, dropout_backward", check_dropout},
 };
 
+// The device's own table (not the reference that POLYAK_KERNELS=reference puts in the
+// CPU's place: this test is about the fast kernels).
 void check_table(Device device) {
-  for (const KernelCheck& k : kKernelChecks) {
-    const std::string what = std::string(k.kernels) + " on " + device_name(device);
+  const Kernels& table = backend(device).native_kernels();
+  for (const KernelCheck& check : kKernelChecks) {
+    const std::string what = std::string(check.kernels) + " on " + device_name(device);
     INFO(what);
     Rng rng(11);
-    k.check(device, rng);
+    check.check(table, device, rng);
   }
 }
 
 }  // namespace
 
 TEST_CASE("kernels: every kernel of the CPU table agrees with its reference") { check_table(Device::CPU); }
+
+TEST_CASE("kernels: the reference table has every kernel, and POLYAK_KERNELS=reference puts it in the CPU's place") {
+  const Kernels& ref_table = reference_kernels();
+#define POLYAK_CHECK_PRESENT(name, type)       \
+  {                                            \
+    const bool present = ref_table.name != nullptr; \
+    CHECK_MESSAGE(present, #name);             \
+  }
+  POLYAK_KERNELS(POLYAK_CHECK_PRESENT)
+#undef POLYAK_CHECK_PRESENT
+  const bool fused = ref_table.conv2d_forward_epilogue != nullptr;
+  CHECK_FALSE(fused);  // the fusions are the fast tables' own
+  const bool was = using_reference_kernels();
+  use_reference_kernels(true);
+  CHECK(&kernels(Device::CPU) == &ref_table);
+  use_reference_kernels(false);
+  CHECK(&kernels(Device::CPU) == &backend(Device::CPU).native_kernels());
+  use_reference_kernels(was);
+}
 
 TEST_CASE("kernels: every kernel of the GPU table agrees with its reference") {
   polyak::testing::for_each_accelerator(check_table);

@@ -96,8 +96,8 @@ TEST_CASE("sgd and multi_lerp on the accelerator match the CPU over several step
     }
     for (int step = 0; step < 3; ++step) {
       const Tensor w = Tensor::normal({n}, 0.0f, 1.0f, rng), wd = w.to(device);
-      backend(Device::CPU).multi_lerp(uc, n, w.data<float>());
-      backend(device).multi_lerp(ud, n, wd.data<float>());
+      kernels(Device::CPU).multi_lerp(uc, n, w.data<float>());
+      kernels(device).multi_lerp(ud, n, wd.data<float>());
     }
     for (size_t k = 0; k < kept.size(); ++k) check_close(gpu_avg[k].to(Device::CPU), cpu_avg[k], 1e-6, 1e-5);
   });
