@@ -93,7 +93,7 @@ bool EmaSet::after_step(int64_t t) {
     buffers.target[k] = buffers_[k].data<float>();
   }
   const Tensor& live = model_.parameter_arena();
-  Backend& be = backend(live.device());
+  const Kernels& be = kernels(live.device());
   be.multi_lerp(params, live.numel(), live.data<float>());
   const Tensor& live_buffers = model_.buffer_arena();
   if (live_buffers.numel() > 0) {
