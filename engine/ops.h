@@ -100,6 +100,17 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
 // ---- relu (ops/relu.cpp) ----
 Tensor relu(const Tensor& x);
 
+// ---- gelu (ops/gelu.cpp) ----
+// x * Phi(x), Phi the standard normal CDF (the exact GELU, PyTorch's nn.GELU()).
+Tensor gelu(const Tensor& x);
+
+// ---- layer_norm (ops/layer_norm.cpp): composed of the ops above, no kernel of its own ----
+// Normalises each sample over its last normalized_dims dims (biased variance), then
+// scales by weight and shifts by bias (each shaped as those dims, or undefined), as
+// PyTorch's F.layer_norm(x, x.shape[-normalized_dims:], weight, bias, eps).
+Tensor layer_norm(const Tensor& x, int64_t normalized_dims, const Tensor& weight = {}, const Tensor& bias = {},
+                  float eps = 1e-5f);
+
 // ---- pooling (ops/pool.cpp) ----
 struct Pool2dOptions {
   int64_t kernel = 2;

@@ -73,6 +73,15 @@ Linear::Linear(int64_t in_features, int64_t out_features, Rng& rng, bool with_bi
 
 Tensor Linear::forward(const Tensor& x) { return linear(x, weight, bias); }
 
+LayerNorm::LayerNorm(const Shape& normalized_shape, float eps) : eps(eps) {
+  weight = register_parameter("weight", Tensor::full(normalized_shape, 1.0f));
+  bias = register_parameter("bias", Tensor::zeros(normalized_shape));
+}
+
+Tensor LayerNorm::forward(const Tensor& x) {
+  return layer_norm(x, static_cast<int64_t>(weight.dim()), weight, bias, eps);
+}
+
 Tensor Sequential::forward(const Tensor& x) {
   Tensor h = x;
   for (const auto& layer : layers_) h = layer->forward(h);

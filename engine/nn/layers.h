@@ -77,6 +77,23 @@ class ReLU : public Module {
   Tensor forward(const Tensor& x) override { return relu(x); }
 };
 
+// torch.nn.GELU() (the exact form).
+class GELU : public Module {
+ public:
+  Tensor forward(const Tensor& x) override { return gelu(x); }
+};
+
+// torch.nn.LayerNorm(normalized_shape, eps): normalises over the last
+// normalized_shape.size() dims; weight ones and bias zeros, shaped normalized_shape.
+class LayerNorm : public Module {
+ public:
+  explicit LayerNorm(const Shape& normalized_shape, float eps = 1e-5f);
+  Tensor forward(const Tensor& x) override;
+
+  Tensor weight, bias;
+  float eps;
+};
+
 class MaxPool2d : public Module {
  public:
   explicit MaxPool2d(Pool2dOptions options) : options(options) {}

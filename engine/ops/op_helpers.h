@@ -40,35 +40,42 @@ void report_host_fallback(Device device, const char* kernel);
 
 // Makes call(table) with `table`, the table of `device`, when it has the kernel `entry`.
 // A device whose table lacks it (a GPU table that has not caught up with a new op) makes
-// the call on the host with the reference table instead: every tensor the call reads or
-// writes, listed in `tensors`, is copied to the host, the call made, and the results
-// copied back into the tensors on the device. The call reads the tensors' data pointers
-// when it runs, so it sees the host copies.
+// the call on the host with the reference table instead: the tensors the call reads
+// (`inputs`) and writes (`outputs`) are replaced by host copies for the call, and the
+// outputs copied back into the tensors on the device after it. The call reads the
+// tensors' data pointers when it runs, so it sees the host copies.
 template <class Entry, class Call>
 void call_kernel(const Kernels& table, Device device, Entry Kernels::*entry, const char* kernel,
-                 std::initializer_list<Tensor*> tensors, Call&& call) {
+                 std::initializer_list<Tensor*> inputs, std::initializer_list<Tensor*> outputs, Call&& call) {
   if (table.*entry) {
     call(table);
     return;
   }
   report_host_fallback(device, kernel);
-  std::vector<Tensor> on_device;
-  for (Tensor* t : tensors) {
-    on_device.push_back(*t);
+  std::vector<Tensor> kept_inputs, device_outputs;
+  for (Tensor* t : inputs) {
+    kept_inputs.push_back(*t);
+    *t = t->to(Device::CPU);
+  }
+  for (Tensor* t : outputs) {
+    device_outputs.push_back(*t);
     *t = t->to(Device::CPU);
   }
   call(reference_kernels());
   size_t i = 0;
-  for (Tensor* t : tensors) {
-    if (on_device[i].device() != Device::CPU) on_device[i].copy_(*t);
-    *t = on_device[i++];
+  for (Tensor* t : inputs) *t = kept_inputs[i++];
+  i = 0;
+  for (Tensor* t : outputs) {
+    Tensor& original = device_outputs[i++];
+    if (original.device() != Device::CPU) original.copy_(*t);
+    *t = original;
   }
 }
 
 template <class Entry, class Call>
-void call_kernel(Device device, Entry Kernels::*entry, const char* kernel, std::initializer_list<Tensor*> tensors,
-                 Call&& call) {
-  call_kernel(kernels(device), device, entry, kernel, tensors, call);
+void call_kernel(Device device, Entry Kernels::*entry, const char* kernel, std::initializer_list<Tensor*> inputs,
+                 std::initializer_list<Tensor*> outputs, Call&& call) {
+  call_kernel(kernels(device), device, entry, kernel, inputs, outputs, call);
 }
 
 }  // namespace polyak::detail

@@ -164,6 +164,23 @@ void check_relu(const Kernels& k, Device d, Rng& rng) {
   check_close(back(dx_got), dx_want, 0, 0);
 }
 
+void check_gelu(const Kernels& k, Device d, Rng& rng) {
+  if (!k.gelu_forward || !k.gelu_backward) {
+    MESSAGE("this table has no GELU kernels: the op runs their references on the host");
+    return;
+  }
+  const int64_t n = 4099;
+  const Tensor x = random_host({n}, rng, -4.0f, 4.0f), dy = random_host({n}, rng);
+  Tensor got = empty_on({n}, d), want = empty_on({n}, Device::CPU);
+  k.gelu_forward(n, in(copy_on(x, d)), out(got));
+  ref::gelu_forward(n, in(x), out(want));
+  check_close(back(got), want, 1e-6, 1e-5);
+  Tensor dx_got = empty_on({n}, d), dx_want = empty_on({n}, Device::CPU);
+  k.gelu_backward(n, in(copy_on(x, d)), in(copy_on(dy, d)), out(dx_got));
+  ref::gelu_backward(n, in(x), in(dy), out(dx_want));
+  check_close(back(dx_got), dx_want, 1e-6, 1e-5);
+}
+
 void check_reduce_sum(const Kernels& k, Device d, Rng& rng) {
   const Shape shape = {3, 4, 5, 600};
   const Tensor x = random_host(shape, rng), x_d = copy_on(x, d);
@@ -564,6 +581,7 @@ const KernelCheck kKernelChecks[] = {
     {"axpy, multi_lerp", check_axpy_and_multi_lerp},
     {"increment_counter", check_increment_counter},
     {"relu_forward, relu_backward", check_relu},
+    {"gelu_forward, gelu_backward", check_gelu},
     {"reduce_sum", check_reduce_sum},
     {"gemm", check_gemm},
     {"conv2d_forward, conv2d_backward_data, conv2d_backward_filter", check_conv2d},
