@@ -67,7 +67,7 @@ struct Conv2dOptions {
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias = {}, Conv2dOptions options = {},
               const Tensor& residual = {});
 // conv2d (without options.relu), and the moments of each plane of its output
-// (N, K, kPlaneMoments; engine/backend.h) where the backend's kernel computes them as it
+// (N, K, kPlaneMoments; engine/kernels.h) where the backend's kernel computes them as it
 // writes the output, else undefined: what a training batch_norm that follows combines
 // into its statistics (its plane_moments) instead of a pass over its input.
 struct ConvWithMoments {

@@ -77,7 +77,7 @@ double sum_in_l1(int64_t n, F f) {
   return total;
 }
 
-// The moments of one plane of n values, as kPlaneMoments floats (engine/backend.h):
+// The moments of one plane of n values, as kPlaneMoments floats (engine/kernels.h):
 // {mean_hi, mean_lo, m2}, the mean being mean_hi + mean_lo (a float and its rounding
 // error, so that the pair keeps a double's precision) and m2 the sum of squared
 // deviations from it. Two passes over a plane that is still in L1: the mean, then the

@@ -1,9 +1,9 @@
-// The CUDA kernel table: cuBLAS for matrix products, cuDNN for convolutions, our own
-// kernels for everything else. Each family lives in its own file here, named as in
-// engine/backend.h and engine/cpu/, and computes what the CPU file of the same name
-// computes (the parity tests compare them). Files without kernels are .cpp (compiled by
-// the host compiler, faster than nvcc): device.cpp (life cycle, settings, errors),
-// memory.cpp, gemm.cpp.
+// The CUDA backend: cuBLAS for matrix products, cuDNN for convolutions, our own kernels
+// for everything else. Each family lives in its own file here, named as in
+// engine/kernels.h and engine/ref/, and computes what the reference of the same name
+// computes (tests/engine/test_kernels.cpp compares them); cuda_kernels.cpp makes the
+// table. Files without kernels are .cpp (compiled by the host compiler, faster than
+// nvcc): device.cpp (life cycle, settings, errors), memory.cpp, gemm.cpp.
 //
 // Synchronisation story. Everything runs in order on ONE non-blocking stream, owned by
 // this backend: our kernels, cuBLAS and cuDNN (both bound to it), device-to-device
