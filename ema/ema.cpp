@@ -8,6 +8,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "ema/power_profile.h"
 #include "engine/backend.h"
 
 namespace polyak::ema {
@@ -51,10 +52,12 @@ EmaOptions scaled_to_run(const EmaOptions& paper, int64_t total_steps, int64_t e
 }
 
 EmaSet::EmaSet(nn::Module& model, EmaOptions options) : model_(model), options_(std::move(options)) {
-  if (options_.decays.empty()) throw std::invalid_argument("an EMA set needs at least one decay");
-  if (options_.decays.size() > static_cast<size_t>(kMaxLerpTargets))
-    throw std::invalid_argument("at most " + std::to_string(kMaxLerpTargets) + " EMA decays, got " +
-                                std::to_string(options_.decays.size()));
+  if (size() == 0) throw std::invalid_argument("an EMA set needs at least one decay or power average");
+  if (size() > static_cast<size_t>(kMaxLerpTargets))
+    throw std::invalid_argument("at most " + std::to_string(kMaxLerpTargets) + " averages in all, got " +
+                                std::to_string(options_.decays.size()) + " decays and " +
+                                std::to_string(options_.power_sigma_rels.size()) + " power averages");
+  for (float sigma : options_.power_sigma_rels) gammas_.push_back(power_gamma(sigma));
   for (float a : options_.decays)
     if (!(a > 0.0f && a < 1.0f)) throw std::invalid_argument("EMA decay " + std::to_string(a) + ": expected a number in (0, 1)");
   if (options_.every < 1) throw std::invalid_argument("--ema-every " + std::to_string(options_.every) + ": expected >= 1");
@@ -69,29 +72,42 @@ EmaSet::EmaSet(nn::Module& model, EmaOptions options) : model_(model), options_(
 
 std::string EmaSet::name(size_t k) const {
   char buf[32];
-  std::snprintf(buf, sizeof buf, "ema%g", static_cast<double>(decay(k)));
+  if (is_power(k))
+    std::snprintf(buf, sizeof buf, "phema%g", static_cast<double>(sigma_rel(k)));
+  else
+    std::snprintf(buf, sizeof buf, "ema%g", static_cast<double>(decay(k)));
   return buf;
 }
 
-float EmaSet::effective_decay(size_t k, int64_t t) const {
-  const float a = decay(k);
-  if (!options_.warmup) return a;
+float warmed_up_decay(float a, int64_t every, bool warmup, int64_t t) {
+  if (!warmup) return a;
   const float cap = static_cast<float>(t + 1) / static_cast<float>(t + 10);  // the paper's, at T = 16
-  if (options_.every == 16) return std::min(a, cap);
-  return std::min(a, static_cast<float>(std::pow(static_cast<double>(cap), static_cast<double>(options_.every) / 16.0)));
+  if (every == 16) return std::min(a, cap);
+  return std::min(a, static_cast<float>(std::pow(static_cast<double>(cap), static_cast<double>(every) / 16.0)));
+}
+
+float EmaSet::effective_decay(size_t k, int64_t t) const {
+  if (is_power(k)) return static_cast<float>(power_beta(gammas_[k - exponential_count()], t));
+  return warmed_up_decay(decay(k), options_.every, options_.warmup, t);
 }
 
 bool EmaSet::after_step(int64_t t) {
-  if (t <= 0 || t % options_.every != 0) return false;
-  // Every average moves towards the live weights in one pass: average = decay * average
-  // + (1 - decay) * live is a lerp that keeps `decay` of the target.
+  if (t <= 0) return false;
+  const bool exponential_due = t % options_.every == 0;
+  // Every average due moves towards the live weights in one pass: average = decay *
+  // average + (1 - decay) * live is a lerp that keeps `decay` of the target.
   MultiLerp params, buffers;
-  params.count = buffers.count = static_cast<int>(size());
+  std::vector<size_t> due;
   for (size_t k = 0; k < size(); ++k) {
-    params.kept[k] = buffers.kept[k] = effective_decay(k, t);
-    params.target[k] = params_[k].data<float>();
-    buffers.target[k] = buffers_[k].data<float>();
+    if (!is_power(k) && !exponential_due) continue;
+    due.push_back(k);
+    const int slot = params.count++;
+    buffers.count = params.count;
+    params.kept[slot] = buffers.kept[slot] = effective_decay(k, t);
+    params.target[slot] = params_[k].data<float>();
+    buffers.target[slot] = buffers_[k].data<float>();
   }
+  if (params.count == 0) return false;
   const Tensor& live = model_.parameter_arena();
   const Kernels& be = kernels(live.device());
   be.multi_lerp(params, live.numel(), live.data<float>());
@@ -100,9 +116,10 @@ bool EmaSet::after_step(int64_t t) {
     if (options_.buffers == BufferPolicy::Average) {
       be.multi_lerp(buffers, live_buffers.numel(), live_buffers.data<float>());
     } else {
-      for (Tensor& b : buffers_) b.copy_(live_buffers);
+      for (size_t k : due) buffers_[k].copy_(live_buffers);
     }
   }
+  if (!exponential_due) return false;
   ++updates_;
   return true;
 }
@@ -125,24 +142,32 @@ std::vector<nn::NamedTensor> EmaSet::state_tensors() const {
 }
 
 std::map<std::string, std::string> EmaSet::state_metadata() const {
-  std::ostringstream decays;
+  std::ostringstream decays, power;
   decays.precision(9);
-  for (size_t k = 0; k < size(); ++k) decays << (k ? "," : "") << decay(k);
-  return {{"polyak.ema.decays", decays.str()},
-          {"polyak.ema.every", std::to_string(options_.every)},
-          {"polyak.ema.warmup", options_.warmup ? "on" : "off"},
-          {"polyak.ema.buffers", buffer_policy_name(options_.buffers)},
-          {"polyak.ema.updates", std::to_string(updates_)}};
+  power.precision(9);
+  for (size_t k = 0; k < exponential_count(); ++k) decays << (k ? "," : "") << decay(k);
+  for (size_t k = exponential_count(); k < size(); ++k) power << (k > exponential_count() ? "," : "") << sigma_rel(k);
+  std::map<std::string, std::string> metadata = {{"polyak.ema.decays", decays.str()},
+                                                 {"polyak.ema.every", std::to_string(options_.every)},
+                                                 {"polyak.ema.warmup", options_.warmup ? "on" : "off"},
+                                                 {"polyak.ema.buffers", buffer_policy_name(options_.buffers)},
+                                                 {"polyak.ema.updates", std::to_string(updates_)}};
+  // Only when there are power averages: checkpoints from before them stay loadable.
+  if (!options_.power_sigma_rels.empty()) metadata["polyak.ema.power"] = power.str();
+  return metadata;
 }
 
 void EmaSet::load_state(const std::vector<nn::NamedTensor>& tensors, const std::map<std::string, std::string>& metadata) {
   const std::map<std::string, std::string> mine = state_metadata();
-  for (const char* key : {"polyak.ema.decays", "polyak.ema.every", "polyak.ema.warmup", "polyak.ema.buffers"}) {
-    const auto it = metadata.find(key);
-    const std::string theirs = it == metadata.end() ? "(none)" : it->second;
-    if (theirs != mine.at(key))
-      throw std::invalid_argument(std::string("checkpoint EMA setting ") + key + " is " + theirs + ", this run has " +
-                                  mine.at(key));
+  const auto setting = [](const std::map<std::string, std::string>& m, const char* key) {
+    const auto it = m.find(key);
+    return it == m.end() ? std::string("(none)") : it->second;
+  };
+  for (const char* key :
+       {"polyak.ema.decays", "polyak.ema.every", "polyak.ema.warmup", "polyak.ema.buffers", "polyak.ema.power"}) {
+    if (setting(metadata, key) != setting(mine, key))
+      throw std::invalid_argument(std::string("checkpoint EMA setting ") + key + " is " + setting(metadata, key) +
+                                  ", this run has " + setting(mine, key));
   }
   // The update count, read before anything is copied: a malformed one leaves the set as it was.
   const auto count = metadata.find("polyak.ema.updates");

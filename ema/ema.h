@@ -16,6 +16,12 @@
 // like its buffer arena), so one kernel updates all K averages reading every weight
 // once, and evaluating average k swaps its memory into the model in O(1).
 //
+// The set may also track power-function averages (ema/power_profile.h: EDM2's
+// post-hoc EMA), given by their relative standard deviations sigma_rel: updated at every
+// step t with beta_t = (1 - 1/t)^(gamma + 1), in the same pass over the weights as the
+// exponential averages when both update (the clock is the optimiser step, from 1).
+// They are named "phema<sigma_rel>" and come after the exponential ones.
+//
 // Buffers (BatchNorm running mean/var) follow an explicit policy: Average applies the
 // same rule to them (EMAN, Cai et al. 2021; the paper's default), Copy takes the live
 // model's. Integer buffers (num_batches_tracked) are not averaged: an average always
@@ -40,6 +46,7 @@ struct EmaOptions {
   int64_t every = 16;  // T: optimiser steps between updates
   bool warmup = true;
   BufferPolicy buffers = BufferPolicy::Average;
+  std::vector<float> power_sigma_rels = {};  // power-function averages (post-hoc EMA)
 };
 
 // The paper's schedule is T = 16 with its five decays over 200 epochs of 391 steps
@@ -57,22 +64,32 @@ struct EmaOptions {
 // 313 steps; CIFAR's epoch at batch 128 has 352 to 391).
 EmaOptions scaled_to_run(const EmaOptions& paper, int64_t total_steps, int64_t every = 0);
 
+// The kept share a_t of an exponential average of decay `decay` updated every `every`
+// steps at step t: min(decay, ((t + 1) / (t + 10))^(every / 16)) with the warm-up, as
+// described above; in float, as the update applies it.
+float warmed_up_decay(float decay, int64_t every, bool warmup, int64_t t);
+
 class EmaSet {
  public:
   // The model's arenas must be packed; every average starts as its current weights.
   EmaSet(nn::Module& model, EmaOptions options);
 
-  size_t size() const { return options_.decays.size(); }
+  // Exponential averages first (k < exponential_count()), then the power ones.
+  size_t size() const { return options_.decays.size() + options_.power_sigma_rels.size(); }
+  size_t exponential_count() const { return options_.decays.size(); }
+  bool is_power(size_t k) const { return k >= exponential_count(); }
   const EmaOptions& options() const { return options_; }
-  float decay(size_t k) const { return options_.decays.at(k); }
-  // "ema0.998": the name of average k in metrics and file names.
+  float decay(size_t k) const { return options_.decays.at(k); }  // exponential averages
+  float sigma_rel(size_t k) const { return options_.power_sigma_rels.at(k - exponential_count()); }
+  // "ema0.998", "phema0.05": the name of average k in metrics and file names.
   std::string name(size_t k) const;
   int64_t updates() const { return updates_; }
 
   // Call after every optimiser step with the number of steps taken so far; updates
-  // the averages when that number is a multiple of T. Returns whether it did.
+  // the exponential averages when that number is a multiple of T, the power averages
+  // always. Returns whether it updated the exponential ones.
   bool after_step(int64_t steps_taken);
-  // The effective decay of average k at step t.
+  // The share of average k kept at step t (its decay after warm-up, or beta_t).
   float effective_decay(size_t k, int64_t steps_taken) const;
 
   const Tensor& parameters(size_t k) const { return params_.at(k); }
@@ -106,6 +123,7 @@ class EmaSet {
   nn::Module& model_;
   EmaOptions options_;
   std::vector<Tensor> params_, buffers_;
+  std::vector<double> gammas_;  // of the power averages
   int64_t updates_ = 0;
 };
 
