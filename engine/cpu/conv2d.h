@@ -1,4 +1,4 @@
-// The CPU convolution algorithms (engine/cpu/conv2d.cpp and winograd.cpp have the
+// The CPU convolution algorithms (engine/cpu/conv2d*.cpp and winograd*.cpp have the
 // math), callable one by one so that the tests can hold the fast ones against the
 // reference on any shape. The backend's conv2d kernels use Winograd for 3x3 layers with
 // many channels, shifted rows where they apply and the map is not tiny, and im2col
@@ -26,7 +26,7 @@ ConvAlgorithm conv_algorithm(const Conv2dGeom& g);
 void conv2d_forward(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* w,
                     const float* bias /*nullable*/, const Epilogue& epilogue, float* y);
 // conv2d_forward without an epilogue that also writes the plane moments of y
-// (engine/backend.h) where `algorithm`'s kernel computes them as it writes y (shifted
+// (engine/kernels.h) where `algorithm`'s kernel computes them as it writes y (shifted
 // rows); false, nothing written, elsewhere.
 bool conv2d_forward_moments(ConvAlgorithm algorithm, const Conv2dGeom& g, const float* x, const float* w,
                             const float* bias /*nullable*/, float* y, float* plane_moments);

@@ -1,4 +1,4 @@
-// The fused epilogue of engine/backend.h on the CPU, after a per-channel affine map:
+// The fused epilogue of engine/kernels.h on the CPU, after a per-channel affine map:
 //
 //   y[i] = act(scale * x[i] + shift (+ residual[i])),   act = ReLU or the identity
 //

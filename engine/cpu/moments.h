@@ -1,6 +1,6 @@
 // Sums and moments over rows of floats: BatchNorm's statistics (engine/cpu/batchnorm.cpp),
 // and the moments of each plane of a convolution's output, computed as the convolution
-// writes it (engine/cpu/conv2d.cpp), which a BatchNorm that follows combines instead of
+// writes it (engine/cpu/conv2d_shifted.cpp), which a BatchNorm that follows combines instead of
 // reading its input once more.
 //
 // The sums run over rows of HW floats in kLanes float lanes (a fixed order the compiler

@@ -1,5 +1,5 @@
 // Copies of feature-map rows, for the convolutions that read a zero-padded image
-// (shifted rows in conv2d.cpp, Winograd in winograd.cpp).
+// (shifted rows in conv2d_shifted.cpp, Winograd in winograd.cpp).
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,7 @@
 // sgemm's dispatcher, the portable scalar path, the reference loop and the per-thread
-// packing buffers. The vector paths are in sgemm_avx512.cpp and sgemm_avx2.cpp.
+// packing buffers. The vector paths are in sgemm_avx512.cpp and sgemm_avx2.cpp, and
+// exist on x86-64 only: on other architectures no vector instruction set is available,
+// and every product takes the scalar path.
 #include "engine/cpu/sgemm.h"
 
 #include <algorithm>
@@ -12,7 +14,7 @@
 
 #include <sys/mman.h>
 
-#include "engine/cpu/sgemm_blocked.h"
+#include "engine/cpu/sgemm_paths.h"
 #include "engine/parallel.h"
 
 namespace polyak::cpu {
@@ -20,7 +22,9 @@ namespace polyak::cpu {
 namespace {
 
 SgemmIsa detect_isa() {
+#if defined(__x86_64__)
   __builtin_cpu_init();
+#endif
   SgemmIsa best = SgemmIsa::Scalar;
   if (sgemm_isa_available(SgemmIsa::Avx512)) {
     best = SgemmIsa::Avx512;
@@ -100,6 +104,9 @@ void sgemm_scalar(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, f
 }  // namespace
 
 bool sgemm_isa_available(SgemmIsa isa) {
+#if !defined(__x86_64__)
+  return isa == SgemmIsa::Scalar;  // the vector paths are x86-64's
+#else
   switch (isa) {
     case SgemmIsa::Scalar:
       return true;
@@ -109,6 +116,7 @@ bool sgemm_isa_available(SgemmIsa isa) {
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   }
   return false;
+#endif
 }
 
 const char* sgemm_isa_name(SgemmIsa isa) {
@@ -148,6 +156,7 @@ void sgemm_any(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, i
     return;
   }
   switch (isa) {
+#if defined(__x86_64__)
     case SgemmIsa::Avx512:
       detail::sgemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows, beta, C, ldc, prefetch,
                            row_edges, tap_columns);
@@ -155,6 +164,12 @@ void sgemm_any(SgemmIsa isa, bool trans_a, bool trans_b, int64_t M, int64_t N, i
     case SgemmIsa::Avx2:
       detail::sgemm_avx2(trans_a, trans_b, M, N, K, alpha, A, lda, a_packed, B, ldb, b_rows, beta, C, ldc, prefetch);
       return;
+#else
+    case SgemmIsa::Avx512:  // not on this architecture (sgemm_isa_available): the portable path,
+    case SgemmIsa::Avx2:    // which reads A in place and requests no lines
+      static_cast<void>(a_packed), static_cast<void>(prefetch);
+      [[fallthrough]];
+#endif
     case SgemmIsa::Scalar:
       scale(M, N, beta, C, ldc);
       sgemm_scalar(trans_a, trans_b, M, N, K, alpha, A, lda, detail::RowMap{B, ldb, b_rows}, C, ldc, row_edges,
@@ -207,6 +222,7 @@ void SgemmPackedA::pack(SgemmIsa isa, bool trans_a, int64_t M, int64_t K, const 
                         bool on_team) {
   isa_ = isa, trans_a_ = trans_a, M_ = M, K_ = K, A_ = A, lda_ = lda;
   if (isa == SgemmIsa::Scalar || M <= 0 || K <= 0) return;
+#if defined(__x86_64__)
   const int tile_rows = isa == SgemmIsa::Avx512 ? detail::kAvx512TileRows : detail::kAvx2TileRows;
   const auto pack_panels = isa == SgemmIsa::Avx512 ? detail::sgemm_pack_a_avx512 : detail::sgemm_pack_a_avx2;
   const int64_t row_panels = (M + tile_rows - 1) / tile_rows;
@@ -220,6 +236,9 @@ void SgemmPackedA::pack(SgemmIsa isa, bool trans_a, int64_t M, int64_t K, const 
   parallel_for(row_panels, tile_rows * K, [=](int64_t begin, int64_t end) {
     pack_panels(trans_a, M, K, A, lda, begin, end, dst);
   });
+#else
+  static_cast<void>(on_team);  // no vector paths here: sgemm_any reads A in place, as for Scalar
+#endif
 }
 
 void transpose(int64_t rows, int64_t cols, const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
@@ -228,8 +247,11 @@ void transpose(int64_t rows, int64_t cols, const float* src, int64_t ld_src, flo
       for (int64_t j = 0; j < cols; ++j) dst[j * ld_dst + i] = src[i * ld_src + j];
     return;
   }
-  // Both vector paths transpose with AVX (8 x 8 blocks); the AVX2 build has it.
+  // Both vector paths transpose with AVX (8 x 8 blocks); the AVX2 build has it. (Not on
+  // other architectures, where the active path is always the scalar one.)
+#if defined(__x86_64__)
   detail::sgemm_transpose_avx2(rows, cols, src, ld_src, dst, ld_dst);
+#endif
 }
 
 void sgemm_packed_a(const SgemmPackedA& a, bool trans_b, int64_t N, float alpha, const float* B, int64_t ldb,

@@ -1,8 +1,11 @@
 // sgemm for CPUs with AVX2 and FMA (engine/cpu/sgemm_blocked.h has the method).
 // Micro-kernel 6 x 16: 12 ymm accumulators, 2 vector loads of B and 6 broadcasts of A
 // per step of k, the classic shape for 16 vector registers.
+// x86-64 only: elsewhere this file is empty, and sgemm.cpp runs the scalar path.
+#if defined(__x86_64__)
 #define POLYAK_SGEMM_TARGET __attribute__((target("avx2,fma")))
 #include "engine/cpu/sgemm_blocked.h"
+#include "engine/cpu/sgemm_dot.h"
 
 namespace polyak::cpu::detail {
 namespace {
@@ -55,3 +58,5 @@ POLYAK_SGEMM_TARGET void sgemm_transpose_avx2(int64_t rows, int64_t cols, const 
 }
 
 }  // namespace polyak::cpu::detail
+
+#endif  // x86-64

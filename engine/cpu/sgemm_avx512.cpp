@@ -2,8 +2,11 @@
 // 8 x 48: 24 zmm accumulators, 3 vector loads of B and 8 broadcasts of A per step of k.
 // Eight rows divide the output channels of every convolution (16..512), and 48 columns
 // divide most of the filter-gradient widths C*R*S (144, 288, 576, ...).
+// x86-64 only: elsewhere this file is empty, and sgemm.cpp runs the scalar path.
+#if defined(__x86_64__)
 #define POLYAK_SGEMM_TARGET __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bw,avx512dq,prfchw")))
 #include "engine/cpu/sgemm_blocked.h"
+#include "engine/cpu/sgemm_dot.h"
 
 namespace polyak::cpu::detail {
 namespace {
@@ -60,3 +63,5 @@ POLYAK_SGEMM_TARGET void sgemm_pack_a_avx512(bool trans_a, int64_t M, int64_t K,
 }
 
 }  // namespace polyak::cpu::detail
+
+#endif  // x86-64

@@ -37,8 +37,6 @@
 //     too (one row of A per row of the tile).
 #pragma once
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -46,58 +44,12 @@
 #include <utility>
 
 #include "engine/cpu/sgemm.h"
+#include "engine/cpu/sgemm_paths.h"
 
-namespace polyak::cpu::detail {
-
-// Aligned per-thread scratch (sgemm.cpp): slot 0 holds the packed A, slot 1 the packed B.
-float* sgemm_pack_buffer(int slot, int64_t floats);
-
-// b_rows: null, or the offsets of B's stored rows (sgemm_indirect_b in sgemm.h).
-// a_packed: null, or all of op(A) packed beforehand by sgemm_pack_a_* (then A is unused).
-// prefetch: null, or the lines to request during the product (SgemmPrefetch in sgemm.h).
-// row_edges, tap_columns: B's edge masks, AVX-512 only (sgemm_packed_a in sgemm.h);
-// row_edges 0 for none.
-void sgemm_avx512(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                  int64_t lda, const float* a_packed, const float* B, int64_t ldb, const int64_t* b_rows, float beta,
-                  float* C, int64_t ldc, const SgemmPrefetch* prefetch, int64_t row_edges, int64_t tap_columns);
-void sgemm_avx2(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                int64_t lda, const float* a_packed, const float* B, int64_t ldb, const int64_t* b_rows, float beta,
-                float* C, int64_t ldc, const SgemmPrefetch* prefetch);
-
-// dst = src^T (engine/cpu/sgemm.h: transpose), in AVX registers.
-void sgemm_transpose_avx2(int64_t rows, int64_t cols, const float* src, int64_t ld_src, float* dst, int64_t ld_dst);
-
-// The rows of a micro-kernel's tile (MR): the height of a packed panel of op(A).
-constexpr int kAvx512TileRows = 8, kAvx2TileRows = 6;
-
-// Packing of all of op(A) (M x K) ahead of the products, row panels [p_begin, p_end)
-// of it (so that threads can share the work): dst holds row_panels * MR * K floats,
-// the slice of K starting at pc at dst + row_panels * MR * pc, laid out as the
-// product's own packing lays it out.
-void sgemm_pack_a_avx512(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda, int64_t p_begin,
-                         int64_t p_end, float* dst);
-void sgemm_pack_a_avx2(bool trans_a, int64_t M, int64_t K, const float* A, int64_t lda, int64_t p_begin,
-                       int64_t p_end, float* dst);
-
-// The depth of K's slices: even slices of at most 384 (with a tile's accumulators, a
-// slice of a packed panel of op(A) stays in L1 while the panels of op(B) stream by).
-inline int64_t sgemm_slice_depth(int64_t K) {
-  constexpr int64_t KC_MAX = 384;
-  const int64_t slices = (K + KC_MAX - 1) / KC_MAX;
-  return (K + slices - 1) / slices;
-}
-
-// The stored rows of an operand: row i at base + i * ld, or at base + offsets[i].
-struct RowMap {
-  const float* base;
-  int64_t ld;
-  const int64_t* offsets;  // null: evenly spaced
-  const float* operator()(int64_t i) const { return base + (offsets ? offsets[i] : i * ld); }
-};
-
-}  // namespace polyak::cpu::detail
-
+// x86-64 only: sgemm_avx512.cpp and sgemm_avx2.cpp define POLYAK_SGEMM_TARGET there alone.
 #ifdef POLYAK_SGEMM_TARGET
+#include <immintrin.h>
+
 namespace polyak::cpu::detail {
 namespace {
 
@@ -596,123 +548,6 @@ POLYAK_SGEMM_TARGET void sgemm_blocked(bool trans_a, bool trans_b, int64_t M, in
         }
       }
     }
-  }
-}
-
-// ---- dot products: C = alpha * A * B^T + beta * C, both operands' rows along k
-//
-// With op(A) = A and op(B) = B^T, every element of C is the dot product of a row of A
-// and a row of B, both contiguous. The blocked method above would first transpose B
-// into panels, a full pass over it; when the sum is long, reading both rows in place is
-// cheaper: an RA x RB tile of C is kept as RA * RB vector accumulators, each summing L
-// products per step of k, and the L lanes of each are added up once at the end. A
-// convolution's filter gradient is such a product, its B the column matrix (one row of
-// P*Q pixels per filter tap), which is where the transposes cost most.
-
-// Whether the dot-product kernels beat packing for op(A) op(B), M x N with sums of K
-// terms. The lanes' final sums (a few operations per element of C) must be small
-// against the K / L fused multiply-adds of each element, and the transposed panels of
-// B that packing would make must serve few rows of A (M / MR tiles each): long sums
-// over few rows (measurements: docs/PERFORMANCE.md, "SGEMM: dot products for filter gradients").
-inline bool dot_products_pay(bool trans_a, bool trans_b, int64_t M, int64_t K) {
-  return !trans_a && trans_b && K >= 512 && M <= 32;
-}
-
-// The lane sums of four vectors of 8: {sum a, sum b, sum c, sum d}.
-POLYAK_SGEMM_INLINE __m128 sum_lanes4(__m256 a, __m256 b, __m256 c, __m256 d) {
-  const __m256 ab = _mm256_hadd_ps(a, b);      // a01 a23 b01 b23 | a45 a67 b45 b67
-  const __m256 cd = _mm256_hadd_ps(c, d);      // c01 c23 d01 d23 | c45 c67 d45 d67
-  const __m256 abcd = _mm256_hadd_ps(ab, cd);  // a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7
-  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
-
-// acc[i][j] += a[i][k .. k + lanes) * b[j][k .. k + lanes), lane by lane.
-template <class T, int RA, int RB>
-POLYAK_SGEMM_INLINE void dot_step(typename T::V (&acc)[RA][RB], const float* const* a, const float* const* b, int64_t k,
-                                  int lanes) {
-  using V = typename T::V;
-  V av[RA], bv[RB];
-#pragma GCC unroll 8
-  for (int i = 0; i < RA; ++i) av[i] = lanes == T::L ? T::load(a[i] + k) : T::load_first(a[i] + k, lanes);
-#pragma GCC unroll 8
-  for (int j = 0; j < RB; ++j) bv[j] = lanes == T::L ? T::load(b[j] + k) : T::load_first(b[j] + k, lanes);
-#pragma GCC unroll 8
-  for (int i = 0; i < RA; ++i)
-#pragma GCC unroll 8
-    for (int j = 0; j < RB; ++j) acc[i][j] = T::fma(av[i], bv[j], acc[i][j]);
-}
-
-// One tile: c[i*ldc + j] (i < rows, j < cols) = alpha * dot(a[i], b[j]) + beta * c.
-// Rows past the edge of C are given as repeats of the last one: computed, not stored.
-template <class T, int RA, int RB>
-POLYAK_SGEMM_TARGET void dot_tile(int64_t K, const float* const* a, const float* const* b, float* c, int64_t ldc,
-                                  int rows, int cols, float alpha, float beta) {
-  typename T::V acc[RA][RB];
-#pragma GCC unroll 8
-  for (int i = 0; i < RA; ++i)
-#pragma GCC unroll 8
-    for (int j = 0; j < RB; ++j) acc[i][j] = T::zero();
-  int64_t k = 0;
-  for (; k + T::L <= K; k += T::L) dot_step<T, RA, RB>(acc, a, b, k, T::L);
-  if (k < K) dot_step<T, RA, RB>(acc, a, b, k, static_cast<int>(K - k));
-  for (int i = 0; i < rows; ++i) {
-    float* out = c + i * ldc;
-    int j = 0;
-    if constexpr (RB >= 4) {
-      // The first four sums of the row together: one transposing reduction for the four
-      // instead of one lane sum each, which matters when the sum is short.
-      if (cols >= 4) {
-        __m128 sums = _mm_mul_ps(_mm_set1_ps(alpha), sum_lanes4(T::halves_added(acc[i][0]), T::halves_added(acc[i][1]),
-                                                                T::halves_added(acc[i][2]), T::halves_added(acc[i][3])));
-        if (beta != 0.0f) sums = _mm_add_ps(sums, _mm_mul_ps(_mm_set1_ps(beta), _mm_loadu_ps(out)));
-        _mm_storeu_ps(out, sums);
-        j = 4;
-      }
-    }
-    for (; j < cols; ++j) {
-      const float sum = alpha * T::sum_lanes(acc[i][j]);
-      out[j] = beta == 0.0f ? sum : sum + beta * out[j];
-    }
-  }
-}
-
-// The bytes spanned by the rows of B: with row offsets (a convolution's shifted rows),
-// rows overlap, and the span can be far less than N rows of K.
-inline int64_t span_of_rows(const RowMap& B, int64_t N, int64_t K) {
-  if (!B.offsets) return ((N - 1) * B.ld + K) * static_cast<int64_t>(sizeof(float));
-  const auto [lowest, highest] = std::minmax_element(B.offsets, B.offsets + N);
-  return (*highest - *lowest + K) * static_cast<int64_t>(sizeof(float));
-}
-
-// The whole product, tile by tile. One operand's tiles run in the outer loop, so that a
-// tile of it stays in cache while all of the other operand streams by, once per outer
-// tile. The order reads less memory when the operand streamed again and again is the
-// one with the smaller span: M * lda against B's rows, weighted by how many times each
-// would be re-read (B once per RA rows of A, A once per RB rows of B). For a filter
-// gradient, B's N rows are shifted views of one padded image, so B is re-streamed and
-// A (the output gradient) is read once, instead of once per RB filter taps.
-template <class T, int RA, int RB>
-POLYAK_SGEMM_TARGET void sgemm_dot(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-                                   const RowMap& B, float beta, float* C, int64_t ldc) {
-  const auto tile = [&](int64_t i0, int64_t j0) POLYAK_SGEMM_TARGET {  // lambdas do not inherit the target
-    const int rows = static_cast<int>(std::min<int64_t>(RA, M - i0));
-    const int cols = static_cast<int>(std::min<int64_t>(RB, N - j0));
-    // Rows past the edge repeat the last one: computed, not stored.
-    const float* a[RA];
-    const float* b[RB];
-    for (int i = 0; i < RA; ++i) a[i] = A + (i0 + std::min(i, rows - 1)) * lda;
-    for (int j = 0; j < RB; ++j) b[j] = B(j0 + std::min(j, cols - 1));
-    dot_tile<T, RA, RB>(K, a, b, C + i0 * ldc + j0, ldc, rows, cols, alpha, beta);
-  };
-  const int64_t a_span = ((M - 1) * lda + K) * static_cast<int64_t>(sizeof(float));
-  const int64_t b_span = span_of_rows(B, N, K);
-  const int64_t a_tiles = (M + RA - 1) / RA, b_tiles = (N + RB - 1) / RB;
-  if (a_tiles * b_span < b_tiles * a_span) {  // B streams once per tile of A
-    for (int64_t i0 = 0; i0 < M; i0 += RA)
-      for (int64_t j0 = 0; j0 < N; j0 += RB) tile(i0, j0);
-  } else {  // A streams once per tile of B
-    for (int64_t j0 = 0; j0 < N; j0 += RB)
-      for (int64_t i0 = 0; i0 < M; i0 += RA) tile(i0, j0);
   }
 }
 
