@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "apps/common/datasets.h"
+#include "ema/power_profile.h"
 #include "engine/optim/schedule.h"
 #include "models/registry.h"
 
@@ -23,8 +24,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainConfig, model, dataset, dat
                                                 threads, val_split, labels_file, label_noise, noise_type, output, resume,
                                                 init, augment, shuffle, max_steps, save_every, on_nonfinite, max_skips,
                                                 eval_every, train_subset, test_subset, device, tf32, deterministic,
-                                                ema_decays, ema_every, ema_warmup, ema_buffers, bn_recompute,
-                                                bn_recompute_batches)
+                                                ema_decays, ema_every, ema_warmup, ema_buffers, phema, phema_every,
+                                                bn_recompute, bn_recompute_batches)
 
 void add_train_flags(CLI::App& app, TrainConfig& c) {
   app.add_option("--model", c.model, "architecture")->capture_default_str();
@@ -91,6 +92,11 @@ void add_train_flags(CLI::App& app, TrainConfig& c) {
       ->check(CLI::IsMember({"on", "off"}))
       ->default_str("on");
   app.add_option("--ema-buffers", c.ema_buffers, "BN buffers of the averages: average or copy")->capture_default_str();
+  app.add_option("--phema", c.phema,
+                 "power-function averages to track for post-hoc EMA: sigma_rel values in (0, 0.288), e.g. 0.05,0.10")
+      ->capture_default_str();
+  app.add_option("--phema-every", c.phema_every, "snapshot the power averages every N steps (0: about 20 per run)")
+      ->capture_default_str();
   app.add_option("--bn-recompute", c.bn_recompute, "recompute BN statistics of the averages: none, epoch or end")->capture_default_str();
   app.add_option("--bn-recompute-batches", c.bn_recompute_batches, "batches per recompute (0: one full pass)")->capture_default_str();
 }
@@ -149,14 +155,51 @@ void TrainConfig::validate() const {
   if (device != "cpu" && device != "cuda") bad_flag("--device", device, "cpu or cuda");
   (void)ema_options(1);  // parses and range-checks the decays
   if (ema_every < 0) bad_flag("--ema-every", std::to_string(ema_every), "an integer >= 1 (0: 16)");
+  if (phema_every < 0) bad_flag("--phema-every", std::to_string(phema_every), "an integer >= 0 (0: about 20 per run)");
   if (ema_buffers != "average" && ema_buffers != "copy") bad_flag("--ema-buffers", ema_buffers, "average or copy");
   if (bn_recompute != "none" && bn_recompute != "epoch" && bn_recompute != "end")
     bad_flag("--bn-recompute", bn_recompute, "none, epoch or end");
   if (bn_recompute_batches < 0) bad_flag("--bn-recompute-batches", std::to_string(bn_recompute_batches), "an integer >= 0");
 }
 
+namespace {
+
+std::vector<float> parse_sigma_rels(const std::string& list_text) {
+  std::vector<float> sigmas;
+  std::stringstream list(list_text);
+  std::string item;
+  const char* expected = "sigma_rel values in (0, 1/sqrt(12) = 0.2887) separated by commas, e.g. 0.05,0.10";
+  while (std::getline(list, item, ',')) {
+    char* end = nullptr;
+    const float sigma = std::strtof(item.c_str(), &end);
+    if (item.empty() || *end != '\0') bad_flag("--phema", list_text, expected);
+    try {
+      (void)ema::power_gamma(sigma);
+    } catch (const std::invalid_argument&) {
+      bad_flag("--phema", list_text, expected);
+    }
+    if (std::find(sigmas.begin(), sigmas.end(), sigma) != sigmas.end()) bad_flag("--phema", list_text, "each value once");
+    sigmas.push_back(sigma);
+  }
+  return sigmas;
+}
+
+}  // namespace
+
+int64_t TrainConfig::phema_period(int64_t total_steps) const {
+  return phema_every > 0 ? phema_every : std::max<int64_t>(1, (total_steps + 19) / 20);
+}
+
 std::optional<ema::EmaOptions> TrainConfig::ema_options(int64_t total_steps) const {
-  if (ema_decays == "none" || ema_decays.empty()) return std::nullopt;
+  const std::vector<float> sigmas = parse_sigma_rels(phema);
+  if (ema_decays == "none" || ema_decays.empty()) {
+    if (sigmas.empty()) return std::nullopt;
+    ema::EmaOptions power_only;
+    power_only.decays.clear();
+    power_only.buffers = ema::parse_buffer_policy(ema_buffers);
+    power_only.power_sigma_rels = sigmas;
+    return power_only;
+  }
   ema::EmaOptions options;  // the paper's decays at T = 16
   options.warmup = ema_warmup;
   options.buffers = ema::parse_buffer_policy(ema_buffers);
@@ -177,6 +220,9 @@ std::optional<ema::EmaOptions> TrainConfig::ema_options(int64_t total_steps) con
       bad_flag("--ema-decays", ema_decays, "1 to 8 decays");
   }
   if (ema_every > 0) options.every = ema_every;
+  options.power_sigma_rels = sigmas;
+  if (options.decays.size() + sigmas.size() > 8)
+    bad_flag("--phema", phema, "at most 8 averages in all with --ema-decays (" + std::to_string(options.decays.size()) + " decays)");
   return options;
 }
 

@@ -61,6 +61,11 @@ struct TrainConfig {
   int64_t ema_every = 0;           // 0: 16, or scaled with "scaled"
   bool ema_warmup = true;
   std::string ema_buffers = "average";
+  // Power-function averages (post-hoc EMA, ema/power_profile.h): sigma_rel values, e.g.
+  // "0.05,0.10"; their snapshots go to <output>/phema/ every phema_every steps (0: about
+  // 20 per run) and at the end, for apps/phema to reconstruct any average from.
+  std::string phema;
+  int64_t phema_every = 0;
   std::string bn_recompute = "none";   // none, epoch or end
   int64_t bn_recompute_batches = 0;    // 0: one full pass over the training split
 
@@ -69,6 +74,8 @@ struct TrainConfig {
   // The averaging settings for a run of `total_steps` optimiser steps, or nullopt
   // when averaging is off. Throws std::invalid_argument for a malformed list.
   std::optional<ema::EmaOptions> ema_options(int64_t total_steps) const;
+  // The snapshot period of the power averages in a run of `total_steps` steps.
+  int64_t phema_period(int64_t total_steps) const;
   // Range and consistency checks; throws std::invalid_argument naming the flag, the
   // value and what is expected.
   void validate() const;

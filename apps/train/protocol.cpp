@@ -235,7 +235,10 @@ json Protocol::reported_rows(const Evaluation& final_sgd, int64_t epoch) const {
   const auto val = [&](const std::string& model, const char* criterion, const char* metric) {
     return selection_[model][criterion]["val"][metric].get<double>();
   };
-  for (size_t k = 0; k < averages_->size(); ++k) {
+  // The paper's rows are about its exponential averages; power ones (post-hoc EMA) are
+  // reported on their own.
+  if (averages_->exponential_count() == 0) return rows;
+  for (size_t k = 0; k < averages_->exponential_count(); ++k) {
     const std::string name = averages_->name(k);
     if (!selection_.contains(name)) continue;
     if (most_accurate.empty() || val(name, "best_acc", "accuracy") > val(most_accurate, "best_acc", "accuracy"))
@@ -247,7 +250,7 @@ json Protocol::reported_rows(const Evaluation& final_sgd, int64_t epoch) const {
   // EMA (acc.)(BN) and EMA (loss)(BN): the slowest decay at its selected epochs, with
   // the statistics recomputed once after training.
   size_t slowest = 0;
-  for (size_t k = 1; k < averages_->size(); ++k)
+  for (size_t k = 1; k < averages_->exponential_count(); ++k)
     if (averages_->decay(k) > averages_->decay(slowest)) slowest = k;
   if (auto row = kept_row(averages_->name(slowest), "best_acc", true)) rows["ema_acc_bn"] = *row;
   if (auto row = kept_row(averages_->name(slowest), "best_loss", true)) rows["ema_loss_bn"] = *row;

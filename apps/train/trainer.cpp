@@ -340,7 +340,10 @@ class Trainer {
     if (const std::string name = first_nonfinite(*model_, false); !name.empty())
       throw diverged(state_.step + 1, "the update made " + name + " non-finite", epoch, lr);
     ++state_.step;
-    if (averages_) averages_->after_step(state_.step);
+    if (averages_) {
+      averages_->after_step(state_.step);
+      snapshot_power_averages();
+    }
     const int64_t b = batch.labels.numel();
     state_.epoch_loss_sum += static_cast<double>(loss_value) * static_cast<double>(b);
     state_.epoch_correct += argmax_matches(logits, batch.labels);
@@ -390,6 +393,27 @@ class Trainer {
   void clear_epoch_sums() {
     state_.epoch_loss_sum = 0;
     state_.epoch_correct = state_.epoch_seen = state_.epoch_skipped = 0;
+  }
+
+  // Every phema_period steps and at the last step, each power average to
+  // <output>/phema/<name>-<step>.safetensors: the model's tensors under PyTorch names,
+  // with the average's sigma_rel and step in the metadata (what apps/phema reads). A
+  // resumed run writes the same files again from its checkpoint on.
+  void snapshot_power_averages() {
+    const int64_t total = schedule_.total_steps;
+    if (state_.step % config_.phema_period(total) != 0 && state_.step != total) return;
+    for (size_t k = averages_->exponential_count(); k < averages_->size(); ++k) {
+      const fs::path folder = out_dir_ / "phema";
+      fs::create_directories(folder);
+      char file[64];
+      std::snprintf(file, sizeof file, "%s-%09lld.safetensors", averages_->name(k).c_str(),
+                    static_cast<long long>(state_.step));
+      ema::EmaSet::Use use(*averages_, k);
+      save_model((folder / file).string(), *model_,
+                 {{"polyak.model", config_.model},
+                  {"polyak.phema.sigma_rel", number_str(averages_->sigma_rel(k))},
+                  {"polyak.phema.step", std::to_string(state_.step)}});
+    }
   }
 
   // The checkpoint of where the run stands: after epoch state_.epoch, or inside the
