@@ -16,7 +16,7 @@
 #include "apps/eval/checkpoint_model.h"
 #include "apps/eval/eval.h"
 #include "apps/phema/reconstruct.h"
-#include "apps/report/svg.h"
+#include "apps/report/report.h"
 #include "apps/train/config.h"
 #include "engine/io/atomic_file.h"
 #include "engine/parallel.h"
@@ -64,8 +64,6 @@ void add_phema_flags(CLI::App& app, PhemaConfig& c) {
 }
 
 void PhemaConfig::validate() const {
-  if (!fs::is_directory(run_dir)) bad_flag("run", run_dir, "a run folder");
-  require_file("run", (fs::path(run_dir) / "config.json").string());
   if (sigma_rels.empty() && exponentials.empty()) bad_flag("--sigma-rel", "(none)", "at least one target");
   for (const std::string& s : sigma_rels) (void)parse_power_target(s);
   for (const std::string& e : exponentials) (void)parse_exponential_target(e, warmup);
@@ -73,6 +71,9 @@ void PhemaConfig::validate() const {
   if (!(max_residual > 0 && max_residual <= 1)) bad_flag("--max-residual", number_str(max_residual), "a share in (0, 1]");
   if (bn_recompute_batches < 0) bad_flag("--bn-recompute-batches", std::to_string(bn_recompute_batches), "an integer >= 0");
   if (threads < 0 || threads > 1024) bad_flag("--threads", std::to_string(threads), "an integer from 1 to 1024");
+  (void)device_from_flag(device);
+  if (!fs::is_directory(run_dir)) bad_flag("run", run_dir, "a run folder");
+  require_file("run", (fs::path(run_dir) / "config.json").string());
 }
 
 namespace {
@@ -140,24 +141,6 @@ json evaluate(const PhemaConfig& config, const TrainConfig& run, const std::vect
   return rows;
 }
 
-void write_sweep(const fs::path& out_dir, const std::vector<Rebuilt>& rebuilt, const json& running, const json& recomputed) {
-  svg::Series with_bn{"BN recomputed", "#d62728", false, true, {}, {}, {}, {}};
-  svg::Series without_bn{"running statistics (combined)", "#1f77b4", true, true, {}, {}, {}, {}};
-  for (const Rebuilt& r : rebuilt) {
-    if (!r.target.power || r.path.empty()) continue;
-    with_bn.x.push_back(r.target.sigma_rel);
-    with_bn.y.push_back(recomputed.at(r.path).at("accuracy").get<double>());
-    without_bn.x.push_back(r.target.sigma_rel);
-    without_bn.y.push_back(running.at(r.path).at("accuracy").get<double>());
-  }
-  if (with_bn.x.empty()) return;
-  svg::PlotSpec spec;
-  spec.title = "Post-hoc EMA: test accuracy against the averaging length";
-  spec.x_label = "sigma_rel (width of the average / length of the run)";
-  spec.y_label = "test accuracy (%)";
-  io::write_file_atomically((out_dir / "sweep.svg").string(), svg::line_plot({with_bn, without_bn}, spec) + "\n");
-}
-
 }  // namespace
 
 int run_phema(PhemaConfig config) {
@@ -187,8 +170,19 @@ int run_phema(PhemaConfig config) {
   }
   json doc = {{"run", config.run_dir}, {"step", step}, {"snapshots", snapshots.size()}, {"targets", json::array()}};
   for (const Rebuilt& r : rebuilt) {
-    json t = {{"target", r.target.name}, {"residual", r.fit.relative_residual}, {"condition", r.fit.condition},
-              {"weights", r.fit.weights}, {"refused", r.path.empty()}};
+    json t = {{"target", r.target.name}, {"kind", r.target.power ? "power" : "exponential"}};
+    if (r.target.power) {
+      t["sigma_rel"] = r.target.sigma_rel;
+    } else {
+      t["decay"] = r.target.decay;
+      t["every"] = r.target.every;
+      t["warmup"] = r.target.warmup;
+    }
+    t.update({{"residual", r.fit.relative_residual}, {"condition", r.fit.condition}, {"refused", r.path.empty()}});
+    json weights = json::array();
+    for (size_t i = 0; i < snapshots.size(); ++i)
+      weights.push_back({{"snapshot", fs::path(snapshots[i].path).filename().string()}, {"weight", r.fit.weights[i]}});
+    t["weights"] = weights;
     if (!r.path.empty()) t["file"] = r.path;
     if (running.contains(r.path)) t["test_running_bn"] = running[r.path];
     if (recomputed.contains(r.path)) t["test_recomputed_bn"] = recomputed[r.path];
@@ -196,7 +190,8 @@ int run_phema(PhemaConfig config) {
   }
   const fs::path out_dir = fs::path(config.run_dir) / "phema_out";
   io::write_file_atomically((out_dir / "phema.json").string(), doc.dump(2) + "\n");
-  if (config.evaluate) write_sweep(out_dir, rebuilt, running, recomputed);
+  if (const std::string sweep = phema_sweep_svg(nlohmann::json::parse(doc.dump())); !sweep.empty())
+    io::write_file_atomically((out_dir / "sweep.svg").string(), sweep + "\n");
   std::printf("phema: %s\n", (out_dir / "phema.json").string().c_str());
   return 0;
 }

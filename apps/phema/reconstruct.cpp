@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "apps/common/checkpoint.h"
+#include "apps/common/cli.h"
 #include "ema/power_profile.h"
 
 // LAPACK (from OpenBLAS): eigenvalues and eigenvectors of a real symmetric matrix. The
@@ -49,35 +50,38 @@ std::vector<Snapshot> list_snapshots(const std::string& run_dir) {
 
 namespace {
 
-double parse_number(const std::string& text, const std::string& whole, const char* what) {
+// The number `text` holds in full, or bad_flag(flag, whole, expected).
+double parse_number(const std::string& text, const char* flag, const std::string& whole, const char* expected) {
   char* end = nullptr;
   const double v = std::strtod(text.c_str(), &end);
-  if (text.empty() || *end != '\0' || !std::isfinite(v)) throw std::invalid_argument(std::string(what) + " '" + whole + "'");
+  if (text.empty() || *end != '\0' || !std::isfinite(v)) bad_flag(flag, whole, expected);
   return v;
 }
 
 }  // namespace
 
 Target parse_power_target(const std::string& text) {
+  const char* expected = "a sigma_rel in (0, 1/sqrt(12) = 0.2887)";
   Target t;
   t.power = true;
-  t.sigma_rel = parse_number(text, text, "--sigma-rel: not a number:");
-  (void)ema::power_gamma(t.sigma_rel);  // range check, naming the value
+  t.sigma_rel = parse_number(text, "--sigma-rel", text, expected);
+  if (!(t.sigma_rel > 0 && t.sigma_rel < 1 / std::sqrt(12.0))) bad_flag("--sigma-rel", text, expected);
   t.name = "phema" + text;
   return t;
 }
 
 Target parse_exponential_target(const std::string& text, bool warmup) {
-  std::string body = text.rfind("ema", 0) == 0 ? text.substr(3) : text;
+  const char* expected = "decay@period: a decay in (0, 1) and a period >= 1 in steps, as 0.998@1";
+  const std::string body = text.rfind("ema", 0) == 0 ? text.substr(3) : text;
   Target t;
   t.power = false;
   t.warmup = warmup;
   const size_t at = body.find('@');
-  t.decay = parse_number(body.substr(0, at), text, "--ema: expected decay[@period], got");
-  if (at != std::string::npos)
-    t.every = static_cast<int64_t>(parse_number(body.substr(at + 1), text, "--ema: expected decay[@period], got"));
-  if (!(t.decay > 0 && t.decay < 1) || t.every < 1)
-    throw std::invalid_argument("--ema '" + text + "': expected a decay in (0, 1) and a period >= 1, as 0.998@1");
+  t.decay = parse_number(body.substr(0, at), "--ema", text, expected);
+  const double every = at == std::string::npos ? 1.0 : parse_number(body.substr(at + 1), "--ema", text, expected);
+  if (!(t.decay > 0 && t.decay < 1) || !(every >= 1 && every <= 1e9) || every != std::floor(every))
+    bad_flag("--ema", text, expected);
+  t.every = static_cast<int64_t>(every);
   t.name = "ema" + body.substr(0, at) + "@" + std::to_string(t.every);
   return t;
 }

@@ -44,7 +44,8 @@ struct Target {
   bool warmup = true;
 };
 // "0.08" -> power; "0.998@4" or "ema0.998@4" -> exponential every 4 steps ("@1" when
-// no period is given). std::invalid_argument naming the text otherwise.
+// no period is given). Otherwise std::invalid_argument naming the flag (--sigma-rel,
+// --ema) and the text.
 Target parse_power_target(const std::string& text);
 Target parse_exponential_target(const std::string& text, bool warmup);
 std::vector<double> target_profile(const Target& target, int64_t step);

@@ -378,6 +378,7 @@ RunData load_run(const std::string& dir) {
   if (json config = read_optional_json(root / "config.json"); !config.is_null()) run.config = config;
   run.reliability = read_optional_json(root / "reliability.json");
   run.selection = read_optional_json(root / "selection.json");
+  run.phema = read_optional_json(root / "phema_out" / "phema.json");
 
   std::istringstream lines(read_text(metrics));
   std::vector<std::string> all;
@@ -419,7 +420,7 @@ std::string render_report(const std::vector<RunData>& runs, const json& aggregat
     for (const MetricRow& row : run.rows) last_epoch = std::max(last_epoch, row.epoch);
   const std::optional<SeriesKey> best = best_ema(runs);
   return page_top(runs, last_epoch) + headline(runs, best) + curve_sections(runs, palette, last_epoch) +
-         calibration_section(runs, palette, best) + training_section(runs, palette) + table_sections(runs, aggregate) +
+         calibration_section(runs, palette, best) + training_section(runs, palette) + table_sections(runs, aggregate) + phema_section(runs) +
          "<h2>Configuration</h2>\n" + config_table(runs) + "</body>\n</html>\n";
 }
 

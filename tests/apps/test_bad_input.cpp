@@ -1,4 +1,4 @@
-// Bad input to train, eval and probe: every case must end before any training or
+// Bad input to train, eval, probe and phema: every case must end before any training or
 // evaluation with exit code 2 and one line on stderr that names the value and what is
 // expected (or the file and what is wrong with it).
 #include <doctest/doctest.h>
@@ -43,7 +43,7 @@ std::string model_file(const fs::path& dir, const std::string& architecture, int
 
 }  // namespace
 
-TEST_CASE("train, eval, probe: each bad flag or input gets exit code 2 and one line naming it") {
+TEST_CASE("train, eval, probe, phema: each bad flag or input gets exit code 2 and one line naming it") {
   const std::string data = polyak::testing::real_data_path("cifar10");
   if (data.empty()) return;
   polyak::testing::TempDir tmp("polyak_bad_input");
@@ -55,6 +55,9 @@ TEST_CASE("train, eval, probe: each bad flag or input gets exit code 2 and one l
   fs::create_directories(empty_dir);
   const std::string text_file = (tmp.path / "notes.txt").string();
   std::ofstream(text_file) << "not a checkpoint\n";
+  const std::string run_without_snapshots = (tmp.path / "plain_run").string();
+  fs::create_directories(run_without_snapshots);
+  std::ofstream(run_without_snapshots + "/config.json") << "{\"model\": \"tiny_cnn\"}\n";
   // --max-steps 1 and --epochs 1: a case that wrongly passes fails fast instead of training for long.
   const std::string train = " --model tiny_cnn --max-steps 1 --data " + data + " --output " + out;
   const std::string small = " --train-subset 512 --test-subset 100";
@@ -110,6 +113,20 @@ TEST_CASE("train, eval, probe: each bad flag or input gets exit code 2 and one l
       {POLYAK_TRAIN_BIN, "--resume " + text_file, text_file},
       {POLYAK_TRAIN_BIN, "--resume /nonexistent/last.safetensors", "--resume /nonexistent/last.safetensors: no such file"},
       {POLYAK_TRAIN_BIN, "--resume " + tiny10 + " --init " + tiny10, "not a training checkpoint"},
+      {POLYAK_TRAIN_BIN, "--phema 0.3" + train, "--phema 0.3: expected sigma_rel values in (0, 1/sqrt(12) = 0.2887)"},
+      {POLYAK_TRAIN_BIN, "--phema 0.05,x" + train, "--phema 0.05,x: expected sigma_rel values"},
+      {POLYAK_TRAIN_BIN, "--phema 0.05,0.05" + train, "--phema 0.05,0.05: expected each value once"},
+      {POLYAK_TRAIN_BIN, "--phema 0.01,0.02,0.03,0.04" + train, "--phema 0.01,0.02,0.03,0.04: expected at most 8 averages"},
+      {POLYAK_TRAIN_BIN, "--phema-every -1" + train, "--phema-every -1: expected an integer >= 0"},
+      // phema
+      {POLYAK_PHEMA_BIN, "", "run is required"},
+      {POLYAK_PHEMA_BIN, "/nonexistent/run", "run /nonexistent/run: expected a run folder"},
+      {POLYAK_PHEMA_BIN, empty_dir, "/config.json: no such file"},
+      {POLYAK_PHEMA_BIN, run_without_snapshots, run_without_snapshots + ": no phema/ folder"},
+      {POLYAK_PHEMA_BIN, run_without_snapshots + " --sigma-rel 0.3", "--sigma-rel 0.3: expected a sigma_rel in (0, 1/sqrt(12)"},
+      {POLYAK_PHEMA_BIN, run_without_snapshots + " --ema 1.5@1", "--ema 1.5@1: expected decay@period"},
+      {POLYAK_PHEMA_BIN, run_without_snapshots + " --ema 0.99@0.5", "--ema 0.99@0.5: expected decay@period"},
+      {POLYAK_PHEMA_BIN, run_without_snapshots + " --max-residual 0", "--max-residual 0: expected a share in (0, 1]"},
       // eval
       {POLYAK_EVAL_BIN, "", "checkpoints is required"},
       {POLYAK_EVAL_BIN, "/nonexistent/model.safetensors --data " + data, "checkpoint /nonexistent/model.safetensors: no such file"},

@@ -52,7 +52,7 @@ TEST_CASE("train app: a run stopped inside an epoch and resumed is bit-identical
   if (data.empty()) return;
   const std::string common =
       "--model tiny_cnn --epochs 3 --train-subset 1024 --test-subset 500 --val-split 0.1 --eval-every 3 --ema-decays 0.9,0.99 "
-      "--bn-recompute epoch --bn-recompute-batches 2 --data " + data;
+      "--phema 0.1 --phema-every 5 --bn-recompute epoch --bn-recompute-batches 2 --data " + data;
   const fs::path whole = fresh_dir("whole"), parts = fresh_dir("parts");
   const Result a = train(common + " --output " + whole.string());
   REQUIRE_MESSAGE(a.exit_code == 0, a.output);
@@ -81,6 +81,14 @@ TEST_CASE("train app: a run stopped inside an epoch and resumed is bit-identical
   CHECK(read_file(whole / "selection.json") == read_file(parts / "selection.json"));
   CHECK(read_file(whole / "best_acc_ema0.99.safetensors") == read_file(parts / "best_acc_ema0.99.safetensors"));
   CHECK(read_file(whole / "last.safetensors") == read_file(parts / "last.safetensors"));
+  // The power average's snapshots (post-hoc EMA): the same files, byte for byte.
+  std::vector<std::string> snapshots;
+  for (const auto& entry : fs::directory_iterator(whole / "phema")) snapshots.push_back(entry.path().filename().string());
+  CHECK(snapshots.size() == 5);  // steps 5, 10, 15, 20 and the last, 24
+  for (const std::string& name : snapshots) {
+    CAPTURE(name);
+    CHECK(read_file(whole / "phema" / name) == read_file(parts / "phema" / name));
+  }
 }
 
 TEST_CASE("train app: bad flags and inputs get one clear line and exit code 2") {

@@ -152,6 +152,9 @@ def app_flags():
     put("fuzz_report_flags", "one", "run --output=out/report.html\n")
     put("fuzz_bench_flags", "compare", "--model resnet18 --batch-size 64 --threads 1,2 --windows 3 --steps 2 "
         "--rounds 2 --compare-torch --python python3 --tcmalloc /nonexistent --json -\n")
+    put("fuzz_phema_flags", "targets", ". --sigma-rel 0.05,0.1,0.2 --ema 0.998@1,ema0.99@16 --ema-warmup off "
+        "--step 100 --max-residual 0.05 --bn-recompute-batches 4 --threads 2 --device cpu\n")
+    put("fuzz_phema_flags", "bad_values", "run --sigma-rel 0.3,x --ema 1.5@0 --max-residual 0 --no-eval\n")
     put("fuzz_bench_flags", "worker", "--worker --threads 1 --weight-decay 5e-4 --device cuda --tf32 --deterministic\n")
 
 
