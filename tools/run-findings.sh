@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The runs behind docs/RESULTS.md: the paper's findings F1-F4 on CIFAR-10 with
+# The runs behind docs/RESULTS.md: the paper's findings F1-F4 (and P1, post-hoc EMA) on CIFAR-10 with
 # ResNet-20, an 80/20 train/validation split and five EMAs, 30 epochs each (the
 # times measured are in docs/RESULTS.md).
 #
@@ -38,7 +38,14 @@ finding() {
     F3) run f3_seeds --seeds 0,1,2 --bn-recompute end --eval-every 2 ;;
     # Step decay, seed 0: compare with f3_seeds/seed0.
     F4) run f4_multistep --sched multistep --seed 0 --bn-recompute end --eval-every 2 ;;
-    *) echo "run-findings.sh: unknown finding '$1' (F1, F2, F3, F4 or all)" >&2; exit 2 ;;
+    # Post-hoc EMA (seed 0 of F3's protocol, two power averages tracked and snapshot),
+    # then every average rebuilt from the snapshots: a grid of power averages and the
+    # run's own five exponential ones, each evaluated with and without BN recompute.
+    P1) run p1_phema --seed 0 --bn-recompute end --eval-every 2 --phema 0.05,0.10
+        phema=${POLYAK_PHEMA:-$(dirname "$train")/phema}
+        /usr/bin/time -f "p1_phema reconstruction: %e s wall, %U s user" -a -o "$out/times.txt" \
+          "$phema" "$out/p1_phema" --sigma-rel 0.02,0.03,0.05,0.08,0.1,0.13,0.17,0.2,0.25 --ema run ;;
+    *) echo "run-findings.sh: unknown finding '$1' (F1, F2, F3, F4, P1 or all)" >&2; exit 2 ;;
   esac
 }
 

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 
@@ -45,7 +46,8 @@ void add_phema_flags(CLI::App& app, PhemaConfig& c) {
       ->default_str("0.03,0.05,0.08,0.1,0.13,0.2");
   app.add_option_function<std::string>(
          "--ema", [&c](const std::string& v) { c.exponentials = split_list(v); },
-         "exponential-average targets: decay@period (T in steps), comma-separated, e.g. 0.998@1,0.99@16");
+         "exponential-average targets: decay@period (T in steps), comma-separated, e.g. 0.998@1,0.99@16; 'run': "
+         "the run's own --ema-decays");
   app.add_option_function<std::string>(
          "--ema-warmup", [&c](const std::string& v) { c.warmup = v == "on"; },
          "the exponential targets' warm-up min(a, (t+1)/(t+10)) as in training: on or off")
@@ -66,7 +68,8 @@ void add_phema_flags(CLI::App& app, PhemaConfig& c) {
 void PhemaConfig::validate() const {
   if (sigma_rels.empty() && exponentials.empty()) bad_flag("--sigma-rel", "(none)", "at least one target");
   for (const std::string& s : sigma_rels) (void)parse_power_target(s);
-  for (const std::string& e : exponentials) (void)parse_exponential_target(e, warmup);
+  for (const std::string& e : exponentials)
+    if (e != "run") (void)parse_exponential_target(e, warmup);
   if (step < 0) bad_flag("--step", std::to_string(step), "an integer >= 0 (0: the last snapshot's)");
   if (!(max_residual > 0 && max_residual <= 1)) bad_flag("--max-residual", number_str(max_residual), "a share in (0, 1]");
   if (bn_recompute_batches < 0) bad_flag("--bn-recompute-batches", std::to_string(bn_recompute_batches), "an integer >= 0");
@@ -89,7 +92,19 @@ std::vector<Rebuilt> rebuild(const PhemaConfig& config, const TrainConfig& run, 
                              int64_t step, Device device) {
   std::vector<Target> targets;
   for (const std::string& s : config.sigma_rels) targets.push_back(parse_power_target(s));
-  for (const std::string& e : config.exponentials) targets.push_back(parse_exponential_target(e, config.warmup));
+  for (const std::string& e : config.exponentials) {
+    if (e != "run") {
+      targets.push_back(parse_exponential_target(e, config.warmup));
+      continue;
+    }
+    // The run's own averages, as train derived them for its length (the last step).
+    const std::optional<ema::EmaOptions> own = run.ema_options(step);
+    for (size_t k = 0; own && k < own->decays.size(); ++k) {
+      char text[48];
+      std::snprintf(text, sizeof text, "%g@%lld", static_cast<double>(own->decays[k]), static_cast<long long>(own->every));
+      targets.push_back(parse_exponential_target(text, own->warmup));
+    }
+  }
   const fs::path out_dir = fs::path(config.run_dir) / "phema_out";
   fs::create_directories(out_dir);
   CheckpointModel m = load_checkpoint_model(snapshots.front().path, run.model, 0, device);
