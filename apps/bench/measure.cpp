@@ -1,11 +1,14 @@
 #include "apps/bench/measure.h"
 
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <optional>
 #include <vector>
 
+#include "apps/common/checkpoint.h"
 #include "engine/autograd.h"
 #include "engine/backend.h"
 #include "engine/cuda/settings.h"
@@ -99,6 +102,21 @@ nlohmann::ordered_json measure_polyak(const Settings& s) {
     averages.after_step(++steps_taken * averages.options().every);
   });
 
+  // Post-hoc EMA's tracking: the same five plus two power averages (sigma_rel 0.05 and
+  // 0.10), all updated at every call in one pass; and one snapshot of the model, as
+  // train --phema writes them (an atomic safetensors file).
+  ema::EmaOptions with_power;
+  with_power.every = 1;
+  with_power.power_sigma_rels = {0.05f, 0.10f};
+  ema::EmaSet power_averages(*model, with_power);
+  int64_t power_steps = 0;
+  const auto power = window_seconds(s.device, s.windows, ema_calls, [&] { power_averages.after_step(++power_steps); });
+  const std::string snapshot = (std::filesystem::temp_directory_path() /
+                                ("polyak_bench_snapshot_" + std::to_string(::getpid()) + ".safetensors")).string();
+  const auto snapshots = window_seconds(s.device, s.windows, 1, [&] { app::save_model(snapshot, *model); });
+  const auto snapshot_bytes = static_cast<int64_t>(std::filesystem::file_size(snapshot));
+  std::filesystem::remove(snapshot);
+
   const auto recompute = window_seconds(s.device, s.windows, s.steps, [&] {
     bool given = false;
     ema::recompute_bn(*model, [&]() -> std::optional<Tensor> {
@@ -116,6 +134,9 @@ nlohmann::ordered_json measure_polyak(const Settings& s) {
       {"eval_images_per_s", rates(eval, images_per_window)},
       {"ema_update_us", microseconds_each(ema, ema_calls)},
       {"bn_recompute_us_per_image", microseconds_each(recompute, images_per_window)},
+      {"phema_update_us", microseconds_each(power, ema_calls)},
+      {"snapshot_ms", microseconds_each(snapshots, 1000)},
+      {"snapshot_bytes", snapshot_bytes},
       {"peak_rss_kib", peak_rss_kib()},
   };
   if (s.device == Device::CUDA) {

@@ -45,6 +45,11 @@ nlohmann::ordered_json summarize(const std::vector<Run>& runs, int64_t batch) {
       entry[key] = median(pooled(runs, run.implementation, threads, key));
     const double step_us = 1e6 * static_cast<double>(batch) / entry["train_images_per_s"].get<double>();
     entry["ema_share_of_step"] = entry["ema_update_us"].get<double>() / step_us;
+    if (run.numbers.contains("phema_update_us")) {  // polyak's post-hoc EMA tracking
+      for (const char* key : {"phema_update_us", "snapshot_ms"}) entry[key] = median(pooled(runs, run.implementation, threads, key));
+      entry["phema_share_of_step"] = entry["phema_update_us"].get<double>() / step_us;
+      entry["snapshot_bytes"] = run.numbers["snapshot_bytes"];
+    }
     int64_t peak_kib = 0;
     for (const Run& other : runs) {
       if (other.implementation != run.implementation || other.numbers.at("threads") != threads) continue;
@@ -94,6 +99,13 @@ std::string table(const nlohmann::ordered_json& summary, const nlohmann::ordered
       text += "         peak device memory: " + format("%.1f MiB in use, ", s["peak_device_mib"]["in_use"]) +
               format("%.1f MiB reserved\n", s["peak_device_mib"]["reserved"]);
   }
+  for (const nlohmann::ordered_json& s : summary)
+    if (s.contains("phema_update_us"))
+      text += format("%7.0f  polyak post-hoc EMA: 5 EMAs + 2 power averages ", s["threads"].get<double>()) +
+              format("%.1f us per step", s["phema_update_us"].get<double>()) +
+              format(" (%.3f%% of a step), ", 100.0 * s["phema_share_of_step"].get<double>()) +
+              format("a snapshot %.1f ms", s["snapshot_ms"].get<double>()) +
+              format(" and %.2f MiB\n", s["snapshot_bytes"].get<double>() / (1 << 20));
   if (ratios.empty()) return text;
   text += "\npolyak / PyTorch (speed: > 1 polyak is faster; peak RSS: < 1 polyak uses less)\n";
   for (const nlohmann::ordered_json& r : ratios) {

@@ -87,8 +87,21 @@ Target parse_exponential_target(const std::string& text, bool warmup) {
 }
 
 std::vector<double> target_profile(const Target& target, int64_t step) {
-  return target.power ? ema::power_profile(ema::power_gamma(target.sigma_rel), step)
-                      : ema::exponential_profile(target.decay, target.every, target.warmup, step);
+  if (target.power) return ema::power_profile(ema::power_gamma(target.sigma_rel), step);
+  std::vector<double> profile = ema::exponential_profile(target.decay, target.every, target.warmup, step);
+  if (target.every == 1) return profile;
+  // Updated every T steps, the average takes the weights of one step in T; the power
+  // averages take every step's. Step by step the two profiles cannot match (half of an
+  // every-other-step profile's energy sits where the other is zero), yet the weights of
+  // neighbouring steps differ by one small SGD step. So the weight each update gives
+  // stands for the T steps up to it, spread evenly over them: the same total, the same
+  // shape at the scale of a period.
+  std::vector<double> spread(profile.size(), 0.0);
+  spread[0] = profile[0];  // the initial weights stay themselves
+  for (int64_t u = target.every; u < static_cast<int64_t>(profile.size()); u += target.every)
+    for (int64_t s = u - target.every + 1; s <= u; ++s)
+      spread[static_cast<size_t>(s)] = profile[static_cast<size_t>(u)] / static_cast<double>(target.every);
+  return spread;
 }
 
 std::vector<double> solve_symmetric(const std::vector<double>& gram, const std::vector<double>& rhs,

@@ -48,6 +48,8 @@ struct Target {
 // --ema) and the text.
 Target parse_power_target(const std::string& text);
 Target parse_exponential_target(const std::string& text, bool warmup);
+// The target's profile at `step`; an exponential one updated every T > 1 steps with the
+// weight of each update spread evenly over the T steps up to it (see the definition).
 std::vector<double> target_profile(const Target& target, int64_t step);
 
 struct Fit {

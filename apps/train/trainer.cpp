@@ -272,11 +272,19 @@ class Trainer {
 
   void print_plan() const {
     if (averages_) {
-      std::printf("averaging: %zu EMAs (", averages_->size());
-      for (size_t k = 0; k < averages_->size(); ++k) std::printf("%s%s", k ? ", " : "", averages_->name(k).c_str());
+      const size_t exponential = averages_->exponential_count();
+      std::printf("averaging: %zu EMAs (", exponential);
+      for (size_t k = 0; k < exponential; ++k) std::printf("%s%s", k ? ", " : "", averages_->name(k).c_str());
       std::printf(") every %lld steps, warm-up %s, buffers %s, BN recompute %s\n",
                   static_cast<long long>(averages_->options().every), averages_->options().warmup ? "on" : "off",
                   ema::buffer_policy_name(averages_->options().buffers), config_.bn_recompute.c_str());
+      if (averages_->size() > exponential) {
+        std::printf("post-hoc EMA: %zu power averages (", averages_->size() - exponential);
+        for (size_t k = exponential; k < averages_->size(); ++k)
+          std::printf("%s%s", k > exponential ? ", " : "", averages_->name(k).c_str());
+        std::printf(") every step, snapshots every %lld steps to %s/phema\n",
+                    static_cast<long long>(config_.phema_period(schedule_.total_steps)), config_.output.c_str());
+      }
     }
     std::printf("train: %s on %s (%zu train / %zu val / %lld test images), %lld parameters, batch %lld, %d epochs, "
                 "%s lr %.3g, %d threads -> %s\n",

@@ -4,11 +4,14 @@
 
 #include <cmath>
 #include <numeric>
+#include <tuple>
+#include <algorithm>
 
 #include "ema/ema.h"
 #include "ema/power_profile.h"
 #include "engine/nn/layers.h"
 #include "engine/rng.h"
+#include "support/impulse_weights.h"
 
 using namespace polyak;
 
@@ -51,20 +54,12 @@ TEST_CASE("power ema: the tracked averages are their profiles (impulse weights)"
   // One weight per step: at step s the live weights are one-hot(s), so every average
   // holds, element by element, the weight its profile gives each step.
   const int64_t steps = 59;
-  Rng rng(3);
-  nn::Linear net(6, 10, rng, false);  // 60 weights: steps 0..59
-  net.pack_arenas();
-  Tensor live = net.parameter_arena();
-  const auto one_hot = [&](int64_t s) {
-    live.fill_(0.0f);
-    live.data<float>()[s] = 1.0f;
-  };
-  one_hot(0);
-  ema::EmaSet set(net, {.decays = {0.9f}, .every = 2, .warmup = true, .buffers = ema::BufferPolicy::Average, .power_sigma_rels = {0.10f, 0.13f}});
+  polyak::testing::ImpulseWeights impulses(steps);
+  ema::EmaSet set(impulses.model(), {.decays = {0.9f}, .every = 2, .warmup = true, .buffers = ema::BufferPolicy::Average, .power_sigma_rels = {0.10f, 0.13f}});
   CHECK(set.name(1) == "phema0.1");
   CHECK(set.is_power(2));
   for (int64_t s = 1; s <= steps; ++s) {
-    one_hot(s);
+    impulses.at_step(s);
     CHECK(set.after_step(s) == (s % 2 == 0));
   }
   const std::vector<std::vector<double>> profiles = {
@@ -73,5 +68,23 @@ TEST_CASE("power ema: the tracked averages are their profiles (impulse weights)"
   for (size_t k = 0; k < profiles.size(); ++k) {
     const std::vector<float> got = set.parameters(k).to_vector<float>();
     for (int64_t s = 0; s <= steps; ++s) CHECK(got[static_cast<size_t>(s)] == doctest::Approx(profiles[k][static_cast<size_t>(s)]).epsilon(1e-5).scale(1e-6));
+  }
+}
+
+TEST_CASE("power ema: the exact discrete inner products approach EDM2's closed form") {
+  // EDM2 (App. C, phema.py: p_dot_p) treats a power profile as the density
+  // (gamma + 1) s^gamma / t^(gamma + 1) on [0, t] and integrates products in closed
+  // form. polyak sums the exact discrete profiles of the updates it runs instead; over
+  // thousands of steps the two agree.
+  const auto closed_form = [](double t_a, double g_a, double t_b, double g_b) {
+    const double ratio = t_a / t_b, exponent = t_a < t_b ? g_b : -g_a;
+    return (g_a + 1) * (g_b + 1) * std::pow(ratio, exponent) / ((g_a + g_b + 1) * std::max(t_a, t_b));
+  };
+  const double g05 = ema::power_gamma(0.05), g10 = ema::power_gamma(0.10);
+  for (const auto& [t_a, g_a, t_b, g_b] : {std::tuple{20000, g05, 20000, g10}, std::tuple{15000, g10, 20000, g05},
+                                          std::tuple{20000, g05, 12000, g05}}) {
+    const double discrete =
+        ema::profile_dot(ema::power_profile(g_a, t_a), ema::power_profile(g_b, t_b));
+    CHECK(discrete == doctest::Approx(closed_form(t_a, g_a, t_b, g_b)).epsilon(2e-3));
   }
 }
