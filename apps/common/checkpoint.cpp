@@ -67,8 +67,9 @@ double metadata_double(const io::SafetensorsFile& file, const std::string& key) 
 
 }  // namespace
 
-void save_model(const std::string& path, const nn::Module& model, const std::map<std::string, std::string>& metadata) {
-  io::save_safetensors(path, model_tensors(model), metadata);
+void save_model(const std::string& path, const nn::Module& model, const std::map<std::string, std::string>& metadata,
+                io::FloatStorage floats) {
+  io::save_safetensors(path, model_tensors(model), metadata, floats);
 }
 
 void save_training_checkpoint(const std::string& path, const nn::Module& model, const Sgd& sgd,

@@ -39,8 +39,10 @@ struct TrainingState {
   std::string config_json;  // the run's definition
 };
 
+// `floats` F16: float tensors stored as IEEE half (engine/io/safetensors.h), read back as float32.
 void save_model(const std::string& path, const nn::Module& model,
-                const std::map<std::string, std::string>& metadata = {});
+                const std::map<std::string, std::string>& metadata = {},
+                io::FloatStorage floats = io::FloatStorage::F32);
 
 // `extra` are more state tensors and metadata (their names must start with "polyak.").
 void save_training_checkpoint(const std::string& path, const nn::Module& model, const Sgd& sgd,

@@ -24,7 +24,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainConfig, model, dataset, dat
                                                 threads, val_split, labels_file, label_noise, noise_type, output, resume,
                                                 init, augment, shuffle, max_steps, save_every, on_nonfinite, max_skips,
                                                 eval_every, train_subset, test_subset, device, tf32, deterministic,
-                                                ema_decays, ema_every, ema_warmup, ema_buffers, phema, phema_every,
+                                                ema_decays, ema_every, ema_warmup, ema_buffers, phema, phema_every, phema_dtype,
                                                 bn_recompute, bn_recompute_batches)
 
 void add_train_flags(CLI::App& app, TrainConfig& c) {
@@ -97,6 +97,8 @@ void add_train_flags(CLI::App& app, TrainConfig& c) {
       ->capture_default_str();
   app.add_option("--phema-every", c.phema_every, "snapshot the power averages every N steps (0: about 20 per run)")
       ->capture_default_str();
+  app.add_option("--phema-dtype", c.phema_dtype, "snapshots' floats: f32, or f16 (IEEE half: half the size)")
+      ->capture_default_str();
   app.add_option("--bn-recompute", c.bn_recompute, "recompute BN statistics of the averages: none, epoch or end")->capture_default_str();
   app.add_option("--bn-recompute-batches", c.bn_recompute_batches, "batches per recompute (0: one full pass)")->capture_default_str();
 }
@@ -156,6 +158,7 @@ void TrainConfig::validate() const {
   (void)ema_options(1);  // parses and range-checks the decays
   if (ema_every < 0) bad_flag("--ema-every", std::to_string(ema_every), "an integer >= 1 (0: 16)");
   if (phema_every < 0) bad_flag("--phema-every", std::to_string(phema_every), "an integer >= 0 (0: about 20 per run)");
+  if (phema_dtype != "f32" && phema_dtype != "f16") bad_flag("--phema-dtype", phema_dtype, "f32 or f16");
   if (ema_buffers != "average" && ema_buffers != "copy") bad_flag("--ema-buffers", ema_buffers, "average or copy");
   if (bn_recompute != "none" && bn_recompute != "epoch" && bn_recompute != "end")
     bad_flag("--bn-recompute", bn_recompute, "none, epoch or end");

@@ -66,6 +66,7 @@ struct TrainConfig {
   // 20 per run) and at the end, for apps/phema to reconstruct any average from.
   std::string phema;
   int64_t phema_every = 0;
+  std::string phema_dtype = "f32";  // of the snapshots: f32, or f16 (half the size)
   std::string bn_recompute = "none";   // none, epoch or end
   int64_t bn_recompute_batches = 0;    // 0: one full pass over the training split
 

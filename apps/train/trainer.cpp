@@ -420,7 +420,8 @@ class Trainer {
       save_model((folder / file).string(), *model_,
                  {{"polyak.model", config_.model},
                   {"polyak.phema.sigma_rel", number_str(averages_->sigma_rel(k))},
-                  {"polyak.phema.step", std::to_string(state_.step)}});
+                  {"polyak.phema.step", std::to_string(state_.step)}},
+                 config_.phema_dtype == "f16" ? io::FloatStorage::F16 : io::FloatStorage::F32);
     }
   }
 

@@ -2,6 +2,7 @@
 #include "engine/io/safetensors.h"
 
 #include "engine/io/atomic_file.h"
+#include "engine/io/half.h"
 
 #include <sys/stat.h>
 
@@ -25,20 +26,48 @@ namespace {
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // the reference implementation's limit
 constexpr size_t kMaxShapeDims = 64;               // numpy's limit; bounds what a header can make us allocate
 
-const char* st_dtype_name(DType dtype) {
+// How a tensor's elements are stored in the file: a tensor's own dtype, or F16 for
+// float32 tensors kept in 2 bytes (read back as float32).
+enum class Stored : uint8_t { U8, F16, I32, F32, I64 };
+
+Stored stored_as(DType dtype) {
   switch (dtype) {
-    case DType::F32: return "F32";
-    case DType::I64: return "I64";
-    case DType::I32: return "I32";
-    case DType::U8: return "U8";
+    case DType::F32: return Stored::F32;
+    case DType::I64: return Stored::I64;
+    case DType::I32: return Stored::I32;
+    case DType::U8: return Stored::U8;
+  }
+  return Stored::U8;
+}
+
+DType memory_dtype(Stored stored) {
+  switch (stored) {
+    case Stored::U8: return DType::U8;
+    case Stored::I32: return DType::I32;
+    case Stored::I64: return DType::I64;
+    case Stored::F16:
+    case Stored::F32: return DType::F32;
+  }
+  return DType::U8;
+}
+
+const char* st_dtype_name(Stored stored) {
+  switch (stored) {
+    case Stored::F32: return "F32";
+    case Stored::F16: return "F16";
+    case Stored::I64: return "I64";
+    case Stored::I32: return "I32";
+    case Stored::U8: return "U8";
   }
   return "?";
 }
 
-bool parse_dtype(const std::string& name, DType* dtype) {
-  for (DType d : {DType::F32, DType::I64, DType::I32, DType::U8}) {
-    if (name == st_dtype_name(d)) {
-      *dtype = d;
+size_t stored_size(Stored stored) { return stored == Stored::F16 ? 2 : dtype_size(memory_dtype(stored)); }
+
+bool parse_dtype(const std::string& name, Stored* stored) {
+  for (Stored s : {Stored::F32, Stored::F16, Stored::I64, Stored::I32, Stored::U8}) {
+    if (name == st_dtype_name(s)) {
+      *stored = s;
       return true;
     }
   }
@@ -46,16 +75,9 @@ bool parse_dtype(const std::string& name, DType* dtype) {
 }
 
 // The reference library orders tensors by descending dtype (its enum order, in which
-// U8 < I32 < F32 < I64), then by name; that keeps each tensor aligned to its element size.
-int dtype_rank(DType dtype) {
-  switch (dtype) {
-    case DType::U8: return 0;
-    case DType::I32: return 1;
-    case DType::F32: return 2;
-    case DType::I64: return 3;
-  }
-  return 0;
-}
+// U8 < F16 < I32 < F32 < I64, the order of Stored), then by name; that keeps each
+// tensor aligned to its element size.
+int dtype_rank(Stored stored) { return static_cast<int>(stored); }
 
 // A name for messages: quoted, non-printable bytes as \xHH, long names cut short.
 std::string quote(const std::string& s) {
@@ -91,7 +113,10 @@ std::string json_string(const std::string& path, const std::string& s, const cha
 struct OutTensor {
   const std::string* name;
   Tensor host;  // contiguous, on the CPU
+  Stored stored;
+  std::vector<uint16_t> halves;  // the data as F16, when stored so
   uint64_t bytes;
+  const void* data() const { return stored == Stored::F16 ? static_cast<const void*>(halves.data()) : host.raw_data(); }
 };
 
 std::string make_header(const std::string& path, const std::vector<OutTensor>& order,
@@ -114,7 +139,7 @@ std::string make_header(const std::string& path, const std::vector<OutTensor>& o
     if (header.size() > 1) header += ',';
     header += json_string(path, *t.name, "tensor name");
     header += ":{\"dtype\":\"";
-    header += st_dtype_name(t.host.dtype());
+    header += st_dtype_name(t.stored);
     header += "\",\"shape\":[";
     for (size_t d = 0; d < t.host.shape().size(); ++d) {
       if (d) header += ',';
@@ -345,7 +370,7 @@ void read_exact(const std::string& path, FILE* f, void* dst, size_t bytes, const
 
 struct Planned {
   const HeaderEntry* entry;
-  DType dtype;
+  Stored stored;
   uint64_t begin, end;
 };
 
@@ -366,7 +391,7 @@ bool SafetensorsFile::contains(const std::string& name) const {
 }
 
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
-                      const std::map<std::string, std::string>& metadata) {
+                      const std::map<std::string, std::string>& metadata, FloatStorage floats) {
   std::unordered_set<std::string> names;
   std::vector<OutTensor> order;
   order.reserve(tensors.size());
@@ -380,17 +405,25 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
     } catch (const std::exception& e) {
       throw SafetensorsError(path, "cannot copy tensor " + quote(name) + " to the host: " + e.what());
     }
-    order.push_back({&name, host, static_cast<uint64_t>(host.numel()) * dtype_size(host.dtype())});
+    OutTensor out{&name, host, stored_as(host.dtype()), {}, 0};
+    if (floats == FloatStorage::F16 && out.stored == Stored::F32) {
+      out.stored = Stored::F16;
+      const float* values = host.data<float>();
+      out.halves.resize(static_cast<size_t>(host.numel()));
+      for (size_t i = 0; i < out.halves.size(); ++i) out.halves[i] = float_to_half(values[i]);
+    }
+    out.bytes = static_cast<uint64_t>(host.numel()) * stored_size(out.stored);
+    order.push_back(std::move(out));
   }
   std::sort(order.begin(), order.end(), [](const OutTensor& a, const OutTensor& b) {
-    const int ra = dtype_rank(a.host.dtype()), rb = dtype_rank(b.host.dtype());
+    const int ra = dtype_rank(a.stored), rb = dtype_rank(b.stored);
     return ra != rb ? ra > rb : *a.name < *b.name;
   });
   const std::string header = make_header(path, order, metadata);
 
   const uint64_t header_len = header.size();  // little-endian, as the host
   std::vector<std::string_view> pieces = {{reinterpret_cast<const char*>(&header_len), sizeof header_len}, header};
-  for (const OutTensor& t : order) pieces.emplace_back(static_cast<const char*>(t.host.raw_data()), t.bytes);
+  for (const OutTensor& t : order) pieces.emplace_back(static_cast<const char*>(t.data()), t.bytes);
   try {
     write_file_atomically(path, pieces);
   } catch (const FileWriteError& e) {
@@ -436,10 +469,10 @@ SafetensorsFile load_safetensors(const std::string& path) {
   plan.reserve(reader.entries.size());
   for (const HeaderEntry& e : reader.entries) {
     const std::string name = "tensor " + quote(e.name);
-    DType dtype;
-    if (!parse_dtype(e.dtype, &dtype)) {
+    Stored stored;
+    if (!parse_dtype(e.dtype, &stored)) {
       throw SafetensorsError(path, name + " has dtype " + quote(e.dtype) +
-                                       ", which polyak does not support (it reads F32, I64, I32 and U8)");
+                                       ", which polyak does not support (it reads F32, F16, I64, I32 and U8)");
     }
     // Every dimension counts, zeros too: a shape whose strides overflow is refused
     // even when it holds no element.
@@ -451,7 +484,7 @@ SafetensorsFile load_safetensors(const std::string& path) {
       numel *= d;
     }
     uint64_t bytes = 0;
-    if (__builtin_mul_overflow(static_cast<uint64_t>(numel), static_cast<uint64_t>(dtype_size(dtype)), &bytes)) {
+    if (__builtin_mul_overflow(static_cast<uint64_t>(numel), static_cast<uint64_t>(stored_size(stored)), &bytes)) {
       throw SafetensorsError(path, name + " has shape " + shape_str(e.shape) + ", whose byte size overflows");
     }
     const uint64_t begin = e.offsets[0], end = e.offsets[1];
@@ -462,11 +495,11 @@ SafetensorsFile load_safetensors(const std::string& path) {
                                        "-byte data (truncated file?)");
     }
     if (end - begin != bytes) {
-      throw SafetensorsError(path, name + " is " + st_dtype_name(dtype) + " of shape " + shape_str(e.shape) + ", " +
+      throw SafetensorsError(path, name + " is " + st_dtype_name(stored) + " of shape " + shape_str(e.shape) + ", " +
                                        std::to_string(bytes) + " bytes, but its " + offsets + " span " +
                                        std::to_string(end - begin) + " bytes");
     }
-    plan.push_back({&e, dtype, begin, end});
+    plan.push_back({&e, stored, begin, end});
   }
   std::stable_sort(plan.begin(), plan.end(), [](const Planned& a, const Planned& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
@@ -497,8 +530,16 @@ SafetensorsFile load_safetensors(const std::string& path) {
   out.metadata = std::move(reader.metadata);
   out.tensors.reserve(plan.size());
   for (const Planned& p : plan) {
-    Tensor t = Tensor::empty(p.entry->shape, p.dtype);
-    read_exact(path, file.get(), t.raw_data(), p.end - p.begin, "tensor " + quote(p.entry->name));
+    Tensor t = Tensor::empty(p.entry->shape, memory_dtype(p.stored));
+    const std::string what = "tensor " + quote(p.entry->name);
+    if (p.stored == Stored::F16) {  // widened to float32, exactly
+      std::vector<uint16_t> halves(static_cast<size_t>(t.numel()));
+      read_exact(path, file.get(), halves.data(), p.end - p.begin, what);
+      float* values = t.data<float>();
+      for (size_t i = 0; i < halves.size(); ++i) values[i] = half_to_float(halves[i]);
+    } else {
+      read_exact(path, file.get(), t.raw_data(), p.end - p.begin, what);
+    }
     out.tensors.emplace_back(p.entry->name, std::move(t));
   }
   return out;

@@ -8,7 +8,7 @@
 // little-endian; together their byte ranges cover the data exactly, with no hole and
 // no overlap. The writer lays the file out as the reference library does: the header
 // padded with spaces to a multiple of 8 bytes so that the data starts 8-byte aligned,
-// "__metadata__" first, then the tensors by descending dtype width (I64, F32, I32, U8)
+// "__metadata__" first, then the tensors by descending dtype width (I64, F32, I32, F16, U8)
 // and by name within a dtype, their data in that same order (which keeps every tensor
 // aligned to its element size).
 //
@@ -59,14 +59,19 @@ struct SafetensorsFile {
   bool contains(const std::string& name) const;
 };
 
+// How float32 tensors are stored: as they are, or as F16 (IEEE half, rounded to
+// nearest even: half the bytes, about 3 significant digits; engine/io/half.h).
+enum class FloatStorage { F32, F16 };
+
 // Tensors may live on any device and be non-contiguous views. Names must be unique and
 // must not be "__metadata__". Throws SafetensorsError naming the path on any failure:
 // SafetensorsWriteError, with strerror(errno), when the system refuses the write.
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
-                      const std::map<std::string, std::string>& metadata = {});
+                      const std::map<std::string, std::string>& metadata = {},
+                      FloatStorage floats = FloatStorage::F32);
 
-// Reads F32, I64, I32 and U8 tensors of at most 64 dimensions; any other dtype is
-// reported as unsupported.
+// Reads F32, F16, I64, I32 and U8 tensors of at most 64 dimensions (F16 widened to
+// float32 tensors, exactly); any other dtype is reported as unsupported.
 SafetensorsFile load_safetensors(const std::string& path);
 
 }  // namespace polyak::io

@@ -118,6 +118,7 @@ TEST_CASE("train, eval, probe, phema: each bad flag or input gets exit code 2 an
       {POLYAK_TRAIN_BIN, "--phema 0.05,0.05" + train, "--phema 0.05,0.05: expected each value once"},
       {POLYAK_TRAIN_BIN, "--phema 0.01,0.02,0.03,0.04" + train, "--phema 0.01,0.02,0.03,0.04: expected at most 8 averages"},
       {POLYAK_TRAIN_BIN, "--phema-every -1" + train, "--phema-every -1: expected an integer >= 0"},
+      {POLYAK_TRAIN_BIN, "--phema 0.1 --phema-dtype f64" + train, "--phema-dtype f64: expected f32 or f16"},
       // phema
       {POLYAK_PHEMA_BIN, "", "run is required"},
       {POLYAK_PHEMA_BIN, "/nonexistent/run", "run /nonexistent/run: expected a run folder"},

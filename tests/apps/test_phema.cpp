@@ -164,6 +164,25 @@ TEST_CASE("phema: a real run's tracked phema0.13 and ema0.95 rebuilt from the 0.
     CHECK(t["test_recomputed_bn"]["accuracy"].get<double>() > 20.0);  // far above chance (10%)
   }
   CHECK(fs::exists(fs::path(run.path) / "phema_out" / "sweep.svg"));
+  // Snapshots stored as F16: half the bytes, and the app reads them (as float32).
+  polyak::testing::TempDir half_run("polyak_phema_f16");
+  const std::string half_command = std::string(POLYAK_TRAIN_BIN) +
+                                   " --model tiny_cnn --epochs 1 --train-subset 512 --test-subset 100 --ema-decays none"
+                                   " --phema 0.1 --phema-every 2 --phema-dtype f16 --data " + data + " --output " +
+                                   half_run.str() + " > " + half_run.str() + "/log 2>&1";
+  REQUIRE(std::system(half_command.c_str()) == 0);
+  const std::vector<app::Snapshot> halves = app::list_snapshots(half_run.str());
+  REQUIRE(halves.size() >= 2);
+  const app::Snapshot& half = halves.back();
+  CHECK(polyak::testing::read_file(half.path).find(R"("dtype":"F16")") != std::string::npos);
+  CHECK(fs::file_size(half.path) * 10 < fs::file_size(all.back().path) * 6);
+  int widened = 0;  // the F16 tensors come back as float32 ones
+  for (const auto& [name, tensor] : io::load_safetensors(half.path).tensors) widened += tensor.dtype() == DType::F32;
+  CHECK(widened > 0);
+  const std::string half_phema = std::string(POLYAK_PHEMA_BIN) + " " + half_run.str() +
+                                 " --sigma-rel 0.1 --no-eval > /dev/null 2>&1";
+  CHECK(std::system(half_phema.c_str()) == 0);
+
   // A target no snapshot can reach is refused with exit code 2 when it is the only one.
   const std::string refused = std::string(POLYAK_PHEMA_BIN) + " " + run.str() +
                               " --sigma-rel 0.001 --no-eval > /dev/null 2>&1";

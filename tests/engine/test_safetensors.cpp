@@ -326,7 +326,9 @@ TEST_CASE("safetensors: malformed files are refused with a message naming the fi
     header(R"([{"a":1}])", "", "does not start with '{'");
   }
   SUBCASE("unsupported or unknown dtype") {
-    header(R"({"a":{"dtype":"F16","shape":[4],"data_offsets":[0,8]}})", a8, "\"F16\"");
+    header(R"({"a":{"dtype":"F8_E4M3","shape":[8],"data_offsets":[0,8]}})", a8, "\"F8_E4M3\"");
+    // F16 is read, and its byte count checked as 2 per element.
+    header(R"({"a":{"dtype":"F16","shape":[3],"data_offsets":[0,8]}})", a8, "F16 of shape [3], 6 bytes");
     header(R"({"a":{"dtype":"BF16","shape":[4],"data_offsets":[0,8]}})", a8, "does not support");
     header(R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", a8, "\"F64\"");
     header(R"({"a":{"dtype":"f32","shape":[2],"data_offsets":[0,8]}})", a8, "\"f32\"");
