@@ -63,6 +63,9 @@ def safetensors_seeds():
          ("idx", "I32", [2], struct.pack("<2i", -1, 2)),
          ("mask", "U8", [4], bytes([0, 1, 254, 255]))],
         {"format": "pt", "epoch": "3"}))
+    put("fuzz_safetensors", "half", safetensors(  # F16: 1, -2, 65504, inf, NaN, the smallest subnormal
+        [("h", "F16", [6], struct.pack("<6H", 0x3c00, 0xc000, 0x7bff, 0x7c00, 0x7e00, 0x0001)),
+         ("mask", "U8", [1], bytes([1]))]))
     put("fuzz_safetensors", "empty_tensor", safetensors([("e", "F32", [0, 5], b"")]))
     put("fuzz_safetensors", "no_tensors", safetensors([]))
 
