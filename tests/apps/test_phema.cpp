@@ -77,10 +77,13 @@ TEST_CASE("phema: rebuilt from impulse snapshots, an average misses its target b
   }
   // Within the snapshots' reach: residuals under 1e-2, and under 5e-2 for an average
   // updated every 4 steps (its updates' weights spread over their periods are steps).
-  for (const auto& [target, reach] : {std::pair{app::parse_power_target("0.13"), 1e-2},
-                                      std::pair{app::parse_power_target("0.07"), 1e-2},
-                                      std::pair{app::parse_exponential_target("0.97@1", true), 1e-2},
-                                      std::pair{app::parse_exponential_target("0.97@4", true), 5e-2}}) {
+  // (No structured bindings here: clang 14 cannot capture them in CAPTURE's lambda.)
+  for (const auto& target_reach : {std::pair{app::parse_power_target("0.13"), 1e-2},
+                                   std::pair{app::parse_power_target("0.07"), 1e-2},
+                                   std::pair{app::parse_exponential_target("0.97@1", true), 1e-2},
+                                   std::pair{app::parse_exponential_target("0.97@4", true), 5e-2}}) {
+    const app::Target& target = target_reach.first;
+    const double reach = target_reach.second;
     CAPTURE(target.name);
     const app::Fit fit = app::fit_target(snapshots, target, steps);
     std::vector<double> rebuilt(static_cast<size_t>(steps + 1), 0.0);
