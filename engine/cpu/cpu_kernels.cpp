@@ -47,6 +47,9 @@ Kernels make_fast_kernels() {
   k.reduce_sum = reduce_sum;
   k.relu_forward = relu_forward;
   k.relu_backward = relu_backward;
+  // gelu.cpp
+  k.gelu_forward = gelu_forward;
+  k.gelu_backward = gelu_backward;
   // gemm.cpp
   k.gemm = gemm;
   // conv2d.cpp

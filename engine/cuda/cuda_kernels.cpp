@@ -26,7 +26,7 @@ struct Thunk<R(Args...)> {
 Kernels make_cuda_kernels() {
   Kernels k;
 #define POLYAK_CUDA_KERNEL(name) k.name = &Thunk<Kernels::name##_kernel>::call<&CudaBackend::name>;
-  // elementwise.cu, reduce.cu, relu.cu, gemm.cpp
+  // elementwise.cu, reduce.cu, relu.cu, gelu.cu, gemm.cpp
   POLYAK_CUDA_KERNEL(fill)
   POLYAK_CUDA_KERNEL(copy_strided)
   POLYAK_CUDA_KERNEL(binary)
@@ -38,6 +38,8 @@ Kernels make_cuda_kernels() {
   POLYAK_CUDA_KERNEL(reduce_sum)
   POLYAK_CUDA_KERNEL(relu_forward)
   POLYAK_CUDA_KERNEL(relu_backward)
+  POLYAK_CUDA_KERNEL(gelu_forward)
+  POLYAK_CUDA_KERNEL(gelu_backward)
   POLYAK_CUDA_KERNEL(gemm)
   // conv2d.cu (cuDNN), batchnorm.cu
   POLYAK_CUDA_KERNEL(conv2d_forward_epilogue)

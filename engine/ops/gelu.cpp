@@ -2,8 +2,9 @@
 // as PyTorch's nn.GELU()); dx = dy * (Phi(x) + x * phi(x)). The math and the plain loops
 // are in engine/ref/gelu.cpp. Backward reads the input, which the closure keeps alive.
 //
-// A device whose table has no GELU kernel yet (the CUDA table today) runs the reference
-// on the host through call_kernel: correct, slow, reported once.
+// Through call_kernel: a device whose table has no GELU kernel would run the reference
+// on the host (correct, slow, reported once). The fast CPU table and the CUDA table
+// have one (engine/cpu/gelu.cpp, engine/cuda/gelu.cu).
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/ops/op_helpers.h"
