@@ -75,7 +75,7 @@ void PhemaConfig::validate() const {
   if (bn_recompute_batches < 0) bad_flag("--bn-recompute-batches", std::to_string(bn_recompute_batches), "an integer >= 0");
   if (threads < 0 || threads > 1024) bad_flag("--threads", std::to_string(threads), "an integer from 1 to 1024");
   (void)device_from_flag(device);
-  if (!fs::is_directory(run_dir)) bad_flag("run", run_dir, "a run folder");
+  if (!is_folder(run_dir)) bad_flag("run", run_dir, "a run folder");
   require_file("run", (fs::path(run_dir) / "config.json").string());
 }
 

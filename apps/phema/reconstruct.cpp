@@ -24,11 +24,12 @@ namespace fs = std::filesystem;
 
 std::vector<Snapshot> list_snapshots(const std::string& run_dir) {
   const fs::path folder = fs::path(run_dir) / "phema";
-  if (!fs::is_directory(folder))
+  if (!is_folder(folder.string()))
     throw std::invalid_argument(run_dir + ": no phema/ folder (train with --phema 0.05,0.10 to take snapshots)");
   static const std::regex name(R"(phema([0-9.eE+-]+)-([0-9]+)\.safetensors)");
   std::vector<Snapshot> snapshots;
-  for (const auto& entry : fs::directory_iterator(folder)) {
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(folder, error)) {
     const std::string file = entry.path().filename().string();
     if (file.find(".tmp.") != std::string::npos) continue;  // an interrupted atomic write
     std::smatch m;
@@ -37,11 +38,12 @@ std::vector<Snapshot> list_snapshots(const std::string& run_dir) {
     // The train app names an average by its float sigma_rel: read it back as that float.
     snapshots.push_back({entry.path().string(), static_cast<double>(std::stof(m[1].str())), std::stoll(m[2].str())});
   }
+  if (error) throw std::invalid_argument(folder.string() + ": " + error.message());
   if (snapshots.empty()) throw std::invalid_argument(folder.string() + ": no snapshots");
   // The initial weights are the one average every run has for free: an exponential
   // average starts from them and keeps a share of them (sigma_rel 0 marks it).
   const fs::path init = fs::path(run_dir) / "init.safetensors";
-  if (fs::exists(init)) snapshots.push_back({init.string(), 0.0, 0});
+  if (fs::exists(init, error)) snapshots.push_back({init.string(), 0.0, 0});
   std::sort(snapshots.begin(), snapshots.end(), [](const Snapshot& a, const Snapshot& b) {
     return a.sigma_rel != b.sigma_rel ? a.sigma_rel < b.sigma_rel : a.step < b.step;
   });

@@ -198,6 +198,8 @@ TEST_CASE("every app: a flag value out of range, or a path the system cannot loo
       {POLYAK_TRAIN_BIN, "--init " + std::string(300, 'x'), "train: --init " + std::string(300, 'x') + ": File name too long", 2},
       {POLYAK_TRAIN_BIN, "--resume " + std::string(300, 'x'), ": File name too long", 2},
       {POLYAK_REPORT_BIN, std::string(300, 'x'), ": no such run folder", 2},
+      // found by fuzz_phema_flags: the same for phema's run folder
+      {POLYAK_PHEMA_BIN, std::string(300, 'x'), "phema: run " + std::string(300, 'x') + ": expected a run folder", 2},
       // report and bench have no "!--no-x" flags: huge values elsewhere are plain bad flags
       {POLYAK_REPORT_BIN, "/nonexistent/run --output=" + huge, "report: /nonexistent/run", 2},
       {POLYAK_REPORT_BIN, "--help=-" + huge, "Usage:", 0},
