@@ -52,6 +52,10 @@ Loader::Loader(const ImageSet& set, std::vector<int64_t> indices, LoaderOptions 
   if (options_.batch_size < 1) {
     throw std::invalid_argument("Loader: batch_size must be at least 1, got " + std::to_string(options_.batch_size));
   }
+  if (options_.share_count < 1 || options_.share_index < 0 || options_.share_index >= options_.share_count) {
+    throw std::invalid_argument("Loader: share " + std::to_string(options_.share_index) + " of " +
+                                std::to_string(options_.share_count) + " does not exist");
+  }
   if (options_.prefetch < 0) {
     throw std::invalid_argument("Loader: prefetch must be >= 0, got " + std::to_string(options_.prefetch));
   }
@@ -97,15 +101,21 @@ Loader::Item Loader::build(State at) {
     cached_order_ = epoch_order(at.epoch);
     cached_epoch_ = at.epoch;
   }
-  const int64_t begin = at.next_batch * options_.batch_size;
-  const int64_t end = std::min(begin + options_.batch_size, size());
+  const int64_t whole_begin = at.next_batch * options_.batch_size;
+  const int64_t whole = std::min(whole_begin + options_.batch_size, size()) - whole_begin;
+  const int64_t skipped = whole * options_.share_index / options_.share_count;
+  const int64_t begin = whole_begin + skipped;
+  const int64_t end = whole_begin + whole * (options_.share_index + 1) / options_.share_count;
   Batch batch;
   batch.epoch = at.epoch;
   batch.index = at.next_batch;
+  batch.whole_size = whole;
   batch.indices.assign(cached_order_.begin() + begin, cached_order_.begin() + end);
   const int64_t b = end - begin;
   batch.images = Tensor::empty({b, set_.channels, set_.height, set_.width}, DType::F32, Device::CPU);
   Rng rng(derive_seed(options_.seed, kAugmentStream, at.epoch, at.next_batch));
+  if (options_.augment)
+    for (int64_t i = 0; i < skipped; ++i) (void)draw_crop_flip(options_.augment_options, rng);
   write_batch(set_, batch.indices, normalizer_, options_.augment ? &options_.augment_options : nullptr, &rng,
               batch.images.data<float>());
   batch.labels = Tensor::empty({b}, DType::I64, Device::CPU);

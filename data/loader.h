@@ -47,6 +47,7 @@ struct Batch {
   std::vector<int64_t> indices;  // the images' indices in the ImageSet, in batch order
   int64_t epoch = 0;
   int64_t index = 0;             // the batch's place in its epoch
+  int64_t whole_size = 0;        // images in the whole batch (more than here when shared)
 };
 
 struct LoaderOptions {
@@ -58,6 +59,12 @@ struct LoaderOptions {
   uint64_t seed = 0;
   Device device = Device::CPU;
   int prefetch = 2;         // batches built ahead on the worker thread; 0 = no thread
+  // Data-parallel training: this process builds only share `share_index` of
+  // `share_count` of every batch of b images, images [floor(i b / n), floor((i + 1) b / n))
+  // for share i of n, augmented as they are in the whole batch (the draws of the images
+  // before the share are made and skipped). So the data a job sees is the same for any
+  // number of processes.
+  int64_t share_index = 0, share_count = 1;
   // Optional last step of building a batch, on the thread that builds it, before the
   // batch goes to the device (images still on the CPU).
   std::function<void(Batch&)> transform;

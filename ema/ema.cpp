@@ -51,7 +51,8 @@ EmaOptions scaled_to_run(const EmaOptions& paper, int64_t total_steps, int64_t e
   return scaled;
 }
 
-EmaSet::EmaSet(nn::Module& model, EmaOptions options) : model_(model), options_(std::move(options)) {
+EmaSet::EmaSet(nn::Module& model, EmaOptions options, dist::Communicator* ranks)
+    : model_(model), options_(std::move(options)) {
   if (size() == 0) throw std::invalid_argument("an EMA set needs at least one decay or power average");
   if (size() > static_cast<size_t>(kMaxLerpTargets))
     throw std::invalid_argument("at most " + std::to_string(kMaxLerpTargets) + " averages in all, got " +
@@ -64,8 +65,14 @@ EmaSet::EmaSet(nn::Module& model, EmaOptions options) : model_(model), options_(
   for (size_t k = 0; k < size(); ++k)
     for (size_t j = 0; j < k; ++j)
       if (name(j) == name(k)) throw std::invalid_argument("EMA decays " + name(j) + " and " + name(k) + " coincide");
+  const Tensor& live = model_.parameter_arena();
+  shard_ = {0, live.numel()};
+  if (ranks && ranks->size() > 1) {
+    ranks_ = ranks;
+    shard_ = dist::aligned_share(live.numel(), ranks->rank(), ranks->size(), kShardAlign);
+  }
   for (size_t k = 0; k < size(); ++k) {
-    params_.push_back(model_.parameter_arena().clone());
+    params_.push_back(live.slice(shard_.begin, shard_.end).clone());
     buffers_.push_back(model_.buffer_arena().clone());
   }
 }
@@ -110,7 +117,7 @@ bool EmaSet::after_step(int64_t t) {
   if (params.count == 0) return false;
   const Tensor& live = model_.parameter_arena();
   const Kernels& be = kernels(live.device());
-  be.multi_lerp(params, live.numel(), live.data<float>());
+  be.multi_lerp(params, shard_.size(), live.data<float>() + shard_.begin);
   const Tensor& live_buffers = model_.buffer_arena();
   if (live_buffers.numel() > 0) {
     if (options_.buffers == BufferPolicy::Average) {
@@ -124,18 +131,27 @@ bool EmaSet::after_step(int64_t t) {
   return true;
 }
 
-void EmaSet::swap_into_model(size_t k) {
-  nn::swap_storage_data(model_.parameter_arena(), params_.at(k));
-  if (model_.buffer_arena().numel() > 0) nn::swap_storage_data(model_.buffer_arena(), buffers_.at(k));
+Tensor EmaSet::whole_parameters(size_t k) const {
+  if (!sharded()) return params_.at(k);
+  return dist::gather_shards(*ranks_, params_.at(k), model_.parameter_arena().numel(), kShardAlign);
 }
 
-EmaSet::Use::Use(EmaSet& set, size_t k) : set_(set), k_(k) { set_.swap_into_model(k_); }
-EmaSet::Use::~Use() { set_.swap_into_model(k_); }
+// Swapping storage is O(1) and exact both ways: in the model the average's memory, in
+// the set (meanwhile) the live weights'.
+EmaSet::Use::Use(EmaSet& set, size_t k) : set_(set), k_(k), whole_(set.whole_parameters(k)) {
+  nn::swap_storage_data(set_.model_.parameter_arena(), whole_);
+  if (set_.model_.buffer_arena().numel() > 0) nn::swap_storage_data(set_.model_.buffer_arena(), set_.buffers_.at(k_));
+}
+
+EmaSet::Use::~Use() {
+  nn::swap_storage_data(set_.model_.parameter_arena(), whole_);
+  if (set_.model_.buffer_arena().numel() > 0) nn::swap_storage_data(set_.model_.buffer_arena(), set_.buffers_.at(k_));
+}
 
 std::vector<nn::NamedTensor> EmaSet::state_tensors() const {
   std::vector<nn::NamedTensor> out;
   for (size_t k = 0; k < size(); ++k) {
-    out.emplace_back("polyak.ema." + name(k) + ".params", params_[k]);
+    out.emplace_back("polyak.ema." + name(k) + ".params", whole_parameters(k));
     out.emplace_back("polyak.ema." + name(k) + ".buffers", buffers_[k]);
   }
   return out;
@@ -179,18 +195,24 @@ void EmaSet::load_state(const std::vector<nn::NamedTensor>& tensors, const std::
     throw std::invalid_argument("checkpoint polyak.ema.updates is '" + count->second + "', expected an integer >= 0");
   std::map<std::string, const Tensor*> by_name;
   for (const auto& [n, t] : tensors) by_name[n] = &t;
-  std::vector<std::pair<Tensor, const Tensor*>> copies;
-  for (const auto& [n, t] : state_tensors()) {
+  // Every tensor is checked before any is copied: a bad checkpoint leaves the set as it was.
+  std::vector<std::pair<Tensor, Tensor>> copies;  // (the set's tensor, the checkpoint's part of it)
+  const auto find = [&](const std::string& n, const Shape& shape) {
     const auto it = by_name.find(n);
     if (it == by_name.end()) throw std::invalid_argument("checkpoint has no EMA tensor '" + n + "'");
-    if (it->second->dtype() != t.dtype())
+    if (it->second->dtype() != DType::F32)
       throw std::invalid_argument("checkpoint EMA tensor '" + n + "' is not of the averages' type (float32)");
-    if (it->second->shape() != t.shape())
+    if (it->second->shape() != shape)
       throw std::invalid_argument("checkpoint EMA tensor '" + n + "' has shape " + shape_str(it->second->shape()) +
-                                  ", expected " + shape_str(t.shape()));
-    copies.emplace_back(t, it->second);
+                                  ", expected " + shape_str(shape));
+    return *it->second;
+  };
+  for (size_t k = 0; k < size(); ++k) {
+    const Tensor params = find("polyak.ema." + name(k) + ".params", model_.parameter_arena().shape());
+    copies.emplace_back(params_[k], params.slice(shard_.begin, shard_.end));
+    copies.emplace_back(buffers_[k], find("polyak.ema." + name(k) + ".buffers", buffers_[k].shape()));
   }
-  for (auto& [dst, src] : copies) dst.copy_(*src);
+  for (auto& [dst, src] : copies) dst.copy_(src);
   updates_ = updates;
 }
 

@@ -22,6 +22,15 @@
 // exponential averages when both update (the clock is the optimiser step, from 1).
 // They are named "phema<sigma_rel>" and come after the exponential ones.
 //
+// Data-parallel (engine/distributed.h): given a communicator of N > 1 ranks, each rank
+// keeps and updates only its slice of every average's parameters (dist::aligned_share of
+// the arena, on 64-float boundaries), K P / N floats instead of K P, and no message per
+// step. The update is elementwise, so the slices are bit for bit the unsharded averages'.
+// They are gathered only to evaluate an average (Use) or to save (state_tensors): both
+// are then collective calls that every rank makes in the same order. Buffers are
+// small and equal on every rank (the trainer averages BN statistics across ranks before
+// the averages read them): every rank keeps them whole.
+//
 // Buffers (BatchNorm running mean/var) follow an explicit policy: Average applies the
 // same rule to them (EMAN, Cai et al. 2021; the paper's default), Copy takes the live
 // model's. Integer buffers (num_batches_tracked) are not averaged: an average always
@@ -33,6 +42,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/distributed.h"
 #include "engine/nn/module.h"
 
 namespace polyak::ema {
@@ -72,7 +82,8 @@ float warmed_up_decay(float decay, int64_t every, bool warmup, int64_t t);
 class EmaSet {
  public:
   // The model's arenas must be packed; every average starts as its current weights.
-  EmaSet(nn::Module& model, EmaOptions options);
+  // With `ranks` of more than one rank, the parameters are sharded (see above).
+  EmaSet(nn::Module& model, EmaOptions options, dist::Communicator* ranks = nullptr);
 
   // Exponential averages first (k < exponential_count()), then the power ones.
   size_t size() const { return options_.decays.size() + options_.power_sigma_rels.size(); }
@@ -92,7 +103,10 @@ class EmaSet {
   // The share of average k kept at step t (its decay after warm-up, or beta_t).
   float effective_decay(size_t k, int64_t steps_taken) const;
 
+  // Average k's parameters: this rank's slice of them when sharded.
   const Tensor& parameters(size_t k) const { return params_.at(k); }
+  // The slice of the parameter arena this rank averages (all of it unsharded).
+  dist::Range shard() const { return shard_; }
   const Tensor& buffers(size_t k) const { return buffers_.at(k); }
 
   // While alive, the model computes with average k (its weights and its float
@@ -108,20 +122,28 @@ class EmaSet {
    private:
     EmaSet& set_;
     size_t k_;
+    Tensor whole_;  // sharded: the gathered parameters swapped into the model
   };
 
   // Checkpoint state: tensors named "polyak.ema.<name>.params|buffers" and metadata
   // with the decays, period, warm-up, policy and update count. load_state checks
   // that the settings match and throws std::invalid_argument naming what differs.
+  // The tensors are whole (gathered when sharded), so a checkpoint loads on any
+  // number of ranks.
   std::vector<nn::NamedTensor> state_tensors() const;
   std::map<std::string, std::string> state_metadata() const;
   void load_state(const std::vector<nn::NamedTensor>& tensors, const std::map<std::string, std::string>& metadata);
 
  private:
-  void swap_into_model(size_t k);
+  static constexpr int64_t kShardAlign = 64;  // floats: a cache line, and whole vectors
+  bool sharded() const { return ranks_ != nullptr; }
+  // Average k's whole parameter vector (gathered from the ranks when sharded).
+  Tensor whole_parameters(size_t k) const;
 
   nn::Module& model_;
   EmaOptions options_;
+  dist::Communicator* ranks_ = nullptr;  // null unless sharded
+  dist::Range shard_;
   std::vector<Tensor> params_, buffers_;
   std::vector<double> gammas_;  // of the power averages
   int64_t updates_ = 0;

@@ -10,6 +10,7 @@ Backend* cuda_backend() { return nullptr; }
 bool cuda_present() { return false; }
 std::string cuda_unavailable_reason() { return "this build has no CUDA support (configure with -DPOLYAK_CUDA=ON)"; }
 std::string cuda_device_description() { return ""; }
+void set_cuda_device_index(int) {}
 void set_cuda_tf32(bool) {}
 bool cuda_tf32() { return false; }
 void set_cuda_deterministic(bool) {}

@@ -173,25 +173,40 @@ int run_app(const char* name, CLI::App& app, int argc, char** argv, const std::f
     std::fprintf(stderr, "%s: %s%s\n", name, words.empty() ? "" : (words + ": ").c_str(), problem.c_str());
     return 2;
   }
-  const auto fail = [name](const std::exception& e, int code) {
-    std::fprintf(stderr, "%s: %s\n", name, e.what());
-    return code;
-  };
   try {
     return body();
-  } catch (const AppError& e) {
-    return fail(e, e.exit_code);
-  } catch (const std::invalid_argument& e) {
-    return fail(e, 2);
-  } catch (const data::DataError& e) {
-    return fail(e, 2);
-  } catch (const io::SafetensorsWriteError& e) {
-    return fail(e, 1);
-  } catch (const io::SafetensorsError& e) {
-    return fail(e, 2);
   } catch (const std::exception& e) {
-    return fail(e, 1);
+    const int code = exit_code_of(e);
+    const bool agreed = dynamic_cast<const AgreedError*>(&e) != nullptr;
+    dist::Communicator& ranks = dist::world();
+    if (!agreed || ranks.rank() == 0) std::fprintf(stderr, "%s: %s\n", name, e.what());
+    if (!agreed && ranks.size() > 1) {
+      std::fflush(nullptr);
+      ranks.abort(code);
+    }
+    return code;
   }
+}
+
+int exit_code_of(const std::exception& e) {
+  if (const auto* app_error = dynamic_cast<const AppError*>(&e)) return app_error->exit_code;
+  if (dynamic_cast<const std::invalid_argument*>(&e) || dynamic_cast<const data::DataError*>(&e)) return 2;
+  if (dynamic_cast<const io::SafetensorsWriteError*>(&e)) return 1;
+  if (dynamic_cast<const io::SafetensorsError*>(&e)) return 2;
+  return 1;
+}
+
+void run_on_every_rank(dist::Communicator& ranks, const std::function<void()>& setup) {
+  dist::RankError mine;
+  try {
+    setup();
+  } catch (const std::exception& e) {
+    if (ranks.size() == 1) throw;
+    mine = {exit_code_of(e), e.what()};
+    if (mine.code == 0) mine.code = 1;
+  }
+  const dist::RankError first = dist::first_error(ranks, mine);
+  if (first.code != 0) throw AgreedError(first.message, first.code);
 }
 
 }  // namespace polyak::app

@@ -12,6 +12,7 @@
 #include <string>
 #include <string_view>
 
+#include "engine/distributed.h"
 #include "engine/tensor.h"
 
 namespace CLI {
@@ -25,6 +26,22 @@ struct AppError : std::runtime_error {
   AppError(const std::string& what, int exit_code) : std::runtime_error(what), exit_code(exit_code) {}
   int exit_code;
 };
+
+// An error every rank of a data-parallel job has agreed on (run_on_every_rank): each
+// rank ends with its code, and only rank 0 prints it. Any other error on one rank of a
+// job of several prints its line and ends the whole job (MPI_Abort), so that no rank
+// waits forever for a message that will not come.
+struct AgreedError : AppError {
+  using AppError::AppError;
+};
+
+// The exit code run_app gives an exception (see the top of this file).
+int exit_code_of(const std::exception& e);
+
+// Runs `setup` (reading data and checkpoints, preparing the output) on every rank of
+// `ranks` and agrees on the outcome: when it failed on some rank, every rank throws
+// AgreedError with the first failing rank's message and exit code.
+void run_on_every_rank(dist::Communicator& ranks, const std::function<void()>& setup);
 
 // Throws std::invalid_argument "<flag> <value>: expected <expected>".
 [[noreturn]] void bad_flag(const std::string& flag, const std::string& value, const std::string& expected);

@@ -44,15 +44,22 @@ data::LoaderOptions recompute_loader_options(int64_t batch_size, bool augment, u
   return o;
 }
 
-void recompute_bn_on(nn::Module& model, data::Loader& loader, int64_t batches) {
+void recompute_bn_on(nn::Module& model, data::Loader& loader, int64_t batches, dist::Communicator* ranks) {
+  const data::Loader::State start = loader.state();
+  const int64_t left = loader.batches_per_epoch() - start.next_batch;
+  const int64_t total = batches > 0 ? std::min(batches, left) : left;
+  const dist::Range mine = ranks ? dist::share(total, ranks->rank(), ranks->size()) : dist::Range{0, total};
+  loader.set_state({start.epoch, start.next_batch + mine.begin});
+  int64_t remaining = mine.size();
   ema::recompute_bn(
       model,
-      [&loader]() -> std::optional<Tensor> {
+      [&loader, &remaining]() -> std::optional<Tensor> {
+        if (remaining-- <= 0) return std::nullopt;
         std::optional<data::Batch> batch = loader.next();
         if (!batch) return std::nullopt;
         return batch->images;
       },
-      batches);
+      0, ranks);
 }
 
 int64_t argmax_matches(const Tensor& logits, const Tensor& labels) {

@@ -7,6 +7,7 @@
 
 #include "data/cifar.h"
 #include "data/loader.h"
+#include "engine/distributed.h"
 #include "engine/nn/module.h"
 
 namespace polyak::app {
@@ -29,8 +30,9 @@ Predictions predict(nn::Module& model, const data::ImageSet& set, const std::vec
 // loader's.
 data::LoaderOptions recompute_loader_options(int64_t batch_size, bool augment, uint64_t seed, Device device);
 // Recomputes the model's statistics on the next `batches` batches of `loader`'s
-// current epoch (0: all of them).
-void recompute_bn_on(nn::Module& model, data::Loader& loader, int64_t batches);
+// current epoch (0: all of them). With `ranks`, each rank runs its contiguous share of
+// those batches and the statistics are combined as one process's (ema/bn_recompute.h).
+void recompute_bn_on(nn::Module& model, data::Loader& loader, int64_t batches, dist::Communicator* ranks = nullptr);
 
 // How many rows of `logits` (N x classes) have their largest value at `labels` (N).
 int64_t argmax_matches(const Tensor& logits, const Tensor& labels);

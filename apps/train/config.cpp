@@ -19,8 +19,8 @@
 
 namespace polyak::app {
 
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainConfig, model, dataset, data_dir, epochs, batch_size, lr, momentum,
-                                                nesterov, weight_decay, sched, warmup_epochs, milestones, gamma, seed, seeds,
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainConfig, model, dataset, data_dir, epochs, batch_size, accum_steps, lr,
+                                                momentum, nesterov, weight_decay, sched, warmup_epochs, milestones, gamma, seed, seeds,
                                                 threads, val_split, labels_file, label_noise, noise_type, output, resume,
                                                 init, augment, shuffle, max_steps, save_every, on_nonfinite, max_skips,
                                                 eval_every, train_subset, test_subset, device, tf32, deterministic,
@@ -32,7 +32,10 @@ void add_train_flags(CLI::App& app, TrainConfig& c) {
   app.add_option("--dataset", c.dataset, "cifar10, cifar100 or folder")->capture_default_str();
   app.add_option("--data", c.data_dir, "dataset folder (default: $POLYAK_DATA/<dataset> or ../shared/data/<dataset>)");
   app.add_option("--epochs", c.epochs, "training epochs")->capture_default_str();
-  app.add_option("--batch-size", c.batch_size, "images per step")->capture_default_str();
+  app.add_option("--batch-size", c.batch_size, "images per step (over all ranks under mpirun)")->capture_default_str();
+  app.add_option("--accum-steps", c.accum_steps,
+                 "micro-batches per step on each rank, their gradients summed (gradient accumulation)")
+      ->capture_default_str();
   app.add_option("--lr", c.lr, "peak learning rate")->capture_default_str();
   app.add_option("--momentum", c.momentum, "SGD momentum")->capture_default_str();
   app.add_flag("--nesterov,!--no-nesterov", c.nesterov, "Nesterov momentum (default on)");
@@ -125,6 +128,8 @@ void TrainConfig::validate() const {
   if (dataset != "cifar10" && dataset != "cifar100" && dataset != "folder") bad_flag("--dataset", dataset, "cifar10, cifar100 or folder");
   if (epochs < 1 || epochs > 100000) bad_flag("--epochs", std::to_string(epochs), "an integer from 1 to 100000");
   if (batch_size < 1 || batch_size > 65536) bad_flag("--batch-size", std::to_string(batch_size), "an integer from 1 to 65536");
+  if (accum_steps < 1 || accum_steps > batch_size)
+    bad_flag("--accum-steps", std::to_string(accum_steps), "an integer from 1 to --batch-size (" + std::to_string(batch_size) + ")");
   if (!(lr > 0) || !std::isfinite(lr)) bad_flag("--lr", number_str(lr), "a positive number");
   if (!(momentum >= 0 && momentum < 1)) bad_flag("--momentum", number_str(momentum), "a number in [0, 1)");
   if (nesterov && momentum == 0) bad_flag("--nesterov with --momentum", "0", "momentum > 0 (or --no-nesterov)");

@@ -20,7 +20,10 @@ struct TrainConfig {
   std::string dataset = "cifar10";
   std::string data_dir;            // "" = default_data_dir(dataset)
   int epochs = 10;
-  int64_t batch_size = 128;
+  int64_t batch_size = 128;        // images per optimiser step, over all ranks of a job
+  // Micro-batches per step on each rank (gradient accumulation): the batch is split into
+  // ranks x accum_steps parts (apps/train/data_parallel.h).
+  int64_t accum_steps = 1;
   float lr = 0.1f;
   float momentum = 0.9f;
   bool nesterov = true;

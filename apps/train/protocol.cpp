@@ -60,8 +60,10 @@ void MetricsLog::append(const json& row) {
 }
 
 Protocol::Protocol(const TrainConfig& config, nn::Module& model, ema::EmaSet* averages, const Datasets& sets,
-                   const data::Split& split, fs::path out_dir, const data::NoisyLabels* noise)
+                   const data::Split& split, fs::path out_dir, dist::Communicator& ranks,
+                   const data::NoisyLabels* noise)
     : config_(config), model_(model), averages_(averages), sets_(sets), split_(split), out_dir_(std::move(out_dir)),
+      ranks_(ranks), writer_(ranks.rank() == 0),
       recompute_loader_(sets.train, split.train,
                         recompute_loader_options(config.batch_size, config.augment, config.seed, device_of(config))) {
   for (const int64_t i : split.train)
@@ -87,7 +89,7 @@ Protocol::Evaluation Protocol::evaluate_current(const std::string& name, const s
 
 void Protocol::recompute(nn::Module& model, int64_t epoch) {
   recompute_loader_.start_epoch(epoch);
-  recompute_bn_on(model, recompute_loader_, config_.bn_recompute_batches);
+  recompute_bn_on(model, recompute_loader_, config_.bn_recompute_batches, &ranks_);
 }
 
 void Protocol::select(const Evaluation& e, int64_t epoch) {
@@ -101,14 +103,16 @@ void Protocol::select(const Evaluation& e, int64_t epoch) {
   for (const auto& [key, higher, metric] : {std::tuple{"best_acc", true, "accuracy"}, std::tuple{"best_loss", false, "loss"}}) {
     if (!improves(key, higher, metric)) continue;
     const std::string file = std::string(key) + "_" + e.model + ".safetensors";
-    save_model((out_dir_ / file).string(), model_,
-               {{"polyak.model", config_.model}, {"polyak.epoch", std::to_string(epoch)}, {"polyak.bn", e.bn}});
+    if (writer_)
+      save_model((out_dir_ / file).string(), model_,
+                 {{"polyak.model", config_.model}, {"polyak.epoch", std::to_string(epoch)}, {"polyak.bn", e.bn}});
     entry[key] = {{"epoch", epoch}, {"bn", e.bn}, {"file", file}, {"val", *e.val}};
     if (e.test) entry[key]["test"] = *e.test;
   }
 }
 
 void Protocol::write_selection() const {
+  if (!writer_) return;
   const json file = {{"reported", reported_}, {"models", selection_}};
   io::write_file_atomically((out_dir_ / "selection.json").string(), file.dump(2) + "\n");
 }
@@ -123,7 +127,7 @@ std::string Protocol::evaluate_epoch(int64_t epoch, int64_t step, float lr, Metr
       json row = base;
       row.update({{"model", e.model}, {"bn", e.bn}, {"split", split}});
       row.update(*metrics);
-      log.append(row);
+      if (writer_) log.append(row);
     }
     if (selectable) select(e, epoch);
     evaluations.push_back(e);
@@ -188,11 +192,14 @@ void Protocol::recompute_kept(int64_t epoch, const json& base, MetricsLog& log) 
     for (const char* key : {"best_acc", "best_loss"}) {
       if (!entry.contains(key)) continue;
       json& chosen = entry[key];
-      load_model((out_dir_ / chosen["file"].get<std::string>()).string(), *kept);
+      // Rank 0 kept the weights in its run folder; it reads them and sends them round.
+      if (writer_) load_model((out_dir_ / chosen["file"].get<std::string>()).string(), *kept);
+      for (Tensor arena : {kept->parameter_arena(), kept->buffer_arena()}) dist::broadcast(ranks_, arena, 0);
       recompute(*kept, epoch);
       const std::string file = std::string(key) + "_" + name + "_bn.safetensors";
-      save_model((out_dir_ / file).string(), *kept,
-                 {{"polyak.model", config_.model}, {"polyak.epoch", chosen["epoch"].dump()}, {"polyak.bn", "recomputed"}});
+      if (writer_)
+        save_model((out_dir_ / file).string(), *kept,
+                   {{"polyak.model", config_.model}, {"polyak.epoch", chosen["epoch"].dump()}, {"polyak.bn", "recomputed"}});
       json recomputed = {{"file", file}};
       for (const auto& [split, set, indices] : {std::tuple{"val", &sets_.train, &split_.val},
                                                 std::tuple{"test", &sets_.test, (const std::vector<int64_t>*)nullptr}}) {
@@ -202,7 +209,7 @@ void Protocol::recompute_kept(int64_t epoch, const json& base, MetricsLog& log) 
         row.update({{"selection", key}, {"selected_epoch", chosen["epoch"]}, {"model", name}, {"bn", "recomputed"},
                     {"split", split}});
         row.update(metrics);
-        log.append(row);
+        if (writer_) log.append(row);
         recomputed[split] = metrics;
       }
       chosen["recomputed"] = recomputed;
@@ -284,7 +291,8 @@ void Protocol::write_reliability(int64_t epoch) {
     diagrams[averages_->name(best)] = reliability_entry(predict(model_, sets_.test, {}, 500, device),
                                                         config_.bn_recompute != "none" ? "recomputed" : "running");
   }
-  io::write_file_atomically((out_dir_ / "reliability.json").string(),
+  if (writer_)
+    io::write_file_atomically((out_dir_ / "reliability.json").string(),
                             json{{"split", "test"}, {"epoch", epoch}, {"models", diagrams}}.dump(2) + "\n");
 }
 

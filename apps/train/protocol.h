@@ -46,8 +46,11 @@ class MetricsLog;
 class Protocol {
  public:
   // `noise`: the labels training sees when they are noisy (nullptr: the clean ones).
+  // In a job of several `ranks` every rank evaluates alike (BN recompute shares its
+  // batches out; the averages are gathered) and rank 0 writes the files.
   Protocol(const TrainConfig& config, nn::Module& model, ema::EmaSet* averages, const Datasets& sets,
-           const data::Split& split, std::filesystem::path out_dir, const data::NoisyLabels* noise = nullptr);
+           const data::Split& split, std::filesystem::path out_dir, dist::Communicator& ranks,
+           const data::NoisyLabels* noise = nullptr);
 
   // Evaluates every model after `epoch` (1-based, completed); appends the rows to
   // `log`, updates the selection and its files. Returns a one-line summary.
@@ -88,6 +91,8 @@ class Protocol {
   const Datasets& sets_;
   const data::Split& split_;
   std::filesystem::path out_dir_;
+  dist::Communicator& ranks_;
+  const bool writer_;
   data::Loader recompute_loader_;
   // The training images whose label is wrong, with that label and the clean one.
   std::vector<int64_t> mislabelled_, wrong_labels_, clean_labels_;

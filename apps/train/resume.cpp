@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <stdexcept>
 #include <vector>
@@ -128,6 +129,13 @@ Resumed restore_run(const io::SafetensorsFile& file, const TrainConfig& config, 
                                     std::to_string(resumed.state.step) + " steps, one every " +
                                     std::to_string(averages->options().every) + " at most");
     for (size_t k = 0; k < averages->size(); ++k) models.push_back(averages->name(k));
+  }
+  if (const auto it = file.metadata.find("polyak.ranks"); it != file.metadata.end()) {
+    char* end = nullptr;
+    const long ranks = std::strtol(it->second.c_str(), &end, 10);
+    if (it->second.empty() || *end != '\0' || ranks < 1 || ranks > 1 << 20)
+      bad_checkpoint(file.path, "polyak.ranks is '" + it->second + "', expected a number of ranks");
+    resumed.ranks = static_cast<int>(ranks);
   }
   if (const auto it = file.metadata.find("polyak.selection"); it != file.metadata.end()) {
     resumed.selection = json::parse(it->second, nullptr, false);

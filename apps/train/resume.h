@@ -29,6 +29,7 @@ TrainConfig resumed_config(const TrainConfig& given, const io::SafetensorsFile& 
 struct Resumed {
   TrainingState state;
   nlohmann::json selection = nlohmann::json::object();
+  int ranks = 1;  // of the job that saved it (polyak.ranks; checkpoints before it: 1)
 };
 Resumed restore_run(const io::SafetensorsFile& file, const TrainConfig& config, int64_t steps_per_epoch,
                     nn::Module& model, Sgd& sgd, ema::EmaSet* averages);

@@ -18,10 +18,12 @@
 #include "apps/common/evaluate.h"
 #include "apps/common/progress.h"
 #include "apps/report/report.h"
+#include "apps/train/data_parallel.h"
 #include "apps/train/protocol.h"
 #include "apps/train/resume.h"
 #include "engine/backend.h"
 #include "engine/cuda/settings.h"
+#include "engine/distributed.h"
 #include "engine/host_memory.h"
 #include "engine/io/atomic_file.h"
 #include "data/labels.h"
@@ -71,10 +73,13 @@ std::string first_nonfinite(const nn::Module& model, bool gradients) {
   return "?";
 }
 
-// What is not finite in the step just computed ("" when all is well): the loss, or a
-// gradient.
-std::string nonfinite_part(float loss, const nn::Module& model) {
-  if (!std::isfinite(loss)) return "the loss is " + number_str(loss);
+// What is not finite in the step just computed ("" when all is well): a part's loss
+// (with the part named when there are several), or a gradient.
+std::string nonfinite_part(const std::vector<PartResult>& parts, const nn::Module& model) {
+  for (size_t p = 0; p < parts.size(); ++p)
+    if (!std::isfinite(parts[p].loss))
+      return "the loss is " + number_str(parts[p].loss) +
+             (parts.size() > 1 ? " (part " + std::to_string(p + 1) + " of " + std::to_string(parts.size()) + ")" : "");
   const std::string name = first_nonfinite(model, true);
   return name.empty() ? "" : "the gradient of " + name + " is not finite";
 }
@@ -110,6 +115,18 @@ void fault_stop_at(int64_t step) {
     return value ? std::atoll(value) : 0;
   }();
   if (step == stop_at) std::raise(SIGSTOP);
+}
+
+// Test hook of data-parallel runs: with POLYAK_FAULT_KILL_RANK=r@N, rank r kills itself
+// (SIGKILL) right after optimiser step N, as a lost machine would end; the launcher
+// then ends the job (tests/apps/test_data_parallel.cpp).
+void fault_kill_rank_at(int64_t step, int rank) {
+  static const std::pair<long long, long long> at = [] {
+    long long r = -1, n = -1;
+    if (const char* value = std::getenv("POLYAK_FAULT_KILL_RANK")) std::sscanf(value, "%lld@%lld", &r, &n);
+    return std::pair{r, n};
+  }();
+  if (rank == at.first && step == at.second) std::raise(SIGKILL);
 }
 
 // The output folder, checked before any work so that a bad path fails at once: it must
@@ -184,8 +201,10 @@ std::shared_ptr<nn::Module> build_model(const TrainConfig& config, int classes, 
   return model;
 }
 
-data::LoaderOptions training_loader_options(const TrainConfig& config, Device device) {
+data::LoaderOptions training_loader_options(const TrainConfig& config, Device device, const dist::Communicator& ranks) {
   data::LoaderOptions options;
+  options.share_index = ranks.rank();
+  options.share_count = ranks.size();
   options.batch_size = config.batch_size;
   options.shuffle = config.shuffle;
   options.augment = config.augment;
@@ -206,9 +225,24 @@ Schedule make_schedule(const TrainConfig& config, int64_t steps_per_epoch) {
   return schedule;
 }
 
-std::optional<ema::EmaSet> make_averages(const TrainConfig& config, nn::Module& model, int64_t total_steps) {
-  if (const auto options = config.ema_options(total_steps)) return std::optional<ema::EmaSet>(std::in_place, model, *options);
+std::optional<ema::EmaSet> make_averages(const TrainConfig& config, nn::Module& model, int64_t total_steps,
+                                         dist::Communicator& ranks) {
+  if (const auto options = config.ema_options(total_steps))
+    return std::optional<ema::EmaSet>(std::in_place, model, *options, &ranks);
   return std::nullopt;
+}
+
+// Every part of every batch must hold an image: the smallest batch (an epoch's last)
+// splits into ranks x accum-steps parts.
+void check_batch_splits(const TrainConfig& config, const data::Loader& loader, int ranks) {
+  const int64_t parts = static_cast<int64_t>(ranks) * config.accum_steps;
+  const int64_t last = loader.size() - (loader.batches_per_epoch() - 1) * config.batch_size;
+  const int64_t smallest = std::min(config.batch_size, last);
+  if (smallest >= parts) return;
+  throw std::invalid_argument("--batch-size " + std::to_string(config.batch_size) + ": its batches (the smallest, an epoch's last, has " +
+                              std::to_string(smallest) + " images) cannot be split into " + std::to_string(ranks) +
+                              " ranks x " + std::to_string(config.accum_steps) +
+                              " micro-batches (--accum-steps); use fewer ranks or a larger batch");
 }
 
 // A training run, set up (or resumed) by the constructor and carried to its end by
@@ -216,9 +250,11 @@ std::optional<ema::EmaSet> make_averages(const TrainConfig& config, nn::Module& 
 // epoch, a checkpoint, the end of the run.
 class Trainer {
  public:
-  Trainer(const TrainConfig& config, std::optional<io::SafetensorsFile> checkpoint)
+  Trainer(const TrainConfig& config, std::optional<io::SafetensorsFile> checkpoint, dist::Communicator& ranks)
       : config_(config),
-        out_dir_(prepare_run_folder(config)),
+        ranks_(ranks),
+        writer_(ranks.rank() == 0),
+        out_dir_(writer_ ? prepare_run_folder(config) : fs::path(config.output)),
         last_path_(out_dir_ / "last.safetensors"),
         data_(load_training_data(config)),
         device_(select_device(config)),
@@ -226,13 +262,14 @@ class Trainer {
         model_(build_model(config, data_.sets.train.num_classes, device_, rng_)),
         sgd_(*model_, {.lr = config.lr, .momentum = config.momentum, .weight_decay = config.weight_decay,
                        .nesterov = config.nesterov}),
-        loader_(data_.sets.train, data_.split.train, training_loader_options(config, device_)),
+        loader_(data_.sets.train, data_.split.train, training_loader_options(config, device_, ranks)),
         steps_per_epoch_(loader_.batches_per_epoch()),
         schedule_(make_schedule(config, steps_per_epoch_)),
-        averages_(make_averages(config, *model_, schedule_.total_steps)),
-        protocol_(config, *model_, averages_ ? &*averages_ : nullptr, data_.sets, data_.split, out_dir_,
+        averages_(make_averages(config, *model_, schedule_.total_steps, ranks)),
+        protocol_(config, *model_, averages_ ? &*averages_ : nullptr, data_.sets, data_.split, out_dir_, ranks,
                   data_.noise ? &*data_.noise : nullptr),
         metrics_(out_dir_ / "metrics.jsonl") {
+    check_batch_splits(config_, loader_, ranks_.size());
     if (checkpoint) {
       resume_from(*checkpoint);
       checkpoint.reset();  // all of it is restored: its memory goes back before training
@@ -244,6 +281,32 @@ class Trainer {
     print_plan();
   }
 
+  // Every rank drew its initial weights from the same seed (or read them from the same
+  // checkpoint): rank 0 broadcasts its weights, BN statistics and resolved settings, and
+  // a rank whose own differ throws std::invalid_argument saying so (ranks that run
+  // different builds of polyak, or that read different files, would train apart).
+  void check_same_start() {
+    const auto differs = [&](const std::string& mine_text) {
+      std::string text = mine_text;
+      int64_t length = static_cast<int64_t>(text.size());
+      ranks_.broadcast(&length, sizeof length, 0);
+      text.resize(static_cast<size_t>(length));
+      ranks_.broadcast(text.data(), length, 0);
+      return text != mine_text;
+    };
+    const auto bytes = [](const Tensor& t) {
+      const Tensor host = t.to(Device::CPU);
+      return std::string(static_cast<const char*>(host.raw_data()), static_cast<size_t>(host.numel()) * sizeof(float));
+    };
+    // Every broadcast on every rank before any rank may throw.
+    const bool settings = differs(state_.config_json);
+    const bool weights = differs(bytes(model_->parameter_arena()));
+    const bool statistics = differs(bytes(model_->buffer_arena()));
+    if (settings) throw std::invalid_argument("the run's settings differ from rank 0's");
+    if (weights || statistics)
+      throw std::invalid_argument("its initial weights differ from rank 0's: do all ranks run the same build of train?");
+  }
+
   void run() {
     while (loader_.state().epoch < config_.epochs)
       if (!train_epoch()) break;  // --max-steps
@@ -252,10 +315,11 @@ class Trainer {
 
  private:
   void start_fresh() {
+    state_.loader = loader_.state();
+    if (!writer_) return;
     io::write_file_atomically((out_dir_ / "config.json").string(), config_.to_json() + "\n");
     metrics_.start_fresh();
     save_model((out_dir_ / "init.safetensors").string(), *model_, {{"polyak.model", config_.model}});
-    state_.loader = loader_.state();
   }
 
   void resume_from(const io::SafetensorsFile& checkpoint) {
@@ -265,7 +329,11 @@ class Trainer {
     saved_path_ = config_.resume;
     saved_step_ = state_.step;
     rng_.set_state(state_.rng);
-    metrics_.keep_through_epoch(state_.epoch);
+    if (writer_) metrics_.keep_through_epoch(state_.epoch);
+    if (resumed.ranks != ranks_.size())
+      std::printf("note: the checkpoint was saved by %d rank(s), this job has %d: the run goes on from it, but is no "
+                  "longer bit-identical to one that keeps its ranks\n",
+                  resumed.ranks, ranks_.size());
     std::printf("resumed %s at epoch %lld, step %lld\n", config_.resume.c_str(), static_cast<long long>(state_.epoch),
                 static_cast<long long>(state_.step));
   }
@@ -285,6 +353,15 @@ class Trainer {
         std::printf(") every step, snapshots every %lld steps to %s/phema\n",
                     static_cast<long long>(config_.phema_period(schedule_.total_steps)), config_.output.c_str());
       }
+    }
+    if (ranks_.size() > 1 || config_.accum_steps > 1) {
+      const int64_t parts = ranks_.size() * config_.accum_steps;
+      std::printf("data-parallel: %d rank(s) (%s) x %lld micro-batch(es): each step's batch of %lld in %lld parts of "
+                  "about %lld images%s\n",
+                  ranks_.size(), ranks_.description().c_str(), static_cast<long long>(config_.accum_steps),
+                  static_cast<long long>(config_.batch_size), static_cast<long long>(parts),
+                  static_cast<long long>(config_.batch_size / parts),
+                  averages_ && ranks_.size() > 1 ? ", averages sharded over the ranks" : "");
     }
     std::printf("train: %s on %s (%zu train / %zu val / %lld test images), %lld parameters, batch %lld, %d epochs, "
                 "%s lr %.3g, %d threads -> %s\n",
@@ -311,6 +388,7 @@ class Trainer {
       const double seen = static_cast<double>(std::max<int64_t>(state_.epoch_seen, 1));
       bar.update(++done, state_.epoch_loss_sum / seen, 100.0 * static_cast<double>(state_.epoch_correct) / seen);
       fault_stop_at(state_.step);
+      fault_kill_rank_at(state_.step, ranks_.rank());
       if (config_.max_steps && state_.step >= config_.max_steps) {
         stopped = true;
         break;
@@ -326,18 +404,37 @@ class Trainer {
     return !stopped;
   }
 
-  // One optimiser step on `batch` at learning rate `lr`, or a skipped one (see
-  // --on-nonfinite) when its loss or a gradient is not finite.
+  // One optimiser step on `batch` (this rank's share of it) at learning rate `lr`, or a
+  // skipped one (see --on-nonfinite) when a loss or a gradient is not finite. The batch
+  // goes through the model in parts (apps/train/data_parallel.h); one process with no
+  // --accum-steps has a single part, the batch itself.
   void step(const data::Batch& batch, int64_t epoch, float lr) {
     sgd_.options().lr = lr;
-    model_->zero_grad();
-    std::vector<Tensor> buffers_before;
-    if (config_.on_nonfinite == "skip") buffers_before = copy_buffers(*model_);
-    const Tensor logits = (*model_)(batch.images);
-    const Tensor loss = cross_entropy(logits, batch.labels);
-    const float loss_value = loss.item();
-    if (std::isfinite(loss_value)) loss.backward();
-    if (const std::string bad = nonfinite_part(loss_value, *model_); !bad.empty()) {
+    const std::vector<Part> parts = split_parts(batch, ranks_.rank(), ranks_.size(), config_.accum_steps);
+    const bool split = ranks_.size() > 1 || parts.size() > 1;
+    std::vector<Tensor> buffers_before;  // a skipped step restores them; each part starts from them
+    if (config_.on_nonfinite == "skip" || parts.size() > 1) buffers_before = copy_buffers(*model_);
+    std::vector<PartResult> results;
+    PartSum gradients, statistics;
+    for (size_t p = 0; p < parts.size(); ++p) {
+      if (p > 0) restore_buffers(*model_, buffers_before);
+      model_->zero_grad();
+      const Tensor logits = (*model_)(parts[p].images);
+      const Tensor loss = cross_entropy(logits, parts[p].labels);
+      const float loss_value = loss.item();
+      if (std::isfinite(loss_value)) (split ? mul_scalar(loss, parts[p].share) : loss).backward();
+      results.push_back({loss_value, static_cast<double>(argmax_matches(logits, parts[p].labels)),
+                         static_cast<double>(parts[p].labels.numel())});
+      if (parts.size() > 1) {
+        gradients.add(model_->gradient_arena());
+        statistics.add(model_->buffer_arena());
+      }
+    }
+    if (split) {
+      results = gather_results(ranks_, results);
+      combine_parts(ranks_, *model_, gradients, statistics, static_cast<int64_t>(results.size()));
+    }
+    if (const std::string bad = nonfinite_part(results, *model_); !bad.empty()) {
       skip_step(bad, epoch, lr, buffers_before);
       return;
     }
@@ -352,10 +449,11 @@ class Trainer {
       averages_->after_step(state_.step);
       snapshot_power_averages();
     }
-    const int64_t b = batch.labels.numel();
-    state_.epoch_loss_sum += static_cast<double>(loss_value) * static_cast<double>(b);
-    state_.epoch_correct += argmax_matches(logits, batch.labels);
-    state_.epoch_seen += b;
+    for (const PartResult& r : results) {
+      state_.epoch_loss_sum += r.loss * r.images;
+      state_.epoch_correct += static_cast<int64_t>(r.correct);
+      state_.epoch_seen += static_cast<int64_t>(r.images);
+    }
   }
 
   // Skipped: no update of the weights, the momentum or the averages, and the BN
@@ -385,7 +483,7 @@ class Trainer {
     json train_row = {{"epoch", state_.epoch}, {"step", state_.step}, {"lr", lr}, {"model", "sgd"}, {"bn", "running"}};
     train_row.update({{"split", "train"}, {"accuracy", accuracy}, {"loss", loss}, {"images", state_.epoch_seen},
                       {"skipped", state_.epoch_skipped}, {"memory", memory_json(host_memory())}});
-    metrics_.append(train_row);
+    if (writer_) metrics_.append(train_row);
     std::string summary = "epoch " + std::to_string(state_.epoch) + "/" + std::to_string(config_.epochs);
     char buf[160];
     std::snprintf(buf, sizeof buf, "  lr %.4f  train loss %.3f acc %.2f%%", lr, loss, accuracy);
@@ -412,11 +510,12 @@ class Trainer {
     if (state_.step % config_.phema_period(total) != 0 && state_.step != total) return;
     for (size_t k = averages_->exponential_count(); k < averages_->size(); ++k) {
       const fs::path folder = out_dir_ / "phema";
-      fs::create_directories(folder);
+      if (writer_) fs::create_directories(folder);
       char file[64];
       std::snprintf(file, sizeof file, "%s-%09lld.safetensors", averages_->name(k).c_str(),
                     static_cast<long long>(state_.step));
-      ema::EmaSet::Use use(*averages_, k);
+      ema::EmaSet::Use use(*averages_, k);  // on every rank: gathers a sharded average
+      if (!writer_) continue;
       save_model((folder / file).string(), *model_,
                  {{"polyak.model", config_.model},
                   {"polyak.phema.sigma_rel", number_str(averages_->sigma_rel(k))},
@@ -430,18 +529,21 @@ class Trainer {
   void save_checkpoint() {
     state_.loader = loader_.state();
     state_.rng = rng_.state();
-    std::map<std::string, std::string> extra_metadata = {{"polyak.selection", protocol_.selection().dump()}};
+    std::map<std::string, std::string> extra_metadata = {{"polyak.selection", protocol_.selection().dump()},
+                                                         {"polyak.ranks", std::to_string(ranks_.size())}};
     if (averages_) extra_metadata.merge(averages_->state_metadata());
-    save_training_checkpoint(last_path_.string(), *model_, sgd_, state_,
-                             averages_ ? averages_->state_tensors() : std::vector<nn::NamedTensor>{}, extra_metadata);
+    // Gathered on every rank (a collective call), written by rank 0.
+    const std::vector<nn::NamedTensor> average_tensors = averages_ ? averages_->state_tensors() : std::vector<nn::NamedTensor>{};
+    if (writer_) save_training_checkpoint(last_path_.string(), *model_, sgd_, state_, average_tensors, extra_metadata);
     saved_path_ = last_path_.string();
     saved_step_ = state_.step;
   }
 
   // The final model, the protocol's selection and tables, and the report.
   void finish() {
-    save_model((out_dir_ / "model.safetensors").string(), *model_, {{"polyak.model", config_.model}});
+    if (writer_) save_model((out_dir_ / "model.safetensors").string(), *model_, {{"polyak.model", config_.model}});
     protocol_.finish(state_.epoch, state_.step, schedule_.lr_at(state_.step - 1), metrics_);
+    if (!writer_) return;
     const fs::path report = out_dir_ / "report.html";
     write_report({out_dir_.string()}, report.string());
     std::printf("report: %s\n", report.string().c_str());
@@ -457,6 +559,8 @@ class Trainer {
   }
 
   const TrainConfig config_;
+  dist::Communicator& ranks_;
+  const bool writer_;  // rank 0 writes the run folder; every rank computes all of it
   const fs::path out_dir_, last_path_;
   TrainingData data_;
   const Device device_;
@@ -478,16 +582,32 @@ class Trainer {
 
 int run_training(TrainConfig config) {
   const auto run_start = std::chrono::steady_clock::now();
-  std::optional<io::SafetensorsFile> checkpoint;
-  if (!config.resume.empty()) {
-    checkpoint = read_resumed_checkpoint(config.resume);
-    config = resumed_config(config, *checkpoint);
-  }
-  config.resolve();
-  config.validate();
-  if (config.threads) set_num_threads(config.threads);
-  Trainer trainer(config, std::move(checkpoint));
-  trainer.run();
+  if (dist::launched_by_mpi() && !dist::mpi_available())
+    throw std::invalid_argument("started by an MPI launcher, but this build of train has no MPI: each process would "
+                                "train alone (install libopenmpi-dev or libmpich-dev and rebuild)");
+  dist::Communicator& ranks = dist::world();
+  // Rank 0 speaks for the job; the others' errors still reach stderr.
+  if (ranks.rank() != 0 && !std::freopen("/dev/null", "w", stdout))
+    throw std::runtime_error("cannot silence rank " + std::to_string(ranks.rank()) + "'s output");
+  std::optional<Trainer> trainer;
+  run_on_every_rank(ranks, [&] {
+    std::optional<io::SafetensorsFile> checkpoint;
+    if (!config.resume.empty()) {
+      checkpoint = read_resumed_checkpoint(config.resume);
+      config = resumed_config(config, *checkpoint);
+    }
+    config.resolve();
+    config.validate();
+    if (config.threads) {
+      set_num_threads(config.threads);
+    } else if (ranks.local_size() > 1) {
+      set_num_threads(std::max(1, num_threads() / ranks.local_size()));  // the machine's cores, shared
+    }
+    if (config.device == "cuda" && ranks.local_size() > 1) set_cuda_device_index(ranks.local_rank());
+    trainer.emplace(config, std::move(checkpoint), ranks);
+  });
+  if (ranks.size() > 1) run_on_every_rank(ranks, [&] { trainer->check_same_start(); });
+  trainer->run();
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
   std::printf("done in %s: %s\n", format_duration(total).c_str(), config.output.c_str());
   return 0;

@@ -60,7 +60,7 @@ void cuda_check(cudaError_t status, const char* what, const char* file, int line
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend();  // on device 0
+  CudaBackend();  // on the device of set_cuda_device_index (0 by default)
   ~CudaBackend() override;
   Device device() const override { return Device::CUDA; }
   const Kernels& native_kernels() const override;

@@ -40,9 +40,11 @@ void cudnn_check(cudnnStatus_t status, const char* what, const char* file, int l
 namespace {
 std::atomic<bool> g_tf32{false};
 std::atomic<bool> g_deterministic{false};
+std::atomic<int> g_device_index{0};
 std::string g_unavailable_reason;  // written once, inside the static initialiser below
 }  // namespace
 
+void set_cuda_device_index(int index) { g_device_index = index; }
 void set_cuda_tf32(bool on) { g_tf32 = on; }
 bool cuda_tf32() { return g_tf32; }
 void set_cuda_deterministic(bool on) { g_deterministic = on; }
@@ -103,9 +105,10 @@ void cuda_reset_peak_memory() {
 // ---------------------------------------------------------------- CudaBackend
 
 CudaBackend::CudaBackend() {
-  POLYAK_CUDA(cudaSetDevice(0));
+  const int index = g_device_index;
+  POLYAK_CUDA(cudaSetDevice(index));
   cudaDeviceProp props{};
-  POLYAK_CUDA(cudaGetDeviceProperties(&props, 0));
+  POLYAK_CUDA(cudaGetDeviceProperties(&props, index));
   sm_count_ = props.multiProcessorCount;
   char text[512];
   std::snprintf(text, sizeof text, "%s (sm_%d%d, %d SMs, %.0f GiB)", props.name, props.major, props.minor,

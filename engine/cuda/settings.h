@@ -19,6 +19,11 @@ std::string cuda_unavailable_reason();
 // "NVIDIA H200 (sm_90, 132 SMs, 140 GiB)", or "" without a GPU.
 std::string cuda_device_description();
 
+// The GPU the backend uses, by CUDA's index (default 0): a data-parallel job runs one
+// rank per GPU, each on the GPU of its index among the ranks of its machine. Call
+// before anything touches the GPU; later calls have no effect.
+void set_cuda_device_index(int index);
+
 // TF32 tensor-core math for cuBLAS products and cuDNN convolutions: about 8x the FP32
 // throughput with a 10-bit mantissa in the products. Off by default (exact FP32, as the
 // CPU); it is a global choice, read at every call.
