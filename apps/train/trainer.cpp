@@ -431,14 +431,17 @@ class Trainer {
       }
     }
     if (split) {
+      const auto start = std::chrono::steady_clock::now();
       results = gather_results(ranks_, results);
       combine_parts(ranks_, *model_, gradients, statistics, static_cast<int64_t>(results.size()));
+      if (ranks_.size() > 1) exchange_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     }
     if (const std::string bad = nonfinite_part(results, *model_); !bad.empty()) {
       skip_step(bad, epoch, lr, buffers_before);
       return;
     }
     state_.consecutive_skips = 0;
+    ++epoch_steps_;
     sgd_.step();
     // A finite loss and gradient can still step to weights that overflow; that cannot
     // be skipped (the old weights are gone), so it always stops the run.
@@ -491,8 +494,16 @@ class Trainer {
     if (state_.epoch_skipped) summary += "  (" + std::to_string(state_.epoch_skipped) + " steps skipped)";
     if (state_.epoch % config_.eval_every == 0 || state_.epoch == config_.epochs)
       summary += protocol_.evaluate_epoch(state_.epoch, state_.step, lr, metrics_);
-    std::snprintf(buf, sizeof buf, "  (%.0f img/s, %s)", rate, format_duration(seconds).c_str());
-    std::printf("%s%s\n", summary.c_str(), buf);
+    std::snprintf(buf, sizeof buf, "  (%.0f img/s, %s", rate, format_duration(seconds).c_str());
+    summary += buf;
+    // The time a step waits for the other ranks and their sums: the cost of the
+    // all-reduce (and of any rank that is slower than this one).
+    if (ranks_.size() > 1 && epoch_steps_ > 0)
+      summary += ", exchange " + number_str(std::round(1e5 * exchange_seconds_ / static_cast<double>(epoch_steps_)) / 100) +
+                 " ms/step";
+    std::printf("%s)\n", summary.c_str());
+    exchange_seconds_ = 0;
+    epoch_steps_ = 0;
     clear_epoch_sums();
   }
 
@@ -574,6 +585,8 @@ class Trainer {
   Protocol protocol_;
   MetricsLog metrics_;
   TrainingState state_;
+  double exchange_seconds_ = 0;  // this epoch's, and its steps (of this process)
+  int64_t epoch_steps_ = 0;
   std::string saved_path_;  // the last good checkpoint, and its step
   int64_t saved_step_ = 0;
 };
