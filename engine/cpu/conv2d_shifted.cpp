@@ -33,37 +33,53 @@ void interleave_row(const float* even, const float* odd, int64_t n_even, int64_t
 
 }  // namespace
 
+namespace {
+
+// The loop the forward and the stride-1 data gradient share: the images of `in`
+// (in_image floats each) are copied into the padded planes a few at a time, each group
+// goes through one product with `weights` into `wide` (`channels` rows), and
+// finish(wide, slot, n) writes image n (the group's slot-th) of `out` (out_image floats
+// each). While a group computes, the next group's input, the group's `residual` (may be
+// null) and its output are prefetched.
+template <class Finish>
+void shifted_products(const Conv2dGeom& g, const ShiftedRows& rows, const SgemmPackedA& weights, int64_t channels,
+                      const float* in, int64_t in_image, const float* residual, float* out, int64_t out_image,
+                      Finish&& finish) {
+  parallel_chunks(g.N, rows.layout.images, gemm_cost(g), [&](auto&& next) {
+    thread_local std::vector<float> image_buffer, wide_buffer;
+    float* padded = rows.zeroed_planes(scratch(image_buffer, rows.padded_size()));
+    float* wide = scratch(wide_buffer, channels * rows.columns());
+    rows.for_each_product_ahead(next, [&](int64_t first, int64_t last, int64_t after_first, int64_t after_last) {
+      for (int64_t n = first; n < last; ++n) rows.copy_interior(in + n * in_image, n - first, padded);
+      SgemmPrefetch prefetch;
+      prefetch.reads[0] = SgemmPrefetch::Range::floats(in + after_first * in_image, (after_last - after_first) * in_image);
+      if (residual)
+        prefetch.reads[1] = SgemmPrefetch::Range::floats(residual + first * out_image, (last - first) * out_image);
+      prefetch.write = SgemmPrefetch::Range::floats(out + first * out_image, (last - first) * out_image);
+      rows.product(weights, padded, wide, prefetch);
+      for (int64_t n = first; n < last; ++n) finish(wide, n - first, n);
+    });
+  });
+}
+
+}  // namespace
+
 // With plane_moments, also the kPlaneMoments of each plane of y, each computed right
 // after the copy-out has written its plane (in L1).
 void shifted_forward(const Conv2dGeom& g, const float* x, const float* w, const float* bias, const Epilogue& epilogue,
                      float* y, float* plane_moments) {
   const SgemmPackedA& weights = packed_weights(false, g.K, g.C * g.R * g.S, w);
   const ShiftedRows rows = forward_rows(g, g.N, &weights);
-  const int64_t image = g.C * g.H * g.W, out = g.K * g.P * g.Q;
-  parallel_chunks(g.N, rows.layout.images, gemm_cost(g), [&](auto&& next) {
-    thread_local std::vector<float> image_buffer, wide_buffer;
-    float* xp = rows.zeroed_planes(scratch(image_buffer, rows.padded_size()));
-    float* wide = scratch(wide_buffer, g.K * rows.columns());
-    rows.for_each_product_ahead(next, [&](int64_t first, int64_t last, int64_t after_first, int64_t after_last) {
-      for (int64_t n = first; n < last; ++n) rows.copy_interior(x + n * image, n - first, xp);
-      // The next images to copy in, the residual and the output of these.
-      SgemmPrefetch prefetch;
-      prefetch.reads[0] = SgemmPrefetch::Range::floats(x + after_first * image, (after_last - after_first) * image);
-      if (epilogue.residual)
-        prefetch.reads[1] = SgemmPrefetch::Range::floats(epilogue.residual + first * out, (last - first) * out);
-      prefetch.write = SgemmPrefetch::Range::floats(y + first * out, (last - first) * out);
-      rows.product(weights, xp, wide, prefetch);
-      const int64_t plane = g.P * g.Q;
-      for (int64_t n = first; n < last; ++n) {
-        const int64_t at = n * out;
-        rows.drop_wrapped(g.K, wide, n - first, bias, epilogue.residual ? epilogue.residual + at : nullptr,
-                          epilogue.relu, y + at);
-        if (plane_moments)
-          for (int64_t k = 0; k < g.K; ++k)
-            cpu::plane_moments(y + at + k * plane, plane, plane_moments + (n * g.K + k) * kPlaneMoments);
-      }
-    });
-  });
+  const int64_t out = g.K * g.P * g.Q, plane = g.P * g.Q;
+  shifted_products(g, rows, weights, g.K, x, g.C * g.H * g.W, epilogue.residual, y, out,
+                   [&](const float* wide, int64_t slot, int64_t n) {
+                     const int64_t at = n * out;
+                     rows.drop_wrapped(g.K, wide, slot, bias, epilogue.residual ? epilogue.residual + at : nullptr,
+                                       epilogue.relu, y + at);
+                     if (plane_moments)
+                       for (int64_t k = 0; k < g.K; ++k)
+                         cpu::plane_moments(y + at + k * plane, plane, plane_moments + (n * g.K + k) * kPlaneMoments);
+                   });
 }
 
 // The filter of the backward data as a forward (see conv2d_shifted_rows.h):
@@ -83,23 +99,12 @@ const float* flipped_filters(const Conv2dGeom& g, const float* w) {
 void shifted_backward_data(const Conv2dGeom& g, const float* dy, const float* w, float* dx, bool add) {
   const SgemmPackedA& weights = packed_weights(false, g.C, g.K * g.R * g.S, flipped_filters(g, w));
   const ShiftedRows rows = backward_data_rows(g, weights);
-  const int64_t image = g.K * g.P * g.Q, out = g.C * g.H * g.W;
-  parallel_chunks(g.N, rows.layout.images, gemm_cost(g), [&](auto&& next) {
-    thread_local std::vector<float> image_buffer, wide_buffer;
-    float* dyp = rows.zeroed_planes(scratch(image_buffer, rows.padded_size()));
-    float* wide = scratch(wide_buffer, g.C * rows.columns());
-    rows.for_each_product_ahead(next, [&](int64_t first, int64_t last, int64_t after_first, int64_t after_last) {
-      for (int64_t n = first; n < last; ++n) rows.copy_interior(dy + n * image, n - first, dyp);
-      SgemmPrefetch prefetch;  // the next images to copy in, the output of these
-      prefetch.reads[0] = SgemmPrefetch::Range::floats(dy + after_first * image, (after_last - after_first) * image);
-      prefetch.write = SgemmPrefetch::Range::floats(dx + first * out, (last - first) * out);
-      rows.product(weights, dyp, wide, prefetch);
-      for (int64_t n = first; n < last; ++n) {
-        float* const dx_image = dx + n * out;
-        rows.drop_wrapped(g.C, wide, n - first, nullptr, add ? dx_image : nullptr, false, dx_image);
-      }
-    });
-  });
+  const int64_t out = g.C * g.H * g.W;
+  shifted_products(g, rows, weights, g.C, dy, g.K * g.P * g.Q, nullptr, dx, out,
+                   [&](const float* wide, int64_t slot, int64_t n) {
+                     float* const dx_image = dx + n * out;
+                     rows.drop_wrapped(g.C, wide, slot, nullptr, add ? dx_image : nullptr, false, dx_image);
+                   });
 }
 
 // ---- the data gradient of a strided convolution, on the phases of dx
