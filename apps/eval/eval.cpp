@@ -280,6 +280,12 @@ json results_json(const EvalConfig& config, const EvalInputs& in, const std::vec
 }  // namespace
 
 int run_eval(EvalConfig config) {
+  const json results = evaluate_checkpoints(config);
+  if (!config.json.empty()) write_output("--json", config.json, results.dump(2) + "\n");
+  return 0;
+}
+
+json evaluate_checkpoints(EvalConfig config) {
   const Device device = start_app(config);
   FILE* out = table_stream(config.json);
   EvalInputs in = load_inputs(config, device);
@@ -294,8 +300,7 @@ int run_eval(EvalConfig config) {
   }
   print_rows(out, rows, config.val_split > 0);
   json pairs = compare_pairs(out, rows);
-  if (!config.json.empty()) write_output("--json", config.json, results_json(config, in, rows, std::move(pairs)).dump(2) + "\n");
-  return 0;
+  return results_json(config, in, rows, std::move(pairs));
 }
 
 }  // namespace polyak::app

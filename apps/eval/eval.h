@@ -15,6 +15,8 @@
 // going to stderr) the same as one JSON object.
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -52,5 +54,8 @@ void add_eval_flags(CLI::App& app, EvalConfig& config);
 // Returns the process exit code; throws std::invalid_argument, data::DataError or
 // io::SafetensorsError for bad input.
 int run_eval(EvalConfig config);
+// The evaluation of run_eval (its table printed as run_eval prints it), returning the
+// document that run_eval writes to --json, for callers that use the numbers.
+nlohmann::ordered_json evaluate_checkpoints(EvalConfig config);
 
 }  // namespace polyak::app

@@ -133,7 +133,8 @@ std::vector<Rebuilt> rebuild(const PhemaConfig& config, const TrainConfig& run, 
 }
 
 // The eval app's evaluation of the reconstructions on the test set, with the combined
-// running statistics or with recomputed ones: eval's JSON rows, by checkpoint.
+// running statistics or with recomputed ones: eval's JSON rows, by checkpoint. Eval's
+// whole document is kept as phema_out/eval_running.json or eval_recomputed.json.
 json evaluate(const PhemaConfig& config, const TrainConfig& run, const std::vector<std::string>& paths, bool recompute) {
   EvalConfig e;
   e.checkpoints = paths;
@@ -147,10 +148,10 @@ json evaluate(const PhemaConfig& config, const TrainConfig& run, const std::vect
   e.bn_recompute_batches = config.bn_recompute_batches;
   e.batch_size = run.batch_size;
   e.device = config.device;
-  e.json = (fs::path(config.run_dir) / "phema_out" / (recompute ? "eval_recomputed.json" : "eval_running.json")).string();
-  run_eval(e);
-  std::ifstream in(e.json);
-  const json results = json::parse(in);
+  const json results = evaluate_checkpoints(e);
+  io::write_file_atomically(
+      (fs::path(config.run_dir) / "phema_out" / (recompute ? "eval_recomputed.json" : "eval_running.json")).string(),
+      results.dump(2) + "\n");
   json rows = json::object();
   for (const json& row : results.at("models")) rows[row.at("checkpoint").get<std::string>()] = row;
   return rows;
@@ -166,7 +167,8 @@ int run_phema(PhemaConfig config) {
   const TrainConfig run = TrainConfig::from_json(std::string(std::istreambuf_iterator<char>(config_file), {}));
   const std::vector<Snapshot> snapshots = list_snapshots(config.run_dir);
   int64_t step = config.step;
-  for (const Snapshot& s : snapshots) step = config.step ? step : std::max(step, s.step);
+  if (step == 0)
+    for (const Snapshot& s : snapshots) step = std::max(step, s.step);
   std::printf("phema: %zu snapshots in %s/phema, averages rebuilt at step %lld\n", snapshots.size(),
               config.run_dir.c_str(), static_cast<long long>(step));
   const std::vector<Rebuilt> rebuilt = rebuild(config, run, snapshots, step, device);
@@ -205,7 +207,7 @@ int run_phema(PhemaConfig config) {
   }
   const fs::path out_dir = fs::path(config.run_dir) / "phema_out";
   io::write_file_atomically((out_dir / "phema.json").string(), doc.dump(2) + "\n");
-  if (const std::string sweep = phema_sweep_svg(nlohmann::json::parse(doc.dump())); !sweep.empty())
+  if (const std::string sweep = phema_sweep_svg(doc); !sweep.empty())
     io::write_file_atomically((out_dir / "sweep.svg").string(), sweep + "\n");
   std::printf("phema: %s\n", (out_dir / "phema.json").string().c_str());
   return 0;

@@ -11,7 +11,7 @@ namespace polyak::app {
 
 namespace {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;
 
 double accuracy(const json& target, const char* evaluation) {
   return target.contains(evaluation) ? target[evaluation].value("accuracy", NAN) : NAN;

@@ -103,13 +103,13 @@ struct RunData {
   std::vector<MetricRow> rows;
   nlohmann::json reliability;  // null when reliability.json is missing
   nlohmann::json selection;    // null when selection.json is missing
-  nlohmann::json phema;        // null when phema_out/phema.json (apps/phema) is missing
+  nlohmann::ordered_json phema;  // null when phema_out/phema.json (apps/phema) is missing
   std::vector<std::string> notes;  // what was skipped while reading
 };
 
 // The post-hoc EMA sweep of a phema.json (apps/phema) as an <svg>, "" with fewer than
 // two rebuilt power averages; and the report's section on it (phema_section.cpp).
-std::string phema_sweep_svg(const nlohmann::json& phema);
+std::string phema_sweep_svg(const nlohmann::ordered_json& phema);
 std::string phema_section(const std::vector<RunData>& runs);
 
 // Reads a run folder. Throws std::invalid_argument naming the file for a missing
