@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Data-parallel throughput on this machine: ResNet-20 training images/s of one process
 # on all cores (2 threads here) against `mpirun -np 2` at 1 thread each, alternated over
-# ROUNDS rounds, and the exchange time per step (the all-reduce of the gradients and BN
-# statistics, plus any wait for the other rank) for ResNet-20 and ResNet-18. Each run is
+# ROUNDS rounds, and per step the time a rank waits for the other and the time of the
+# all-reduce of the gradients and BN statistics, for ResNet-20 and ResNet-18. Each run is
 # one epoch of 100 steps of batch 128 (ResNet-18: 20 steps) on real CIFAR-10, without
 # averages; the rates are those of the epoch line. Nothing else may run meanwhile.
 #   usage: tools/bench-data-parallel.sh [BUILD=build] [ROUNDS=2]

@@ -431,10 +431,14 @@ class Trainer {
       }
     }
     if (split) {
+      // The first exchange (a few numbers) waits for the slowest rank; the sums that
+      // follow start on every rank at once, so their time is the all-reduce's own.
       const auto start = std::chrono::steady_clock::now();
       results = gather_results(ranks_, results);
+      const auto gathered = std::chrono::steady_clock::now();
       combine_parts(ranks_, *model_, gradients, statistics, static_cast<int64_t>(results.size()));
-      if (ranks_.size() > 1) exchange_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      wait_seconds_ += std::chrono::duration<double>(gathered - start).count();
+      reduce_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - gathered).count();
     }
     if (const std::string bad = nonfinite_part(results, *model_); !bad.empty()) {
       skip_step(bad, epoch, lr, buffers_before);
@@ -496,13 +500,14 @@ class Trainer {
       summary += protocol_.evaluate_epoch(state_.epoch, state_.step, lr, metrics_);
     std::snprintf(buf, sizeof buf, "  (%.0f img/s, %s", rate, format_duration(seconds).c_str());
     summary += buf;
-    // The time a step waits for the other ranks and their sums: the cost of the
-    // all-reduce (and of any rank that is slower than this one).
-    if (ranks_.size() > 1 && epoch_steps_ > 0)
-      summary += ", exchange " + number_str(std::round(1e5 * exchange_seconds_ / static_cast<double>(epoch_steps_)) / 100) +
-                 " ms/step";
+    // What data parallelism cost this rank per step: waiting for slower ranks, and the
+    // all-reduce of the gradients and BN statistics.
+    if (ranks_.size() > 1 && epoch_steps_ > 0) {
+      const auto ms = [&](double seconds) { return number_str(std::round(1e5 * seconds / static_cast<double>(epoch_steps_)) / 100); };
+      summary += ", per step: wait " + ms(wait_seconds_) + " ms, all-reduce " + ms(reduce_seconds_) + " ms";
+    }
     std::printf("%s)\n", summary.c_str());
-    exchange_seconds_ = 0;
+    wait_seconds_ = reduce_seconds_ = 0;
     epoch_steps_ = 0;
     clear_epoch_sums();
   }
@@ -585,7 +590,7 @@ class Trainer {
   Protocol protocol_;
   MetricsLog metrics_;
   TrainingState state_;
-  double exchange_seconds_ = 0;  // this epoch's, and its steps (of this process)
+  double wait_seconds_ = 0, reduce_seconds_ = 0;  // this epoch's, and its steps (of this process)
   int64_t epoch_steps_ = 0;
   std::string saved_path_;  // the last good checkpoint, and its step
   int64_t saved_step_ = 0;
