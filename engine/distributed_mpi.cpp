@@ -71,7 +71,10 @@ class MpiWorld final : public Communicator {
       offsets[static_cast<size_t>(r)] = as_count(slice.begin);
     }
     const int mine = counts[static_cast<size_t>(rank_)];
-    std::vector<float> received(static_cast<size_t>(mine) * static_cast<size_t>(size_));
+    // Kept between calls: a fresh buffer would be zeroed and faulted in at every step.
+    std::vector<float>& received = received_;
+    if (received.size() < static_cast<size_t>(mine) * static_cast<size_t>(size_))
+      received.resize(static_cast<size_t>(mine) * static_cast<size_t>(size_));
     std::vector<int> received_counts(counts.size(), mine), received_offsets(counts.size());
     for (int r = 0; r < size_; ++r) received_offsets[static_cast<size_t>(r)] = r * mine;
     check(MPI_Alltoallv(data, counts.data(), offsets.data(), MPI_FLOAT, received.data(), received_counts.data(),
@@ -124,6 +127,7 @@ class MpiWorld final : public Communicator {
  private:
   int rank_ = 0, size_ = 1, local_size_ = 1, local_rank_ = 0;
   std::string library_;
+  std::vector<float> received_;  // sum_in_rank_order's slices from every rank
 };
 
 }  // namespace
