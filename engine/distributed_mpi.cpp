@@ -4,6 +4,7 @@
 // do: the launcher ends every rank and the run resumes from its last checkpoint.
 #include <mpi.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
 #include <memory>
@@ -46,7 +47,9 @@ class MpiWorld final : public Communicator {
     int length = 0;
     MPI_Get_library_version(version, &length);
     library_.assign(version, static_cast<size_t>(length));
+    // The first line up to its first comma, tabs as spaces ("MPICH Version:\t4.0.2").
     if (const size_t end = library_.find_first_of(",\n"); end != std::string::npos) library_.resize(end);
+    std::replace(library_.begin(), library_.end(), '\t', ' ');
     // Finalised at normal exit, after the world's users are gone.
     std::atexit([] {
       int finalized = 0;
