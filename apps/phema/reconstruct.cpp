@@ -12,11 +12,7 @@
 #include "apps/common/checkpoint.h"
 #include "apps/common/cli.h"
 #include "ema/power_profile.h"
-
-// LAPACK (from OpenBLAS): eigenvalues and eigenvectors of a real symmetric matrix. The
-// trailing lengths are the Fortran calling convention's hidden string lengths.
-extern "C" void dsyev_(const char* jobz, const char* uplo, const int* n, double* a, const int* lda, double* w,
-                       double* work, const int* lwork, int* info, size_t jobz_len, size_t uplo_len);
+#include "engine/linalg.h"
 
 namespace polyak::app {
 
@@ -109,15 +105,10 @@ std::vector<double> target_profile(const Target& target, int64_t step) {
 std::vector<double> solve_symmetric(const std::vector<double>& gram, const std::vector<double>& rhs,
                                     double* condition) {
   const int n = static_cast<int>(rhs.size());
-  std::vector<double> vectors = gram, values(static_cast<size_t>(n));
-  int lwork = -1, info = 0;
-  double query = 0;
-  dsyev_("V", "U", &n, vectors.data(), &n, values.data(), &query, &lwork, &info, 1, 1);
-  lwork = static_cast<int>(query);
-  std::vector<double> work(static_cast<size_t>(std::max(lwork, 1)));
-  dsyev_("V", "U", &n, vectors.data(), &n, values.data(), work.data(), &lwork, &info, 1, 1);
-  if (info != 0) throw std::runtime_error("dsyev failed on the Gram matrix (info " + std::to_string(info) + ")");
-  // Ascending eigenvalues; column j of `vectors` (column-major) is eigenvector j.
+  const linalg::SymmetricEigen eigen = linalg::symmetric_eigen(gram, n);
+  const std::vector<double>& values = eigen.values;
+  const std::vector<double>& vectors = eigen.vectors;
+  // Ascending eigenvalues; row j of `vectors` is eigenvector j.
   const double largest = values.back(), smallest = values.front();
   *condition = smallest > 0 ? largest / smallest : std::numeric_limits<double>::infinity();
   std::vector<double> x(static_cast<size_t>(n), 0.0);
