@@ -1,6 +1,8 @@
 #include "engine/optim/sgd.h"
 
+#include <algorithm>
 #include <stdexcept>
+#include <string>
 
 #include "engine/backend.h"
 #include "engine/nn/module.h"
@@ -21,10 +23,36 @@ Sgd::Sgd(Tensor params, Tensor grads, SgdOptions options)
 
 void Sgd::step() {
   const SgdOptions& o = options_;
-  const SgdHyper hyper{o.lr, o.momentum, o.dampening, o.weight_decay, o.nesterov, steps_ == 0};
-  kernels(params_.device())
-      .sgd_step(hyper, params_.numel(), params_.data<float>(), grads_.data<float>(), momentum_buffer_.data<float>());
+  const Kernels& k = kernels(params_.device());
+  const auto run = [&](int64_t begin, int64_t end, float lr, float weight_decay) {
+    if (end <= begin) return;
+    const SgdHyper hyper{lr, o.momentum, o.dampening, weight_decay, o.nesterov, steps_ == 0};
+    k.sgd_step(hyper, end - begin, params_.data<float>() + begin, grads_.data<float>() + begin,
+               momentum_buffer_.data<float>() + begin);
+  };
+  // The groups in arena order, and options() in the gaps between them.
+  int64_t at = 0;
+  for (const SgdGroup& g : groups_) {
+    run(at, g.begin, o.lr, o.weight_decay);
+    run(g.begin, g.end, o.lr * g.lr_scale, g.weight_decay);
+    at = g.end;
+  }
+  run(at, params_.numel(), o.lr, o.weight_decay);
   ++steps_;
+}
+
+void Sgd::set_groups(std::vector<SgdGroup> groups) {
+  std::sort(groups.begin(), groups.end(), [](const SgdGroup& a, const SgdGroup& b) { return a.begin < b.begin; });
+  int64_t at = 0;
+  for (const SgdGroup& g : groups) {
+    if (g.begin < at || g.end < g.begin || g.end > params_.numel())
+      throw std::invalid_argument("SGD group [" + std::to_string(g.begin) + ", " + std::to_string(g.end) +
+                                  ") overlaps another or leaves the arena of " + std::to_string(params_.numel()));
+    if (!(g.lr_scale >= 0.0f) || !(g.weight_decay >= 0.0f))
+      throw std::invalid_argument("SGD group: learning-rate factor and weight decay must be >= 0");
+    at = g.end;
+  }
+  groups_ = std::move(groups);
 }
 
 void Sgd::load_state(const Tensor& momentum_buffer, int64_t steps_taken) {

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "engine/tensor.h"
 
@@ -17,6 +18,16 @@ namespace polyak {
 namespace nn {
 class Module;
 }
+
+// A run [begin, end) of the flat arena with its own learning-rate factor and weight
+// decay: PyTorch's parameter groups, for parameters that are contiguous in the arena
+// (one parameter is). lr_scale 0 and weight_decay 0 freeze the run: its values never
+// change (p - 0 * d = p), as a parameter with requires_grad=False.
+struct SgdGroup {
+  int64_t begin = 0, end = 0;
+  float lr_scale = 1.0f;  // this run's learning rate is options().lr * lr_scale
+  float weight_decay = 0.0f;
+};
 
 struct SgdOptions {
   float lr = 0.1f;
@@ -36,6 +47,12 @@ class Sgd {
   // One update at the current options().lr.
   void step();
 
+  // Runs of the arena that step with their own factor and decay; the rest of the
+  // arena steps with options(). Throws std::invalid_argument for runs outside the arena
+  // or overlapping. An empty list: the whole arena with options() (the default).
+  void set_groups(std::vector<SgdGroup> groups);
+  const std::vector<SgdGroup>& groups() const { return groups_; }
+
   SgdOptions& options() { return options_; }
   const SgdOptions& options() const { return options_; }
   // The optimiser's state, for checkpoints: the momentum buffer (meaningful once
@@ -47,6 +64,7 @@ class Sgd {
  private:
   Tensor params_, grads_, momentum_buffer_;
   SgdOptions options_;
+  std::vector<SgdGroup> groups_;  // sorted by begin
   int64_t steps_ = 0;
 };
 

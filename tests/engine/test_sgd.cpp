@@ -27,6 +27,23 @@ TEST_CASE("sgd: Nesterov momentum with weight decay, two steps by hand") {
   check_close(sgd.momentum_buffer().slice(0, 1), std::vector<float>{0.268031f}, 1e-6, 1e-5);
 }
 
+TEST_CASE("sgd: groups step their runs of the arena with their own rate and decay; lr 0 freezes") {
+  // Six values, gradient 1 each, plain SGD at lr 0.1: [0, 2) default, [2, 4) at 64x
+  // the rate with decay 0.5, [4, 5) frozen, [5, 6) default again.
+  Tensor p = Tensor::from_vector({1, 1, 1, 1, 1, 1}, {6});
+  Tensor g = Tensor::ones({6});
+  Sgd sgd(p, g, {.lr = 0.1f, .weight_decay = 0.01f});
+  sgd.set_groups({{.begin = 4, .end = 5, .lr_scale = 0, .weight_decay = 0}, {.begin = 2, .end = 4, .lr_scale = 64, .weight_decay = 0.5f}});
+  sgd.step();
+  const float plain = 1 - 0.1f * (1 + 0.01f), fast = 1 - 6.4f * (1 + 0.5f);
+  check_close(p, std::vector<float>{plain, plain, fast, fast, 1, plain}, 1e-6, 1e-6);
+  CHECK(p.to_vector<float>()[4] == 1.0f);  // frozen: exactly unchanged
+  CHECK(sgd.groups().front().begin == 2);  // kept in arena order
+  CHECK_THROWS_AS(sgd.set_groups({{.begin = 0, .end = 3}, {.begin = 2, .end = 4}}), std::invalid_argument);
+  CHECK_THROWS_AS(sgd.set_groups({{.begin = 5, .end = 7}}), std::invalid_argument);
+  CHECK_THROWS_AS(sgd.set_groups({{.begin = 0, .end = 1, .lr_scale = -1}}), std::invalid_argument);
+}
+
 TEST_CASE("sgd: classical momentum with dampening, and plain SGD") {
   // momentum 0.5, dampening 0.5, lr 1: b1 = g1 = 2 -> p = -2; b2 = 0.5*2 + 0.5*4 = 3 -> p = -5.
   Tensor p = Tensor::zeros({1}), g = Tensor::zeros({1});
