@@ -22,6 +22,7 @@ const std::map<std::string, Factory>& factories() {
       {"wrn28_10", [](int c, Rng& r) { return wide_resnet(28, 10, c, r); }},
       {"vgg16", [](int c, Rng& r) { return vgg16(c, r); }},
       {"tiny_cnn", [](int c, Rng& r) { return tiny_cnn(c, r); }},
+      {"airbench94", [](int c, Rng& r) { return airbench94(c, r); }},
   };
   return table;
 }

@@ -13,6 +13,10 @@
 //   vgg16           VGG-16 without BatchNorm: 13 convs with bias + ReLU, 5 max-pools,
 //                   one linear classifier (kuangliu's layout without the BN layers).
 //   tiny_cnn        three conv-BN-ReLU blocks, for tests and quick demos.
+//   airbench94      the network of Keller Jordan's CIFAR-10 speedrun airbench94 (a 2x2
+//                   whitening conv, three conv-pool-BN-GELU groups of 64-256-256,
+//                   logits scaled by 1/9; models/airbench.cpp), names of its
+//                   nn.Sequential.
 //
 // Initialisation: convs Kaiming-normal (fan_out, ReLU gain) in the ResNets and WRN as
 // torchvision does, PyTorch's default elsewhere; BatchNorm weight 1, bias 0; linear
@@ -35,8 +39,9 @@ class Linear;
 namespace polyak::models {
 
 // Every zoo model is a backbone followed by one linear layer: forward(x) is
-// head()(features(x)). features() is what a linear probe trains a new head on (the
-// input of the last linear layer, after global pooling / flattening).
+// head()(features(x)) (airbench94 scales that by a constant). features() is what a
+// linear probe trains a new head on (the input of the last linear layer, after global
+// pooling / flattening).
 class Classifier : public nn::Module {
  public:
   // (N, 3, 32, 32) images -> (N, F) features.

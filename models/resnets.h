@@ -16,5 +16,6 @@ std::shared_ptr<nn::Module> kuangliu_resnet(int depth, int num_classes, Rng& rng
 std::shared_ptr<nn::Module> wide_resnet(int depth, int widen, int num_classes, Rng& rng);  // wide_resnet.cpp
 std::shared_ptr<nn::Module> vgg16(int num_classes, Rng& rng);                            // vgg.cpp
 std::shared_ptr<nn::Module> tiny_cnn(int num_classes, Rng& rng);                         // tiny_cnn.cpp
+std::shared_ptr<nn::Module> airbench94(int num_classes, Rng& rng);                       // airbench.cpp
 
 }  // namespace polyak::models

@@ -1,7 +1,8 @@
 """PyTorch definitions of polyak's model zoo, with the same tensor names.
 
 They follow the reference implementations polyak's models/ name themselves after
-(akamaster/pytorch_resnet_cifar10, kuangliu/pytorch-cifar, xternalz/WideResNet-pytorch),
+(akamaster/pytorch_resnet_cifar10, kuangliu/pytorch-cifar, xternalz/WideResNet-pytorch,
+KellerJordan/cifar10-airbench's airbench94 network),
 so a polyak checkpoint loads with load_state_dict(strict=True) as it is. Used by
 tools/torch_load.py and by the benchmark's PyTorch reference.
 """
@@ -158,6 +159,42 @@ class TinyCnn(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+class AirbenchConvGroup(nn.Module):
+    def __init__(self, channels_in, channels_out):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, padding="same", bias=False)
+        self.norm1 = nn.BatchNorm2d(channels_out, eps=1e-12, momentum=0.4)
+        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, padding="same", bias=False)
+        self.norm2 = nn.BatchNorm2d(channels_out, eps=1e-12, momentum=0.4)
+
+    def forward(self, x):
+        x = F.gelu(self.norm1(F.max_pool2d(self.conv1(x), 2)))
+        return F.gelu(self.norm2(self.conv2(x)))
+
+
+class Scale(nn.Module):
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def airbench94(num_classes):
+    """airbench94's network (BatchNorm weights frozen at 1 by its recipe, not here)."""
+    net = nn.Sequential(
+        nn.Conv2d(3, 24, 2, padding=0, bias=True), nn.GELU(),
+        AirbenchConvGroup(24, 64), AirbenchConvGroup(64, 256), AirbenchConvGroup(256, 256),
+        nn.MaxPool2d(3), nn.Flatten(), nn.Linear(256, num_classes, bias=False), Scale(1 / 9))
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            if m.bias is not None:
+                m.bias.data.zero_()
+            nn.init.dirac_(m.weight.data[:m.weight.size(1)])
+    return net
+
+
 def create_model(name, num_classes):
     table = {
         "resnet20": lambda: CifarResNet(3, num_classes),
@@ -168,5 +205,6 @@ def create_model(name, num_classes):
         "wrn28_10": lambda: WideResNet(28, 10, num_classes),
         "vgg16": lambda: VGG16(num_classes),
         "tiny_cnn": lambda: TinyCnn(num_classes),
+        "airbench94": lambda: airbench94(num_classes),
     }
     return table[name]()

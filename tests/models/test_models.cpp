@@ -36,10 +36,11 @@ bool has_key(const nn::Module& m, const std::string& key) {
 
 TEST_CASE("models: parameter counts match the reference implementations") {
   // Reference counts with 10 classes: pytorch_resnet_cifar10 (option A), kuangliu's
-  // pytorch-cifar ResNets, WideResNet-pytorch, and kuangliu's VGG-16 minus its BN layers.
+  // pytorch-cifar ResNets, WideResNet-pytorch, kuangliu's VGG-16 minus its BN layers,
+  // and airbench94's network (tools/torch_models.py, sum of numel of its parameters).
   const std::map<std::string, int64_t> expected = {
       {"resnet20", 269722},   {"resnet32", 464154},    {"resnet56", 853018},  {"resnet18", 11173962},
-      {"resnet34", 21282122}, {"wrn28_10", 36479194}, {"vgg16", 14719818},
+      {"resnet34", 21282122}, {"wrn28_10", 36479194}, {"vgg16", 14719818}, {"airbench94", 1972792},
   };
   for (const auto& model : expected) {
     Rng rng(0);
@@ -74,6 +75,14 @@ TEST_CASE("models: state dict names are PyTorch's") {
   CHECK(has_key(*wrn, "fc.weight"));
   CHECK(!has_key(*wrn, "block1.layer.1.convShortcut.weight"));
 
+  const auto air = models::create_model("airbench94", 10, rng);
+  CHECK(keys(*air).size() == 39);  // as torch's state_dict
+  CHECK(keys(*air).front() == "0.weight");
+  CHECK(has_key(*air, "0.bias"));
+  CHECK(has_key(*air, "2.norm1.num_batches_tracked"));
+  CHECK(has_key(*air, "4.conv2.weight"));
+  CHECK(keys(*air).back() == "7.weight");
+
   const auto vgg = models::create_model("vgg16", 10, rng);
   CHECK(keys(*vgg).front() == "features.0.weight");
   CHECK(has_key(*vgg, "features.2.weight"));   // conv, ReLU, conv
@@ -82,7 +91,7 @@ TEST_CASE("models: state dict names are PyTorch's") {
 }
 
 TEST_CASE("models: forward shapes and an unknown name") {
-  for (const std::string name : {"resnet20", "resnet18", "vgg16", "tiny_cnn"}) {
+  for (const std::string name : {"resnet20", "resnet18", "vgg16", "tiny_cnn", "airbench94"}) {
     CAPTURE(name);
     Rng rng(1);
     const auto model = models::create_model(name, 7, rng);
@@ -162,4 +171,30 @@ TEST_CASE("models: ResNet-20 computes the same step on the fast and the referenc
   CAPTURE(worst);
   CAPTURE(scale);
   CHECK(worst <= 1e-3 * scale);
+}
+
+TEST_CASE("models: airbench94's convolutions start as identities on their first input-many filters") {
+  Rng rng(4);
+  const auto model = models::create_model("airbench94", 10, rng);
+  for (auto& [name, module] : model->named_modules()) {
+    auto* conv = dynamic_cast<nn::Conv2d*>(module);
+    if (!conv) continue;
+    CAPTURE(name);
+    const Tensor& w = conv->weight;
+    const int64_t out = w.size(0), in = w.size(1), k = w.size(2);
+    const std::vector<float> v = w.to_vector<float>();
+    for (int64_t o = 0; o < std::min(out, in); ++o)
+      for (int64_t i = 0; i < in; ++i)
+        for (int64_t y = 0; y < k; ++y)
+          for (int64_t x = 0; x < k; ++x) {
+            const float want = (o == i && y == k / 2 && x == k / 2) ? 1.0f : 0.0f;
+            if (v[static_cast<size_t>(((o * in + i) * k + y) * k + x)] != want) FAIL_CHECK("filter " << o << " is not dirac");
+          }
+    if (out > in) {  // the other filters keep PyTorch's default draw
+      double sq = 0;
+      for (size_t j = static_cast<size_t>(in * in * k * k); j < v.size(); ++j) sq += static_cast<double>(v[j]) * v[j];
+      CHECK(sq > 0);
+    }
+    if (conv->bias.defined()) CHECK(conv->bias.to_vector<float>() == std::vector<float>(static_cast<size_t>(out), 0.0f));
+  }
 }
