@@ -1,10 +1,12 @@
-// EMA set and BatchNorm recompute: closed forms, policies, exact swaps, exact stats.
+// EMA set, Lookahead and BatchNorm recompute: closed forms, policies, exact swaps, exact stats.
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "ema/bn_recompute.h"
 #include "ema/ema.h"
+#include "ema/lookahead.h"
 #include "engine/autograd.h"
 #include "engine/nn/layers.h"
 #include "engine/ops.h"
@@ -30,6 +32,8 @@ std::shared_ptr<nn::Sequential> net_with_bn(Rng& rng) {
 
 // Sets every live weight to `value`.
 void set_live(nn::Module& m, float value) { Tensor(m.parameter_arena()).fill_(value); }
+// Sets every value of an arena.
+void set_arena(const Tensor& arena, float value) { Tensor(arena).fill_(value); }
 
 }  // namespace
 
@@ -254,4 +258,32 @@ TEST_CASE("bn recompute: a buffer backup restores the statistics the model carri
     CHECK(net->buffer_arena().to_vector<float>() != before);
   }
   CHECK(net->buffer_arena().to_vector<float>() == before);
+}
+
+TEST_CASE("lookahead: slow <- decay slow + (1 - decay) fast, then fast <- slow, parameters and buffers") {
+  Rng rng(3);
+  const auto net = net_with_bn(rng);
+  set_arena(net->parameter_arena(), 1.0f);
+  set_arena(net->buffer_arena(), 2.0f);
+  ema::Lookahead lookahead(*net);  // slow = 1 (parameters), 2 (buffers)
+  // Two updates after the live weights moved: slow_1 = 0.5 * 1 + 0.5 * 5 = 3, and
+  // slow_2 = 0.75 * 3 + 0.25 * 7 = 4 (fast goes from the switched-back 3 to 7).
+  set_arena(net->parameter_arena(), 5.0f);
+  set_arena(net->buffer_arena(), 6.0f);
+  lookahead.update(0.5f);
+  const int64_t p = net->parameter_arena().numel(), b = net->buffer_arena().numel();
+  check_close(net->parameter_arena(), std::vector<float>(static_cast<size_t>(p), 3.0f), 1e-6, 1e-6);
+  check_close(net->buffer_arena(), std::vector<float>(static_cast<size_t>(b), 4.0f), 1e-6, 1e-6);
+  set_arena(net->parameter_arena(), 7.0f);
+  lookahead.update(0.75f);
+  check_close(lookahead.parameters(), std::vector<float>(static_cast<size_t>(p), 4.0f), 1e-6, 1e-6);
+  // The live weights are the average, bit for bit.
+  const std::vector<float> live = net->parameter_arena().to_vector<float>(), slow = lookahead.parameters().to_vector<float>();
+  CHECK(std::memcmp(live.data(), slow.data(), live.size() * sizeof(float)) == 0);
+  // Decay 1 puts the average back unchanged, whatever the live weights did.
+  set_arena(net->parameter_arena(), -9.0f);
+  lookahead.update(1.0f);
+  check_close(net->parameter_arena(), std::vector<float>(static_cast<size_t>(p), 4.0f), 0, 0);
+  CHECK_THROWS_AS(lookahead.update(1.5f), std::invalid_argument);
+  CHECK_THROWS_AS(lookahead.update(-0.1f), std::invalid_argument);
 }
