@@ -15,6 +15,7 @@
 #include "apps/report/report.h"
 #include "apps/train/trainer.h"
 #include "data/split.h"
+#include "engine/distributed.h"
 #include "engine/io/atomic_file.h"
 #include "models/registry.h"
 
@@ -173,6 +174,13 @@ std::string aggregate_table(const json& aggregate) {
 }
 
 int run_seeds(const TrainConfig& config) {
+  // Which seeds are done is read off the run folders, which under mpirun only rank 0
+  // is sure to see when it matters; so a job trains one seed, and the aggregate comes
+  // from a plain run that finds every seed complete.
+  if (dist::world().size() > 1)
+    throw AgreedError("--seeds under mpirun: train each seed as a job of its own (--seed S --output " +
+                      seeds_root(config) + "/seed<S>), then run train --seeds without mpirun to "
+                      "aggregate the completed seeds", 2);
   const fs::path root = seeds_root(config);
   prepare_output_folder("--output", root.string());
   std::vector<std::string> dirs;

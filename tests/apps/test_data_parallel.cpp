@@ -144,7 +144,7 @@ TEST_CASE("data-parallel: a rank killed mid-run ends the job; resumed under mpie
   CHECK(single.output.find("saved by 2 rank(s), this job has 1") != std::string::npos);
 }
 
-TEST_CASE("data-parallel: bad setups end every rank with one line from rank 0 and exit code 2") {
+TEST_CASE("data-parallel: bad setups (exit code 2) and a diverged run (3) end every rank with one line from rank 0") {
   const std::string data = polyak::testing::real_data_path("cifar10");
   if (data.empty()) return;
   polyak::testing::TempDir tmp("polyak_dp_bad");
@@ -165,6 +165,17 @@ TEST_CASE("data-parallel: bad setups end every rank with one line from rank 0 an
                                            with(base, {"--data", "/nonexistent", "--batch-size", "16", "--output", (tmp.path / "b").string()}));
     CHECK(r.exit_code == 2);
     CHECK_MESSAGE(count(r.output, "train: rank 1: CIFAR-10: cannot find") == 1, r.output);
+  }
+  SUBCASE("--seeds, which a job does not run") {
+    const ChildResult r = run_ranks(2, with(base, {"--data", data, "--seeds", "0,1", "--output", (tmp.path / "d").string()}));
+    CHECK(r.exit_code == 2);
+    CHECK_MESSAGE(count(r.output, "train: --seeds under mpirun") == 1, r.output);
+  }
+  SUBCASE("a learning rate that makes the weights overflow") {
+    const ChildResult r = run_ranks(2, with(base, {"--data", data, "--batch-size", "16", "--lr", "1e30", "--output",
+                                                   (tmp.path / "e").string()}));
+    CHECK(r.exit_code == 3);
+    CHECK_MESSAGE(count(r.output, "train: training diverged at step") == 1, r.output);
   }
   SUBCASE("ranks with different settings") {
     const ChildResult r = run_two_contexts(with(base, {"--data", data, "--batch-size", "16", "--output", (tmp.path / "c").string()}),
