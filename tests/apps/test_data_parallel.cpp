@@ -69,7 +69,8 @@ void check_same_tensors(const fs::path& a, const fs::path& b) {
   const auto y = polyak::io::load_safetensors(b.string());
   REQUIRE(x.tensors.size() == y.tensors.size());
   for (size_t i = 0; i < x.tensors.size(); ++i) {
-    const auto& [name, tx] = x.tensors[i];
+    const std::string& name = x.tensors[i].first;
+    const auto& tx = x.tensors[i].second;
     const auto& ty = y.tensors[i].second;
     CAPTURE(name);
     CHECK(name == y.tensors[i].first);

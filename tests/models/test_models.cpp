@@ -176,10 +176,11 @@ TEST_CASE("models: ResNet-20 computes the same step on the fast and the referenc
 TEST_CASE("models: airbench94's convolutions start as identities on their first input-many filters") {
   Rng rng(4);
   const auto model = models::create_model("airbench94", 10, rng);
-  for (auto& [name, module] : model->named_modules()) {
-    auto* conv = dynamic_cast<nn::Conv2d*>(module);
+  for (const auto& named : model->named_modules()) {
+    auto* conv = dynamic_cast<nn::Conv2d*>(named.second);
     if (!conv) continue;
-    CAPTURE(name);
+    const std::string& layer = named.first;  // clang 14 cannot capture a structured binding
+    CAPTURE(layer);
     const Tensor& w = conv->weight;
     const int64_t out = w.size(0), in = w.size(1), k = w.size(2);
     const std::vector<float> v = w.to_vector<float>();
