@@ -99,6 +99,13 @@ Tensor gather_shards(Communicator& comm, const Tensor& mine, int64_t n, int64_t 
   return mine.device() == Device::CPU ? whole : whole.to(mine.device());
 }
 
+void broadcast_string(Communicator& comm, std::string& text, int root) {
+  int64_t length = static_cast<int64_t>(text.size());
+  comm.broadcast(&length, sizeof length, root);
+  text.resize(static_cast<size_t>(length));
+  comm.broadcast(text.data(), length, root);
+}
+
 Range share(int64_t n, int rank, int ranks) {
   return {n * rank / ranks, n * (rank + 1) / ranks};
 }
@@ -115,11 +122,8 @@ RankError first_error(Communicator& comm, const RankError& mine) {
   const auto first = std::find_if(codes.begin(), codes.end(), [](double c) { return c != 0.0; });
   if (first == codes.end()) return {};
   const int root = static_cast<int>(first - codes.begin());
-  // The message's length, then its bytes, from the first rank that failed.
-  int64_t length = comm.rank() == root ? static_cast<int64_t>(mine.message.size()) : 0;
-  comm.broadcast(&length, sizeof length, root);
-  std::string message = comm.rank() == root ? mine.message : std::string(static_cast<size_t>(length), ' ');
-  comm.broadcast(message.data(), length, root);
+  std::string message = mine.message;
+  broadcast_string(comm, message, root);
   return {static_cast<int>(*first), root == 0 ? message : "rank " + std::to_string(root) + ": " + message};
 }
 

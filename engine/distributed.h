@@ -66,6 +66,8 @@ bool launched_by_mpi();
 void sum_in_rank_order(Communicator& comm, Tensor& t);
 // Rank `root`'s values of `t` on every rank, in place.
 void broadcast(Communicator& comm, Tensor& t, int root);
+// Rank `root`'s text on every rank, in place (its length first, then its bytes).
+void broadcast_string(Communicator& comm, std::string& text, int root);
 
 // The whole vector of `n` values of which each rank r holds aligned_share(n, r, N,
 // align) as `mine` (on any device): on every rank, on mine's device.
