@@ -10,7 +10,6 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -22,12 +21,14 @@
 #include "engine/io/safetensors.h"
 #include "support/gradcheck.h"
 #include "support/metrics_rows.h"
+#include "support/same_tensors.h"
 #include "support/temp_dir.h"
 
 namespace fs = std::filesystem;
 using polyak::testing::metrics_results;
 using polyak::testing::read_file;
 using polyak::testing::ChildResult;
+using polyak::testing::check_same_tensors;
 using polyak::testing::run_child;
 
 namespace {
@@ -52,20 +53,6 @@ int64_t checkpoint_step(const fs::path& dir) {
   const fs::path last = dir / "last.safetensors";
   if (!fs::exists(last)) return -1;
   return std::stoll(polyak::io::load_safetensors(last.string()).metadata.at("polyak.step"));
-}
-
-void check_same_tensors(const fs::path& a, const fs::path& b) {
-  const auto x = polyak::io::load_safetensors(a.string());
-  const auto y = polyak::io::load_safetensors(b.string());
-  REQUIRE(x.tensors.size() == y.tensors.size());
-  for (size_t i = 0; i < x.tensors.size(); ++i) {
-    CAPTURE(x.tensors[i].first);
-    REQUIRE(x.tensors[i].first == y.tensors[i].first);
-    const auto& [tx, ty] = std::pair{x.tensors[i].second, y.tensors[i].second};
-    REQUIRE(tx.shape() == ty.shape());
-    CHECK(std::memcmp(tx.raw_data(), ty.raw_data(), static_cast<size_t>(tx.numel()) * polyak::dtype_size(tx.dtype())) == 0);
-  }
-  CHECK(x.metadata == y.metadata);
 }
 
 }  // namespace

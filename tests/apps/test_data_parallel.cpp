@@ -7,7 +7,6 @@
 // ended the job. Bad setups end with one line from rank 0 and exit code 2.
 #include <doctest/doctest.h>
 
-#include <cstring>
 #include <filesystem>
 #include <sstream>
 
@@ -15,12 +14,15 @@
 #include "engine/io/safetensors.h"
 #include "support/gradcheck.h"
 #include "support/metrics_rows.h"
+#include "support/same_tensors.h"
 #include "support/temp_dir.h"
 
 #ifdef POLYAK_MPIEXEC
 
 namespace fs = std::filesystem;
 using polyak::testing::ChildResult;
+using polyak::testing::check_same_tensors;
+using polyak::testing::Metadata;
 using polyak::testing::metrics_results;
 using polyak::testing::read_file;
 using polyak::testing::run_child;
@@ -61,28 +63,13 @@ std::vector<std::string> with(std::vector<std::string> args, const std::vector<s
   return args;
 }
 
-// The tensors of two safetensors files, compared byte for byte (metadata aside: it
-// records the ranks and --accum-steps).
-void check_same_tensors(const fs::path& a, const fs::path& b) {
-  CAPTURE(a.string());
-  const auto x = polyak::io::load_safetensors(a.string());
-  const auto y = polyak::io::load_safetensors(b.string());
-  REQUIRE(x.tensors.size() == y.tensors.size());
-  for (size_t i = 0; i < x.tensors.size(); ++i) {
-    const std::string& name = x.tensors[i].first;
-    const auto& tx = x.tensors[i].second;
-    const auto& ty = y.tensors[i].second;
-    CAPTURE(name);
-    CHECK(name == y.tensors[i].first);
-    REQUIRE(tx.shape() == ty.shape());
-    CHECK(std::memcmp(tx.raw_data(), ty.raw_data(), static_cast<size_t>(tx.numel()) * polyak::dtype_size(tx.dtype())) == 0);
-  }
-}
-
+// Two runs' results, byte for byte (the checkpoints' metadata aside: it records the
+// ranks and --accum-steps).
 void check_same_run(const fs::path& a, const fs::path& b) {
   for (const char* file : {"last.safetensors", "model.safetensors", "best_acc_ema0.99_bn.safetensors"})
-    check_same_tensors(a / file, b / file);
-  for (const auto& entry : fs::directory_iterator(a / "phema")) check_same_tensors(entry.path(), b / "phema" / entry.path().filename());
+    check_same_tensors(a / file, b / file, Metadata::Ignore);
+  for (const auto& entry : fs::directory_iterator(a / "phema"))
+    check_same_tensors(entry.path(), b / "phema" / entry.path().filename(), Metadata::Ignore);
   CHECK(metrics_results(a / "metrics.jsonl") == metrics_results(b / "metrics.jsonl"));
   CHECK(read_file(a / "selection.json") == read_file(b / "selection.json"));
 }
