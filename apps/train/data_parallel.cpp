@@ -1,5 +1,12 @@
 #include "apps/train/data_parallel.h"
 
+#include <chrono>
+#include <cmath>
+#include <stdexcept>
+
+#include "apps/common/evaluate.h"
+#include "engine/ops.h"
+
 namespace polyak::app {
 
 std::vector<Part> split_parts(const data::Batch& mine, int rank, int ranks, int64_t accum_steps) {
@@ -47,6 +54,76 @@ void combine_parts(dist::Communicator& ranks, nn::Module& model, const PartSum& 
   if (!statistics.empty()) buffers.copy_(statistics.sum());
   dist::sum_in_rank_order(ranks, buffers);
   buffers.mul_(static_cast<float>(1.0 / static_cast<double>(total_parts)));
+}
+
+std::vector<Tensor> copy_buffers(const nn::Module& model) {
+  std::vector<Tensor> copies;
+  for (const auto& [name, b] : model.named_buffers()) copies.push_back(b.clone());
+  return copies;
+}
+
+void restore_buffers(const nn::Module& model, const std::vector<Tensor>& copies) {
+  size_t i = 0;
+  for (const auto& [name, b] : model.named_buffers()) Tensor(b).copy_(copies.at(i++));
+}
+
+std::string ExchangeTimes::per_step() const {
+  if (steps == 0) return "";
+  const auto ms = [&](double seconds) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.2f", 1e3 * seconds / static_cast<double>(steps));
+    return std::string(text);
+  };
+  return ", per step: wait " + ms(wait_seconds) + " ms, all-reduce " + ms(reduce_seconds) + " ms";
+}
+
+std::vector<PartResult> forward_backward(dist::Communicator& ranks, nn::Module& model, const std::vector<Part>& parts,
+                                         const PartLoss& loss_of, const std::vector<Tensor>& buffers_before,
+                                         ExchangeTimes& times) {
+  const bool split = ranks.size() > 1 || parts.size() > 1;
+  std::vector<PartResult> results;
+  PartSum gradients, statistics;
+  for (size_t p = 0; p < parts.size(); ++p) {
+    if (p > 0) restore_buffers(model, buffers_before);
+    model.zero_grad();
+    const Tensor logits = model(parts[p].images);
+    const Tensor loss = loss_of(logits, parts[p].labels);
+    const float loss_value = loss.item();
+    if (std::isfinite(loss_value)) (split ? mul_scalar(loss, parts[p].share) : loss).backward();
+    results.push_back({loss_value, static_cast<double>(argmax_matches(logits, parts[p].labels)),
+                       static_cast<double>(parts[p].labels.numel())});
+    if (parts.size() > 1) {
+      gradients.add(model.gradient_arena());
+      statistics.add(model.buffer_arena());
+    }
+  }
+  if (!split) return results;
+  const auto start = std::chrono::steady_clock::now();
+  results = gather_results(ranks, results);
+  const auto gathered = std::chrono::steady_clock::now();
+  combine_parts(ranks, model, gradients, statistics, static_cast<int64_t>(results.size()));
+  times.wait_seconds += std::chrono::duration<double>(gathered - start).count();
+  times.reduce_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - gathered).count();
+  return results;
+}
+
+void check_same_start(dist::Communicator& ranks, const std::string& config_json, const nn::Module& model) {
+  const auto differs = [&](const std::string& mine) {
+    std::string roots = mine;
+    dist::broadcast_string(ranks, roots, 0);
+    return roots != mine;
+  };
+  const auto bytes = [](const Tensor& t) {
+    const Tensor host = t.to(Device::CPU);
+    return std::string(static_cast<const char*>(host.raw_data()), static_cast<size_t>(host.numel()) * sizeof(float));
+  };
+  // Every broadcast on every rank before any rank may throw.
+  const bool settings = differs(config_json);
+  const bool weights = differs(bytes(model.parameter_arena()));
+  const bool statistics = differs(bytes(model.buffer_arena()));
+  if (settings) throw std::invalid_argument("the run's settings differ from rank 0's");
+  if (weights || statistics)
+    throw std::invalid_argument("its initial weights differ from rank 0's: do all ranks run the same build of train?");
 }
 
 }  // namespace polyak::app

@@ -22,6 +22,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <string>
 #include <vector>
 
 #include "data/loader.h"
@@ -64,5 +66,38 @@ class PartSum {
 // statistics averaged over all `total_parts` parts.
 void combine_parts(dist::Communicator& ranks, nn::Module& model, const PartSum& gradients, const PartSum& statistics,
                    int64_t total_parts);
+
+// The model's buffers (BatchNorm statistics and counters): a copy, and its return.
+std::vector<Tensor> copy_buffers(const nn::Module& model);
+void restore_buffers(const nn::Module& model, const std::vector<Tensor>& copies);
+
+// What data parallelism cost this rank over some steps: waiting for slower ranks (the
+// first exchange of a step, a few numbers) and the all-reduce of the gradients and BN
+// statistics (the sums that follow start on every rank at once, so their time is the
+// all-reduce's own).
+struct ExchangeTimes {
+  double wait_seconds = 0, reduce_seconds = 0;
+  int64_t steps = 0;
+  // ", per step: wait X ms, all-reduce Y ms" ("" before any step).
+  std::string per_step() const;
+};
+
+// A part's mean loss, from the model's logits and the part's labels.
+using PartLoss = std::function<Tensor(const Tensor& logits, const Tensor& labels)>;
+
+// One step's forward and backward passes over this rank's `parts`, each part starting
+// from `buffers_before` (the BN buffers at the step's start; may be empty with a single
+// part), then the ranks' sums combined: afterwards the model's gradient arena holds the
+// step's gradient and its buffers the step's statistics, on every rank. A part whose
+// loss is not finite adds no gradient (its result says so). Returns every part's result.
+std::vector<PartResult> forward_backward(dist::Communicator& ranks, nn::Module& model, const std::vector<Part>& parts,
+                                         const PartLoss& loss_of, const std::vector<Tensor>& buffers_before,
+                                         ExchangeTimes& times);
+
+// Every rank drew its initial weights from the same seed (or read them from the same
+// checkpoint): rank 0 broadcasts its settings (`config_json`), weights and BN
+// statistics, and a rank whose own differ throws std::invalid_argument saying so (ranks
+// that run different builds of polyak, or that read different files, would train apart).
+void check_same_start(dist::Communicator& ranks, const std::string& config_json, const nn::Module& model);
 
 }  // namespace polyak::app

@@ -84,20 +84,6 @@ std::string nonfinite_part(const std::vector<PartResult>& parts, const nn::Modul
   return name.empty() ? "" : "the gradient of " + name + " is not finite";
 }
 
-// The model's buffers (BatchNorm statistics and counters), kept before a step that may
-// be skipped: the forward pass of a batch whose loss is not finite may already have
-// made them NaN.
-std::vector<Tensor> copy_buffers(const nn::Module& model) {
-  std::vector<Tensor> copies;
-  for (const auto& [name, b] : model.named_buffers()) copies.push_back(b.clone());
-  return copies;
-}
-
-void restore_buffers(const nn::Module& model, const std::vector<Tensor>& copies) {
-  size_t i = 0;
-  for (const auto& [name, b] : model.named_buffers()) Tensor(b).copy_(copies.at(i++));
-}
-
 // The process's memory at the end of an epoch's steps, for the train row: a measurement
 // of this process, not a result (a resumed run's rows differ here and only here).
 json memory_json(const HostMemory& m) {
@@ -281,31 +267,8 @@ class Trainer {
     print_plan();
   }
 
-  // Every rank drew its initial weights from the same seed (or read them from the same
-  // checkpoint): rank 0 broadcasts its weights, BN statistics and resolved settings, and
-  // a rank whose own differ throws std::invalid_argument saying so (ranks that run
-  // different builds of polyak, or that read different files, would train apart).
-  void check_same_start() {
-    const auto differs = [&](const std::string& mine_text) {
-      std::string text = mine_text;
-      int64_t length = static_cast<int64_t>(text.size());
-      ranks_.broadcast(&length, sizeof length, 0);
-      text.resize(static_cast<size_t>(length));
-      ranks_.broadcast(text.data(), length, 0);
-      return text != mine_text;
-    };
-    const auto bytes = [](const Tensor& t) {
-      const Tensor host = t.to(Device::CPU);
-      return std::string(static_cast<const char*>(host.raw_data()), static_cast<size_t>(host.numel()) * sizeof(float));
-    };
-    // Every broadcast on every rank before any rank may throw.
-    const bool settings = differs(state_.config_json);
-    const bool weights = differs(bytes(model_->parameter_arena()));
-    const bool statistics = differs(bytes(model_->buffer_arena()));
-    if (settings) throw std::invalid_argument("the run's settings differ from rank 0's");
-    if (weights || statistics)
-      throw std::invalid_argument("its initial weights differ from rank 0's: do all ranks run the same build of train?");
-  }
+  // See check_same_start in apps/train/data_parallel.h.
+  void check_same_start() { app::check_same_start(ranks_, state_.config_json, *model_); }
 
   void run() {
     while (loader_.state().epoch < config_.epochs)
@@ -411,41 +374,17 @@ class Trainer {
   void step(const data::Batch& batch, int64_t epoch, float lr) {
     sgd_.options().lr = lr;
     const std::vector<Part> parts = split_parts(batch, ranks_.rank(), ranks_.size(), config_.accum_steps);
-    const bool split = ranks_.size() > 1 || parts.size() > 1;
     std::vector<Tensor> buffers_before;  // a skipped step restores them; each part starts from them
     if (config_.on_nonfinite == "skip" || parts.size() > 1) buffers_before = copy_buffers(*model_);
-    std::vector<PartResult> results;
-    PartSum gradients, statistics;
-    for (size_t p = 0; p < parts.size(); ++p) {
-      if (p > 0) restore_buffers(*model_, buffers_before);
-      model_->zero_grad();
-      const Tensor logits = (*model_)(parts[p].images);
-      const Tensor loss = cross_entropy(logits, parts[p].labels);
-      const float loss_value = loss.item();
-      if (std::isfinite(loss_value)) (split ? mul_scalar(loss, parts[p].share) : loss).backward();
-      results.push_back({loss_value, static_cast<double>(argmax_matches(logits, parts[p].labels)),
-                         static_cast<double>(parts[p].labels.numel())});
-      if (parts.size() > 1) {
-        gradients.add(model_->gradient_arena());
-        statistics.add(model_->buffer_arena());
-      }
-    }
-    if (split) {
-      // The first exchange (a few numbers) waits for the slowest rank; the sums that
-      // follow start on every rank at once, so their time is the all-reduce's own.
-      const auto start = std::chrono::steady_clock::now();
-      results = gather_results(ranks_, results);
-      const auto gathered = std::chrono::steady_clock::now();
-      combine_parts(ranks_, *model_, gradients, statistics, static_cast<int64_t>(results.size()));
-      wait_seconds_ += std::chrono::duration<double>(gathered - start).count();
-      reduce_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - gathered).count();
-    }
+    const std::vector<PartResult> results = forward_backward(
+        ranks_, *model_, parts, [](const Tensor& logits, const Tensor& labels) { return cross_entropy(logits, labels); },
+        buffers_before, exchange_times_);
     if (const std::string bad = nonfinite_part(results, *model_); !bad.empty()) {
       skip_step(bad, epoch, lr, buffers_before);
       return;
     }
     state_.consecutive_skips = 0;
-    ++epoch_steps_;
+    ++exchange_times_.steps;
     sgd_.step();
     // A finite loss and gradient can still step to weights that overflow; that cannot
     // be skipped (the old weights are gone), so it always stops the run.
@@ -500,15 +439,9 @@ class Trainer {
       summary += protocol_.evaluate_epoch(state_.epoch, state_.step, lr, metrics_);
     std::snprintf(buf, sizeof buf, "  (%.0f img/s, %s", rate, format_duration(seconds).c_str());
     summary += buf;
-    // What data parallelism cost this rank per step: waiting for slower ranks, and the
-    // all-reduce of the gradients and BN statistics.
-    if (ranks_.size() > 1 && epoch_steps_ > 0) {
-      const auto ms = [&](double seconds) { return number_str(std::round(1e5 * seconds / static_cast<double>(epoch_steps_)) / 100); };
-      summary += ", per step: wait " + ms(wait_seconds_) + " ms, all-reduce " + ms(reduce_seconds_) + " ms";
-    }
+    if (ranks_.size() > 1) summary += exchange_times_.per_step();  // what data parallelism cost
     std::printf("%s)\n", summary.c_str());
-    wait_seconds_ = reduce_seconds_ = 0;
-    epoch_steps_ = 0;
+    exchange_times_ = {};
     clear_epoch_sums();
   }
 
@@ -590,8 +523,7 @@ class Trainer {
   Protocol protocol_;
   MetricsLog metrics_;
   TrainingState state_;
-  double wait_seconds_ = 0, reduce_seconds_ = 0;  // this epoch's, and its steps (of this process)
-  int64_t epoch_steps_ = 0;
+  ExchangeTimes exchange_times_;  // this epoch's, on this rank
   std::string saved_path_;  // the last good checkpoint, and its step
   int64_t saved_step_ = 0;
 };
