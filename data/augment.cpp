@@ -16,11 +16,45 @@ CropFlip draw_crop_flip(const AugmentOptions& options, Rng& rng) {
     cf.dy = static_cast<int>(rng.below(span));
     cf.dx = static_cast<int>(rng.below(span));
   }
-  if (options.flip) cf.flip = rng.below(2) == 1;
+  if (options.flip && !options.alternate_flip) cf.flip = rng.below(2) == 1;
   return cf;
 }
 
-void crop_flip(const uint8_t* src, int channels, int height, int width, int pad, const CropFlip& cf, uint8_t* dst) {
+bool alternating_flip(uint64_t flip_seed, int64_t index, int64_t epoch) {
+  // Philox keyed by seed + index: neighbouring keys give unrelated streams.
+  const bool coin = Rng(flip_seed + static_cast<uint64_t>(index)).below(2) == 1;
+  return coin != (epoch % 2 == 1);
+}
+
+namespace {
+
+// PyTorch's 'reflect' index: -1 -> 1, n -> n - 2 (for |overhang| < n).
+int reflect_index(int i, int n) { return i < 0 ? -i : i >= n ? 2 * (n - 1) - i : i; }
+
+// crop_flip with the reflected image as padding: every output pixel reads a source pixel.
+void crop_flip_reflect(const uint8_t* src, int channels, int height, int width, int pad, const CropFlip& cf,
+                       uint8_t* dst) {
+  const int shift_y = cf.dy - pad, shift_x = cf.dx - pad;
+  for (int c = 0; c < channels; ++c) {
+    const uint8_t* plane = src + static_cast<int64_t>(c) * height * width;
+    for (int y = 0; y < height; ++y) {
+      const uint8_t* row = plane + static_cast<int64_t>(reflect_index(y + shift_y, height)) * width;
+      uint8_t* out = dst + (static_cast<int64_t>(c) * height + y) * width;
+      for (int x = 0; x < width; ++x) out[x] = row[reflect_index((cf.flip ? width - 1 - x : x) + shift_x, width)];
+    }
+  }
+}
+
+}  // namespace
+
+void crop_flip(const uint8_t* src, int channels, int height, int width, int pad, const CropFlip& cf, uint8_t* dst,
+               bool reflect) {
+  if (reflect) {
+    if (pad >= height || pad >= width)
+      throw std::invalid_argument("augmentation: reflect padding needs pad < the image's height and width, got pad " +
+                                  std::to_string(pad));
+    return crop_flip_reflect(src, channels, height, width, pad, cf, dst);
+  }
   // Row y of the output reads source row sy = y + dy - pad; column x reads source column
   // sx = x' + dx - pad. Rows or columns outside the source are the zero padding.
   const int shift_y = cf.dy - pad, shift_x = cf.dx - pad;
@@ -50,7 +84,7 @@ void crop_flip(const uint8_t* src, int channels, int height, int width, int pad,
 }
 
 void write_batch(const ImageSet& set, const std::vector<int64_t>& indices, const Normalizer& normalizer,
-                 const AugmentOptions* augment, Rng* rng, float* dst) {
+                 const AugmentOptions* augment, Rng* rng, float* dst, int64_t epoch) {
   if (normalizer.channels() != set.channels) {
     throw std::invalid_argument("write_batch: the normaliser has " + std::to_string(normalizer.channels()) +
                                 " channels, the set " + std::to_string(set.channels));
@@ -66,8 +100,9 @@ void write_batch(const ImageSet& set, const std::vector<int64_t>& indices, const
     }
     const uint8_t* image = set.image(index);
     if (augment) {
-      const CropFlip cf = draw_crop_flip(*augment, *rng);
-      crop_flip(image, set.channels, set.height, set.width, augment->pad, cf, scratch.data());
+      CropFlip cf = draw_crop_flip(*augment, *rng);
+      if (augment->flip && augment->alternate_flip) cf.flip = alternating_flip(augment->flip_seed, index, epoch);
+      crop_flip(image, set.channels, set.height, set.width, augment->pad, cf, scratch.data(), augment->reflect);
       image = scratch.data();
     }
     normalizer.image(image, plane, dst + static_cast<int64_t>(i) * size);

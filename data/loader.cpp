@@ -63,6 +63,13 @@ Loader::Loader(const ImageSet& set, std::vector<int64_t> indices, LoaderOptions 
     throw std::invalid_argument("Loader: augmentation pad must be >= 0, got " +
                                 std::to_string(options_.augment_options.pad));
   }
+  const AugmentOptions& augment = options_.augment_options;
+  if (augment.reflect && (augment.pad >= set.height || augment.pad >= set.width)) {
+    throw std::invalid_argument("Loader: reflect padding needs a pad smaller than the images (" +
+                                std::to_string(set.height) + "x" + std::to_string(set.width) + "), got " +
+                                std::to_string(augment.pad));
+  }
+  options_.augment_options.flip_seed = derive_seed(options_.seed, kFlipStream, 0, 0);
   if (set.count < 0 || static_cast<int64_t>(set.pixels.size()) != set.count * set.image_size() ||
       static_cast<int64_t>(set.labels.size()) != set.count) {
     throw std::invalid_argument("Loader: the image set is inconsistent: " + std::to_string(set.count) + " images of " +
@@ -117,7 +124,7 @@ Loader::Item Loader::build(State at) {
   if (options_.augment)
     for (int64_t i = 0; i < skipped; ++i) (void)draw_crop_flip(options_.augment_options, rng);
   write_batch(set_, batch.indices, normalizer_, options_.augment ? &options_.augment_options : nullptr, &rng,
-              batch.images.data<float>());
+              batch.images.data<float>(), at.epoch);
   batch.labels = Tensor::empty({b}, DType::I64, Device::CPU);
   int64_t* labels = batch.labels.data<int64_t>();
   for (int64_t i = 0; i < b; ++i) labels[i] = set_.labels[batch.indices[i]];

@@ -7,7 +7,8 @@
 //                 (i = n-1..1: swap(v[i], v[rng.below(i+1)])) with a fresh
 //                 Rng(derive_seed(seed, kShuffleStream, epoch, 0));
 //   augmentation  batch b of epoch e draws its crops and flips (image by image, see
-//                 augment.h) from a fresh Rng(derive_seed(seed, kAugmentStream, e, b)).
+//                 augment.h) from a fresh Rng(derive_seed(seed, kAugmentStream, e, b));
+//   alternating   flips (augment.h) from flip_seed = derive_seed(seed, kFlipStream, 0, 0).
 // derive_seed chains the splitmix64 finaliser (Steele et al. 2014): a different seed,
 // epoch or batch gives an unrelated Philox key. So the batches of a run are the same
 // with or without prefetching, on any number of threads, and a run resumed from a saved
@@ -82,6 +83,7 @@ class Loader {
 
   static constexpr uint64_t kShuffleStream = 0x73687566666c65ULL;  // "shuffle"
   static constexpr uint64_t kAugmentStream = 0x6175676d656e74ULL;  // "augment"
+  static constexpr uint64_t kFlipStream = 0x666c6970ULL;             // "flip"
   static uint64_t derive_seed(uint64_t seed, uint64_t stream, int64_t epoch, int64_t batch);
 
   // std::invalid_argument for batch_size < 1, prefetch < 0, a negative pad or a set

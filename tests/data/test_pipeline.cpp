@@ -132,6 +132,91 @@ TEST_CASE("crop_flip: known offsets give known pixels, zero padding, mirror") {
   CHECK(std::all_of(out.begin(), out.end(), [](uint8_t v) { return v == 0; }));
 }
 
+TEST_CASE("crop_flip with reflect padding: the window of the mirrored image, as F.pad(..., 'reflect')") {
+  // One 3x4 channel: rows 0 1 2 3 / 10 11 12 13 / 20 21 22 23.
+  const int H = 3, W = 4, pad = 2;
+  std::vector<uint8_t> img(H * W), out(H * W);
+  for (int y = 0; y < H; ++y)
+    for (int x = 0; x < W; ++x) img[y * W + x] = static_cast<uint8_t>(10 * y + x);
+  // dy = dx = 0: the window starts 2 rows and 2 columns before the image; row -2 is row 2,
+  // row -1 is row 1 (the edge row is not repeated), and so for columns.
+  crop_flip(img.data(), 1, H, W, pad, {0, 0, false}, out.data(), true);
+  CHECK(out == std::vector<uint8_t>{22, 21, 20, 21,  //
+                                    12, 11, 10, 11,  //
+                                    2, 1, 0, 1});
+  // dy = dx = 4: 2 rows and columns after it; row 3 is row 1, row 4 is row 0.
+  crop_flip(img.data(), 1, H, W, pad, {4, 4, false}, out.data(), true);
+  CHECK(out == std::vector<uint8_t>{22, 23, 22, 21,  //
+                                    12, 13, 12, 11,  //
+                                    2, 3, 2, 1});
+  // Flipped after the crop: each row of the window read right to left.
+  crop_flip(img.data(), 1, H, W, pad, {4, 4, true}, out.data(), true);
+  CHECK(out == std::vector<uint8_t>{21, 22, 23, 22,  //
+                                    11, 12, 13, 12,  //
+                                    1, 2, 3, 2});
+  // No shift: the image itself.
+  crop_flip(img.data(), 1, H, W, pad, {pad, pad, false}, out.data(), true);
+  CHECK(out == img);
+  CHECK_THROWS_AS(crop_flip(img.data(), 1, H, W, 3, {0, 0, false}, out.data(), true), std::invalid_argument);
+}
+
+TEST_CASE("alternating flips: a fixed coin per image, every image the other way in odd epochs") {
+  const int n = 4000;
+  int flipped = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const bool first = alternating_flip(99, i, 0);
+    flipped += first;
+    CHECK(alternating_flip(99, i, 1) != first);
+    CHECK(alternating_flip(99, i, 2) == first);
+    CHECK(alternating_flip(99, i, 7) != first);
+  }
+  CHECK(std::abs(flipped - n / 2) < 200);  // 6.3 standard deviations
+  int same = 0;  // another seed tosses other coins
+  for (int64_t i = 0; i < n; ++i) same += alternating_flip(99, i, 0) == alternating_flip(100, i, 0);
+  CHECK(std::abs(same - n / 2) < 200);
+  // The flip is not drawn from the batch's Rng: only the offsets are.
+  AugmentOptions options{true, 2, true};
+  options.alternate_flip = true;
+  Rng rng(5), replay(5);
+  (void)draw_crop_flip(options, rng);
+  (void)replay.below(5);
+  (void)replay.below(5);
+  CHECK(rng.state() == replay.state());
+}
+
+TEST_CASE("loader with alternate_flip: each image mirrored in exactly one of two consecutive epochs") {
+  const ImageSet set = tiny_set(40);
+  std::vector<int64_t> indices(40);
+  std::iota(indices.begin(), indices.end(), int64_t{0});
+  LoaderOptions options;
+  options.batch_size = 8;
+  options.seed = 4;
+  options.augment = true;
+  options.augment_options = {false, 0, true};  // flips only
+  options.augment_options.alternate_flip = true;
+  Loader loader(set, indices, options);
+  std::map<int64_t, std::vector<float>> epoch0;
+  const auto images_of = [&](const Batch& b, size_t i) {
+    const std::vector<float> all = b.images.to_vector<float>();
+    const auto first = all.begin() + static_cast<int64_t>(i) * set.image_size();
+    return std::vector<float>(first, first + set.image_size());
+  };
+  while (auto b = loader.next())
+    for (size_t i = 0; i < b->indices.size(); ++i) epoch0[b->indices[i]] = images_of(*b, i);
+  const Normalizer norm(set);
+  int mirrored = 0;
+  while (auto b = loader.next())
+    for (size_t i = 0; i < b->indices.size(); ++i) {
+      const int64_t index = b->indices[i];
+      CHECK(images_of(*b, i) != epoch0[index]);  // the other way round (no image is symmetric)
+      std::vector<float> plain(set.image_size());
+      write_batch(set, {index}, norm, nullptr, nullptr, plain.data());
+      mirrored += images_of(*b, i) != plain;
+    }
+  CHECK(mirrored > 5);
+  CHECK(mirrored < 35);
+}
+
 TEST_CASE("draw_crop_flip: documented draw order, uniform offsets, fair flips") {
   const AugmentOptions options;  // crop, pad 4, flip
   Rng rng(77), replay(77);
