@@ -4,13 +4,14 @@
 #include <cmath>
 #include <numeric>
 
+#include "apps/common/tta.h"
 #include "ema/bn_recompute.h"
 #include "engine/autograd.h"
 
 namespace polyak::app {
 
 Predictions predict(nn::Module& model, const data::ImageSet& set, const std::vector<int64_t>& indices,
-                    int64_t batch_size, Device device) {
+                    int64_t batch_size, Device device, int tta_level) {
   std::vector<int64_t> all;
   if (indices.empty()) {
     all.resize(static_cast<size_t>(set.count));
@@ -26,7 +27,7 @@ Predictions predict(nn::Module& model, const data::ImageSet& set, const std::vec
   for (size_t begin = 0; begin < order.size(); begin += static_cast<size_t>(batch_size)) {
     const std::vector<int64_t> idx(order.begin() + static_cast<int64_t>(begin),
                                    order.begin() + static_cast<int64_t>(std::min(order.size(), begin + batch_size)));
-    const std::vector<float> logits = model(data::to_tensor(set, idx, device)).to_vector<float>();
+    const std::vector<float> logits = tta_logits(model, data::to_tensor(set, idx, device), tta_level).to_vector<float>();
     p.logits.insert(p.logits.end(), logits.begin(), logits.end());
     for (int64_t i : idx) p.labels.push_back(set.labels[i]);
   }

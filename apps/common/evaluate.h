@@ -20,9 +20,10 @@ struct Predictions {
 };
 
 // Runs the model in eval mode without gradients over `indices` (all images when
-// empty) in batches; restores the model's previous mode.
+// empty) in batches; restores the model's previous mode. `tta_level` > 0 averages the
+// logits over views of each image (apps/common/tta.h).
 Predictions predict(nn::Module& model, const data::ImageSet& set, const std::vector<int64_t>& indices,
-                    int64_t batch_size = 500, Device device = Device::CPU);
+                    int64_t batch_size = 500, Device device = Device::CPU, int tta_level = 0);
 
 // BatchNorm statistics recompute on training images (ema::recompute_bn). The loader
 // sees the batches as training does (shuffled, augmented when training is), from a
