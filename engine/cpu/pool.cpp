@@ -33,9 +33,47 @@ inline void clip(int64_t start, int64_t k, int64_t size, int64_t& lo, int64_t& h
   hi = std::min<int64_t>(start + k, size);
 }
 
+// One step of the window scan: v (at flat index `index`) replaces the best so far when
+// larger, or when NaN (the last NaN wins), as the general loop below decides. Written
+// without branches so that the 2x2 loop vectorises.
+inline void keep_larger(float v, int32_t index, float& best, int32_t& best_at) {
+  const bool take = v > best || v != v;
+  best = take ? v : best;
+  best_at = take ? index : best_at;
+}
+
+// The 2x2 window with stride 2 and no padding (every window wholly inside the image),
+// scanned in the general loop's order: (0,0), (0,1), (1,0), (1,1).
+void max_pool_2x2(const Pool2dGeom& g, const float* x, float* y, int32_t* argmax) {
+  const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
+  parallel_for(g.N * g.C, 4 * PQ, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane)
+      for (int64_t p = 0; p < g.P; ++p) {
+        const float* top = x + plane * HW + 2 * p * g.W;
+        const float* bottom = top + g.W;
+        float* yp = y + plane * PQ + p * g.Q;
+        int32_t* ap = argmax + plane * PQ + p * g.Q;
+        const auto row = static_cast<int32_t>(2 * p * g.W), width = static_cast<int32_t>(g.W);
+#pragma omp simd
+        for (int64_t q = 0; q < g.Q; ++q) {
+          const auto column = static_cast<int32_t>(2 * q);
+          float best = top[2 * q];
+          int32_t best_at = row + column;
+          keep_larger(top[2 * q + 1], row + column + 1, best, best_at);
+          keep_larger(bottom[2 * q], row + width + column, best, best_at);
+          keep_larger(bottom[2 * q + 1], row + width + column + 1, best, best_at);
+          yp[q] = best;
+          ap[q] = best_at;
+        }
+      }
+  });
+}
+
 }  // namespace
 
 void cpu::max_pool2d_forward(const Pool2dGeom& g, const float* x, float* y, int32_t* argmax) {
+  if (g.kh == 2 && g.kw == 2 && g.stride_h == 2 && g.stride_w == 2 && g.pad_h == 0 && g.pad_w == 0)
+    return max_pool_2x2(g, x, y, argmax);
   const int64_t HW = g.H * g.W, PQ = g.P * g.Q;
   parallel_for(g.N * g.C, std::max<int64_t>(1, PQ * g.kh * g.kw), [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {

@@ -29,7 +29,7 @@ static Pool2dGeom pool(int64_t N, int64_t C, int64_t H, int64_t W, int64_t k, in
 
 void check_pool(const Kernels& k, Device d, Rng& rng) {
   for (const Pool2dGeom& g : {pool(2, 3, 8, 8, 2, 2, 0), pool(1, 2, 7, 9, 3, 1, 1), pool(3, 4, 9, 7, 3, 2, 1),
-                              pool(2, 16, 8, 8, 8, 1, 0)}) {
+                              pool(2, 16, 8, 8, 8, 1, 0), pool(2, 3, 15, 31, 2, 2, 0)}) {
     const int64_t nx = g.N * g.C * g.H * g.W, ny = g.N * g.C * g.P * g.Q;
     const Tensor x = random_host({nx}, rng), dy = random_host({ny}, rng);
     const Tensor x_d = copy_on(x, d), dy_d = copy_on(dy, d);
@@ -50,6 +50,19 @@ void check_pool(const Kernels& k, Device d, Rng& rng) {
     ref::avg_pool2d_backward(g, in(dy), out(dx_want));
     check_close(back(dx_got), dx_want, 1e-6, 1e-5);
   }
+  // Ties and NaNs in 2x2 windows (the kernels' own path for them): the first of equal
+  // values wins, the last NaN wins, as in the reference.
+  const Pool2dGeom g = pool(1, 1, 4, 6, 2, 2, 0);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const Tensor x = Tensor::from_vector({1, 1, 0, nan, nan, 2, 1, 1, 0, 0, 3, nan,  //
+                                        5, 4, 7, 7, -1, -2, 4, 5, 7, 7, -3, -1},
+                                       {24});
+  Tensor y_got = empty_on({6}, d), argmax_got = Tensor::empty({6}, DType::I32, d);
+  Tensor y_want = empty_on({6}, Device::CPU), argmax_want = Tensor::empty({6}, DType::I32);
+  k.max_pool2d_forward(g, in(copy_on(x, d)), out(y_got), argmax_got.data<int32_t>());
+  ref::max_pool2d_forward(g, in(x), out(y_want), argmax_want.data<int32_t>());
+  CHECK(back(argmax_got).to_vector<int32_t>() == argmax_want.to_vector<int32_t>());
+  CHECK(argmax_want.to_vector<int32_t>() == std::vector<int32_t>{0, 3, 11, 12, 14, 16});
 }
 
 // ---------------------------------------------------------------- softmax, loss
