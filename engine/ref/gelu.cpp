@@ -9,6 +9,8 @@
 //   gelu'(x) = Phi(x) + x * phi(x),   dx = dy * gelu'(x).
 //
 // The backward reads the input x (unlike ReLU's, the output does not determine it).
+// Phi is computed as erfc(-x / sqrt 2) / 2, the same function: written with erf, 1 + erf
+// cancels for x below about -5 and keeps no correct digit of Phi's tiny values.
 #include <cmath>
 
 #include "engine/ref/kernels.h"
@@ -16,7 +18,7 @@
 namespace polyak::ref {
 
 namespace {
-double normal_cdf(double x) { return 0.5 * (1.0 + std::erf(x / std::sqrt(2.0))); }
+double normal_cdf(double x) { return 0.5 * std::erfc(-x / std::sqrt(2.0)); }
 double normal_pdf(double x) { return std::exp(-0.5 * x * x) / std::sqrt(2.0 * M_PI); }
 }  // namespace
 
