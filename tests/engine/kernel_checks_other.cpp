@@ -29,7 +29,7 @@ static Pool2dGeom pool(int64_t N, int64_t C, int64_t H, int64_t W, int64_t k, in
 
 void check_pool(const Kernels& k, Device d, Rng& rng) {
   for (const Pool2dGeom& g : {pool(2, 3, 8, 8, 2, 2, 0), pool(1, 2, 7, 9, 3, 1, 1), pool(3, 4, 9, 7, 3, 2, 1),
-                              pool(2, 16, 8, 8, 8, 1, 0), pool(2, 3, 15, 31, 2, 2, 0)}) {
+                              pool(2, 16, 8, 8, 8, 1, 0), pool(2, 3, 15, 31, 2, 2, 0), pool(1, 2, 6, 71, 2, 2, 0)}) {
     const int64_t nx = g.N * g.C * g.H * g.W, ny = g.N * g.C * g.P * g.Q;
     const Tensor x = random_host({nx}, rng), dy = random_host({ny}, rng);
     const Tensor x_d = copy_on(x, d), dy_d = copy_on(dy, d);
