@@ -62,7 +62,8 @@ nlohmann::ordered_json run_json(uint64_t seed, const SpeedrunResult& r) {
   nlohmann::ordered_json epochs = nlohmann::ordered_json::array();
   for (const EpochRecord& e : r.epochs)
     epochs.push_back({{"epoch", e.epoch}, {"steps", e.steps}, {"seconds", e.seconds},
-                      {"last_batch_loss", e.last_batch_loss}, {"last_batch_accuracy", e.last_batch_accuracy}});
+                      {"last_batch_loss", e.last_batch_loss}, {"last_batch_accuracy", e.last_batch_accuracy},
+                      {"data_wait_seconds", e.data_wait_seconds}});
   return {{"seed", seed},
           {"accuracy", r.accuracy},
           {"seconds", r.seconds()},

@@ -80,6 +80,19 @@ SgdOptions airbench_sgd_options(const AirbenchRecipe& recipe) {
           .nesterov = true};
 }
 
+namespace {
+
+bool frozen(const std::string& name, bool train_whitening_bias) {
+  const bool norm_weight = name.find(".norm") != std::string::npos && ends_with(name, ".weight");
+  return name == "0.weight" || norm_weight || (name == "0.bias" && !train_whitening_bias);
+}
+
+}  // namespace
+
+void set_trainable(nn::Module& model, bool train_whitening_bias) {
+  for (auto& [name, p] : model.named_parameters()) Tensor(p).requires_grad_(!frozen(name, train_whitening_bias));
+}
+
 std::vector<SgdGroup> airbench_sgd_groups(const AirbenchRecipe& recipe, const nn::Module& model,
                                           bool train_whitening_bias) {
   const double bias_lr = sgd_lr(recipe) * recipe.bias_scaler;
@@ -90,8 +103,8 @@ std::vector<SgdGroup> airbench_sgd_groups(const AirbenchRecipe& recipe, const nn
     offset += p.numel();
     const bool norm = name.find(".norm") != std::string::npos;
     SgdGroup group{.begin = begin, .end = offset};
-    if (name == "0.weight" || (norm && ends_with(name, ".weight")) || (name == "0.bias" && !train_whitening_bias))
-      group.lr_scale = 0;  // frozen
+    if (frozen(name, train_whitening_bias))
+      group.lr_scale = 0;
     else if (norm)
       group = {begin, offset, static_cast<float>(recipe.bias_scaler), static_cast<float>(decay_per_step(recipe) / bias_lr)};
     else
@@ -123,9 +136,14 @@ SpeedrunResult run_airbench(const AirbenchRecipe& recipe, const data::ImageSet& 
   model->train();
   for (int64_t epoch = 0; step < total; ++epoch) {
     start = Clock::now();
-    sgd.set_groups(airbench_sgd_groups(recipe, *model, epoch < recipe.whiten_bias_epochs));
+    const bool train_whitening_bias = epoch < recipe.whiten_bias_epochs;
+    sgd.set_groups(airbench_sgd_groups(recipe, *model, train_whitening_bias));
+    set_trainable(*model, train_whitening_bias);
     EpochRecord record{.epoch = epoch + 1};
-    while (auto batch = loader.next()) {
+    for (auto waited = Clock::now();; waited = Clock::now()) {
+      std::optional<data::Batch> batch = loader.next();
+      record.data_wait_seconds += seconds_since(waited);
+      if (!batch) break;
       sgd.options().lr = static_cast<float>(base_lr * triangle_factor(recipe, step, total));
       model->zero_grad();
       const Tensor logits = (*model)(batch->images);
@@ -149,8 +167,9 @@ SpeedrunResult run_airbench(const AirbenchRecipe& recipe, const data::ImageSet& 
     record.seconds = seconds_since(start);
     result.training_seconds += record.seconds;
     result.epochs.push_back(record);
-    std::printf("epoch %2lld  steps %lld  last batch: loss %.4f acc %.2f%%  (%.1f s)\n", static_cast<long long>(record.epoch),
-                static_cast<long long>(step), record.last_batch_loss, record.last_batch_accuracy, record.seconds);
+    std::printf("epoch %2lld  steps %lld  last batch: loss %.4f acc %.2f%%  (%.1f s, %.2f s waiting for data)\n",
+                static_cast<long long>(record.epoch), static_cast<long long>(step), record.last_batch_loss,
+                record.last_batch_accuracy, record.seconds, record.data_wait_seconds);
     std::fflush(stdout);
   }
   start = Clock::now();

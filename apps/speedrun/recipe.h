@@ -52,14 +52,20 @@ double triangle_factor(const AirbenchRecipe& recipe, int64_t step, int64_t total
 double lookahead_decay(const AirbenchRecipe& recipe, int64_t step, int64_t total);
 
 // The SGD settings and parameter groups of the recipe for the airbench94 model (by its
-// parameter names), with the whitening bias trained or frozen.
+// parameter names), with the whitening bias trained or frozen: frozen parameters (the
+// whitening filters, the BatchNorm weights) get a learning-rate factor 0.
 SgdOptions airbench_sgd_options(const AirbenchRecipe& recipe);
 std::vector<SgdGroup> airbench_sgd_groups(const AirbenchRecipe& recipe, const nn::Module& model,
                                           bool train_whitening_bias);
+// Marks the frozen parameters as not requiring gradients, so that the backward pass
+// skips them: once the whitening bias is frozen too, the first layer's whole backward
+// and the second's data gradient.
+void set_trainable(nn::Module& model, bool train_whitening_bias);
 
 struct EpochRecord {
   int64_t epoch = 0, steps = 0;
   double seconds = 0, last_batch_loss = 0, last_batch_accuracy = 0;  // loss per image
+  double data_wait_seconds = 0;  // of `seconds`, waiting for the loader's next batch
 };
 
 struct SpeedrunResult {
