@@ -1,6 +1,9 @@
 """The time-to-94% table of tools/speedrun-compare.sh: per seed, polyak's and PyTorch's
 time and TTA test accuracy, then the mean and sample standard deviation of each, the
-ratio of mean times and the share of runs at 94% or above, as Markdown.
+ratio of mean times and the share of runs at 94% or above, as Markdown. The seconds per
+step of each run's median epoch are listed too: this machine's speed drifts (by half,
+for minutes at a time, when other work shares its host), and the median epoch shows a
+run's pace without the slow minutes.
 
     /usr/bin/python3 tools/speedrun_table.py RUNS/polyak RUNS/pytorch
 
@@ -20,6 +23,10 @@ def runs(folder):
     return out
 
 
+def median_step_seconds(run):
+    return statistics.median(e["seconds"] / e["steps"] for e in run["epochs"] if e["steps"])
+
+
 def mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -35,12 +42,13 @@ def main():
             print(f"(seeds run by {name} only, left out: {alone})")
     if not seeds:
         sys.exit("no seed was run by both")
-    print("| seed | polyak s | polyak acc % | PyTorch s | PyTorch acc % | time ratio |")
-    print("|---|---|---|---|---|---|")
+    print("| seed | polyak s | polyak acc % | PyTorch s | PyTorch acc % | time ratio "
+          "| s/step, median epoch (polyak / PyTorch) |")
+    print("|---|---|---|---|---|---|---|")
     for s in seeds:
         a, b = ours[s], theirs[s]
         print(f"| {s} | {a['seconds']:.0f} | {a['accuracy']:.2f} | {b['seconds']:.0f} | {b['accuracy']:.2f} "
-              f"| {b['seconds'] / a['seconds']:.2f}x |")
+              f"| {b['seconds'] / a['seconds']:.2f}x | {median_step_seconds(a):.2f} / {median_step_seconds(b):.2f} |")
     rows = {}
     for name, table in (("polyak", ours), ("pytorch", theirs)):
         t = mean_std([table[s]["seconds"] for s in seeds])

@@ -1,6 +1,6 @@
 // speedrun: airbench94's recipe (apps/speedrun/recipe.h) on CIFAR-10, timed, once per
 // seed: the time to 94% on this machine. Writes, in --output:
-//   run<seed>.json   the run: test accuracy with TTA, the timed phases, every epoch
+//   run<seed>.json   the run: test accuracy with TTA (and without), the timed phases, every epoch
 //   summary.json     every run's accuracy and time, their mean and standard deviation
 // and prints one line per epoch and a table at the end. Exit codes as every app
 // (apps/common/cli.h).
@@ -40,6 +40,7 @@ void add_flags(CLI::App& app, SpeedrunConfig& c) {
   app.add_option("--batch-size", c.recipe.batch_size,
                  "images per step (the recipe's 1024; its lr and decay are per 1024 examples, the loss is summed)");
   app.add_option("--epochs", c.recipe.epochs, "training epochs (the recipe's 9.9; fractions end mid-epoch)");
+  app.add_option("--lookahead", c.recipe.lookahead, "Lookahead on (the recipe) or off (the ablation)");
   app.add_option("--tta", c.recipe.tta_level, "test-time augmentation: 0 none, 1 mirror, 2 mirror and translations");
   app.add_option("--train-subset", c.train_subset, "train on the first N images only (for tests; 0: all)");
   app.add_option("--test-subset", c.test_subset, "evaluate on the first N test images only (0: all)");
@@ -58,14 +59,16 @@ void validate(const SpeedrunConfig& c) {
   if (c.test_subset < 0) bad_flag("--test-subset", std::to_string(c.test_subset), "a count >= 0");
 }
 
-nlohmann::ordered_json run_json(uint64_t seed, const SpeedrunResult& r) {
+nlohmann::ordered_json run_json(uint64_t seed, bool lookahead, const SpeedrunResult& r) {
   nlohmann::ordered_json epochs = nlohmann::ordered_json::array();
   for (const EpochRecord& e : r.epochs)
     epochs.push_back({{"epoch", e.epoch}, {"steps", e.steps}, {"seconds", e.seconds},
                       {"last_batch_loss", e.last_batch_loss}, {"last_batch_accuracy", e.last_batch_accuracy},
                       {"data_wait_seconds", e.data_wait_seconds}});
   return {{"seed", seed},
+          {"lookahead", lookahead},
           {"accuracy", r.accuracy},
+          {"accuracy_without_tta", r.accuracy_without_tta},
           {"seconds", r.seconds()},
           {"whitening_seconds", r.whitening_seconds},
           {"training_seconds", r.training_seconds},
@@ -106,10 +109,10 @@ int run(SpeedrunConfig c) {
     std::printf("run %lld/%lld, seed %llu\n", static_cast<long long>(k + 1), static_cast<long long>(c.runs),
                 static_cast<unsigned long long>(seed));
     const SpeedrunResult r = run_airbench(c.recipe, sets.train, sets.test, seed, device);
-    std::printf("seed %llu: test accuracy %.2f%% (TTA %d) in %.1f s (whitening %.1f, training %.1f, TTA %.1f)\n",
-                static_cast<unsigned long long>(seed), r.accuracy, c.recipe.tta_level, r.seconds(), r.whitening_seconds,
-                r.training_seconds, r.tta_seconds);
-    const nlohmann::ordered_json row = run_json(seed, r);
+    std::printf("seed %llu: test accuracy %.2f%% (TTA %d; %.2f%% without) in %.1f s (whitening %.1f, training %.1f, TTA %.1f)\n",
+                static_cast<unsigned long long>(seed), r.accuracy, c.recipe.tta_level, r.accuracy_without_tta, r.seconds(),
+                r.whitening_seconds, r.training_seconds, r.tta_seconds);
+    const nlohmann::ordered_json row = run_json(seed, c.recipe.lookahead, r);
     io::write_file_atomically((std::filesystem::path(c.output) / ("run" + std::to_string(seed) + ".json")).string(),
                               row.dump(2) + "\n");
     runs.push_back(row);
@@ -118,7 +121,8 @@ int run(SpeedrunConfig c) {
   }
   const auto [accuracy, accuracy_std] = mean_std(accuracies);
   const auto [seconds, seconds_std] = mean_std(times);
-  const nlohmann::ordered_json summary = {{"recipe", "airbench94"},       {"threads", num_threads()},
+  const nlohmann::ordered_json summary = {{"recipe", "airbench94"},       {"lookahead", c.recipe.lookahead},
+                                          {"threads", num_threads()},
                                           {"device", c.device},           {"runs", runs},
                                           {"accuracy_mean", accuracy},    {"accuracy_std", accuracy_std},
                                           {"seconds_mean", seconds},      {"seconds_std", seconds_std},

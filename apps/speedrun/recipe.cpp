@@ -114,6 +114,62 @@ std::vector<SgdGroup> airbench_sgd_groups(const AirbenchRecipe& recipe, const nn
   return groups;
 }
 
+namespace {
+
+// What a run carries from epoch to epoch.
+struct Training {
+  const AirbenchRecipe& recipe;
+  nn::Module& model;
+  Sgd sgd;
+  float base_lr = 0;
+  int64_t total = 0, step = 0;
+  std::optional<ema::Lookahead> lookahead{};
+};
+
+// One optimiser step on the loss summed over the batch, at the schedule's learning rate,
+// then Lookahead's update every lookahead_every steps from its first epoch (the first
+// one starts the average).
+void train_step(Training& t, const data::Batch& batch, int64_t epoch, EpochRecord& record) {
+  const AirbenchRecipe& recipe = t.recipe;
+  t.sgd.options().lr = static_cast<float>(t.base_lr * triangle_factor(recipe, t.step, t.total));
+  t.model.zero_grad();
+  const Tensor logits = t.model(batch.images);
+  const auto n = static_cast<float>(batch.labels.numel());
+  const Tensor loss = mul_scalar(cross_entropy(logits, batch.labels, recipe.label_smoothing), n);
+  loss.backward();
+  t.sgd.step();
+  ++t.step;
+  if (recipe.lookahead && epoch >= recipe.lookahead_start_epoch && t.step % recipe.lookahead_every == 0) {
+    if (!t.lookahead)
+      t.lookahead.emplace(t.model);
+    else
+      t.lookahead->update(static_cast<float>(lookahead_decay(recipe, t.step, t.total)));
+  }
+  ++record.steps;
+  record.last_batch_loss = loss.item() / n;
+  record.last_batch_accuracy = 100.0 * static_cast<double>(argmax_matches(logits, batch.labels)) / n;
+}
+
+// An epoch (or what is left of the run's steps), ending on Lookahead's average.
+EpochRecord train_epoch(Training& t, data::Loader& loader, int64_t epoch) {
+  const auto start = Clock::now();
+  const bool train_whitening_bias = epoch < t.recipe.whiten_bias_epochs;
+  t.sgd.set_groups(airbench_sgd_groups(t.recipe, t.model, train_whitening_bias));
+  set_trainable(t.model, train_whitening_bias);
+  EpochRecord record{.epoch = epoch + 1};
+  for (auto waited = Clock::now(); t.step < t.total; waited = Clock::now()) {
+    std::optional<data::Batch> batch = loader.next();
+    record.data_wait_seconds += seconds_since(waited);
+    if (!batch) break;
+    train_step(t, *batch, epoch, record);
+  }
+  if (t.lookahead) t.lookahead->update(1.0f);
+  record.seconds = seconds_since(start);
+  return record;
+}
+
+}  // namespace
+
 SpeedrunResult run_airbench(const AirbenchRecipe& recipe, const data::ImageSet& train, const data::ImageSet& test,
                             uint64_t seed, Device device) {
   SpeedrunResult result;
@@ -128,53 +184,27 @@ SpeedrunResult run_airbench(const AirbenchRecipe& recipe, const data::ImageSet& 
   std::vector<int64_t> indices(static_cast<size_t>(train.count));
   std::iota(indices.begin(), indices.end(), int64_t{0});
   data::Loader loader(train, indices, training_loader(recipe, seed, device));
-  const int64_t total = total_steps(recipe, train.count);
-  Sgd sgd(*model, airbench_sgd_options(recipe));
-  const float base_lr = sgd.options().lr;
-  std::optional<ema::Lookahead> lookahead;
-  int64_t step = 0;
+  const SgdOptions sgd_options = airbench_sgd_options(recipe);
+  Training t{.recipe = recipe,
+             .model = *model,
+             .sgd = Sgd(*model, sgd_options),
+             .base_lr = sgd_options.lr,
+             .total = total_steps(recipe, train.count)};
   model->train();
-  for (int64_t epoch = 0; step < total; ++epoch) {
-    start = Clock::now();
-    const bool train_whitening_bias = epoch < recipe.whiten_bias_epochs;
-    sgd.set_groups(airbench_sgd_groups(recipe, *model, train_whitening_bias));
-    set_trainable(*model, train_whitening_bias);
-    EpochRecord record{.epoch = epoch + 1};
-    for (auto waited = Clock::now();; waited = Clock::now()) {
-      std::optional<data::Batch> batch = loader.next();
-      record.data_wait_seconds += seconds_since(waited);
-      if (!batch) break;
-      sgd.options().lr = static_cast<float>(base_lr * triangle_factor(recipe, step, total));
-      model->zero_grad();
-      const Tensor logits = (*model)(batch->images);
-      const auto n = static_cast<float>(batch->labels.numel());
-      const Tensor loss = mul_scalar(cross_entropy(logits, batch->labels, recipe.label_smoothing), n);  // summed
-      loss.backward();
-      sgd.step();
-      ++step;
-      if (epoch >= recipe.lookahead_start_epoch && step % recipe.lookahead_every == 0) {
-        if (!lookahead)
-          lookahead.emplace(*model);
-        else
-          lookahead->update(static_cast<float>(lookahead_decay(recipe, step, total)));
-      }
-      ++record.steps;
-      record.last_batch_loss = loss.item() / n;
-      record.last_batch_accuracy = 100.0 * static_cast<double>(argmax_matches(logits, batch->labels)) / n;
-      if (step >= total) break;
-    }
-    if (lookahead) lookahead->update(1.0f);
-    record.seconds = seconds_since(start);
+  for (int64_t epoch = 0; t.step < t.total; ++epoch) {
+    const EpochRecord record = train_epoch(t, loader, epoch);
     result.training_seconds += record.seconds;
     result.epochs.push_back(record);
     std::printf("epoch %2lld  steps %lld  last batch: loss %.4f acc %.2f%%  (%.1f s, %.2f s waiting for data)\n",
-                static_cast<long long>(record.epoch), static_cast<long long>(step), record.last_batch_loss,
+                static_cast<long long>(record.epoch), static_cast<long long>(t.step), record.last_batch_loss,
                 record.last_batch_accuracy, record.seconds, record.data_wait_seconds);
     std::fflush(stdout);
   }
   start = Clock::now();
   result.accuracy = top1_accuracy(predict(*model, test, {}, 1000, device, recipe.tta_level));
   result.tta_seconds = seconds_since(start);
+  result.accuracy_without_tta =
+      recipe.tta_level == 0 ? result.accuracy : top1_accuracy(predict(*model, test, {}, 1000, device, 0));
   return result;
 }
 

@@ -136,15 +136,22 @@ TEST_CASE("TTA logits: level 2 weighs the six views 1/4, 1/4 and 1/8 x 4") {
   CHECK_THROWS_AS(app::tta_logits(net, x, 3), std::invalid_argument);
 }
 
-TEST_CASE("speedrun app: a short run on real images writes its runs and summary; bad flags exit 2") {
+TEST_CASE("speedrun app: a short run on real images writes its runs and summary; Lookahead off changes the run after its first copy-back; bad flags exit 2") {
   const std::string data = polyak::testing::real_data_path("cifar10");
   if (data.empty()) return;
   polyak::testing::TempDir tmp("polyak_speedrun");
-  // 256 images in batches of 64: 4 steps per epoch, 4 epochs, so Lookahead (from epoch 3)
-  // and the whitening bias's freeze both happen; TTA level 2 on 100 test images.
-  const ChildResult r = run_child(POLYAK_SPEEDRUN_BIN, {"--runs", "2", "--seed", "7", "--batch-size", "64", "--epochs", "4",
-                                                        "--train-subset", "256", "--test-subset", "100", "--threads", "2",
-                                                        "--data", data, "--output", tmp.path.string()});
+  // 256 images in batches of 64: 4 steps per epoch, 5 epochs, so the whitening bias's
+  // freeze happens, and Lookahead (from the fourth epoch, every 5 steps) starts at step 15
+  // and copies its average back at the fourth epoch's end, so the fifth differs from a
+  // run without it; TTA level 2 on 100 test images.
+  const std::vector<std::string> flags = {"--seed",         "7",   "--batch-size", "64",  "--epochs", "5",
+                                          "--train-subset", "256", "--test-subset", "100", "--threads", "2",
+                                          "--data",         data};
+  const auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.end(), flags.begin(), flags.end());
+    return extra;
+  };
+  const ChildResult r = run_child(POLYAK_SPEEDRUN_BIN, with({"--runs", "2", "--output", tmp.path.string()}));
   REQUIRE_MESSAGE(r.exit_code == 0, r.output);
   const auto summary = nlohmann::json::parse(read_file(tmp.path / "summary.json"));
   REQUIRE(summary["runs"].size() == 2);
@@ -153,13 +160,23 @@ TEST_CASE("speedrun app: a short run on real images writes its runs and summary;
   for (const auto& run : summary["runs"]) {
     CHECK(run["accuracy"].get<double>() >= 0.0);
     CHECK(run["accuracy"].get<double>() <= 100.0);
-    CHECK(run["epochs"].size() == 4);
-    CHECK(run["epochs"][3]["steps"] == 4);
+    CHECK(run["accuracy_without_tta"].get<double>() >= 0.0);
+    CHECK(run["epochs"].size() == 5);
+    CHECK(run["epochs"][4]["steps"] == 4);
     CHECK(run["seconds"].get<double>() > 0.0);
     CHECK(std::isfinite(run["epochs"][3]["last_batch_loss"].get<double>()));
   }
   CHECK(nlohmann::json::parse(read_file(tmp.path / "run8.json")) == summary["runs"][1]);
   CHECK(summary["runs"][0]["accuracy"] != summary["runs"][1]["accuracy"]);  // other seeds, other runs
+
+  const ChildResult plain =
+      run_child(POLYAK_SPEEDRUN_BIN, with({"--runs", "1", "--lookahead", "off", "--output", (tmp.path / "plain").string()}));
+  REQUIRE_MESSAGE(plain.exit_code == 0, plain.output);
+  const auto ablation = nlohmann::json::parse(read_file(tmp.path / "plain" / "run7.json"));
+  CHECK(ablation["lookahead"] == false);
+  CHECK(summary["runs"][0]["lookahead"] == true);
+  CHECK(ablation["epochs"][3]["last_batch_loss"] == summary["runs"][0]["epochs"][3]["last_batch_loss"]);
+  CHECK(ablation["epochs"][4]["last_batch_loss"] != summary["runs"][0]["epochs"][4]["last_batch_loss"]);
 
   const ChildResult bad = run_child(POLYAK_SPEEDRUN_BIN, {"--tta", "3", "--data", data, "--output", tmp.path.string()});
   CHECK(bad.exit_code == 2);
@@ -167,4 +184,8 @@ TEST_CASE("speedrun app: a short run on real images writes its runs and summary;
   const ChildResult small = run_child(POLYAK_SPEEDRUN_BIN, {"--train-subset", "100", "--data", data, "--output", tmp.path.string()});
   CHECK(small.exit_code == 2);
   CHECK(small.output.find("--train-subset 100") != std::string::npos);
+  const ChildResult unsure =
+      run_child(POLYAK_SPEEDRUN_BIN, {"--lookahead", "maybe", "--data", data, "--output", tmp.path.string()});
+  CHECK(unsure.exit_code == 2);
+  CHECK(unsure.output.find("maybe") != std::string::npos);
 }
