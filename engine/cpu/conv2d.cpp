@@ -102,14 +102,15 @@ ConvAlgorithm conv_algorithm(const Conv2dGeom& g) {
   // only with enough channels to multiply per transformed value and enough tiles per
   // image (measurements: docs/PERFORMANCE.md, "Winograd F(2x2, 3x3) vs shifted rows").
   //
-  // On maps of 16x16 and smaller, 16 images in the lanes of AVX-512 vectors win over
-  // both (winograd.cpp has the method; measurements: docs/PERFORMANCE.md,
-  // "Winograd: 16 images in the vector lanes"). Not with 16 channels (the transforms'
-  // share grows as the channels shrink), not where a row of tiles makes more than 4 MiB
-  // of transformed patches (16 elements x channels x tiles x 16 images: a task holds at
-  // least one row; up to 4 MiB, spilling L2, lanes still won everywhere measured), and
-  // not with a quarter of the lanes or more left empty (small batches).
-  const int64_t lanes = 16 * ((g.N + 15) / 16), row_of_tiles = 16 * std::max(g.C, g.K) * ((g.Q + 1) / 2) * 16 * 4;
+  // On maps of 16x16 and smaller, 16 images in the lanes of AVX-512 vectors, with
+  // F(4x4, 3x3)'s larger tiles, win over both (winograd_lanes.cpp has the method;
+  // measurements: docs/PERFORMANCE.md, "Winograd: 16 images in the vector lanes" and
+  // "Winograd lanes: F(4x4, 3x3)"). Not with 16 channels (the transforms' share grows as
+  // the channels shrink), not where a row of tiles makes more than 4 MiB of transformed
+  // patches (36 elements x channels x tiles x 16 images: a task holds at least one row;
+  // up to 4 MiB, spilling L2, lanes still won everywhere measured), and not with a
+  // quarter of the lanes or more left empty (small batches).
+  const int64_t lanes = 16 * ((g.N + 15) / 16), row_of_tiles = 36 * std::max(g.C, g.K) * ((g.Q + 3) / 4) * 16 * 4;
   if (sgemm_active_isa() == SgemmIsa::Avx512 && conv_supports(ConvAlgorithm::WinogradLanes, g) && g.C >= 32 &&
       g.K >= 32 && g.P * g.Q <= 256 && row_of_tiles <= (4 << 20) && 4 * g.N >= 3 * lanes)
     return ConvAlgorithm::WinogradLanes;

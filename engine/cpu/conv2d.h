@@ -15,8 +15,8 @@ enum class ConvAlgorithm {
                 // any stride, and stride 1 with padding < the kernel size
   Winograd,     // the forward by Winograd's F(2x2, 3x3) (winograd.cpp), the gradients by shifted rows;
                 // 3x3, stride 1, padding < 3
-  WinogradLanes,  // the same with 16 images in the vector lanes, and the filter gradient as Winograd's
-                  // adjoint; on CPUs with AVX-512
+  WinogradLanes,  // F(4x4, 3x3) with 16 images in the vector lanes (winograd_lanes.cpp), and the
+                  // filter gradient as Winograd's adjoint; on CPUs with AVX-512
 };
 
 bool conv_supports(ConvAlgorithm algorithm, const Conv2dGeom& g);

@@ -21,7 +21,8 @@
 // images (enough for 64 tiles) is transformed into V, multiplied (U packed once per call
 // for all of them: SgemmPackedA), and transformed back into y, with the epilogue (bias,
 // residual, ReLU) applied as each output pixel is written. With 16 images in the lanes
-// of AVX-512 vectors (winograd_lanes_forward, winograd_lanes.cpp), for small maps.
+// of AVX-512 vectors (winograd_lanes_forward, winograd_lanes.cpp), for small maps, and
+// there with F(4x4, 3x3)'s larger tiles.
 //
 // Image by image, V and M are stored channel by channel, the 16 elements' rows of tiles
 // of a channel one after the other: V[c][e][t] and M[k][e][t]; product e reads and
@@ -47,12 +48,22 @@
 #include "engine/cpu/padded_copy.h"
 #include "engine/cpu/scratch.h"
 #include "engine/cpu/sgemm.h"
-#include "engine/cpu/winograd_parts.h"
 #include "engine/parallel.h"
 
 namespace polyak::cpu {
 
 namespace {
+
+constexpr int64_t kElements = 16;  // of a transformed 4x4 patch
+
+// The tiling of one image: th x tw tiles of 2x2 output pixels, read from a zero-padded
+// copy of the image of (2 th + 2) x (2 tw + 2) pixels (the last tile of an odd output
+// size reads one zero row or column past the convolution's own padding).
+struct Tiles {
+  int64_t th, tw, Hp, Wp;
+  explicit Tiles(const Conv2dGeom& g) : th((g.P + 1) / 2), tw((g.Q + 1) / 2), Hp(2 * th + 2), Wp(2 * tw + 2) {}
+  int64_t count() const { return th * tw; }
+};
 
 // Tiles per group of images, the columns of the products: 64 make 16 x C x 64 floats of
 // transformed patches (1 MiB at 256 channels), as fast as 256 tiles with a quarter of
@@ -96,8 +107,6 @@ void transform_filters(const Conv2dGeom& g, const float* w, float* U) {
   });
 }
 
-}  // namespace
-
 // The 16 products' left operands: U[e] (K x C) packed, in `packed` (the calling thread's).
 void pack_filters(const Conv2dGeom& g, const float* w, std::vector<float>& filter_buffer,
                   std::array<SgemmPackedA, kElements>& packed) {
@@ -107,8 +116,6 @@ void pack_filters(const Conv2dGeom& g, const float* w, std::vector<float>& filte
     for (int64_t e = begin; e < end; ++e) packed[e].pack_on_this_thread(false, g.K, g.C, U + e * g.K * g.C, g.C);
   });
 }
-
-namespace {
 
 // The loops of the transforms, each over a row of values. GCC honours __restrict on
 // parameters (not on local pointers), and without it the four outputs of a loop, which

@@ -1,19 +1,37 @@
-// Winograd's F(2x2, 3x3) (winograd.cpp has the method) with 16 images in the lanes of
-// AVX-512 vectors, for small maps: the forward and the filter gradient. x86-64 only (the
-// intrinsics under a target attribute, called where the CPU has AVX-512); elsewhere
-// winograd_lanes_available() is false, so conv_supports never offers WinogradLanes.
+// Winograd's F(4x4, 3x3) with 16 images in the lanes of AVX-512 vectors, for small
+// maps: the forward and the filter gradient. x86-64 only (the intrinsics under a target
+// attribute, called where the CPU has AVX-512); elsewhere winograd_lanes_available() is
+// false, so conv_supports never offers WinogradLanes.
 //
-// On small maps a row of tiles is short (4 tiles at 8x8), and the loops of
-// winograd.cpp, which run along it, are mostly overhead. Here the 16 lanes of an
-// AVX-512 vector hold the same pixel of 16 images instead, so every step of a transform
-// is one vector operation whatever the map's size: a tile's 16 elements, for 16 images,
-// are 16 vectors. Images come in and go out through 16 x 16 transposes in registers: 16
-// consecutive pixels of each of 16 images in, each pixel across the images out, and
-// back for the outputs.
+// The method is winograd.cpp's with larger tiles: each 4x4 block of output pixels
+// depends on a 6x6 patch d of the zero-padded input, and with (Lavin and Gray, 2016;
+// interpolation points 0, 1, -1, 2, -2 and infinity)
 //
-// The work is split into tasks: a group of 16 images by a block of whole tile rows,
-// up to about 1 MiB each of V and M (16 x C x columns floats, columns = 16 x the block's
-// tiles). A task transforms its patches channel by channel, runs the 16 products,
+//   B^T = | 4  0 -5  0  1  0 |   G = |  1/4    0     0  |   A^T = | 1  1  1  1  1  0 |
+//         | 0 -4 -4  1  1  0 |       | -1/6  -1/6  -1/6 |         | 0  1 -1  2 -2  0 |
+//         | 0  4 -4 -1  1  0 |       | -1/6   1/6  -1/6 |         | 0  1  1  4  4  0 |
+//         | 0 -2 -1  2  1  0 |       | 1/24  1/12   1/6 |         | 0  1 -1  8 -8  1 |
+//         | 0  2 -1 -2  1  0 |       | 1/24 -1/12   1/6 |
+//         | 0  4  0 -5  0  1 |       |   0     0     1  |
+//
+// the tile of output channel k is  Y = A^T [ sum_c (G g_kc G^T) .* (B^T d_c B) ] A:
+// 36 independent products M[e] = U[e] (K x C) * V[e] (C x tiles), 36 multiplies per tile
+// and channel pair where direct convolution needs 144, four times fewer (F(2x2, 3x3):
+// 2.25). The transforms cost about as much per output pixel as F(2x2, 3x3)'s (a 6x6
+// patch serves 16 pixels, a 4x4 one 4), so the products' saving is the gain. Its price
+// is rounding: the transforms scale by up to 8 and by 1/24, and the error of a float sum
+// grows by about that much (tests/engine/test_conv_algorithms.cpp bounds it).
+//
+// On small maps a row of tiles is short (2 tiles at 7x7), and loops along it would be
+// mostly overhead. Here the 16 lanes of an AVX-512 vector hold the same pixel of 16
+// images instead, so every step of a transform is one vector operation whatever the
+// map's size: a tile's 36 elements, for 16 images, are 36 vectors. Images come in and
+// go out through 16 x 16 transposes in registers: 16 consecutive pixels of each of 16
+// images in, each pixel across the images out, and back for the outputs.
+//
+// The work is split into tasks: a group of 16 images by a block of whole tile rows, or
+// on small maps several groups of 16 images by all the rows, up to about 8 MiB each of
+// V and M (36 x C x columns floats, columns = 16 x the task's tiles). A task transforms its patches channel by channel, runs the 36 products,
 // then transforms them back channel by channel and writes its outputs with the
 // epilogue. Between the products it prefetches what the epilogue reads and writes (an
 // image's lines per product) and the next task's input rows. The filter gradient runs
@@ -21,7 +39,7 @@
 //
 // V is stored V[e][c][column] with its rows ld floats apart, ld an odd number of cache
 // lines, and the elements e an odd number of lines apart as well (M likewise): a
-// transform writes the 16 elements of a tile, a product reads the C rows of one
+// transform writes the 36 elements of a tile, a product reads the C rows of one
 // element, and with power-of-two strides either would crowd one L1 set.
 //
 // The prefetches matter more here than image by image: a task's input and output are
@@ -32,8 +50,8 @@
 //
 // Where this wins over image by image and shifted rows: conv_algorithm (conv2d.cpp).
 // Its filter gradient (winograd_lanes_backward_filter) is faster than shifted rows'
-// (channels last), but for a near tie on the narrowest layers when the tensors come
-// from DRAM (measurements: docs/PERFORMANCE.md, "Winograd lanes: filter gradient").
+// (channels last) (measurements: docs/PERFORMANCE.md, "Winograd lanes: filter gradient",
+// and "Winograd lanes: F(4x4, 3x3)").
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -50,7 +68,6 @@
 #include "engine/cpu/partial_sums.h"
 #include "engine/cpu/scratch.h"
 #include "engine/cpu/sgemm.h"
-#include "engine/cpu/winograd_parts.h"
 #include "engine/parallel.h"
 
 namespace polyak::cpu {
@@ -63,11 +80,15 @@ namespace {
 #define POLYAK_WINOGRAD_LANES_INLINE POLYAK_WINOGRAD_LANES inline __attribute__((always_inline))
 
 constexpr int64_t kLanes = 16;
-// The bytes of V (and of M) per task: tile rows are added to a task while they fit.
-// Larger tasks read fewer rows twice (a task's patches reach one row into the next
-// task's on either side) and run wider products; beyond 1 MiB nothing more was gained
-// (measurements: docs/PERFORMANCE.md, "Winograd lanes: task size").
-constexpr int64_t kLanesBlockBytes = 1024 * 1024;
+constexpr int64_t kTile = 4;       // output pixels a side of a tile
+constexpr int64_t kPatch = 6;      // input pixels a side of its patch
+constexpr int64_t kElements = 36;  // of a transformed 6x6 patch, element (i, j) at 6 i + j
+// The bytes of V (and of M) per task: tile rows, then groups of 16 images, are added to
+// a task while they fit. Wider tasks run wider products and read fewer rows twice (a
+// task's patches reach two rows into the next task's); F(4x4, 3x3)'s 36 elements per
+// tile make V large, and up to 8 MiB (spilling L2 into L3) the products' width won
+// over the cache (measurements: docs/PERFORMANCE.md, "Winograd lanes: F(4x4, 3x3)").
+constexpr int64_t kLanesBlockBytes = 8 << 20;
 // The filter gradient's products sum over a task's columns, K rows by C columns. From
 // 512 columns with at most 32 rows sgemm takes them as dot products (dot_products_pay
 // in sgemm_dot.h), slower on these small outputs; capped at 256 columns they stay on
@@ -109,55 +130,165 @@ POLYAK_WINOGRAD_LANES_INLINE void transpose_16x16(__m512 r[16]) {
 
 POLYAK_WINOGRAD_LANES_INLINE __mmask16 first_lanes(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
 
+// The four transforms along one line of a tile, 16 images at a time; each is applied to
+// the columns of a tile, then to the rows of the result.
+
+// t = B^T d for a line d of 6 patch pixels.
+POLYAK_WINOGRAD_LANES_INLINE void times_bt(const __m512 d[kPatch], __m512 t[kPatch]) {
+  const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f), five = _mm512_set1_ps(5.0f);
+  const __m512 d1_plus_d2 = _mm512_add_ps(d[1], d[2]), d1_minus_d2 = _mm512_sub_ps(d[1], d[2]);
+  const __m512 d4_minus_d2 = _mm512_sub_ps(d[4], d[2]), d3_minus_d1 = _mm512_sub_ps(d[3], d[1]);
+  t[0] = _mm512_fmadd_ps(four, d[0], _mm512_fnmadd_ps(five, d[2], d[4]));
+  t[1] = _mm512_fnmadd_ps(four, d1_plus_d2, _mm512_add_ps(d[3], d[4]));
+  t[2] = _mm512_fmadd_ps(four, d1_minus_d2, _mm512_sub_ps(d[4], d[3]));
+  t[3] = _mm512_fmadd_ps(two, d3_minus_d1, d4_minus_d2);
+  t[4] = _mm512_fnmadd_ps(two, d3_minus_d1, d4_minus_d2);
+  t[5] = _mm512_fmadd_ps(four, d[1], _mm512_fnmadd_ps(five, d[3], d[5]));
+}
+
+// o = A^T m for a line m of 6 transformed values: 4 output pixels.
+POLYAK_WINOGRAD_LANES_INLINE void times_at(const __m512 m[kPatch], __m512 o[kTile]) {
+  const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f), eight = _mm512_set1_ps(8.0f);
+  const __m512 m1_plus_m2 = _mm512_add_ps(m[1], m[2]), m1_minus_m2 = _mm512_sub_ps(m[1], m[2]);
+  const __m512 m3_plus_m4 = _mm512_add_ps(m[3], m[4]), m3_minus_m4 = _mm512_sub_ps(m[3], m[4]);
+  o[0] = _mm512_add_ps(_mm512_add_ps(m[0], m1_plus_m2), m3_plus_m4);
+  o[1] = _mm512_fmadd_ps(two, m3_minus_m4, m1_minus_m2);
+  o[2] = _mm512_fmadd_ps(four, m3_plus_m4, m1_plus_m2);
+  o[3] = _mm512_add_ps(_mm512_fmadd_ps(eight, m3_minus_m4, m1_minus_m2), m[5]);
+}
+
+// t = A y for a line y of 4 output gradients (the adjoint of times_at): 6 values.
+POLYAK_WINOGRAD_LANES_INLINE void times_a(const __m512 y[kTile], __m512 t[kPatch]) {
+  const __m512 two = _mm512_set1_ps(2.0f), four = _mm512_set1_ps(4.0f), eight = _mm512_set1_ps(8.0f);
+  const __m512 even = _mm512_add_ps(y[0], y[2]), odd = _mm512_add_ps(y[1], y[3]);
+  const __m512 even_4 = _mm512_fmadd_ps(four, y[2], y[0]), odd_8 = _mm512_fmadd_ps(eight, y[3], _mm512_mul_ps(two, y[1]));
+  t[0] = y[0];
+  t[1] = _mm512_add_ps(even, odd);
+  t[2] = _mm512_sub_ps(even, odd);
+  t[3] = _mm512_add_ps(even_4, odd_8);
+  t[4] = _mm512_sub_ps(even_4, odd_8);
+  t[5] = y[3];
+}
+
 // A floats pointer rounded up to a cache line (the scratch holds 16 floats more).
 float* line_aligned(float* p) {
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~static_cast<uintptr_t>(63));
 }
 
+// u = G g for a line g of 3 filter taps, and its adjoint f = G^T u (scalar: filters are
+// transformed once per call).
+void times_g(const float g[3], float u[kPatch]) {
+  u[0] = g[0] / 4;
+  u[1] = -(g[0] + g[1] + g[2]) / 6;
+  u[2] = -(g[0] - g[1] + g[2]) / 6;
+  u[3] = g[0] / 24 + g[1] / 12 + g[2] / 6;
+  u[4] = g[0] / 24 - g[1] / 12 + g[2] / 6;
+  u[5] = g[2];
+}
+void times_gt(const float u[kPatch], float f[3]) {
+  f[0] = u[0] / 4 - (u[1] + u[2]) / 6 + (u[3] + u[4]) / 24;
+  f[1] = (u[2] - u[1]) / 6 + (u[3] - u[4]) / 12;
+  f[2] = (u[3] + u[4] - u[1] - u[2]) / 6 + u[5];
+}
+
+// The 36 products' left operands: U[e] (K x C) = (G g G^T)[e] for the 3x3 filters g of
+// every pair (k, c), packed into `packed` (the calling thread's). Blocks of 64 pairs at a
+// time, so that each element's stores run along the block (one filter at a time would
+// store to 36 places K C floats apart; winograd.cpp's transform_filters measured that).
+void pack_filters(const Conv2dGeom& g, const float* w, std::vector<float>& filter_buffer,
+                  std::array<SgemmPackedA, kElements>& packed) {
+  constexpr int64_t kBlock = 64;
+  const int64_t KC = g.K * g.C;
+  float* const U = scratch(filter_buffer, kElements * KC);
+  parallel_for((KC + kBlock - 1) / kBlock, 64 * kBlock, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t first = block * kBlock, n = std::min(kBlock, KC - first);
+      float gg[kPatch][3][kBlock];  // G g: row i, column j, pair first + b
+      for (int64_t b = 0; b < n; ++b)
+        for (int j = 0; j < 3; ++j) {
+          const float* f = w + (first + b) * 9;
+          const float column[3] = {f[j], f[3 + j], f[6 + j]};
+          float u[kPatch];
+          times_g(column, u);
+          for (int i = 0; i < kPatch; ++i) gg[i][j][b] = u[i];
+        }
+      for (int i = 0; i < kPatch; ++i)  // (G g) G^T, row i
+        for (int64_t b = 0; b < n; ++b) {
+          const float row[3] = {gg[i][0][b], gg[i][1][b], gg[i][2][b]};
+          float u[kPatch];
+          times_g(row, u);
+          for (int j = 0; j < kPatch; ++j) U[(kPatch * i + j) * KC + first + b] = u[j];
+        }
+    }
+  });
+  parallel_for(kElements, KC, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) packed[e].pack_on_this_thread(false, g.K, g.C, U + e * KC, g.C);
+  });
+}
+
+// The tiling of one image: th x tw tiles of 4x4 output pixels (the last ones of a size
+// that is no multiple of 4 reach past the map: their patches read zeros there, and
+// their extra outputs are dropped).
+struct Tiles {
+  int64_t th, tw;
+  explicit Tiles(const Conv2dGeom& g) : th((g.P + kTile - 1) / kTile), tw((g.Q + kTile - 1) / kTile) {}
+};
+
 // The tasks of a call: groups of 16 images by blocks of tile rows, as many rows as
-// make block_bytes of V (or M) and at most column_cap columns, and at least one.
+// make block_bytes of V (or M) and at most column_cap columns, and at least one; where
+// a block holds every row of an image (small maps), as many groups of 16 images as fit
+// the same bounds, so that the products stay wide.
 struct LaneTasks {
   Tiles tiles;
-  int64_t rows_per_block, blocks, groups;
+  int64_t rows_per_block, blocks, groups, groups_per_task;
   LaneTasks(const Conv2dGeom& g, int64_t block_bytes, int64_t column_cap)
       : tiles(g),
-        rows_per_block(std::clamp<int64_t>(
-            std::min(block_bytes / (kElements * std::max(g.C, g.K) * 4), column_cap) / (tiles.tw * kLanes), 1,
-            tiles.th)),
+        rows_per_block(std::clamp<int64_t>(columns_allowed(g, block_bytes, column_cap) / (tiles.tw * kLanes), 1, tiles.th)),
         blocks((tiles.th + rows_per_block - 1) / rows_per_block),
-        groups((g.N + kLanes - 1) / kLanes) {}
-  int64_t count() const { return groups * blocks; }
-  int64_t max_columns() const { return rows_per_block * tiles.tw * kLanes; }
+        groups((g.N + kLanes - 1) / kLanes),
+        groups_per_task(blocks > 1 ? 1
+                                   : std::clamp<int64_t>(columns_allowed(g, block_bytes, column_cap) /
+                                                             (tiles.th * tiles.tw * kLanes),
+                                                         1, groups)) {}
+  int64_t count() const { return (groups + groups_per_task - 1) / groups_per_task * blocks; }
+  int64_t max_columns() const { return groups_per_task * rows_per_block * tiles.tw * kLanes; }
+  static int64_t columns_allowed(const Conv2dGeom& g, int64_t block_bytes, int64_t column_cap) {
+    return std::min(block_bytes / (kElements * std::max(g.C, g.K) * 4), column_cap);
+  }
 };
 
 // The least stride of at least `floats` floats (a multiple of 16) that is an odd number
 // of cache lines: V's and M's rows and elements.
 int64_t odd_lines(int64_t floats) { return floats / kLanes % 2 ? floats : floats + kLanes; }
 
-// One task: images n0 .. n0 + images, tile rows ty0 .. ty0 + tile_rows; and the layout
-// of its V and M: `columns` columns (16 a tile) in rows ld floats apart, the elements
-// v_stride (V) and m_stride (M) floats apart.
+// One task: images n0 .. n0 + images (in groups of 16), tile rows ty0 .. ty0 +
+// tile_rows; and the layout of its V and M: `columns` columns, (group, tile row, tile)
+// * 16 + image, in rows ld floats apart, the elements v_stride (V) and m_stride (M)
+// floats apart.
 struct LaneTask {
-  int64_t n0, images, ty0, tile_rows;
-  int64_t columns, ld, v_stride, m_stride;
+  int64_t n0, images, groups, ty0, tile_rows;
+  int64_t group_columns, columns, ld, v_stride, m_stride;
   LaneTask(const Conv2dGeom& g, const LaneTasks& tasks, int64_t task)
-      : n0(task / tasks.blocks * kLanes),
-        images(std::min(kLanes, g.N - n0)),
+      : n0(task / tasks.blocks * tasks.groups_per_task * kLanes),
+        images(std::min(tasks.groups_per_task * kLanes, g.N - n0)),
+        groups((images + kLanes - 1) / kLanes),
         ty0(task % tasks.blocks * tasks.rows_per_block),
         tile_rows(std::min(tasks.rows_per_block, tasks.tiles.th - ty0)),
-        columns(tile_rows * tasks.tiles.tw * kLanes),
+        group_columns(tile_rows * tasks.tiles.tw * kLanes),
+        columns(groups * group_columns),
         ld(odd_lines(columns)),
         v_stride(odd_lines(g.C * ld)),
         m_stride(odd_lines(g.K * ld)) {}
+  int64_t group_images(int64_t group) const { return std::min(kLanes, images - group * kLanes); }
   // The input rows its patches read (those inside the image), as a range of floats of
   // a plane.
-  int64_t first_input(const Conv2dGeom& g) const { return std::max<int64_t>(0, 2 * ty0 - g.pad_h) * g.W; }
+  int64_t first_input(const Conv2dGeom& g) const { return std::max<int64_t>(0, kTile * ty0 - g.pad_h) * g.W; }
   int64_t end_input(const Conv2dGeom& g) const {
-    return std::min<int64_t>(g.H, 2 * ty0 - g.pad_h + 2 * tile_rows + 2) * g.W;
+    return std::min<int64_t>(g.H, kTile * ty0 - g.pad_h + kTile * tile_rows + kPatch - kTile) * g.W;
   }
   // Its output rows (those inside the map), likewise.
-  int64_t first_output(const Conv2dGeom& g) const { return 2 * ty0 * g.Q; }
-  int64_t end_output(const Conv2dGeom& g) const { return std::min(g.P, 2 * ty0 + 2 * tile_rows) * g.Q; }
+  int64_t first_output(const Conv2dGeom& g) const { return kTile * ty0 * g.Q; }
+  int64_t end_output(const Conv2dGeom& g) const { return std::min(g.P, kTile * (ty0 + tile_rows)) * g.Q; }
 };
 
 // Image e of a task's rows [first, end) in each of the `planes` planes of a tensor, for
@@ -200,157 +331,161 @@ struct LaneBuffers {
 LaneBuffers lane_buffers(const Conv2dGeom& g, const LaneTasks& tasks) {
   thread_local std::vector<float> rows_buffer, patch_buffer, product_buffer, out_buffer;
   const int64_t ld_max = odd_lines(tasks.max_columns()), tw = tasks.tiles.tw;
-  return {line_aligned(scratch(rows_buffer, (2 * tasks.rows_per_block + 2) * (2 * tw + 2) * kLanes + 16)),
+  const int64_t patch_rows = kTile * tasks.rows_per_block + kPatch - kTile, patch_width = kTile * tw + kPatch - kTile;
+  return {line_aligned(scratch(rows_buffer, patch_rows * patch_width * kLanes + 16)),
           line_aligned(scratch(patch_buffer, kElements * (g.C * ld_max + kLanes) + 16)),
           line_aligned(scratch(product_buffer, kElements * (g.K * ld_max + kLanes) + 16)),
-          line_aligned(scratch(out_buffer, 2 * tasks.rows_per_block * 2 * tw * kLanes + 16))};
+          line_aligned(scratch(out_buffer, kTile * tasks.rows_per_block * kTile * tw * kLanes + 16))};
 }
 
-// V[e][c][column] (rows task.ld apart, elements task.v_stride apart) = (B^T d B)[e] for
-// the task's tiles, column (tile row, tile) * 16 + image. `rows`: the task's padded input
-// rows for one channel, pixel by pixel, 16 images a pixel (zero where the padding is).
-POLYAK_WINOGRAD_LANES void lanes_transform_patches(const Conv2dGeom& g, const LaneTasks& tasks, const LaneTask& task,
-                                                   const float* x, float* rows, float* V) {
-  const int64_t ld = task.ld, e_stride = task.v_stride;
-  const int64_t tw = tasks.tiles.tw, row_width = 2 * tw + 2, image = g.C * g.H * g.W;
-  const int64_t h0 = 2 * task.ty0 - g.pad_h;  // the input row of rows' first row
-  std::fill(rows, rows + (2 * task.tile_rows + 2) * row_width * kLanes, 0.0f);
-  const int64_t first = task.first_input(g), end = task.end_input(g);  // in the plane, row by row
-  for (int64_t c = 0; c < g.C; ++c) {
-    gather_images(x + task.n0 * image + c * g.H * g.W, image, task.images, first, end, g.W, h0, g.pad_w, row_width,
-                  rows);
-    for (int64_t ty = 0; ty < task.tile_rows; ++ty)
-      for (int64_t tx = 0; tx < tw; ++tx) {
-        const float* d = rows + (2 * ty * row_width + 2 * tx) * kLanes;  // the patch's top left pixel
-        __m512 bt_d[4][4];                                                 // B^T d
-        for (int j = 0; j < 4; ++j) {
-          const __m512 d0 = _mm512_load_ps(d + j * kLanes), d1 = _mm512_load_ps(d + (row_width + j) * kLanes);
-          const __m512 d2 = _mm512_load_ps(d + (2 * row_width + j) * kLanes);
-          const __m512 d3 = _mm512_load_ps(d + (3 * row_width + j) * kLanes);
-          bt_d[0][j] = _mm512_sub_ps(d0, d2);
-          bt_d[1][j] = _mm512_add_ps(d1, d2);
-          bt_d[2][j] = _mm512_sub_ps(d2, d1);
-          bt_d[3][j] = _mm512_sub_ps(d1, d3);
-        }
-        float* v = V + c * ld + (ty * tw + tx) * kLanes;
-        for (int i = 0; i < 4; ++i) {  // (B^T d) B, row i
-          const __m512* b = bt_d[i];
-          _mm512_store_ps(v + (4 * i) * e_stride, _mm512_sub_ps(b[0], b[2]));
-          _mm512_store_ps(v + (4 * i + 1) * e_stride, _mm512_add_ps(b[1], b[2]));
-          _mm512_store_ps(v + (4 * i + 2) * e_stride, _mm512_sub_ps(b[2], b[1]));
-          _mm512_store_ps(v + (4 * i + 3) * e_stride, _mm512_sub_ps(b[1], b[3]));
-        }
-      }
+// v[(6 i + j) e_stride] = (B^T d B)[i][j] for the 6x6 patch d at `d` (rows row_width
+// pixels apart, 16 images a pixel).
+POLYAK_WINOGRAD_LANES_INLINE void transform_patch(const float* d, int64_t row_width, float* v, int64_t e_stride) {
+  __m512 bt_d[kPatch][kPatch];  // B^T d, [row][column]
+  for (int j = 0; j < kPatch; ++j) {
+    __m512 column[kPatch], t[kPatch];
+    for (int i = 0; i < kPatch; ++i) column[i] = _mm512_load_ps(d + (i * row_width + j) * kLanes);
+    times_bt(column, t);
+    for (int i = 0; i < kPatch; ++i) bt_d[i][j] = t[i];
+  }
+  for (int i = 0; i < kPatch; ++i) {  // (B^T d) B, row i: B^T along the row
+    __m512 t[kPatch];
+    times_bt(bt_d[i], t);
+    for (int j = 0; j < kPatch; ++j) _mm512_store_ps(v + (kPatch * i + j) * e_stride, t[j]);
   }
 }
 
-// y = act(A^T M A + bias + residual) for the task's tiles, output channel by channel:
-// the 2x2 pixels of every tile for 16 images into `out` (the block's output rows, pixel
-// by pixel, 16 images a pixel), then 16 pixels at a time transposed into 16 pixels of
-// each image and written with the epilogue.
+// V[e][c][column] (rows task.ld apart, elements task.v_stride apart) = (B^T d B)[e] for
+// the task's tiles. `rows`: one group's padded input rows for one channel, pixel by
+// pixel, 16 images a pixel (zero where the padding is).
+POLYAK_WINOGRAD_LANES void lanes_transform_patches(const Conv2dGeom& g, const LaneTasks& tasks, const LaneTask& task,
+                                                   const float* x, float* rows, float* V) {
+  const int64_t tw = tasks.tiles.tw, row_width = kTile * tw + kPatch - kTile, image = g.C * g.H * g.W;
+  const int64_t h0 = kTile * task.ty0 - g.pad_h;  // the input row of rows' first row
+  std::fill(rows, rows + (kTile * task.tile_rows + kPatch - kTile) * row_width * kLanes, 0.0f);
+  const int64_t first = task.first_input(g), end = task.end_input(g);  // in the plane, row by row
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t group = 0; group < task.groups; ++group) {
+      gather_images(x + (task.n0 + group * kLanes) * image + c * g.H * g.W, image, task.group_images(group), first, end,
+                    g.W, h0, g.pad_w, row_width, rows);
+      float* const v = V + c * task.ld + group * task.group_columns;
+      for (int64_t ty = 0; ty < task.tile_rows; ++ty)
+        for (int64_t tx = 0; tx < tw; ++tx)
+          transform_patch(rows + (kTile * ty * row_width + kTile * tx) * kLanes, row_width,
+                          v + (ty * tw + tx) * kLanes, task.v_stride);
+    }
+}
+
+// The 4x4 output pixels (A^T m A) of the tile whose 36 elements are at m[(6 i + j)
+// e_stride], to `out` (rows row_width pixels apart, 16 images a pixel).
+POLYAK_WINOGRAD_LANES_INLINE void transform_tile(const float* m, int64_t e_stride, float* out, int64_t row_width) {
+  __m512 at_m[kTile][kPatch];  // A^T m, [row][column]
+  for (int j = 0; j < kPatch; ++j) {
+    __m512 column[kPatch], o[kTile];
+    for (int i = 0; i < kPatch; ++i) column[i] = _mm512_load_ps(m + (kPatch * i + j) * e_stride);
+    times_at(column, o);
+    for (int i = 0; i < kTile; ++i) at_m[i][j] = o[i];
+  }
+  for (int i = 0; i < kTile; ++i) {  // (A^T m) A, row i: A^T along the row
+    __m512 o[kTile];
+    times_at(at_m[i], o);
+    for (int j = 0; j < kTile; ++j) _mm512_store_ps(out + (i * row_width + j) * kLanes, o[j]);
+  }
+}
+
+// y = act(A^T M A + bias + residual) for the task's tiles, output channel by channel
+// and group by group: the 4x4 pixels of every tile for 16 images into `out` (the
+// block's output rows, pixel by pixel, 16 images a pixel), then 16 pixels at a time
+// transposed into 16 pixels of each image and written with the epilogue.
 POLYAK_WINOGRAD_LANES void lanes_transform_outputs(const Conv2dGeom& g, const LaneTasks& tasks, const LaneTask& task,
                                                    const float* M, const float* bias, const Epilogue& epilogue,
                                                    float* out, float* y) {
-  const int64_t tw = tasks.tiles.tw, row_width = 2 * tw, image = g.K * g.P * g.Q;
-  const int64_t ld = task.ld, e_stride = task.m_stride;
-  const int64_t p0 = 2 * task.ty0, first = task.first_output(g), end = task.end_output(g);
+  const int64_t tw = tasks.tiles.tw, row_width = kTile * tw, image = g.K * g.P * g.Q;
+  const int64_t p0 = kTile * task.ty0, first = task.first_output(g), end = task.end_output(g);
   const __m512 zero = _mm512_setzero_ps();
-  for (int64_t k = 0; k < g.K; ++k) {
-    for (int64_t ty = 0; ty < task.tile_rows; ++ty)
-      for (int64_t tx = 0; tx < tw; ++tx) {
-        const float* m = M + k * ld + (ty * tw + tx) * kLanes;
-        __m512 at_m[2][4];  // A^T m
-        for (int j = 0; j < 4; ++j) {
-          const __m512 m0 = _mm512_load_ps(m + j * e_stride), m1 = _mm512_load_ps(m + (4 + j) * e_stride);
-          const __m512 m2 = _mm512_load_ps(m + (8 + j) * e_stride), m3 = _mm512_load_ps(m + (12 + j) * e_stride);
-          at_m[0][j] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-          at_m[1][j] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+  for (int64_t k = 0; k < g.K; ++k)
+    for (int64_t group = 0; group < task.groups; ++group) {
+      const float* const m = M + k * task.ld + group * task.group_columns;
+      for (int64_t ty = 0; ty < task.tile_rows; ++ty)
+        for (int64_t tx = 0; tx < tw; ++tx)
+          transform_tile(m + (ty * tw + tx) * kLanes, task.m_stride, out + (kTile * ty * row_width + kTile * tx) * kLanes,
+                         row_width);
+      const __m512 shift = _mm512_set1_ps(bias ? bias[k] : 0.0f);
+      const int64_t n0 = task.n0 + group * kLanes;
+      for (int64_t from = first; from < end; from += kLanes) {
+        const int64_t pixels = std::min(kLanes, end - from);
+        __m512 r[kLanes];
+        int64_t p = from / g.Q, q = from - p * g.Q;
+        for (int64_t j = 0; j < kLanes; ++j) {  // past `pixels`: the last again (its lanes are not stored)
+          r[j] = _mm512_load_ps(out + ((p - p0) * row_width + q) * kLanes);
+          if (j + 1 < pixels && ++q == g.Q) q = 0, ++p;
         }
-        for (int i = 0; i < 2; ++i) {  // (A^T m) A, row i
-          const __m512* a = at_m[i];
-          float* o = out + ((2 * ty + i) * row_width + 2 * tx) * kLanes;
-          _mm512_store_ps(o, _mm512_add_ps(_mm512_add_ps(a[0], a[1]), a[2]));
-          _mm512_store_ps(o + kLanes, _mm512_sub_ps(_mm512_sub_ps(a[1], a[2]), a[3]));
+        transpose_16x16(r);
+        const __mmask16 mask = first_lanes(pixels);
+        for (int64_t i = 0; i < task.group_images(group); ++i) {
+          const int64_t at = (n0 + i) * image + k * g.P * g.Q + from;
+          __m512 v = _mm512_add_ps(r[i], shift);
+          if (epilogue.residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, epilogue.residual + at));
+          if (epilogue.relu) v = _mm512_maskz_max_ps(kAll, v, zero);
+          _mm512_mask_storeu_ps(y + at, mask, v);
         }
-      }
-    const __m512 shift = _mm512_set1_ps(bias ? bias[k] : 0.0f);
-    for (int64_t from = first; from < end; from += kLanes) {
-      const int64_t pixels = std::min(kLanes, end - from);
-      __m512 r[kLanes];
-      int64_t p = from / g.Q, q = from - p * g.Q;
-      for (int64_t j = 0; j < kLanes; ++j) {  // past `pixels`: the last again (its lanes are not stored)
-        r[j] = _mm512_load_ps(out + ((p - p0) * row_width + q) * kLanes);
-        if (j + 1 < pixels && ++q == g.Q) q = 0, ++p;
-      }
-      transpose_16x16(r);
-      const __mmask16 mask = first_lanes(pixels);
-      for (int64_t i = 0; i < task.images; ++i) {
-        const int64_t at = (task.n0 + i) * image + k * g.P * g.Q + from;
-        __m512 v = _mm512_add_ps(r[i], shift);
-        if (epilogue.residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, epilogue.residual + at));
-        if (epilogue.relu) v = _mm512_maskz_max_ps(kAll, v, zero);
-        _mm512_mask_storeu_ps(y + at, mask, v);
       }
     }
+}
+
+// m[(6 i + j) e_stride] = (A dY A^T)[i][j] for the 4x4 output gradients dY at `d` (rows
+// row_width pixels apart, 16 images a pixel).
+POLYAK_WINOGRAD_LANES_INLINE void transform_gradient(const float* d, int64_t row_width, float* m, int64_t e_stride) {
+  __m512 a_dy[kPatch][kTile];  // A dY, [row][column]
+  for (int j = 0; j < kTile; ++j) {
+    __m512 column[kTile], t[kPatch];
+    for (int i = 0; i < kTile; ++i) column[i] = _mm512_load_ps(d + (i * row_width + j) * kLanes);
+    times_a(column, t);
+    for (int i = 0; i < kPatch; ++i) a_dy[i][j] = t[i];
+  }
+  for (int i = 0; i < kPatch; ++i) {  // (A dY) A^T, row i: A along the row
+    __m512 t[kPatch];
+    times_a(a_dy[i], t);
+    for (int j = 0; j < kPatch; ++j) _mm512_store_ps(m + (kPatch * i + j) * e_stride, t[j]);
   }
 }
 
 // dM[e][k][column] = (A dY A^T)[e] for the task's tiles, the adjoint of the output
-// transform, from the output gradients dY of a tile (zero past P or Q): the task's rows
-// of dy go into `rows` (gather_images) as the inputs do for the patches, channel by
-// channel.
+// transform, from the output gradients dY of a tile (zero past P or Q): the rows of dy
+// go into `rows` (gather_images) as the inputs do for the patches, channel by channel
+// and group by group.
 POLYAK_WINOGRAD_LANES void lanes_transform_gradients(const Conv2dGeom& g, const LaneTasks& tasks,
                                                      const LaneTask& task, const float* dy, float* rows,
                                                      float* dM) {
-  const int64_t tw = tasks.tiles.tw, row_width = 2 * tw, image = g.K * g.P * g.Q;
-  const int64_t ld = task.ld, e_stride = task.m_stride;
-  const int64_t p0 = 2 * task.ty0, first = task.first_output(g), end = task.end_output(g);
-  std::fill(rows, rows + 2 * task.tile_rows * row_width * kLanes, 0.0f);  // what lies past P or Q stays zero
-  const __m512 zero = _mm512_setzero_ps();
-  for (int64_t k = 0; k < g.K; ++k) {
-    gather_images(dy + task.n0 * image + k * g.P * g.Q, image, task.images, first, end, g.Q, p0, 0, row_width, rows);
-    for (int64_t ty = 0; ty < task.tile_rows; ++ty)
-      for (int64_t tx = 0; tx < tw; ++tx) {
-        const float* d = rows + (2 * ty * row_width + 2 * tx) * kLanes;  // the tile's top left pixel
-        const __m512 y00 = _mm512_load_ps(d), y01 = _mm512_load_ps(d + kLanes);
-        const __m512 y10 = _mm512_load_ps(d + row_width * kLanes), y11 = _mm512_load_ps(d + (row_width + 1) * kLanes);
-        // A dY, with A = (A^T)^T: rows y0, y0 + y1, y0 - y1, -y1 of dY's rows y0, y1
-        const __m512 a_dy[4][2] = {{y00, y01},
-                                   {_mm512_add_ps(y00, y10), _mm512_add_ps(y01, y11)},
-                                   {_mm512_sub_ps(y00, y10), _mm512_sub_ps(y01, y11)},
-                                   {_mm512_sub_ps(zero, y10), _mm512_sub_ps(zero, y11)}};
-        float* m = dM + k * ld + (ty * tw + tx) * kLanes;
-        for (int i = 0; i < 4; ++i) {  // (A dY) A^T, row i: columns t0, t0 + t1, t0 - t1, -t1
-          const __m512 t0 = a_dy[i][0], t1 = a_dy[i][1];
-          _mm512_store_ps(m + (4 * i) * e_stride, t0);
-          _mm512_store_ps(m + (4 * i + 1) * e_stride, _mm512_add_ps(t0, t1));
-          _mm512_store_ps(m + (4 * i + 2) * e_stride, _mm512_sub_ps(t0, t1));
-          _mm512_store_ps(m + (4 * i + 3) * e_stride, _mm512_sub_ps(zero, t1));
-        }
-      }
-  }
+  const int64_t tw = tasks.tiles.tw, row_width = kTile * tw, image = g.K * g.P * g.Q;
+  const int64_t p0 = kTile * task.ty0, first = task.first_output(g), end = task.end_output(g);
+  std::fill(rows, rows + kTile * task.tile_rows * row_width * kLanes, 0.0f);  // what lies past P or Q stays zero
+  for (int64_t k = 0; k < g.K; ++k)
+    for (int64_t group = 0; group < task.groups; ++group) {
+      gather_images(dy + (task.n0 + group * kLanes) * image + k * g.P * g.Q, image, task.group_images(group), first,
+                    end, g.Q, p0, 0, row_width, rows);
+      float* const m = dM + k * task.ld + group * task.group_columns;
+      for (int64_t ty = 0; ty < task.tile_rows; ++ty)
+        for (int64_t tx = 0; tx < tw; ++tx)
+          transform_gradient(rows + (kTile * ty * row_width + kTile * tx) * kLanes, row_width,
+                             m + (ty * tw + tx) * kLanes, task.m_stride);
+    }
 }
 
-// dw[k][c] (3x3) = G^T dU[k][c] G from the 16 elements dU[e][k][c]: the adjoint of the
+// dw[k][c] (3x3) = G^T dU[k][c] G from the 36 elements dU[e][k][c]: the adjoint of the
 // filter transform.
 void transform_filter_gradients(const Conv2dGeom& g, const float* dU, float* dw) {
   const int64_t KC = g.K * g.C;
   parallel_for(KC, 64, [&](int64_t begin, int64_t end) {
     for (int64_t kc = begin; kc < end; ++kc) {
-      float t[3][4];  // G^T dU
-      for (int j = 0; j < 4; ++j) {
-        const float u0 = dU[j * KC + kc], u1 = dU[(4 + j) * KC + kc], u2 = dU[(8 + j) * KC + kc];
-        const float u3 = dU[(12 + j) * KC + kc];
-        t[0][j] = u0 + 0.5f * (u1 + u2);
-        t[1][j] = 0.5f * (u1 - u2);
-        t[2][j] = 0.5f * (u1 + u2) + u3;
+      float gt_du[3][kPatch];  // G^T dU, [row][column]
+      for (int j = 0; j < kPatch; ++j) {
+        float column[kPatch], f[3];
+        for (int i = 0; i < kPatch; ++i) column[i] = dU[(kPatch * i + j) * KC + kc];
+        times_gt(column, f);
+        for (int i = 0; i < 3; ++i) gt_du[i][j] = f[i];
       }
-      float* f = dw + kc * 9;
-      for (int r = 0; r < 3; ++r) {  // (G^T dU) G, row r
-        f[3 * r] = t[r][0] + 0.5f * (t[r][1] + t[r][2]);
-        f[3 * r + 1] = 0.5f * (t[r][1] - t[r][2]);
-        f[3 * r + 2] = 0.5f * (t[r][1] + t[r][2]) + t[r][3];
-      }
+      for (int r = 0; r < 3; ++r) times_gt(gt_du[r], dw + kc * 9 + 3 * r);  // (G^T dU) G, row r
     }
   });
 }
