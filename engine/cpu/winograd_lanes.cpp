@@ -170,6 +170,27 @@ POLYAK_WINOGRAD_LANES_INLINE void times_a(const __m512 y[kTile], __m512 t[kPatch
   t[5] = y[3];
 }
 
+// out = T x T^T for one tile's n x n values x, T the line transform `times` (n values
+// to m): `times` down each column of x, then along each row of the result. Element (i, j)
+// of x is read at in[i * in_row + j * in_column], of out written at out[i * out_row + j *
+// out_column] (a tile's pixels, or its elements in V or M).
+template <int n, int m, void (*times)(const __m512*, __m512*)>
+POLYAK_WINOGRAD_LANES_INLINE void transform_tile(const float* in, int64_t in_row, int64_t in_column, float* out,
+                                                 int64_t out_row, int64_t out_column) {
+  __m512 tx[m][n];  // T x, [row][column]
+  for (int j = 0; j < n; ++j) {
+    __m512 column[n], t[m];
+    for (int i = 0; i < n; ++i) column[i] = _mm512_load_ps(in + i * in_row + j * in_column);
+    times(column, t);
+    for (int i = 0; i < m; ++i) tx[i][j] = t[i];
+  }
+  for (int i = 0; i < m; ++i) {
+    __m512 t[m];
+    times(tx[i], t);
+    for (int j = 0; j < m; ++j) _mm512_store_ps(out + i * out_row + j * out_column, t[j]);
+  }
+}
+
 // A floats pointer rounded up to a cache line (the scratch holds 16 floats more).
 float* line_aligned(float* p) {
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~static_cast<uintptr_t>(63));
@@ -338,59 +359,43 @@ LaneBuffers lane_buffers(const Conv2dGeom& g, const LaneTasks& tasks) {
           line_aligned(scratch(out_buffer, kTile * tasks.rows_per_block * kTile * tw * kLanes + 16))};
 }
 
-// v[(6 i + j) e_stride] = (B^T d B)[i][j] for the 6x6 patch d at `d` (rows row_width
-// pixels apart, 16 images a pixel).
-POLYAK_WINOGRAD_LANES_INLINE void transform_patch(const float* d, int64_t row_width, float* v, int64_t e_stride) {
-  __m512 bt_d[kPatch][kPatch];  // B^T d, [row][column]
-  for (int j = 0; j < kPatch; ++j) {
-    __m512 column[kPatch], t[kPatch];
-    for (int i = 0; i < kPatch; ++i) column[i] = _mm512_load_ps(d + (i * row_width + j) * kLanes);
-    times_bt(column, t);
-    for (int i = 0; i < kPatch; ++i) bt_d[i][j] = t[i];
-  }
-  for (int i = 0; i < kPatch; ++i) {  // (B^T d) B, row i: B^T along the row
-    __m512 t[kPatch];
-    times_bt(bt_d[i], t);
-    for (int j = 0; j < kPatch; ++j) _mm512_store_ps(v + (kPatch * i + j) * e_stride, t[j]);
-  }
-}
+// What a task reads of a tensor's planes, and where it goes in `rows` (gather_images):
+// the floats [first, end) of each plane, `width` a row, pixel (h, w) to row h - row0,
+// column w + column0 of rows that are row_width pixels wide.
+struct RowWindow {
+  int64_t first, end, width, row0, column0, row_width;
+};
 
-// V[e][c][column] (rows task.ld apart, elements task.v_stride apart) = (B^T d B)[e] for
-// the task's tiles. `rows`: one group's padded input rows for one channel, pixel by
-// pixel, 16 images a pixel (zero where the padding is).
-POLYAK_WINOGRAD_LANES void lanes_transform_patches(const Conv2dGeom& g, const LaneTasks& tasks, const LaneTask& task,
-                                                   const float* x, float* rows, float* V) {
-  const int64_t tw = tasks.tiles.tw, row_width = kTile * tw + kPatch - kTile, image = g.C * g.H * g.W;
-  const int64_t h0 = kTile * task.ty0 - g.pad_h;  // the input row of rows' first row
-  std::fill(rows, rows + (kTile * task.tile_rows + kPatch - kTile) * row_width * kLanes, 0.0f);
-  const int64_t first = task.first_input(g), end = task.end_input(g);  // in the plane, row by row
-  for (int64_t c = 0; c < g.C; ++c)
+// The 36 elements of every tile of the task, plane by plane and group by group: the
+// group's rows of the plane into `rows`, then each tile's n x n pixels there through
+// `times` (down the columns, then along the rows) into out[e * e_stride + plane * ld +
+// column]. `planes` planes of `plane` floats an image.
+template <int n, void (*times)(const __m512*, __m512*)>
+POLYAK_WINOGRAD_LANES_INLINE void transform_planes(const float* tensor, int64_t planes, int64_t plane, const LaneTask& task,
+                                                   int64_t tw, const RowWindow& window, float* rows, float* out,
+                                                   int64_t e_stride) {
+  const int64_t image = planes * plane, row_width = window.row_width;
+  for (int64_t p = 0; p < planes; ++p)
     for (int64_t group = 0; group < task.groups; ++group) {
-      gather_images(x + (task.n0 + group * kLanes) * image + c * g.H * g.W, image, task.group_images(group), first, end,
-                    g.W, h0, g.pad_w, row_width, rows);
-      float* const v = V + c * task.ld + group * task.group_columns;
+      gather_images(tensor + (task.n0 + group * kLanes) * image + p * plane, image, task.group_images(group),
+                    window.first, window.end, window.width, window.row0, window.column0, row_width, rows);
+      float* const o = out + p * task.ld + group * task.group_columns;
       for (int64_t ty = 0; ty < task.tile_rows; ++ty)
         for (int64_t tx = 0; tx < tw; ++tx)
-          transform_patch(rows + (kTile * ty * row_width + kTile * tx) * kLanes, row_width,
-                          v + (ty * tw + tx) * kLanes, task.v_stride);
+          transform_tile<n, kPatch, times>(rows + (kTile * ty * row_width + kTile * tx) * kLanes, row_width * kLanes,
+                                           kLanes, o + (ty * tw + tx) * kLanes, kPatch * e_stride, e_stride);
     }
 }
 
-// The 4x4 output pixels (A^T m A) of the tile whose 36 elements are at m[(6 i + j)
-// e_stride], to `out` (rows row_width pixels apart, 16 images a pixel).
-POLYAK_WINOGRAD_LANES_INLINE void transform_tile(const float* m, int64_t e_stride, float* out, int64_t row_width) {
-  __m512 at_m[kTile][kPatch];  // A^T m, [row][column]
-  for (int j = 0; j < kPatch; ++j) {
-    __m512 column[kPatch], o[kTile];
-    for (int i = 0; i < kPatch; ++i) column[i] = _mm512_load_ps(m + (kPatch * i + j) * e_stride);
-    times_at(column, o);
-    for (int i = 0; i < kTile; ++i) at_m[i][j] = o[i];
-  }
-  for (int i = 0; i < kTile; ++i) {  // (A^T m) A, row i: A^T along the row
-    __m512 o[kTile];
-    times_at(at_m[i], o);
-    for (int j = 0; j < kTile; ++j) _mm512_store_ps(out + (i * row_width + j) * kLanes, o[j]);
-  }
+// V[e][c][column] (rows task.ld apart, elements task.v_stride apart) = (B^T d B)[e] for
+// the task's tiles, from x's padded input rows (zero where the padding is).
+POLYAK_WINOGRAD_LANES void lanes_transform_patches(const Conv2dGeom& g, const LaneTasks& tasks, const LaneTask& task,
+                                                   const float* x, float* rows, float* V) {
+  const int64_t tw = tasks.tiles.tw;
+  const RowWindow window{task.first_input(g), task.end_input(g), g.W, kTile * task.ty0 - g.pad_h, g.pad_w,
+                         kTile * tw + kPatch - kTile};
+  std::fill(rows, rows + (kTile * task.tile_rows + kPatch - kTile) * window.row_width * kLanes, 0.0f);
+  transform_planes<kPatch, times_bt>(x, g.C, g.H * g.W, task, tw, window, rows, V, task.v_stride);
 }
 
 // y = act(A^T M A + bias + residual) for the task's tiles, output channel by channel
@@ -408,8 +413,9 @@ POLYAK_WINOGRAD_LANES void lanes_transform_outputs(const Conv2dGeom& g, const La
       const float* const m = M + k * task.ld + group * task.group_columns;
       for (int64_t ty = 0; ty < task.tile_rows; ++ty)
         for (int64_t tx = 0; tx < tw; ++tx)
-          transform_tile(m + (ty * tw + tx) * kLanes, task.m_stride, out + (kTile * ty * row_width + kTile * tx) * kLanes,
-                         row_width);
+          transform_tile<kPatch, kTile, times_at>(m + (ty * tw + tx) * kLanes, kPatch * task.m_stride, task.m_stride,
+                                                  out + (kTile * ty * row_width + kTile * tx) * kLanes,
+                                                  row_width * kLanes, kLanes);
       const __m512 shift = _mm512_set1_ps(bias ? bias[k] : 0.0f);
       const int64_t n0 = task.n0 + group * kLanes;
       for (int64_t from = first; from < end; from += kLanes) {
@@ -433,43 +439,15 @@ POLYAK_WINOGRAD_LANES void lanes_transform_outputs(const Conv2dGeom& g, const La
     }
 }
 
-// m[(6 i + j) e_stride] = (A dY A^T)[i][j] for the 4x4 output gradients dY at `d` (rows
-// row_width pixels apart, 16 images a pixel).
-POLYAK_WINOGRAD_LANES_INLINE void transform_gradient(const float* d, int64_t row_width, float* m, int64_t e_stride) {
-  __m512 a_dy[kPatch][kTile];  // A dY, [row][column]
-  for (int j = 0; j < kTile; ++j) {
-    __m512 column[kTile], t[kPatch];
-    for (int i = 0; i < kTile; ++i) column[i] = _mm512_load_ps(d + (i * row_width + j) * kLanes);
-    times_a(column, t);
-    for (int i = 0; i < kPatch; ++i) a_dy[i][j] = t[i];
-  }
-  for (int i = 0; i < kPatch; ++i) {  // (A dY) A^T, row i: A along the row
-    __m512 t[kPatch];
-    times_a(a_dy[i], t);
-    for (int j = 0; j < kPatch; ++j) _mm512_store_ps(m + (kPatch * i + j) * e_stride, t[j]);
-  }
-}
-
 // dM[e][k][column] = (A dY A^T)[e] for the task's tiles, the adjoint of the output
-// transform, from the output gradients dY of a tile (zero past P or Q): the rows of dy
-// go into `rows` (gather_images) as the inputs do for the patches, channel by channel
-// and group by group.
+// transform, from the output gradients dY of a tile (zero past P or Q).
 POLYAK_WINOGRAD_LANES void lanes_transform_gradients(const Conv2dGeom& g, const LaneTasks& tasks,
                                                      const LaneTask& task, const float* dy, float* rows,
                                                      float* dM) {
-  const int64_t tw = tasks.tiles.tw, row_width = kTile * tw, image = g.K * g.P * g.Q;
-  const int64_t p0 = kTile * task.ty0, first = task.first_output(g), end = task.end_output(g);
-  std::fill(rows, rows + kTile * task.tile_rows * row_width * kLanes, 0.0f);  // what lies past P or Q stays zero
-  for (int64_t k = 0; k < g.K; ++k)
-    for (int64_t group = 0; group < task.groups; ++group) {
-      gather_images(dy + (task.n0 + group * kLanes) * image + k * g.P * g.Q, image, task.group_images(group), first,
-                    end, g.Q, p0, 0, row_width, rows);
-      float* const m = dM + k * task.ld + group * task.group_columns;
-      for (int64_t ty = 0; ty < task.tile_rows; ++ty)
-        for (int64_t tx = 0; tx < tw; ++tx)
-          transform_gradient(rows + (kTile * ty * row_width + kTile * tx) * kLanes, row_width,
-                             m + (ty * tw + tx) * kLanes, task.m_stride);
-    }
+  const int64_t tw = tasks.tiles.tw;
+  const RowWindow window{task.first_output(g), task.end_output(g), g.Q, kTile * task.ty0, 0, kTile * tw};
+  std::fill(rows, rows + kTile * task.tile_rows * window.row_width * kLanes, 0.0f);  // past P or Q stays zero
+  transform_planes<kTile, times_a>(dy, g.K, g.P * g.Q, task, tw, window, rows, dM, task.m_stride);
 }
 
 // dw[k][c] (3x3) = G^T dU[k][c] G from the 36 elements dU[e][k][c]: the adjoint of the
