@@ -261,21 +261,16 @@ struct Tiles {
 // the same bounds, so that the products stay wide.
 struct LaneTasks {
   Tiles tiles;
-  int64_t rows_per_block, blocks, groups, groups_per_task;
+  int64_t columns_allowed, rows_per_block, blocks, groups, groups_per_task;
   LaneTasks(const Conv2dGeom& g, int64_t block_bytes, int64_t column_cap)
       : tiles(g),
-        rows_per_block(std::clamp<int64_t>(columns_allowed(g, block_bytes, column_cap) / (tiles.tw * kLanes), 1, tiles.th)),
+        columns_allowed(std::min(block_bytes / (kElements * std::max(g.C, g.K) * 4), column_cap)),
+        rows_per_block(std::clamp<int64_t>(columns_allowed / (tiles.tw * kLanes), 1, tiles.th)),
         blocks((tiles.th + rows_per_block - 1) / rows_per_block),
         groups((g.N + kLanes - 1) / kLanes),
-        groups_per_task(blocks > 1 ? 1
-                                   : std::clamp<int64_t>(columns_allowed(g, block_bytes, column_cap) /
-                                                             (tiles.th * tiles.tw * kLanes),
-                                                         1, groups)) {}
+        groups_per_task(blocks > 1 ? 1 : std::clamp<int64_t>(columns_allowed / (tiles.th * tiles.tw * kLanes), 1, groups)) {}
   int64_t count() const { return (groups + groups_per_task - 1) / groups_per_task * blocks; }
   int64_t max_columns() const { return groups_per_task * rows_per_block * tiles.tw * kLanes; }
-  static int64_t columns_allowed(const Conv2dGeom& g, int64_t block_bytes, int64_t column_cap) {
-    return std::min(block_bytes / (kElements * std::max(g.C, g.K) * 4), column_cap);
-  }
 };
 
 // The least stride of at least `floats` floats (a multiple of 16) that is an odd number
